@@ -1,0 +1,235 @@
+"""A PyTorch module as a flat genome.
+
+:class:`TorchAdapter` lays a model's floating-point parameters and buffers end to end in one vector of
+D numbers (its ``layout``), reads a model into such a vector (``genome``), writes one back (``load``,
+``to_model``, ``state_dict``) and runs the model with its weights read as views of a genome row
+(``forward``, via ``torch.func.functional_call``: no copy, no ``load_state_dict``).
+
+BatchNorm: float running statistics are part of the genome by default (``buffers=True``); integer
+buffers such as ``num_batches_tracked`` never are. ``repair_`` keeps running variances positive, and
+``keep_valid()`` is a DEAP decorator that applies it after ``mate`` and ``mutate``.
+"""
+import copy
+from collections import OrderedDict, namedtuple
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+__all__ = ["TorchAdapter", "LayoutEntry", "KeepValid"]
+
+LayoutEntry = namedtuple("LayoutEntry", "name shape offset numel kind")
+LayoutEntry.__doc__ = """One tensor of the genome: ``genome[offset:offset + numel].view(shape)``.
+``kind`` is ``"parameter"`` or ``"buffer"``."""
+
+
+def _entries(model, buffers):
+    """(name, tensor, kind) for every float tensor that belongs in the genome, in state_dict order."""
+    params = {id(p) for p in model.parameters()}
+    seen, out = set(), []
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in seen:  # tied weights: once
+            continue
+        seen.add(id(t))
+        if id(t) in params:
+            out.append((name, t, "parameter"))
+        elif buffers and t.is_floating_point():
+            out.append((name, t, "buffer"))
+    return out
+
+
+class KeepValid:
+    """A DEAP decorator: after the decorated operator runs, repair every individual it returns.
+
+    ``toolbox.decorate("mutate", adapter.keep_valid())`` keeps BatchNorm running variances positive.
+    """
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+
+    def __call__(self, func):
+        return _Repaired(func, self.adapter)
+
+
+class _Repaired:
+    def __init__(self, func, adapter):
+        self.func, self.adapter = func, adapter
+        self.__wrapped__ = func
+
+    def __call__(self, *args, **kwargs):
+        out = self.func(*args, **kwargs)
+        for ind in out:
+            self.adapter.repair_(ind)
+        return out
+
+
+######################################
+# The adapter                        #
+######################################
+
+class TorchAdapter:
+    """Expose ``model`` (an ``nn.Module``) as a flat genome.
+
+    :param model: the template: its architecture defines the layout; it is used (in eval mode) for
+                  every functional forward pass, and copied by :meth:`to_model`.
+    :param buffers: put float buffers (BatchNorm running mean and variance) in the genome.
+    :param var_floor: the smallest running variance :meth:`repair_` lets through.
+    """
+
+    def __init__(self, model, *, buffers=True, var_floor=1e-5):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"TorchAdapter wraps a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.buffers = buffers
+        self.var_floor = float(var_floor)
+        entries = _entries(model, buffers)
+        if not entries:
+            raise ValueError(f"{type(model).__name__} has no floating-point parameters to put in a genome")
+        dtypes = {t.dtype for _, t, _ in entries}
+        if len(dtypes) > 1:
+            first = {t.dtype: n for n, t, _ in reversed(entries)}
+            raise ValueError("all tensors of the genome must share one dtype, found "
+                             + ", ".join(f"{d} (e.g. {first[d]!r})" for d in dtypes))
+        self.dtype = dtypes.pop()
+        self.device = entries[0][1].device
+        layout, offset = [], 0
+        for name, t, kind in entries:
+            layout.append(LayoutEntry(name, tuple(t.shape), offset, t.numel(), kind))
+            offset += t.numel()
+        self.layout = tuple(layout)
+        self.dim = offset
+        self._variance_spans = tuple(
+            (e.offset, e.numel) for e in self.layout
+            if e.kind == "buffer" and self._is_running_var(e.name))
+
+    def _is_running_var(self, name):
+        prefix, _, leaf = name.rpartition(".")
+        if leaf != "running_var":
+            return False
+        module = self.model.get_submodule(prefix) if prefix else self.model
+        return isinstance(module, nn.modules.batchnorm._NormBase)
+
+    def __repr__(self):
+        return (f"TorchAdapter({type(self.model).__name__}, D={self.dim}, tensors={len(self.layout)}, "
+                f"dtype={self.dtype}, device={self.device})")
+
+    # -- checks -----------------------------------------------------------
+    def check(self, model):
+        """Raise ValueError unless ``model`` has this adapter's layout (names, shapes, dtype, device)."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        theirs = _entries(model, self.buffers)
+        for i, (e, (name, t, kind)) in enumerate(zip(self.layout, theirs)):
+            if e.name != name or e.shape != tuple(t.shape):
+                raise ValueError(
+                    f"{type(model).__name__} differs from the template at tensor {i}: expected "
+                    f"{e.name!r} of shape {e.shape}, got {name!r} of shape {tuple(t.shape)}")
+            if t.dtype != self.dtype:
+                raise ValueError(f"tensor {name!r} has dtype {t.dtype}, the template has {self.dtype}")
+            if t.device != self.device:
+                raise ValueError(f"tensor {name!r} is on {t.device}, the template is on {self.device}")
+        if len(theirs) != len(self.layout):
+            extra = self.layout[len(theirs):] or [n for n, _, _ in theirs[len(self.layout):]]
+            first = extra[0].name if isinstance(extra[0], LayoutEntry) else extra[0]
+            raise ValueError(f"{type(model).__name__} has {len(theirs)} genome tensors, the template has "
+                             f"{len(self.layout)}; first unmatched: {first!r}")
+
+    def _check_genome(self, genome):
+        genome = getattr(genome, "genome", genome)
+        if not isinstance(genome, torch.Tensor):
+            raise TypeError(f"a genome is a 1-D tensor or a TensorIndividual, got {type(genome).__name__}")
+        if genome.dim() != 1 or genome.shape[0] != self.dim:
+            raise ValueError(f"genome has shape {tuple(genome.shape)}, this adapter expects ({self.dim},)")
+        return genome
+
+    # -- genome <-> model ---------------------------------------------------
+    def genome(self, model=None):
+        """The genome of ``model`` (default: the template), ``(D,)``, a new tensor on its device."""
+        model = self.model if model is None else model
+        if model is not self.model:
+            self.check(model)
+        with torch.no_grad():
+            return torch.cat([t.detach().reshape(-1) for _, t, _ in _entries(model, self.buffers)])
+
+    def genomes(self, models):
+        """The genomes of several models, ``(k, D)``; a clear error for the first one that does not fit."""
+        for i, m in enumerate(models):
+            try:
+                self.check(m)
+            except ValueError as err:
+                raise ValueError(f"model {i}: {err}") from None
+        return torch.stack([self.genome(m) for m in models])
+
+    def tensors(self, genome):
+        """``{name: view}`` for every genome tensor: views of ``genome``, no copy."""
+        genome = self._check_genome(genome)
+        return {e.name: genome[e.offset:e.offset + e.numel].view(e.shape) for e in self.layout}
+
+    @torch.no_grad()
+    def load(self, genome, model=None):
+        """Copy ``genome`` into ``model``'s tensors (default: the template), in place; returns the model."""
+        model = self.model if model is None else model
+        views = self.tensors(genome)
+        if model is not self.model:
+            self.check(model)
+        for (name, t, _), e in zip(_entries(model, self.buffers), self.layout):
+            t.copy_(views[e.name])
+        return model
+
+    def to_model(self, genome):
+        """A new module: a copy of the template holding ``genome``'s weights."""
+        self._check_genome(genome)
+        return self.load(genome, copy.deepcopy(self.model))
+
+    def state_dict(self, genome):
+        """The template's state dict with ``genome``'s tensors (independent copies)."""
+        views = self.tensors(genome)
+        out = OrderedDict()
+        for name, t in self.model.state_dict().items():
+            out[name] = views[name].detach().clone() if name in views else t.detach().clone()
+        return out
+
+    # -- validity -------------------------------------------------------------
+    def repair_(self, genome):
+        """Clamp BatchNorm running variances to at least ``var_floor``, in place; returns the genome."""
+        g = self._check_genome(genome)
+        for off, n in self._variance_spans:
+            g[off:off + n].clamp_(min=self.var_floor)
+        return genome
+
+    def keep_valid(self):
+        """A DEAP decorator for ``toolbox.decorate("mate", ...)`` / ``("mutate", ...)``: see :meth:`repair_`."""
+        return KeepValid(self)
+
+    # -- functional forward ----------------------------------------------------
+    def forward(self, genome, x):
+        """The template's output on ``x`` with ``genome``'s weights read as views (no copy)."""
+        return functional_call(self.model, self.tensors(genome), (x,))
+
+    def _forward_rows(self, genome, x):
+        views = {e.name: genome[e.offset:e.offset + e.numel].view(e.shape) for e in self.layout}
+        return functional_call(self.model, views, (x,))
+
+    def forward_batch(self, genomes, x):
+        """Outputs for k genomes at once, ``(k, batch, ...)``, with ``torch.func.vmap``."""
+        if genomes.dim() != 2 or genomes.shape[1] != self.dim:
+            raise ValueError(f"genomes has shape {tuple(genomes.shape)}, expected (k, {self.dim})")
+        return vmap(self._forward_rows, in_dims=(0, None))(genomes, x)
+
+    def eval_mode(self):
+        """A context manager: the template in eval mode, its previous mode restored on exit."""
+        return _EvalMode(self.model)
+
+
+class _EvalMode:
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+        return False

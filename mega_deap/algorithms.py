@@ -1,0 +1,255 @@
+"""MeGA as a DEAP algorithm, its preset toolbox, and the one-call ``merge``.
+
+``eaMeGA`` has DEAP's ``ea*`` signature and returns ``(population, logbook)``. ``mega_toolbox`` is the
+paper's preset: nothing but registrations of operators, so any of them can be swapped for an ablation.
+``merge`` builds the preset for a list of PyTorch models and runs it.
+"""
+import copy
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from deap import base, creator, tools
+from tqdm.auto import tqdm
+
+from .evaluation import Accuracy, Evaluator, NegMAE, NegMSE
+from .individual import TensorIndividual, genome_equal
+from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian
+from .population import TensorPopulation, default_device
+
+__all__ = ["eaMeGA", "mega_toolbox", "merge", "MergeResult", "seed", "default_stats",
+           "ensure_creator_classes"]
+
+
+def seed(value):
+    """Seed every random source a run draws from: ``random`` (DEAP's selection), NumPy and torch
+    (CPU and every CUDA device)."""
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
+_seed_all = seed
+
+
+def default_stats():
+    """``tools.Statistics`` over the first fitness value: avg, std, min, max."""
+    stats = tools.Statistics(_first_fitness)
+    stats.register("avg", np.mean)
+    stats.register("std", np.std)
+    stats.register("min", np.min)
+    stats.register("max", np.max)
+    return stats
+
+
+def _first_fitness(ind):
+    return ind.fitness.values[0]
+
+
+def _tournsize(toolbox):
+    return getattr(getattr(toolbox, "select", None), "keywords", {}).get("tournsize")
+
+
+######################################
+# The algorithm                      #
+######################################
+
+def _evaluate_invalid(population, toolbox):
+    invalid = [ind for ind in population if not ind.fitness.valid]
+    fitnesses = toolbox.map(toolbox.evaluate, invalid)
+    for ind, fit in zip(invalid, fitnesses):
+        ind.fitness.values = fit
+    return len(invalid)
+
+
+def eaMeGA(population, toolbox, ngen, npar=4, stats=None, halloffame=None, verbose=__debug__):
+    """The MeGA generational loop.
+
+    Each generation: (1) evaluate the individuals whose fitness is invalid (one ``toolbox.map`` call);
+    (2) update the hall of fame; (3) breed ``N - 1`` children (``N`` without a hall of fame), each from
+    ``npar`` parents drawn by ``toolbox.select``: the first two are cloned, mated, and the first child
+    mutated; (4) put a clone of the hall of fame's best back (elitism).
+
+    :param population: a list of individuals, replaced in place generation by generation.
+    :param toolbox: with ``evaluate``, ``select``, ``clone``, ``mate``, ``mutate`` (and ``map``).
+    :param ngen: the number of generations.
+    :param npar: parents drawn by ``toolbox.select`` per child (the paper's K=4; the first two mate).
+    :param stats: a ``tools.Statistics``, or ``None``.
+    :param halloffame: a ``tools.HallOfFame``; its best is carried over each generation (elitism).
+    :param verbose: show a progress bar and print the logbook.
+    :returns: ``(population, logbook)``; the logbook records ``gen``, ``nevals`` and the stats.
+    """
+    ngen, npar = int(ngen), int(npar)
+    if ngen < 0:
+        raise ValueError(f"ngen must be >= 0, got {ngen}")
+    if npar < 2:
+        raise ValueError(f"npar must be >= 2 (the first two winners mate), got {npar}")
+    if len(population) < max(npar, 2):
+        raise ValueError(f"population of {len(population)} is smaller than npar={npar}")
+    tsize = _tournsize(toolbox)
+    if tsize is not None and len(population) < tsize:
+        raise ValueError(f"population of {len(population)} is smaller than the tournament size {tsize}")
+    for name in ("evaluate", "select", "mate", "mutate", "clone"):
+        if not hasattr(toolbox, name):
+            raise ValueError(f"the toolbox has no {name!r} registered")
+
+    logbook = tools.Logbook()
+    logbook.header = ["gen", "nevals"] + (stats.fields if stats else [])
+
+    # generation 0: evaluate the initial population
+    nevals = _evaluate_invalid(population, toolbox)
+    if halloffame is not None:
+        halloffame.update(population)
+    logbook.record(gen=0, nevals=nevals, **(stats.compile(population) if stats else {}))
+
+    bar = tqdm(range(1, ngen + 1), desc="eaMeGA", disable=not verbose, leave=False)
+    if verbose:
+        tqdm.write(logbook.stream)
+    for gen in bar:
+        # 1. breed: npar tournament winners per child, the first two mate, the first child is kept
+        elite = halloffame is not None and len(halloffame) > 0
+        offspring = []
+        for _ in range(len(population) - int(elite)):
+            winners = toolbox.select(population, npar)
+            child, other = toolbox.clone(winners[0]), toolbox.clone(winners[1])
+            child, other = toolbox.mate(child, other)
+            child, = toolbox.mutate(child)
+            del child.fitness.values
+            offspring.append(child)
+            del winners, other  # free the second child's row now
+        # 2. elitism: the best ever goes back into the population
+        if elite:
+            offspring.append(toolbox.clone(halloffame[0]))
+        # 3. evaluate the new individuals, update the hall of fame
+        nevals = _evaluate_invalid(offspring, toolbox)
+        if halloffame is not None:
+            halloffame.update(offspring)
+        # 4. replace the population, record
+        population[:] = offspring
+        del offspring
+        record = stats.compile(population) if stats else {}
+        logbook.record(gen=gen, nevals=nevals, **record)
+        if verbose:
+            tqdm.write(logbook.stream)
+            if "max" in record:
+                bar.set_postfix(best=f"{record['max']:.4f}")
+    bar.close()
+    return population, logbook
+
+
+######################################
+# The paper's preset                 #
+######################################
+
+def ensure_creator_classes():
+    """``creator.FitnessMeGA`` (maximise one value) and ``creator.MeGAIndividual`` (a TensorIndividual),
+    created on first use and reused after."""
+    if not hasattr(creator, "FitnessMeGA"):
+        creator.create("FitnessMeGA", base.Fitness, weights=(1.0,))
+    if not hasattr(creator, "MeGAIndividual"):
+        creator.create("MeGAIndividual", TensorIndividual, fitness=creator.FitnessMeGA)
+    return creator.MeGAIndividual
+
+
+def mega_toolbox(pop, evaluator, *, tournsize=3, mutation="sparse", mu=0.0, sigma=0.01, indpb=0.02,
+                 layerpb=0.02, alpha=0.0, layout=None, repair=None):
+    """The paper's toolbox: registrations only.
+
+    ``clone``: :meth:`TensorPopulation.clone`; ``select``: ``tools.selTournament(tournsize)``;
+    ``mate``: :func:`cxBlend`; ``mutate``: :func:`mutSparseGaussian` (``mutation="sparse"``, each
+    element with ``indpb`` gets N(mu, sigma^2)) or :func:`mutLayerGaussian` (``mutation="layer"``, each
+    tensor of ``layout`` with ``layerpb``); ``evaluate`` and ``map``: the evaluator. ``repair``: an
+    adapter whose ``keep_valid()`` decorates mate and mutate (BatchNorm variances stay positive).
+    """
+    tb = base.Toolbox()
+    tb.register("clone", pop.clone)
+    tb.register("select", tools.selTournament, tournsize=tournsize)
+    tb.register("mate", cxBlend, alpha=alpha)
+    if mutation == "sparse":
+        tb.register("mutate", mutSparseGaussian, mu=mu, sigma=sigma, indpb=indpb)
+    elif mutation == "layer":
+        if layout is None:
+            raise ValueError("mutation='layer' needs the genome's layout (adapter.layout)")
+        tb.register("mutate", mutLayerGaussian, layout=layout, mu=mu, sigma=sigma, layerpb=layerpb)
+    else:
+        raise ValueError(f"mutation must be 'sparse' or 'layer', got {mutation!r}")
+    tb.register("evaluate", evaluator)
+    tb.register("map", evaluator.map)
+    if repair is not None:
+        tb.decorate("mate", repair.keep_valid())
+        tb.decorate("mutate", repair.keep_valid())
+    return tb
+
+
+@dataclass
+class MergeResult:
+    """What :func:`merge` returns."""
+    model: object                 # the merged model (a new module)
+    genome: torch.Tensor          # its genome, (D,)
+    fitness: float                # its validation fitness
+    logbook: tools.Logbook
+    halloffame: tools.HallOfFame
+    adapter: object
+    population: list = field(repr=False, default=None)
+    toolbox: base.Toolbox = field(repr=False, default=None)
+
+
+_METRICS = {"accuracy": Accuracy, "neg_mse": NegMSE, "neg_mae": NegMAE}
+
+
+def _as_xy(val_data):
+    if isinstance(val_data, (tuple, list)) and len(val_data) == 2:
+        return val_data
+    if isinstance(val_data, torch.utils.data.DataLoader) or hasattr(val_data, "__iter__"):
+        xs, ys = zip(*[(x, y) for x, y in val_data])
+        return torch.cat([torch.as_tensor(x) for x in xs]), torch.cat([torch.as_tensor(y) for y in ys])
+    raise TypeError("val_data must be (X, y) or an iterable of (x, y) batches, "
+                    f"got {type(val_data).__name__}")
+
+
+def merge(models, val_data, *, population=20, generations=20, parents=4, tournsize=3, seed=0,
+          device=None, mutation="sparse", sigma=0.01, indpb=0.02, layerpb=0.02, alpha=0.0,
+          metric="accuracy", batch_size=1024, strategy="auto", buffers=True, verbose=True):
+    """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`.
+
+    :param models: two or more ``nn.Module`` of one architecture (parents).
+    :param val_data: the validation set: ``(X, y)`` or an iterable of ``(x, y)`` batches. Fitness is
+                     computed on it alone; keep the test split out.
+    :param population: N individuals; :param generations: G; :param parents: K winners per child.
+    :param tournsize: tournament size of ``tools.selTournament``.
+    :param seed: fixes every random draw of the run.
+    :param device: where the population and the evaluation live (``cuda`` when available by default).
+    :param mutation: ``"sparse"`` (each element with ``indpb`` gets N(0, sigma^2)) or ``"layer"``
+                     (each tensor with ``layerpb``, as the reference code).
+    :param metric: ``"accuracy"``, ``"neg_mse"`` or ``"neg_mae"``.
+    """
+    from .adapters.torch import TorchAdapter
+
+    models = list(models)
+    if len(models) < 2:
+        raise ValueError(f"merge needs at least two models, got {len(models)}")
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+    device = torch.device(device) if device is not None else default_device()
+    genomes = TorchAdapter(models[0], buffers=buffers).genomes(models).to(device)
+    template = copy.deepcopy(models[0]).to(device).eval()
+    adapter = TorchAdapter(template, buffers=buffers)
+    X, y = _as_xy(val_data)
+    evaluator = Evaluator(adapter, X, y, _METRICS[metric](), batch_size=batch_size, strategy=strategy)
+    pop = TensorPopulation(population, adapter.dim, device=device, dtype=adapter.dtype)
+    if population < max(parents, tournsize):
+        raise ValueError(f"population={population} is smaller than parents={parents} or tournsize={tournsize}")
+
+    _seed_all(seed)
+    icls = ensure_creator_classes()
+    toolbox = mega_toolbox(pop, evaluator, tournsize=tournsize, mutation=mutation, sigma=sigma,
+                           indpb=indpb, layerpb=layerpb, alpha=alpha, layout=adapter.layout, repair=adapter)
+    individuals = initBlend(pop.individuals(icls), genomes)
+    hof = tools.HallOfFame(1, similar=genome_equal)
+    individuals, logbook = eaMeGA(individuals, toolbox, generations, npar=parents, stats=default_stats(),
+                                  halloffame=hof, verbose=verbose)
+    best = hof[0]
+    return MergeResult(model=adapter.to_model(best), genome=best.genome.clone(),
+                       fitness=best.fitness.values[0], logbook=logbook, halloffame=hof, adapter=adapter,
+                       population=individuals, toolbox=toolbox)

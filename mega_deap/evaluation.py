@@ -1,0 +1,207 @@
+"""Batched fitness evaluation.
+
+An :class:`Evaluator` scores genomes on a validation set that lives on the device once. It is both the
+fitness function (``toolbox.register("evaluate", evaluator)``) and DEAP's parallelism hook
+(``toolbox.register("map", evaluator.map)``): ``map`` receives the whole list of individuals to
+evaluate and scores them in one call, so DEAP's own ``eaSimple`` batches as well as ``eaMeGA``.
+
+Strategies: ``"loop"`` runs the model once per genome (weights read as views of the population row);
+``"vmap"`` runs ``torch.func.vmap`` over a chunk of genomes; ``"auto"`` takes ``vmap`` on CUDA and
+``loop`` elsewhere (measured on 2 CPU cores: a vmapped small CNN ran 3x slower than the loop).
+
+The evaluator needs only a model-agnostic ``adapter`` with ``forward(genome, x)``,
+``forward_batch(genomes, x)``, ``eval_mode()``, ``device`` and ``dtype``.
+"""
+import contextlib
+import functools
+import math
+
+import torch
+
+from .individual import TensorIndividual
+from .population import stack_genomes
+
+__all__ = ["Evaluator", "Accuracy", "NegMSE", "NegMAE", "STRATEGIES"]
+
+STRATEGIES = ("auto", "loop", "vmap")
+
+
+######################################
+# Metrics                            #
+######################################
+
+class Accuracy:
+    """Fraction of correct argmax predictions. Worst value: 0."""
+    name, worst = "accuracy", 0.0
+
+    def check(self, out, y):
+        """``out``: one model's output on a few examples, ``(b, C)``; ``y``: all labels, ``(n,)``."""
+        if y.dtype.is_floating_point:
+            raise ValueError(f"accuracy needs integer class labels, got dtype {y.dtype}")
+        classes = out.shape[-1]
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= classes:
+            raise ValueError(f"validation labels span [{lo}, {hi}] but the model outputs {classes} classes "
+                             f"(labels must lie in [0, {classes - 1}])")
+
+    def partial(self, out, y):
+        """Per-genome sums over a data batch; ``out`` is ``(k, B, C)``."""
+        return (out.argmax(-1) == y).sum(-1).to(torch.float64)
+
+    def finish(self, total, n):
+        return total / n
+
+
+class NegMSE:
+    """Negative mean squared error (maximise it). Worst value: -inf."""
+    name, worst = "neg_mse", -math.inf
+
+    def check(self, out, y):
+        """``out``: one model's output on a few examples, ``(b, ...)``; ``y``: all targets."""
+        if out[0].numel() != y[0].numel():
+            raise ValueError(f"the model outputs {tuple(out.shape[1:])} per example but the targets are "
+                             f"{tuple(y.shape[1:])} per example")
+
+    def _err(self, out, y):
+        return (out.reshape(out.shape[0], y.shape[0], -1).to(torch.float64)
+                - y.reshape(y.shape[0], -1).to(torch.float64))
+
+    def partial(self, out, y):
+        e = self._err(out, y)
+        return e.pow(2).mean(-1).sum(-1)
+
+    def finish(self, total, n):
+        return -total / n
+
+
+class NegMAE(NegMSE):
+    """Negative mean absolute error (maximise it). Worst value: -inf."""
+    name = "neg_mae"
+
+    def partial(self, out, y):
+        return self._err(out, y).abs().mean(-1).sum(-1)
+
+
+######################################
+# The evaluator                      #
+######################################
+
+class Evaluator:
+    """Fitness of genomes on one validation set, batched.
+
+    :param adapter: a model adapter (``TorchAdapter``, ``KerasAdapter``).
+    :param X: validation inputs, ``(n, ...)``; moved to the adapter's device once.
+    :param y: validation targets, ``(n,)`` class labels or ``(n, ...)`` regression targets.
+    :param metric: an ``Accuracy``, ``NegMSE`` or ``NegMAE`` instance (or any with the same methods).
+    :param batch_size: validation examples per forward pass.
+    :param strategy: ``"auto"``, ``"loop"`` or ``"vmap"``.
+    :param chunk: genomes per vmapped call (all at once when ``None``).
+    :param autocast: ``None``, ``torch.bfloat16`` or ``torch.float16``: autocast the forward passes
+                     (for GPUs; off by default).
+
+    ``evaluations`` counts the genomes scored so far.
+    """
+
+    def __init__(self, adapter, X, y, metric=None, *, batch_size=1024, strategy="auto", chunk=None,
+                 autocast=None):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.adapter = adapter
+        self.metric = metric if metric is not None else Accuracy()
+        self.device = torch.device(adapter.device)
+        X = torch.as_tensor(X)
+        y = torch.as_tensor(y)
+        if X.shape[0] != y.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} examples but y has {y.shape[0]}")
+        if X.shape[0] == 0:
+            raise ValueError("the validation set is empty")
+        if X.is_floating_point():
+            X = X.to(adapter.dtype)
+        self.X = X.to(self.device)
+        self.y = y.to(self.device)
+        self.batch_size = int(batch_size)
+        if strategy == "auto":
+            strategy = "vmap" if self.device.type == "cuda" else "loop"
+        self.strategy = strategy
+        self.chunk = chunk
+        self.autocast = autocast
+        self.evaluations = 0
+        with torch.no_grad(), adapter.eval_mode():
+            template = adapter.genome()
+            out = adapter.forward(template, self.X[: min(2, len(self.X))])
+        self.metric.check(out, self.y)
+
+    # -- DEAP hooks -------------------------------------------------------------
+    def __call__(self, individual):
+        """The fitness tuple of one individual (DEAP's ``evaluate`` contract)."""
+        return self.evaluate([individual])[0]
+
+    def map(self, func, iterable):
+        """DEAP's ``toolbox.map``: batched when ``func`` is this evaluator, the builtin ``map`` otherwise."""
+        target = func
+        while isinstance(target, functools.partial) and not target.args and not target.keywords:
+            target = target.func
+        if target is self:
+            return self.evaluate(list(iterable))
+        return list(map(func, iterable))
+
+    # -- the work -----------------------------------------------------------------
+    def evaluate(self, individuals):
+        """Fitness tuples for ``individuals``; those whose fitness is already valid are not re-run."""
+        individuals = list(individuals)
+        todo = [i for i, ind in enumerate(individuals)
+                if not (hasattr(ind, "fitness") and ind.fitness.valid)]
+        pending = set(todo)
+        results = [None if i in pending else tuple(ind.fitness.values) for i, ind in enumerate(individuals)]
+        if todo:
+            scores = self.scores([individuals[i] for i in todo])
+            for i, s in zip(todo, scores):
+                results[i] = (s,)
+        return results
+
+    def _autocast(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    @torch.no_grad()
+    def scores(self, individuals):
+        """One float per individual (or ``(D,)`` genome tensor), ignoring any fitness they hold."""
+        genomes = [ind.genome if isinstance(ind, TensorIndividual) else ind for ind in individuals]
+        if not genomes:
+            return []
+        n = self.X.shape[0]
+        with self.adapter.eval_mode(), self._autocast():
+            if self.strategy == "loop":
+                totals, finite = [], []
+                for g in genomes:
+                    t, ok = 0.0, True
+                    for s in range(0, n, self.batch_size):
+                        out = self.adapter.forward(g, self.X[s:s + self.batch_size]).unsqueeze(0)
+                        ok = ok and bool(torch.isfinite(out).all())
+                        t = t + self.metric.partial(out, self.y[s:s + self.batch_size])
+                    totals.append(t)
+                    finite.append(ok)
+                totals = torch.cat([t.reshape(1) for t in totals])
+                finite = torch.tensor(finite, device=totals.device)
+            else:
+                stacked = (stack_genomes(individuals) if all(isinstance(i, TensorIndividual) for i in individuals)
+                           else torch.stack(genomes))
+                chunk = self.chunk or stacked.shape[0]
+                tot_parts, fin_parts = [], []
+                for c in range(0, stacked.shape[0], chunk):
+                    G = stacked[c:c + chunk]
+                    t = torch.zeros(G.shape[0], dtype=torch.float64, device=self.device)
+                    ok = torch.ones(G.shape[0], dtype=torch.bool, device=self.device)
+                    for s in range(0, n, self.batch_size):
+                        out = self.adapter.forward_batch(G, self.X[s:s + self.batch_size])
+                        ok &= torch.isfinite(out.reshape(out.shape[0], -1)).all(-1)
+                        t += self.metric.partial(out, self.y[s:s + self.batch_size])
+                    tot_parts.append(t)
+                    fin_parts.append(ok)
+                totals, finite = torch.cat(tot_parts), torch.cat(fin_parts)
+        self.evaluations += len(genomes)
+        values = self.metric.finish(totals, n)
+        values = torch.where(finite & torch.isfinite(values), values,
+                             torch.full_like(values, self.metric.worst))
+        return [float(v) for v in values.tolist()]

@@ -1,0 +1,194 @@
+"""Tensor operators with DEAP's contract.
+
+``init*`` fill individuals in place, ``cx*`` modify two individuals in place and return them as a
+2-tuple, ``mut*`` modify one in place and return a 1-tuple, exactly as ``deap.tools`` does, so
+``toolbox.register("mate", ...)`` swaps freely between these and DEAP's list operators. Invalidating
+fitness is the algorithm's job, not the operator's.
+
+Random numbers: every operator draws from the ``torch.Generator`` passed as ``generator``, or, when it
+is ``None``, from torch's default generator of the genome's device (seeded by :func:`mega_deap.seed`).
+"""
+import math
+
+import torch
+
+from .individual import TensorIndividual
+
+__all__ = ["initBlend", "cxBlend", "mutSparseGaussian", "mutLayerGaussian", "sparse_indices"]
+
+
+def _genome(ind):
+    if isinstance(ind, TensorIndividual):
+        return ind.genome
+    if isinstance(ind, torch.Tensor) and ind.dim() == 1:
+        return ind
+    raise TypeError(f"expected a TensorIndividual or a 1-D tensor, got {type(ind).__name__}")
+
+
+def _uniform(generator, device=None):
+    """One U(0, 1) number as a Python float, from ``generator`` (CPU default generator when ``None``)."""
+    return torch.rand((), generator=generator, dtype=torch.float64,
+                      device=generator.device if generator is not None else "cpu").item()
+
+
+######################################
+# Initialisation                     #
+######################################
+
+def initBlend(individuals, parents, *, generator=None):
+    """Fill each individual with a blend of the parents' genomes, in place.
+
+    With two parents each individual is ``a * p1 + (1 - a) * p2`` with its own ``a ~ U(0, 1)`` (MeGA).
+    With k > 2 parents the weights are drawn from a flat Dirichlet (uniform on the simplex).
+
+    :param individuals: the individuals to fill (e.g. ``pop.individuals(creator.Individual)``).
+    :param parents: k >= 2 genomes, a sequence of ``(D,)`` tensors or a ``(k, D)`` tensor.
+    :param generator: the torch.Generator for the blend weights (CPU; default generator if ``None``).
+    :returns: ``individuals``.
+    """
+    if isinstance(parents, torch.Tensor):
+        if parents.dim() != 2:
+            raise ValueError(f"parents must be a (k, D) tensor, got shape {tuple(parents.shape)}")
+        parents = list(parents)
+    parents = [_genome(p) for p in parents]
+    if len(parents) < 2:
+        raise ValueError(f"initBlend needs at least two parents, got {len(parents)}")
+    for i, p in enumerate(parents):
+        if p.shape != parents[0].shape:
+            raise ValueError(f"parent {i} has genome shape {tuple(p.shape)}, parent 0 has {tuple(parents[0].shape)}")
+    gdev = generator.device if generator is not None else "cpu"
+    cache = {}
+    for ind in individuals:
+        row = _genome(ind)
+        if row.shape != parents[0].shape:
+            raise ValueError(f"individual has genome shape {tuple(row.shape)}, parents have {tuple(parents[0].shape)}")
+        key = (row.device, row.dtype)
+        if key not in cache:
+            cache[key] = [p.to(device=row.device, dtype=row.dtype) for p in parents]
+        ps = cache[key]
+        if len(ps) == 2:
+            a = torch.rand((), generator=generator, dtype=torch.float64, device=gdev).item()
+            w = [a, 1.0 - a]
+        else:
+            e = torch.empty(len(ps), dtype=torch.float64, device=gdev).exponential_(generator=generator)
+            w = (e / e.sum()).tolist()
+        row.copy_(ps[0]).mul_(w[0])
+        for wj, pj in zip(w[1:], ps[1:]):
+            row.add_(pj, alpha=wj)
+    return individuals
+
+
+######################################
+# Crossover                          #
+######################################
+
+def cxBlend(ind1, ind2, alpha=0.0, per_element=False, *, generator=None):
+    """Blend two genomes in place.
+
+    By default one ``beta`` is drawn for the whole genome and
+    ``child1 = beta * a + (1 - beta) * b``, ``child2 = (1 - beta) * a + beta * b`` (MeGA).
+    ``beta ~ U(-alpha, 1 + alpha)``: ``alpha > 0`` widens the range as BLX-alpha does.
+    ``per_element=True`` draws one ``gamma`` per gene and computes
+    ``child1 = (1 - gamma) * a + gamma * b``, ``child2 = gamma * a + (1 - gamma) * b``: DEAP's
+    ``tools.cxBlend``, vectorised.
+
+    :param ind1, ind2: the individuals, genomes ``(D,)`` of one device and dtype.
+    :param alpha: extent of the interval beyond the parents (0 keeps children between them).
+    :param per_element: one coefficient per gene instead of one per genome.
+    :param generator: torch.Generator (of the genomes' device when ``per_element``; CPU otherwise).
+    :returns: ``(ind1, ind2)``.
+    """
+    a, b = _genome(ind1), _genome(ind2)
+    if a.shape != b.shape:
+        raise ValueError(f"cxBlend: genome shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
+    if per_element:
+        u = torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device)
+        gamma = (1.0 + 2.0 * alpha) * u - alpha
+        new_a = (1.0 - gamma) * a + gamma * b
+        new_b = gamma * a + (1.0 - gamma) * b
+        a.copy_(new_a)
+        b.copy_(new_b)
+    else:
+        beta = (1.0 + 2.0 * alpha) * _uniform(generator) - alpha
+        old_a = a.clone()
+        a.mul_(beta).add_(b, alpha=1.0 - beta)
+        b.mul_(beta).add_(old_a, alpha=1.0 - beta)
+    return ind1, ind2
+
+
+######################################
+# Mutation                           #
+######################################
+
+def sparse_indices(size, indpb, *, generator=None, device="cpu"):
+    """The positions of a Bernoulli(indpb) process over ``range(size)``, drawn in O(k) for k hits.
+
+    The gaps between successive hits are Geometric(indpb); their running sum gives the positions, so
+    the work and memory grow with the number of hits, never with ``size``. Exactly the distribution of
+    an independent coin per position.
+
+    :returns: an int64 tensor of sorted distinct positions, on ``device``.
+    """
+    if not 0.0 <= indpb <= 1.0:
+        raise ValueError(f"indpb must be a probability in [0, 1], got {indpb}")
+    if indpb == 0.0 or size == 0:
+        return torch.empty(0, dtype=torch.long, device=device)
+    if indpb == 1.0:
+        return torch.arange(size, device=device)
+    mean = size * indpb
+    chunk = int(mean + 6.0 * math.sqrt(mean * (1.0 - indpb)) + 16)
+    parts, last = [], -1.0
+    while True:
+        gaps = torch.empty(chunk, dtype=torch.float64, device=device).geometric_(indpb, generator=generator)
+        pos = torch.cumsum(gaps, 0).add_(last)
+        parts.append(pos)
+        last = pos[-1].item()
+        if last >= size:
+            break
+    pos = torch.cat(parts) if len(parts) > 1 else parts[0]
+    pos = pos[pos < size]
+    return pos.to(torch.long)
+
+
+def mutSparseGaussian(individual, mu, sigma, indpb, *, generator=None):
+    """Add N(mu, sigma^2) noise to each gene independently with probability ``indpb``, in place.
+
+    The number of mutated genes follows Binomial(D, indpb); the cost grows with that number, never
+    with D (no D-sized random mask). Same meaning as DEAP's ``tools.mutGaussian``.
+
+    :param individual: genome ``(D,)``.
+    :param mu, sigma: mean and standard deviation of the noise.
+    :param indpb: the probability for each gene to mutate.
+    :param generator: torch.Generator of the genome's device (default generator if ``None``).
+    :returns: ``(individual,)``.
+    """
+    g = _genome(individual)
+    idx = sparse_indices(g.shape[0], indpb, generator=generator, device=g.device)
+    if idx.numel():
+        noise = torch.randn(idx.shape, generator=generator, dtype=g.dtype, device=g.device)
+        g.index_add_(0, idx, noise.mul_(sigma).add_(mu))
+    return (individual,)
+
+
+def mutLayerGaussian(individual, layout, mu, sigma, layerpb, *, generator=None):
+    """With probability ``layerpb`` per tensor, add N(mu, sigma^2) noise to the whole tensor, in place.
+
+    The MeGA reference code's mutation (whole tensors, p=0.02, sigma=0.1).
+
+    :param individual: genome ``(D,)``.
+    :param layout: the genome's tensors: entries with ``offset`` and ``numel`` (an adapter's
+                   ``layout``), or ``(offset, numel)`` pairs.
+    :param layerpb: the probability for each tensor to mutate.
+    :param generator: torch.Generator of the genome's device (default generator if ``None``).
+    :returns: ``(individual,)``.
+    """
+    g = _genome(individual)
+    spans = [(e.offset, e.numel) if hasattr(e, "offset") else (int(e[0]), int(e[1])) for e in layout]
+    if not spans:
+        return (individual,)
+    hits = torch.rand(len(spans), generator=generator, dtype=torch.float64, device=g.device) < layerpb
+    for (off, n), hit in zip(spans, hits.tolist()):
+        if hit:
+            seg = g[off:off + n]
+            seg.add_(torch.randn(seg.shape, generator=generator, dtype=g.dtype, device=g.device).mul_(sigma).add_(mu))
+    return (individual,)
