@@ -1,0 +1,117 @@
+import random
+
+import pytest
+import torch
+from deap import base, tools
+
+import mega_deap
+from mega_deap import (TensorPopulation, eaMeGA, ensure_creator_classes, genome_equal, initBlend,
+                       mega_toolbox, merge)
+from mega_deap.adapters import TorchAdapter, accuracy
+
+
+def val_acc(model, data):
+    X, y = data
+    with torch.no_grad():
+        return (model(X).argmax(1) == y).double().mean().item()
+
+
+@pytest.fixture(scope="module")
+def merged(digits, digit_mlps):
+    return merge(digit_mlps, digits["val"], population=12, generations=6, seed=0, verbose=False)
+
+
+def test_merge_on_digits(merged, digits, digit_mlps):
+    maxes = merged.logbook.select("max")
+    assert len(maxes) == 7 and merged.logbook.select("gen") == list(range(7))
+    assert all(b >= a for a, b in zip(maxes, maxes[1:]))            # elitism: never decreases
+    assert merged.fitness >= maxes[0]                                # at least the best initial blend
+    assert merged.fitness == pytest.approx(val_acc(merged.model, digits["val"]), abs=1e-12)
+    assert merged.logbook.select("nevals")[1:] == [11] * 6           # N - 1 children a generation
+    assert torch.equal(merged.genome, merged.halloffame[0].genome)
+    assert merged.fitness > 0.8
+
+
+def test_merge_is_reproducible(merged, digits, digit_mlps):
+    again = merge(digit_mlps, digits["val"], population=12, generations=6, seed=0, verbose=False)
+    assert torch.equal(again.genome, merged.genome)
+    assert again.logbook.select("avg") == merged.logbook.select("avg")
+    other = merge(digit_mlps, digits["val"], population=12, generations=6, seed=1, verbose=False)
+    assert not torch.equal(other.genome, merged.genome)
+
+
+def test_merge_layer_mutation_and_errors(digits, digit_mlps):
+    r = merge(digit_mlps, digits["val"], population=6, generations=2, mutation="layer", sigma=0.1,
+              seed=0, verbose=False)
+    assert len(r.logbook) == 3
+    with pytest.raises(ValueError, match="at least two models"):
+        merge(digit_mlps[:1], digits["val"])
+    with pytest.raises(ValueError, match="smaller than parents"):
+        merge(digit_mlps, digits["val"], population=3, verbose=False)
+    with pytest.raises(ValueError, match="mutation"):
+        merge(digit_mlps, digits["val"], mutation="dense", verbose=False)
+
+
+def _setup(digits, digit_mlps, N=8):
+    icls = ensure_creator_classes()
+    ad = TorchAdapter(digit_mlps[0])
+    ev = accuracy(ad, *digits["val"])
+    pop = TensorPopulation(N, ad.dim, device="cpu")
+    inds = initBlend(pop.individuals(icls), ad.genomes(digit_mlps))
+    return pop, inds, mega_toolbox(pop, ev, repair=ad), ev
+
+
+def test_eaMeGA_by_hand(digits, digit_mlps):
+    """eaMeGA equals its steps written out by hand with the same toolbox and draws."""
+    mega_deap.seed(4)
+    pop, inds, tb, ev = _setup(digits, digit_mlps)
+    hof = tools.HallOfFame(1, similar=genome_equal)
+    final, log = eaMeGA(inds, tb, 3, npar=4, halloffame=hof, verbose=False)
+
+    mega_deap.seed(4)
+    pop2, ref, tb2, _ = _setup(digits, digit_mlps)
+    hof2 = tools.HallOfFame(1, similar=genome_equal)
+    for ind, fit in zip(ref, tb2.map(tb2.evaluate, ref)):
+        ind.fitness.values = fit
+    hof2.update(ref)
+    for _ in range(3):
+        kids = []
+        for _ in range(len(ref) - 1):
+            w = tb2.select(ref, 4)
+            c1, c2 = tb2.clone(w[0]), tb2.clone(w[1])
+            tb2.mate(c1, c2)
+            tb2.mutate(c1)
+            del c1.fitness.values
+            kids.append(c1)
+        kids.append(tb2.clone(hof2[0]))
+        for ind, fit in zip(kids[:-1], tb2.map(tb2.evaluate, kids[:-1])):
+            ind.fitness.values = fit
+        hof2.update(kids)
+        ref = kids
+    assert all(genome_equal(a, b) for a, b in zip(final, ref))
+    assert torch.equal(hof[0].genome, hof2[0].genome)
+    # the population stayed in the buffer's rows: no stand-alone copies
+    assert all(pop.row_of(ind) is not None for ind in final)
+
+
+def test_eaMeGA_hof_copies_are_independent(digits, digit_mlps):
+    mega_deap.seed(0)
+    pop, inds, tb, _ = _setup(digits, digit_mlps)
+    hof = tools.HallOfFame(1, similar=genome_equal)
+    eaMeGA(inds, tb, 2, halloffame=hof, verbose=False)
+    kept = hof[0].genome.clone()
+    pop.rows.fill_(0.0)
+    assert torch.equal(hof[0].genome, kept)
+
+
+def test_eaMeGA_input_errors(digits, digit_mlps):
+    pop, inds, tb, _ = _setup(digits, digit_mlps, N=3)
+    with pytest.raises(ValueError, match="ngen"):
+        eaMeGA(inds, tb, -1, verbose=False)
+    with pytest.raises(ValueError, match="smaller than npar=4"):
+        eaMeGA(inds, tb, 1, npar=4, verbose=False)
+    with pytest.raises(ValueError, match="npar must be >= 2"):
+        eaMeGA(inds, tb, 1, npar=1, verbose=False)
+    tb.register("select", tools.selTournament, tournsize=5)
+    with pytest.raises(ValueError, match="tournament size 5"):
+        eaMeGA(inds, tb, 1, npar=2, verbose=False)
