@@ -18,7 +18,7 @@ from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian
 from .population import TensorPopulation, default_device
 
-__all__ = ["eaMeGA", "mega_toolbox", "merge", "MergeResult", "seed", "default_stats",
+__all__ = ["eaMeGA", "mega_toolbox", "merge", "merge_tree", "MergeResult", "TreeResult", "seed", "default_stats",
            "ensure_creator_classes"]
 
 
@@ -253,3 +253,32 @@ def merge(models, val_data, *, population=20, generations=20, parents=4, tournsi
     return MergeResult(model=adapter.to_model(best), genome=best.genome.clone(),
                        fitness=best.fitness.values[0], logbook=logbook, halloffame=hof, adapter=adapter,
                        population=individuals, toolbox=toolbox)
+
+
+@dataclass
+class TreeResult:
+    """What :func:`merge_tree` returns: ``levels[0]`` the inputs, ``levels[-1]`` the one merged model."""
+    model: object
+    levels: list
+    merges: list
+
+
+def merge_tree(models, val_data, *, seed=0, **kwargs):
+    """Merge 2^k models pairwise, level by level (8 -> 4 -> 2 -> 1), each pair with :func:`merge`.
+
+    The pair ``j`` of the run gets seed ``seed + j``; other keyword arguments go to :func:`merge`.
+    """
+    models = list(models)
+    n = len(models)
+    if n < 2 or n & (n - 1):
+        raise ValueError(f"merge_tree merges a power of two of models (2, 4, 8, ...), got {n}")
+    levels, merges = [models], []
+    while len(levels[-1]) > 1:
+        level = levels[-1]
+        nxt = []
+        for i in range(0, len(level), 2):
+            r = merge(level[i:i + 2], val_data, seed=seed + len(merges), **kwargs)
+            merges.append(r)
+            nxt.append(r.model)
+        levels.append(nxt)
+    return TreeResult(model=levels[-1][0], levels=levels, merges=merges)

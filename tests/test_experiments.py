@@ -1,0 +1,175 @@
+"""The paper's experiments end to end at tiny sizes: data loading, models, both examples, mega-merge."""
+import importlib.util
+import json
+import os
+import pathlib
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import mega_deap
+from mega_deap.experiments import (build_model, cifar10_splits, load_cifar10, load_model_file, model_accuracy,
+                                   read_cifar_batch, resolve_splits, resnet_cifar)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def write_cifar(folder, n_train=40, n_test=30, seed=0):
+    """Small files in the exact CIFAR-10 python-pickle format."""
+    rng = np.random.default_rng(seed)
+    d = folder / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    written = {}
+    for name, n in [(f"data_batch_{i}", n_train) for i in range(1, 6)] + [("test_batch", n_test)]:
+        labels = rng.integers(0, 10, n)
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        data[:, 0] = labels * 25  # a learnable signal: the first red pixel encodes the class
+        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": data,
+                 b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+        with open(d / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+        written[name] = (data, labels)
+    return d, written
+
+
+def test_cifar_loader_reads_the_real_format(tmp_path):
+    folder, written = write_cifar(tmp_path)
+    X, y = read_cifar_batch(folder / "data_batch_3")
+    data, labels = written["data_batch_3"]
+    assert X.dtype == torch.uint8 and X.shape == (40, 3, 32, 32)
+    assert np.array_equal(X.reshape(40, -1).numpy(), data) and y.tolist() == labels.tolist()
+    # channel-major rows: the first 1024 bytes are the red plane
+    assert np.array_equal(X[:, 0].reshape(40, -1).numpy(), data[:, :1024])
+    raw = load_cifar10(tmp_path)
+    assert raw["train"][0].shape == (200, 3, 32, 32) and raw["test"][0].shape == (30, 3, 32, 32)
+    s = cifar10_splits(tmp_path, val_size=50, seed=0)
+    assert len(s.train[1]) == 150 and len(s.val[1]) == 50 and len(s.test[1]) == 30
+    # train and validation are disjoint pieces of the training batches, the test batch stays apart
+    tr = {tuple(r) for r in s.train[0].reshape(150, -1)[:, :8].tolist()}
+    va = {tuple(r) for r in s.val[0].reshape(50, -1)[:, :8].tolist()}
+    assert not tr & va
+    assert cifar10_splits(tmp_path, val_size=50, seed=1).val[1].tolist() != s.val[1].tolist()
+
+
+def test_cifar_loader_refuses_code_and_junk(tmp_path):
+    folder, _ = write_cifar(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": []}, f)
+    with pytest.raises(ValueError, match="refusing to load"):
+        read_cifar_batch(folder / "data_batch_1")
+    (folder / "data_batch_2").write_bytes(b"\x80\x02}q\x00")  # truncated
+    with pytest.raises(ValueError, match="not a readable CIFAR-10 batch"):
+        read_cifar_batch(folder / "data_batch_2")
+
+
+def test_resolve_splits_falls_back_in_one_line(tmp_path):
+    said = []
+    s = resolve_splits("auto", str(tmp_path), say=said.append)
+    assert s.name == "digits" and len(said) == 1 and "digits" in said[0]
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 is not available"):
+        resolve_splits("cifar10", str(tmp_path))
+    d = resolve_splits("digits")
+    assert len(d.test[1]) == 400 and d.train[0].shape[1:] == (1, 8, 8)
+
+
+def test_cifar_resnets_follow_he_et_al():
+    counts = {d: sum(p.numel() for p in resnet_cifar(d).parameters()) for d in (20, 56, 110)}
+    assert 0.26e6 < counts[20] < 0.28e6 and 0.84e6 < counts[56] < 0.87e6 and 1.7e6 < counts[110] < 1.75e6
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in resnet_cifar(56).modules())
+    assert convs + 1 == 56  # 6n+1 convolutions and one linear layer
+    assert resnet_cifar(20)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="6n\\+2"):
+        resnet_cifar(21)
+    assert build_model("smallcnn", 1, 10, 8)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def check_png(path):
+    import matplotlib.image
+    assert pathlib.Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def test_merge_cifar_example_on_digits(tmp_path):
+    out = tmp_path / "run"
+    argv = ["--dataset", "digits", "--epochs", "3", "--population", "6", "--generations", "3",
+            "--out", str(out), "--quiet"]
+    report = load_example("merge_cifar").main(argv)
+    saved = json.loads((out / "results.json").read_text())
+    names = [r["model"] for r in saved["rows"]]
+    assert names == ["parent 1 (seed 56)", "parent 2 (seed 57)", "weight averaging",
+                     "output ensemble (upper bound)", "MeGA"]
+    assert all(isinstance(r["val_acc"], float) and isinstance(r["test_acc"], float) for r in saved["rows"])
+    assert saved["rows"] == report["rows"] and len(saved["logbook"]) == 4
+    check_png(out / "fitness.png")
+    # the merged model file loads and has the accuracy the table reports
+    from mega_deap.experiments import digits_splits
+    s = digits_splits(seed=0)
+    m = load_model_file(build_model("smallcnn", 1, 10, 8), out / "merged.safetensors")
+    assert model_accuracy(m, *s.val) == saved["rows"][-1]["val_acc"]
+    assert model_accuracy(m, *s.test) == saved["rows"][-1]["test_acc"]
+    assert saved["mega_val_fitness"] == saved["rows"][-1]["val_acc"]
+    # a re-run takes the parents from the cache
+    again = load_example("merge_cifar").main(argv)
+    assert all("(cached)" in p for p in again["parents"]) and again["rows"] == report["rows"]
+
+
+def test_merge_cifar_example_on_cifar_files(tmp_path):
+    write_cifar(tmp_path / "data")
+    report = load_example("merge_cifar").main(
+        ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--model", "smallcnn", "--val-size", "50",
+         "--epochs", "1", "--population", "4", "--generations", "1", "--out", str(tmp_path / "o"), "--quiet"])
+    assert report["dataset"] == "cifar10" and report["sizes"] == {"train": 150, "val": 50, "test": 30}
+
+
+def test_merge_hierarchical_example(tmp_path):
+    report = load_example("merge_hierarchical").main(
+        ["--dataset", "digits", "--leaves", "4", "--epochs", "2", "--population", "4", "--generations", "1",
+         "--out", str(tmp_path), "--quiet"])
+    assert [r["level"] for r in report["rows"]] == [0, 0, 0, 0, 1, 1, 2]
+    check_png(tmp_path / "tree.png")
+
+
+def test_merge_tree_counts(digits, digit_mlps):
+    tree = mega_deap.merge_tree(digit_mlps * 2, digits["val"], population=4, generations=1, verbose=False)
+    assert [len(level) for level in tree.levels] == [4, 2, 1] and len(tree.merges) == 3
+    with pytest.raises(ValueError, match="power of two"):
+        mega_deap.merge_tree(digit_mlps + digit_mlps[:1], digits["val"])
+
+
+def test_mega_merge_cli(tmp_path, digits, digit_mlps):
+    from mega_deap.cli import main
+    from mega_deap.experiments import save_model
+    paths = [str(save_model(m, tmp_path / f"p{i}.safetensors")) for i, m in enumerate(digit_mlps)]
+    torch.save(digit_mlps[1].state_dict(), tmp_path / "p1.pt")
+    torch.save({"val": digits["val"], "test": digits["test"]}, tmp_path / "data.pt")
+    (tmp_path / "defs.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def model():\n    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n"
+        f"def data():\n    return torch.load({str(tmp_path / 'data.pt')!r}, weights_only=True)\n")
+    out = tmp_path / "out"
+    rc = main([paths[0], str(tmp_path / "p1.pt"), "--model", f"{tmp_path / 'defs.py'}:model",
+               "--data", f"{tmp_path / 'defs.py'}:data", "--population", "6", "--generations", "2",
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["model"] for r in res["rows"]] == ["p0.safetensors", "p1.pt", "MeGA"]
+    assert res["rows"][0]["val_accuracy"] == pytest.approx(model_accuracy(digit_mlps[0], *digits["val"]))
+    assert "test_accuracy" in res["rows"][2]
+    check_png(out / "fitness.png")
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        main([paths[0], str(tmp_path / "missing.pt"), "--model", "x:y", "--data", "x:y"])
