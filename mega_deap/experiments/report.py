@@ -46,12 +46,14 @@ def plot_fitness(logbook, path, title="MeGA: validation fitness per generation",
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     gens = logbook.select("gen")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(gens, logbook.select("max"), marker="o", label="best")
     ax.plot(gens, logbook.select("avg"), marker=".", label="mean")
-    for label, value in (extra or {}).items():
-        ax.axhline(value, linestyle="--", linewidth=1, label=label, color=None)
+    for i, (label, value) in enumerate((extra or {}).items()):
+        ax.axhline(value, linestyle="--", linewidth=1, label=label, color=f"C{i + 2}")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("generation")
     ax.set_ylabel("validation fitness")
     ax.set_title(title)
