@@ -98,9 +98,30 @@ class TorchAdapter:
             offset += t.numel()
         self.layout = tuple(layout)
         self.dim = offset
+        self._slots = self._build_slots()
         self._variance_spans = tuple(
             (e.offset, e.numel) for e in self.layout
             if e.kind == "buffer" and self._is_running_var(e.name))
+
+    def _build_slots(self):
+        """For the in-place forward: (owner dict getter, leaf name, layout index) for every state-dict name
+        whose tensor is in the genome, tied aliases included; ``None`` when the model needs
+        ``functional_call`` (parametrizations)."""
+        if any(hasattr(m, "parametrizations") for m in self.model.modules()):
+            return None
+        index = {}
+        entries = _entries(self.model, self.buffers)
+        for i, (name, t, _) in enumerate(entries):
+            index[id(t)] = i
+        slots = []
+        for name, t in self.model.state_dict(keep_vars=True).items():
+            if id(t) not in index:
+                continue
+            prefix, _, leaf = name.rpartition(".")
+            module = self.model.get_submodule(prefix) if prefix else self.model
+            table = module._parameters if leaf in module._parameters else module._buffers
+            slots.append((table, leaf, index[id(t)]))
+        return tuple(slots)
 
     def _is_running_var(self, name):
         prefix, _, leaf = name.rpartition(".")
@@ -203,8 +224,24 @@ class TorchAdapter:
 
     # -- functional forward ----------------------------------------------------
     def forward(self, genome, x):
-        """The template's output on ``x`` with ``genome``'s weights read as views (no copy)."""
-        return functional_call(self.model, self.tensors(genome), (x,))
+        """The template's output on ``x`` with ``genome``'s weights read as views (no copy).
+
+        The template's tensors are swapped for views of ``genome`` for the duration of the call and put
+        back after (what ``torch.func.functional_call`` does, without its per-call bookkeeping; models with
+        parametrizations go through ``functional_call`` itself). Not thread-safe on one adapter.
+        """
+        genome = self._check_genome(genome)
+        if self._slots is None:
+            return functional_call(self.model, self.tensors(genome), (x,))
+        views = [genome[e.offset:e.offset + e.numel].view(e.shape) for e in self.layout]
+        saved = [(table, leaf, table[leaf]) for table, leaf, _ in self._slots]
+        try:
+            for table, leaf, i in self._slots:
+                table[leaf] = views[i]
+            return self.model(x)
+        finally:
+            for table, leaf, original in saved:
+                table[leaf] = original
 
     def _forward_rows(self, genome, x):
         views = {e.name: genome[e.offset:e.offset + e.numel].view(e.shape) for e in self.layout}

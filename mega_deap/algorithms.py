@@ -5,6 +5,7 @@ paper's preset: nothing but registrations of operators, so any of them can be sw
 ``merge`` builds the preset for a list of PyTorch models and runs it.
 """
 import copy
+import os
 import random
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ import torch
 from deap import base, creator, tools
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .evaluation import Accuracy, Evaluator, NegMAE, NegMSE
 from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian
@@ -63,7 +65,38 @@ def _evaluate_invalid(population, toolbox):
     return len(invalid)
 
 
-def eaMeGA(population, toolbox, ngen, npar=4, stats=None, halloffame=None, verbose=__debug__):
+def _resume(path, population, toolbox, halloffame, logbook):
+    """Restore a run from ``path`` into ``population`` (in order), the hall of fame, the logbook and every
+    random source; returns the first generation still to run."""
+    meta, tensors = load_checkpoint(path)
+    G = tensors["population"]
+    D = len(population[0])
+    if G.shape != (len(population), D):
+        raise ValueError(f"checkpoint {path!r} holds a population of {G.shape[0]} x {G.shape[1]}, this run has "
+                         f"{len(population)} x {D}")
+    for ind, g, fit in zip(population, G, meta["fitness"]):
+        ind.genome.copy_(g.to(device=ind.genome.device, dtype=ind.genome.dtype))
+        if fit is None:
+            del ind.fitness.values
+        else:
+            ind.fitness.values = tuple(fit)
+    if halloffame is not None:
+        halloffame.clear()
+        if "halloffame" in tensors:
+            for g, fit in zip(tensors["halloffame"], meta["halloffame_fitness"]):
+                item = toolbox.clone(population[0])
+                item.genome.copy_(g.to(device=item.genome.device, dtype=item.genome.dtype))
+                item.fitness.values = tuple(fit)
+                halloffame.insert(item)
+                del item
+    for record in meta["logbook"]:
+        logbook.record(**record)
+    set_rng_state(meta["rng"], tensors)
+    return meta["gen"] + 1
+
+
+def eaMeGA(population, toolbox, ngen, npar=4, stats=None, halloffame=None, verbose=__debug__,
+           checkpoint=None):
     """The MeGA generational loop.
 
     Each generation: (1) evaluate the individuals whose fitness is invalid (one ``toolbox.map`` call);
@@ -78,6 +111,9 @@ def eaMeGA(population, toolbox, ngen, npar=4, stats=None, halloffame=None, verbo
     :param stats: a ``tools.Statistics``, or ``None``.
     :param halloffame: a ``tools.HallOfFame``; its best is carried over each generation (elitism).
     :param verbose: show a progress bar and print the logbook.
+    :param checkpoint: a file path: the run's state is written there after every generation (atomically,
+                       safetensors + JSON), and a run started with an existing checkpoint resumes from it
+                       (the population passed in is overwritten, in order, with the saved one).
     :returns: ``(population, logbook)``; the logbook records ``gen``, ``nevals`` and the stats.
     """
     ngen, npar = int(ngen), int(npar)
@@ -97,15 +133,24 @@ def eaMeGA(population, toolbox, ngen, npar=4, stats=None, halloffame=None, verbo
     logbook = tools.Logbook()
     logbook.header = ["gen", "nevals"] + (stats.fields if stats else [])
 
-    # generation 0: evaluate the initial population
-    nevals = _evaluate_invalid(population, toolbox)
-    if halloffame is not None:
-        halloffame.update(population)
-    logbook.record(gen=0, nevals=nevals, **(stats.compile(population) if stats else {}))
+    if checkpoint is not None and os.path.exists(checkpoint):
+        start = _resume(checkpoint, population, toolbox, halloffame, logbook)
+        if verbose:
+            tqdm.write(f"resuming from {checkpoint} after generation {start - 1}")
+    else:
+        # generation 0: evaluate the initial population
+        nevals = _evaluate_invalid(population, toolbox)
+        if halloffame is not None:
+            halloffame.update(population)
+        logbook.record(gen=0, nevals=nevals, **(stats.compile(population) if stats else {}))
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, gen=0, population=population, halloffame=halloffame, logbook=logbook)
+        start = 1
+        if verbose:
+            tqdm.write(logbook.stream)
 
-    bar = tqdm(range(1, ngen + 1), desc="eaMeGA", disable=not verbose, leave=False)
-    if verbose:
-        tqdm.write(logbook.stream)
+    bar = tqdm(range(start, ngen + 1), desc="eaMeGA", disable=not verbose, leave=False,
+               initial=start - 1, total=ngen)
     for gen in bar:
         # 1. breed: npar tournament winners per child, the first two mate, the first child is kept
         elite = halloffame is not None and len(halloffame) > 0
@@ -130,6 +175,8 @@ def eaMeGA(population, toolbox, ngen, npar=4, stats=None, halloffame=None, verbo
         del offspring
         record = stats.compile(population) if stats else {}
         logbook.record(gen=gen, nevals=nevals, **record)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, gen=gen, population=population, halloffame=halloffame, logbook=logbook)
         if verbose:
             tqdm.write(logbook.stream)
             if "max" in record:
@@ -210,7 +257,7 @@ def _as_xy(val_data):
 
 def merge(models, val_data, *, population=20, generations=20, parents=4, tournsize=3, seed=0,
           device=None, mutation="sparse", sigma=0.01, indpb=0.02, layerpb=0.02, alpha=0.0,
-          metric="accuracy", batch_size=1024, strategy="auto", buffers=True, verbose=True):
+          metric="accuracy", batch_size=1024, strategy="auto", buffers=True, verbose=True, checkpoint=None):
     """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`.
 
     :param models: two or more ``nn.Module`` of one architecture (parents).
@@ -223,6 +270,7 @@ def merge(models, val_data, *, population=20, generations=20, parents=4, tournsi
     :param mutation: ``"sparse"`` (each element with ``indpb`` gets N(0, sigma^2)) or ``"layer"``
                      (each tensor with ``layerpb``, as the reference code).
     :param metric: ``"accuracy"``, ``"neg_mse"`` or ``"neg_mae"``.
+    :param checkpoint: a file to write after every generation and to resume from when it exists.
     """
     from .adapters.torch import TorchAdapter
 
@@ -248,7 +296,7 @@ def merge(models, val_data, *, population=20, generations=20, parents=4, tournsi
     individuals = initBlend(pop.individuals(icls), genomes)
     hof = tools.HallOfFame(1, similar=genome_equal)
     individuals, logbook = eaMeGA(individuals, toolbox, generations, npar=parents, stats=default_stats(),
-                                  halloffame=hof, verbose=verbose)
+                                  halloffame=hof, verbose=verbose, checkpoint=checkpoint)
     best = hof[0]
     return MergeResult(model=adapter.to_model(best), genome=best.genome.clone(),
                        fitness=best.fitness.values[0], logbook=logbook, halloffame=hof, adapter=adapter,

@@ -25,7 +25,7 @@ def _genome(ind):
     raise TypeError(f"expected a TensorIndividual or a 1-D tensor, got {type(ind).__name__}")
 
 
-def _uniform(generator, device=None):
+def _uniform(generator):
     """One U(0, 1) number as a Python float, from ``generator`` (CPU default generator when ``None``)."""
     return torch.rand((), generator=generator, dtype=torch.float64,
                       device=generator.device if generator is not None else "cpu").item()
@@ -110,9 +110,9 @@ def cxBlend(ind1, ind2, alpha=0.0, per_element=False, *, generator=None):
         b.copy_(new_b)
     else:
         beta = (1.0 + 2.0 * alpha) * _uniform(generator) - alpha
-        old_a = a.clone()
-        a.mul_(beta).add_(b, alpha=1.0 - beta)
-        b.mul_(beta).add_(old_a, alpha=1.0 - beta)
+        new_b = torch.lerp(a, b, beta)      # (1 - beta) * a + beta * b
+        a.lerp_(b, 1.0 - beta)              # beta * a + (1 - beta) * b
+        b.copy_(new_b)
     return ind1, ind2
 
 
@@ -137,17 +137,18 @@ def sparse_indices(size, indpb, *, generator=None, device="cpu"):
         return torch.arange(size, device=device)
     mean = size * indpb
     chunk = int(mean + 6.0 * math.sqrt(mean * (1.0 - indpb)) + 16)
-    parts, last = [], -1.0
+    parts, offset = [], 0.0
     while True:
-        gaps = torch.empty(chunk, dtype=torch.float64, device=device).geometric_(indpb, generator=generator)
-        pos = torch.cumsum(gaps, 0).add_(last)
+        pos = torch.empty(chunk, dtype=torch.float64, device=device).geometric_(indpb, generator=generator)
+        pos[0] += offset - 1.0  # running sum of the gaps, 0-based: the first hit at gap - 1
+        pos = pos.cumsum_(0)
         parts.append(pos)
-        last = pos[-1].item()
-        if last >= size:
+        offset = pos[-1].item() + 1.0
+        if offset > size:  # the last hit lies beyond the genome: every hit inside it is drawn
             break
     pos = torch.cat(parts) if len(parts) > 1 else parts[0]
-    pos = pos[pos < size]
-    return pos.to(torch.long)
+    k = int(torch.searchsorted(pos, float(size), right=False))  # hits at positions < size
+    return pos[:k].to(torch.long)
 
 
 def mutSparseGaussian(individual, mu, sigma, indpb, *, generator=None):
@@ -165,8 +166,9 @@ def mutSparseGaussian(individual, mu, sigma, indpb, *, generator=None):
     g = _genome(individual)
     idx = sparse_indices(g.shape[0], indpb, generator=generator, device=g.device)
     if idx.numel():
-        noise = torch.randn(idx.shape, generator=generator, dtype=g.dtype, device=g.device)
-        g.index_add_(0, idx, noise.mul_(sigma).add_(mu))
+        noise = torch.normal(float(mu), float(sigma), idx.shape, generator=generator, dtype=g.dtype,
+                             device=g.device)
+        g.index_add_(0, idx, noise)
     return (individual,)
 
 

@@ -1,0 +1,306 @@
+"""How fast is a merge, against the approaches users have today and against the floor?
+
+    python benchmarks/bench_merge.py            # the full CPU table (a few minutes on 2 cores)
+    python benchmarks/bench_merge.py --quick    # tiny sizes, what CI runs so the script cannot rot
+
+For the same GA (N individuals, G generations, K=4 winners of size-3 tournaments per child, blend
+crossover, mutation, elitism: N + G (N - 1) evaluations), model and validation set, it times in one run:
+
+  (a) mega_deap   ``mega_deap.merge``: population in one tensor, weights read as views, batched evaluation;
+  (b) reference   the MeGA reference code's approach in PyTorch: each individual a list of per-tensor
+                  arrays; per evaluation the weights are set into the model tensor by tensor, then it runs;
+  (c) torchga     PyGAD's torchga approach: each individual a float64 NumPy vector; per evaluation it is
+                  cut into a state dict, ``load_state_dict``-ed, and the model predicts;
+  (d) floor       the same number of forward passes of one fixed model, no GA at all.
+
+and prints the ratios (a)/(d), (b)/(a), (c)/(a); then sparse against dense-mask mutation at D = 20 M, and the
+peak memory of a merge-sized population (N = 20, D = 20 M) against (2N + 4) x D x 4 bytes + 1 GB.
+Writes everything to --json.
+"""
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+import mega_deap
+from mega_deap.adapters import TorchAdapter
+from mega_deap.experiments import MLP, SmallCNN, resnet_cifar
+
+
+# ----------------------------------------------------------------------------- the workloads
+def workload(name, n_val, device):
+    g = torch.Generator().manual_seed(0)
+    if name.startswith("mlp-digits"):
+        from mega_deap.experiments import load_digits_images
+        X, y = load_digits_images()
+        X, y = X[:n_val], y[:n_val]
+        hidden = (256, 256) if name == "mlp-digits-wide" else (64,)
+        make = lambda: MLP(64, 10, hidden=hidden)  # noqa: E731
+    else:
+        X, y = torch.randn(n_val, 3, 32, 32, generator=g), torch.randint(0, 10, (n_val,), generator=g)
+        make = {"smallcnn-cifar": lambda: SmallCNN(3, 10),
+                "resnet20-cifar": lambda: resnet_cifar(20),
+                "resnet56-cifar": lambda: resnet_cifar(56)}[name]
+    models = []
+    for s in (1, 2):
+        torch.manual_seed(s)
+        m = make()
+        m.train()
+        with torch.no_grad():  # non-trivial BatchNorm statistics
+            m(X[:64])
+        models.append(m.eval().to(device))
+    return models, X.to(device), y.to(device)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------- (b) and (c): the GA written
+# the way those codes write it, the same selection, blend and elitism as (a)
+def tournament(fits, k=4, size=3):
+    return [max(random.sample(range(len(fits)), size) if size <= len(fits) else
+                [random.randrange(len(fits)) for _ in range(size)], key=lambda i: fits[i]) for _ in range(k)]
+
+
+def run_reference(models, X, y, N, G, sigma=0.1, p=0.02):
+    """Individuals as lists of per-tensor tensors; set the weights, evaluate, per individual."""
+    model = models[0]
+    names = [n for n, t in model.state_dict().items() if t.is_floating_point()]
+    parents = [[m.state_dict()[n].clone() for n in names] for m in models]
+    sd = model.state_dict()
+
+    def evaluate(ind):
+        with torch.no_grad():
+            for n, w in zip(names, ind):   # set_weights, tensor by tensor
+                sd[n].copy_(w)
+            return (model(X).argmax(1) == y).float().mean().item()
+
+    pop = []
+    for _ in range(N):
+        a = random.random()
+        pop.append([a * w1 + (1 - a) * w2 for w1, w2 in zip(*parents)])
+    fits = [evaluate(ind) for ind in pop]
+    for _ in range(G):
+        best = max(range(N), key=lambda i: fits[i])
+        elite, elite_fit = [w.clone() for w in pop[best]], fits[best]
+        kids = []
+        for _ in range(N - 1):
+            w = tournament(fits)
+            b = random.random()
+            child = [b * w1 + (1 - b) * w2 for w1, w2 in zip(pop[w[0]], pop[w[1]])]
+            child = [t + torch.randn_like(t) * sigma if random.random() < p else t for t in child]
+            kids.append(child)
+        pop = kids + [elite]
+        fits = [evaluate(ind) for ind in kids] + [elite_fit]
+    return max(fits)
+
+
+def run_torchga(models, X, y, N, G, sigma=0.01, p=0.02):
+    """Individuals as float64 NumPy vectors; genome -> state dict -> load_state_dict -> predict."""
+    model = models[0]
+    sd0 = model.state_dict()
+    keys = list(sd0.keys())
+    parents = [np.concatenate([m.state_dict()[k].detach().cpu().numpy().astype(np.float64).ravel()
+                               for k in keys if sd0[k].is_floating_point()]) for m in models]
+    rng = np.random.default_rng(0)
+    dev = X.device
+
+    def evaluate(vec):
+        state, start = {}, 0
+        for k in keys:   # torchga.model_weights_as_dict
+            t = sd0[k]
+            if t.is_floating_point():
+                state[k] = torch.from_numpy(vec[start:start + t.numel()].reshape(t.shape)).to(dev, torch.float32)
+                start += t.numel()
+            else:
+                state[k] = t
+        model.load_state_dict(state)
+        with torch.no_grad():   # torchga.predict
+            pred = model(X)
+        return (pred.argmax(1) == y).float().mean().item()
+
+    pop = []
+    for _ in range(N):
+        a = random.random()
+        pop.append(a * parents[0] + (1 - a) * parents[1])
+    fits = [evaluate(v) for v in pop]
+    for _ in range(G):
+        best = max(range(N), key=lambda i: fits[i])
+        elite, elite_fit = pop[best].copy(), fits[best]
+        kids = []
+        for _ in range(N - 1):
+            w = tournament(fits)
+            b = random.random()
+            child = b * pop[w[0]] + (1 - b) * pop[w[1]]
+            mask = rng.random(child.shape[0]) < p
+            child[mask] += rng.normal(0.0, sigma, int(mask.sum()))
+            kids.append(child)
+        pop = kids + [elite]
+        fits = [evaluate(v) for v in kids] + [elite_fit]
+    return max(fits)
+
+
+def run_floor(models, X, y, n_evals):
+    model = models[0]
+    with torch.no_grad():
+        for _ in range(n_evals):
+            (model(X).argmax(1) == y).float().mean().item()
+
+
+def timed(fn, device, repeats=1):
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench_model(name, n_val, N, G, device, repeats, strategy):
+    models, X, y = workload(name, n_val, device)
+    n_evals = N + G * (N - 1)
+    D = TorchAdapter(models[0]).dim
+    variants = {
+        "mega_deap": lambda: mega_deap.merge(models, (X, y), population=N, generations=G, seed=0, device=device,
+                                             verbose=False, batch_size=len(X), strategy=strategy),
+        "reference": lambda: run_reference(models, X, y, N, G),
+        "torchga": lambda: run_torchga(models, X, y, N, G),
+        "floor": lambda: run_floor(models, X, y, n_evals),
+    }
+    run_floor(models, X, y, 3)  # warm-up
+    times = {k: float("inf") for k in variants}
+    for _ in range(repeats):  # interleaved, so drift in the machine's speed hits every variant alike
+        for k, fn in variants.items():
+            times[k] = min(times[k], timed(fn, device))
+    return {"model": name, "D": D, "val": n_val, "N": N, "G": G, "evals": n_evals, "seconds": times,
+            "a/d": times["mega_deap"] / times["floor"], "b/a": times["reference"] / times["mega_deap"],
+            "c/a": times["torchga"] / times["mega_deap"]}
+
+
+# ----------------------------------------------------------------------------- mutation and memory
+def bench_mutation(D, indpb, device, repeats=5):
+    g = torch.zeros(D, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def sparse():
+        mega_deap.mutSparseGaussian(g, 0.0, 0.01, indpb, generator=gen)
+
+    def dense():
+        mask = torch.rand(D, generator=gen, device=device) < indpb
+        g.add_(torch.randn(D, generator=gen, device=device).mul_(0.01) * mask)
+
+    t_s, t_d = timed(sparse, device, repeats), timed(dense, device, repeats)
+    return {"D": D, "indpb": indpb, "sparse_s": t_s, "dense_s": t_d, "speedup": t_d / t_s}
+
+
+def memory_probe(N, D, G):
+    """Runs in a child process: eaMeGA over N x D genomes with a cheap fitness; prints the peak RSS."""
+    from deap import tools
+
+    class Cheap:  # fitness = the first gene: no model, so only the GA's own memory shows
+        def __call__(self, ind):
+            return (float(ind.genome[0]),)
+
+        def map(self, func, items):
+            return [self(i) for i in items]
+
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    pop = mega_deap.TensorPopulation(N, D, device="cpu")
+    ev = Cheap()
+    tb = mega_deap.mega_toolbox(pop, ev)
+    icls = mega_deap.ensure_creator_classes()
+    parents = torch.randn(2, D)
+    inds = mega_deap.initBlend(pop.individuals(icls), parents)
+    del parents
+    mega_deap.eaMeGA(inds, tb, G, halloffame=tools.HallOfFame(1, similar=mega_deap.genome_equal), verbose=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_bytes": peak, "baseline_bytes": base_rss}))
+
+
+def bench_memory(N, D, G):
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", str(N), str(D), str(G)],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    budget = (2 * N + 4) * D * 4 + 2**30
+    used = r["peak_bytes"] - r["baseline_bytes"]
+    return {"N": N, "D": D, "G": G, "peak_above_baseline_bytes": used, "budget_bytes": budget,
+            "within_budget": used <= budget}
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--models", nargs="+", default=None)
+    p.add_argument("--population", type=int, default=None)
+    p.add_argument("--generations", type=int, default=None)
+    p.add_argument("--val", type=int, default=None, help="validation images (default per model)")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--strategy", default="auto")
+    p.add_argument("--json", default="benchmarks/results.json")
+    p.add_argument("--memory-probe", nargs=3, type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_probe:
+        return memory_probe(*args.memory_probe)
+
+    device = torch.device(args.device) if args.device else mega_deap.default_device()
+    torch.manual_seed(0)
+    random.seed(0)
+    if args.quick:
+        plan = [(m, 64, 4, 2) for m in (args.models or ["mlp-digits", "smallcnn-cifar"])]
+        mut_D, mem = (200_000, (4, 100_000, 2))
+        repeats = args.repeats or 1
+    else:
+        # CPU: validation sets and generations cut so the table takes minutes; a GPU gets the paper protocol
+        cpu = {"mlp-digits": (1797, 20), "mlp-digits-wide": (1797, 20), "smallcnn-cifar": (500, 10),
+               "resnet20-cifar": (200, 3), "resnet56-cifar": (100, 2)}
+        names = args.models or list(cpu)
+        plan = [(m, args.val or (5000 if device.type == "cuda" and "cifar" in m else cpu[m][0]),
+                 args.population or 20, args.generations or (20 if device.type == "cuda" else cpu[m][1]))
+                for m in names]
+        mut_D, mem = 20_000_000, (20, 20_000_000, 2)
+        repeats = args.repeats or (3 if device.type == "cuda" or "resnet" not in "".join(names) else 2)
+
+    rows = []
+    for name, n_val, N, G in plan:
+        r = bench_model(name, n_val, N, G, device, repeats, args.strategy)
+        rows.append(r)
+        s = r["seconds"]
+        print(f"{name:16s} D={r['D']:>9,d} val={n_val:>5d} N={N} G={G} evals={r['evals']:>4d} | "
+              f"(a) {s['mega_deap']:7.2f}s (b) {s['reference']:7.2f}s (c) {s['torchga']:7.2f}s "
+              f"(d) {s['floor']:7.2f}s | a/d {r['a/d']:.3f}  b/a {r['b/a']:.2f}  c/a {r['c/a']:.2f}", flush=True)
+    mut = bench_mutation(mut_D, 0.02, device)
+    print(f"mutation D={mut['D']:,} indpb=0.02: sparse {mut['sparse_s'] * 1e3:.2f} ms, dense mask "
+          f"{mut['dense_s'] * 1e3:.2f} ms, sparse is {mut['speedup']:.1f}x faster", flush=True)
+    memr = bench_memory(*mem) if device.type == "cpu" else None
+    if memr:
+        print(f"memory N={memr['N']} D={memr['D']:,}: peak {memr['peak_above_baseline_bytes'] / 2**30:.2f} GiB above "
+              f"baseline, budget (2N+4)xDx4 + 1 GiB = {memr['budget_bytes'] / 2**30:.2f} GiB: "
+              f"{'within' if memr['within_budget'] else 'OVER'}")
+    result = {"device": str(device), "machine": platform.platform(), "cpu_count": os.cpu_count(),
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+              "quick": args.quick, "rows": rows, "mutation": mut, "memory": memr, "command": " ".join(sys.argv)}
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

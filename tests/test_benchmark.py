@@ -1,0 +1,18 @@
+"""The benchmark's --quick mode runs in CI so the script cannot rot; no timing is asserted."""
+import importlib.util
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_bench_merge_quick(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_merge", ROOT / "benchmarks" / "bench_merge.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    res = bench.main(["--quick", "--device", "cpu", "--json", str(out)])
+    assert out.exists() and {r["model"] for r in res["rows"]} == {"mlp-digits", "smallcnn-cifar"}
+    for r in res["rows"]:
+        assert set(r["seconds"]) == {"mega_deap", "reference", "torchga", "floor"}
+        assert all(t > 0 for t in r["seconds"].values()) and r["evals"] == 4 + 2 * 3
+    assert res["mutation"]["sparse_s"] > 0 and res["memory"]["budget_bytes"] > 0
