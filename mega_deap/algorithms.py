@@ -20,7 +20,7 @@ from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian
 from .population import TensorPopulation, default_device
 
-__all__ = ["eaMeGA", "mega_toolbox", "merge", "merge_tree", "MergeResult", "TreeResult", "seed", "default_stats",
+__all__ = ["selElite", "selNoElite", "eaMeGA", "mega_toolbox", "merge", "merge_tree", "MergeResult", "TreeResult", "seed", "default_stats",
            "ensure_creator_classes"]
 
 
@@ -56,6 +56,19 @@ def _tournsize(toolbox):
 ######################################
 # The algorithm                      #
 ######################################
+
+def selElite(halloffame):
+    """Elitism (the default of :func:`eaMeGA`): the hall of fame's best goes back into the population.
+
+    Register another as ``toolbox.register("elite", ...)`` to ablate it; it takes the hall of fame and
+    returns the individuals to carry over (their clones fill places in the next population).
+    """
+    return [halloffame[0]] if halloffame is not None and len(halloffame) else []
+
+
+def selNoElite(halloffame):
+    """No elitism: nothing is carried over; the hall of fame still records the best ever."""
+    return []
 
 def _evaluate_invalid(population, toolbox):
     invalid = [ind for ind in population if not ind.fitness.valid]
@@ -100,9 +113,10 @@ def eaMeGA(population, toolbox, ngen, npar=4, stats=None, halloffame=None, verbo
     """The MeGA generational loop.
 
     Each generation: (1) evaluate the individuals whose fitness is invalid (one ``toolbox.map`` call);
-    (2) update the hall of fame; (3) breed ``N - 1`` children (``N`` without a hall of fame), each from
-    ``npar`` parents drawn by ``toolbox.select``: the first two are cloned, mated, and the first child
-    mutated; (4) put a clone of the hall of fame's best back (elitism).
+    (2) update the hall of fame; (3) breed ``N - E`` children, each from ``npar`` parents drawn by
+    ``toolbox.select``: the first two are cloned, mated, and the first child mutated; (4) put clones of
+    the ``E`` individuals ``toolbox.elite(halloffame)`` returns back (elitism; by default
+    :func:`selElite`: the hall of fame's best, so ``E = 1`` with a hall of fame and 0 without).
 
     :param population: a list of individuals, replaced in place generation by generation.
     :param toolbox: with ``evaluate``, ``select``, ``clone``, ``mate``, ``mutate`` (and ``map``).
@@ -153,9 +167,9 @@ def eaMeGA(population, toolbox, ngen, npar=4, stats=None, halloffame=None, verbo
                initial=start - 1, total=ngen)
     for gen in bar:
         # 1. breed: npar tournament winners per child, the first two mate, the first child is kept
-        elite = halloffame is not None and len(halloffame) > 0
+        elite = getattr(toolbox, "elite", selElite)(halloffame)
         offspring = []
-        for _ in range(len(population) - int(elite)):
+        for _ in range(len(population) - len(elite)):
             winners = toolbox.select(population, npar)
             child, other = toolbox.clone(winners[0]), toolbox.clone(winners[1])
             child, other = toolbox.mate(child, other)
@@ -164,8 +178,7 @@ def eaMeGA(population, toolbox, ngen, npar=4, stats=None, halloffame=None, verbo
             offspring.append(child)
             del winners, other  # free the second child's row now
         # 2. elitism: the best ever goes back into the population
-        if elite:
-            offspring.append(toolbox.clone(halloffame[0]))
+        offspring.extend(toolbox.clone(ind) for ind in elite)
         # 3. evaluate the new individuals, update the hall of fame
         nevals = _evaluate_invalid(offspring, toolbox)
         if halloffame is not None:
@@ -204,7 +217,7 @@ def mega_toolbox(pop, evaluator, *, tournsize=3, mutation="sparse", mu=0.0, sigm
     """The paper's toolbox: registrations only.
 
     ``clone``: :meth:`TensorPopulation.clone`; ``select``: ``tools.selTournament(tournsize)``;
-    ``mate``: :func:`cxBlend`; ``mutate``: :func:`mutSparseGaussian` (``mutation="sparse"``, each
+    ``elite``: :func:`selElite`; ``mate``: :func:`cxBlend`; ``mutate``: :func:`mutSparseGaussian` (``mutation="sparse"``, each
     element with ``indpb`` gets N(mu, sigma^2)) or :func:`mutLayerGaussian` (``mutation="layer"``, each
     tensor of ``layout`` with ``layerpb``); ``evaluate`` and ``map``: the evaluator. ``repair``: an
     adapter whose ``keep_valid()`` decorates mate and mutate (BatchNorm variances stay positive).
@@ -221,6 +234,7 @@ def mega_toolbox(pop, evaluator, *, tournsize=3, mutation="sparse", mu=0.0, sigm
         tb.register("mutate", mutLayerGaussian, layout=layout, mu=mu, sigma=sigma, layerpb=layerpb)
     else:
         raise ValueError(f"mutation must be 'sparse' or 'layer', got {mutation!r}")
+    tb.register("elite", selElite)
     tb.register("evaluate", evaluator)
     tb.register("map", evaluator.map)
     if repair is not None:
@@ -260,7 +274,7 @@ def merge(models, val_data, *, population=20, generations=20, parents=4, tournsi
           metric="accuracy", batch_size=1024, strategy="auto", buffers=True, verbose=True, checkpoint=None):
     """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`.
 
-    :param models: two or more ``nn.Module`` of one architecture (parents).
+    :param models: two or more ``nn.Module`` (or Keras 3 models) of one architecture (parents).
     :param val_data: the validation set: ``(X, y)`` or an iterable of ``(x, y)`` batches. Fitness is
                      computed on it alone; keep the test split out.
     :param population: N individuals; :param generations: G; :param parents: K winners per child.
@@ -272,17 +286,24 @@ def merge(models, val_data, *, population=20, generations=20, parents=4, tournsi
     :param metric: ``"accuracy"``, ``"neg_mse"`` or ``"neg_mae"``.
     :param checkpoint: a file to write after every generation and to resume from when it exists.
     """
-    from .adapters.torch import TorchAdapter
-
     models = list(models)
     if len(models) < 2:
         raise ValueError(f"merge needs at least two models, got {len(models)}")
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
-    device = torch.device(device) if device is not None else default_device()
-    genomes = TorchAdapter(models[0], buffers=buffers).genomes(models).to(device)
-    template = copy.deepcopy(models[0]).to(device).eval()
-    adapter = TorchAdapter(template, buffers=buffers)
+    if type(models[0]).__module__.startswith("keras"):  # first: on the torch backend it is an nn.Module too
+        from .adapters.keras import KerasAdapter  # Keras places the weights: the device is its choice
+        adapter = KerasAdapter(models[0], buffers=buffers)
+        device = adapter.device
+        genomes = adapter.genomes(models).to(device)
+    elif isinstance(models[0], torch.nn.Module):
+        from .adapters.torch import TorchAdapter
+        device = torch.device(device) if device is not None else default_device()
+        genomes = TorchAdapter(models[0], buffers=buffers).genomes(models).to(device)
+        template = copy.deepcopy(models[0]).to(device).eval()
+        adapter = TorchAdapter(template, buffers=buffers)
+    else:
+        raise TypeError(f"merge takes torch.nn.Module or keras.Model parents, got {type(models[0]).__name__}")
     X, y = _as_xy(val_data)
     evaluator = Evaluator(adapter, X, y, _METRICS[metric](), batch_size=batch_size, strategy=strategy)
     pop = TensorPopulation(population, adapter.dim, device=device, dtype=adapter.dtype)

@@ -48,9 +48,10 @@ def test_vmap_equals_loop_cnn(classes, chunk):
     loop = Evaluator(ad, X, y, strategy="loop", batch_size=16).scores(inds)
     vm = Evaluator(ad, X, y, strategy="vmap", batch_size=16, chunk=chunk).scores(inds)
     assert loop == vm
-    auto = Evaluator(ad, X, y, batch_size=16)
-    assert auto.scores(inds + inds) == loop + loop  # auto measures on the first batch, same scores
-    assert set(auto.auto_timings) == {"loop", "vmap"} and auto._chosen in ("loop", "vmap")
+    assert Evaluator(ad, X, y).strategy == "loop"  # auto on CPU: the measured rule
+    meas = Evaluator(ad, X, y, batch_size=16, strategy="measure")
+    assert meas.scores(inds + inds) == loop + loop  # measures on the first batch, same scores
+    assert set(meas.auto_timings) == {"loop", "vmap"} and meas._chosen in ("loop", "vmap")
 
 
 def test_regression_metrics_match_float64(classes):

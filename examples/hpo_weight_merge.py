@@ -1,0 +1,190 @@
+"""GA hyper-parameter search, "basic" (children train from scratch) against "merge" (children start from
+the merge of their parents' trained weights), as in Gonzalez & Varrun (KTH, 2021).
+
+    python examples/hpo_weight_merge.py                 # digits, diabetes (MAE) and wine, 3 seeds each
+
+Both modes run DEAP's toolbox with the same seeds and budgets; they differ by one registration
+(``mate``: ``cxScratch`` or ``cxWeightMerge``). Per data set: the mean and skewness of the fitness-function
+time (train + validation score), the best validation score and its test score, the total duration; and
+the study's stopping rule "until accepted accuracy": generations and seconds until the best validation
+score reaches --accept. Writes results.json, times_hist.png and durations.png to --out.
+"""
+import argparse
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from deap import base, creator, tools
+from scipy import stats as sstats
+
+import mega_deap
+from mega_deap.experiments import write_json
+from mega_deap.hpo import Candidate, TrainEvaluator, cxScratch, cxWeightMerge, eaUntil, mutGenes, random_genes
+
+DATASETS = {"digits": "classification", "diabetes": "regression", "wine": "classification"}
+ACCEPT = {"digits": 0.95, "diabetes": 45.0, "wine": 0.95}
+
+
+def load(name, seed=0):
+    """Standardised features; 60 / 20 / 20 train / validation / test with a fixed seed."""
+    from sklearn import datasets
+    X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+    X = torch.tensor(X, dtype=torch.float32)
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(1000 + seed))
+    n_tr, n_va = int(0.6 * len(X)), int(0.2 * len(X))
+    tr, va, te = perm[:n_tr], perm[n_tr:n_tr + n_va], perm[n_tr + n_va:]
+    mean, std = X[tr].mean(0), X[tr].std(0).clamp_min(1e-8)
+    X = (X - mean) / std
+    y = torch.tensor(y, dtype=torch.long if DATASETS[name] == "classification" else torch.float32)
+    return (X[tr], y[tr]), (X[va], y[va]), (X[te], y[te])
+
+
+def classes():
+    if not hasattr(creator, "HPOFitMax"):
+        creator.create("HPOFitMax", base.Fitness, weights=(1.0,))
+        creator.create("HPOFitMin", base.Fitness, weights=(-1.0,))
+        creator.create("NetMax", Candidate, fitness=creator.HPOFitMax)
+        creator.create("NetMin", Candidate, fitness=creator.HPOFitMin)
+    return creator.NetMax, creator.NetMin
+
+
+def toolbox_for(mode, evaluator, icls, space_rng):
+    tb = base.Toolbox()
+    shape = {"in_features": evaluator.in_features, "out_features": evaluator.out_features}
+    tb.register("individual", lambda: icls(random_genes(rng=space_rng)))  # noqa: E731 (local, never pickled)
+    tb.register("evaluate", evaluator)
+    tb.register("select", tools.selTournament, tournsize=3)
+    tb.register("mate", cxWeightMerge if mode == "merge" else cxScratch, **shape)   # the one difference
+    tb.register("mutate", mutGenes, indpb=0.2, **shape)
+    return tb
+
+
+def run(name, mode, seed, population, generations, accept=None):
+    train, val, test = load(name, seed)
+    task = DATASETS[name]
+    ev = TrainEvaluator(train, val, task=task, seed=seed)
+    icls = classes()[0 if task == "classification" else 1]
+    mega_deap.seed(seed)
+    tb = toolbox_for(mode, ev, icls, random.Random(seed))
+    pop = [tb.individual() for _ in range(population)]
+    hof = tools.HallOfFame(1)
+    t0 = time.perf_counter()
+    _, log = eaUntil(pop, tb, cxpb=0.6, mutpb=0.3, ngen=generations, accept=accept, halloffame=hof)
+    total = time.perf_counter() - t0
+    best = hof[0]
+    return {"dataset": name, "mode": mode, "seed": seed, "times": ev.times, "total": total,
+            "val": best.fitness.values[0], "test": ev.test_score(best, *test), "genes": best.genes,
+            "generations": log.select("gen")[-1], "initial_losses": ev.initial_losses}
+
+
+def summarize(runs):
+    out = {}
+    for name in DATASETS:
+        row = {"dataset": name, "metric": "accuracy" if DATASETS[name] == "classification" else "MAE"}
+        for mode in ("basic", "merge"):
+            rs = [r for r in runs if r["dataset"] == name and r["mode"] == mode and not r.get("until")]
+            if not rs:
+                continue
+            times = np.concatenate([r["times"] for r in rs])
+            row[f"{mode}_time_mean"] = float(times.mean())
+            row[f"{mode}_time_skew"] = float(sstats.skew(times)) if len(times) > 2 else float("nan")
+            row[f"{mode}_val"] = float(np.mean([r["val"] for r in rs]))
+            row[f"{mode}_test"] = float(np.mean([r["test"] for r in rs]))
+            row[f"{mode}_total"] = float(np.mean([r["total"] for r in rs]))
+            until = [r for r in runs if r["dataset"] == name and r["mode"] == mode and r.get("until")]
+            if until:
+                row[f"{mode}_until_seconds"] = float(np.mean([r["total"] for r in until]))
+                row[f"{mode}_until_generations"] = float(np.mean([r["generations"] for r in until]))
+        if "basic_time_mean" in row and "merge_time_mean" in row:
+            row["time_saving"] = 1 - row["merge_time_mean"] / row["basic_time_mean"]
+        out[name] = row
+    return out
+
+
+def table(summary):
+    lines = ["| data set | metric | fitness time basic / merge (s) | saving | time skewness basic / merge | "
+             "best val basic / merge | test basic / merge | total basic / merge (s) | until accepted: s (gens) basic / merge |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in summary.values():
+        f = (lambda v: f"{v:.4f}") if r["metric"] == "accuracy" else (lambda v: f"{v:.2f}")
+        until = (f"{r['basic_until_seconds']:.1f} ({r['basic_until_generations']:.1f}) / "
+                 f"{r['merge_until_seconds']:.1f} ({r['merge_until_generations']:.1f})"
+                 if "merge_until_seconds" in r else "")
+        lines.append(f"| {r['dataset']} | {r['metric']} | {r['basic_time_mean']:.3f} / {r['merge_time_mean']:.3f} | "
+                     f"{100 * r['time_saving']:.0f}% | {r['basic_time_skew']:.2f} / {r['merge_time_skew']:.2f} | "
+                     f"{f(r['basic_val'])} / {f(r['merge_val'])} | {f(r['basic_test'])} / {f(r['merge_test'])} | "
+                     f"{r['basic_total']:.1f} / {r['merge_total']:.1f} | {until} |")
+    return "\n".join(lines)
+
+
+def plots(runs, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(DATASETS), figsize=(4 * len(DATASETS), 3.5), dpi=110)
+    for ax, name in zip(np.atleast_1d(axes), DATASETS):
+        for mode, color in (("basic", "C0"), ("merge", "C1")):
+            t = np.concatenate([r["times"] for r in runs if r["dataset"] == name and r["mode"] == mode
+                                and not r.get("until")] or [np.zeros(0)])
+            ax.hist(t, bins=20, alpha=0.6, color=color, label=mode)
+        ax.set_title(name)
+        ax.set_xlabel("fitness-function time (s)")
+    np.atleast_1d(axes)[0].set_ylabel("evaluations")
+    np.atleast_1d(axes)[0].legend()
+    fig.tight_layout()
+    hist = os.path.join(out, "times_hist.png")
+    fig.savefig(hist)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    x = np.arange(len(DATASETS))
+    for k, (mode, color) in enumerate((("basic", "C0"), ("merge", "C1"))):
+        vals = [np.mean([r["total"] for r in runs if r["dataset"] == n and r["mode"] == mode and not r.get("until")]
+                        or [0]) for n in DATASETS]
+        ax.bar(x + (k - 0.5) * 0.38, vals, width=0.38, color=color, label=mode)
+    ax.set_xticks(x, list(DATASETS))
+    ax.set_ylabel("total duration (s)")
+    ax.legend()
+    fig.tight_layout()
+    bars = os.path.join(out, "durations.png")
+    fig.savefig(bars)
+    plt.close(fig)
+    return hist, bars
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--population", type=int, default=10)
+    p.add_argument("--generations", type=int, default=6)
+    p.add_argument("--no-until", action="store_true", help="skip the 'until accepted accuracy' runs")
+    p.add_argument("--out", default="results/hpo_weight_merge")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    global DATASETS
+    DATASETS = {k: v for k, v in DATASETS.items() if k in args.datasets}
+    runs = []
+    for name in DATASETS:
+        for seed in range(args.seeds):
+            for mode in ("basic", "merge"):
+                runs.append(run(name, mode, seed, args.population, args.generations))
+                if not args.no_until:
+                    r = run(name, mode, seed, args.population, 3 * args.generations, accept=ACCEPT[name])
+                    runs.append(r | {"until": True})
+                if not args.quiet:
+                    print(f"{name} {mode} seed {seed}: val {runs[-1 - (not args.no_until)]['val']:.4f}", flush=True)
+    summary = summarize(runs)
+    os.makedirs(args.out, exist_ok=True)
+    hist, bars = plots(runs, args.out)
+    write_json({"settings": vars(args), "summary": summary, "runs": runs, "accept": ACCEPT,
+                "files": {"histogram": hist, "durations": bars}}, os.path.join(args.out, "results.json"))
+    if not args.quiet:
+        print()
+        print(table(summary))
+    return summary, runs
+
+
+if __name__ == "__main__":
+    main()
