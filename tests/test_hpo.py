@@ -1,0 +1,131 @@
+import copy
+import importlib.util
+import pathlib
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from mega_deap.hpo import (TrainEvaluator, adapt, build_mlp, cxScratch, cxWeightMerge, merge_layers,
+                           mutGenes, random_genes)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def example():
+    spec = importlib.util.spec_from_file_location("ex_hpo", ROOT / "examples" / "hpo_weight_merge.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def lin(out_f, in_f, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out_f, in_f, generator=g), torch.randn(out_f, generator=g)
+
+
+def test_adapt_same_narrower_wider():
+    W, b = lin(4, 3)
+    W2, b2 = adapt(W, b, 4, 3)
+    assert torch.equal(W2, W) and torch.equal(b2, b)                        # same shape: unchanged
+    W2, b2 = adapt(W, b, 2, 2)
+    assert torch.equal(W2, W[:2, :2]) and torch.equal(b2, b[:2])            # narrower: truncated
+    W2, b2 = adapt(W, b, 6, 5, generator=torch.Generator().manual_seed(0))  # wider
+    assert torch.equal(W2[:4, :3], W) and torch.equal(b2[:4], b)
+    assert torch.equal(W2[:4, 3:], torch.zeros(4, 2))                       # new columns: zero
+    assert torch.equal(b2[4:], torch.zeros(2))                              # new biases: zero
+    new_rows = W2[4:]
+    assert (new_rows != 0).all() and new_rows.abs().max() <= 1 / np.sqrt(5)  # new rows: fresh-layer draw
+
+
+def test_merge_layers_every_case():
+    p1 = [lin(8, 5, 1), lin(6, 8, 2), lin(3, 6, 3)]   # 5 -> 8 -> 6 -> 3
+    p2 = [lin(8, 5, 4), lin(3, 8, 5)]                 # 5 -> 8 -> 3
+    same = merge_layers([p1, p2], [5, 8, 3])          # shallower than p1, like p2
+    torch.testing.assert_close(same[0][0], (p1[0][0] + p2[0][0]) / 2)       # both have layer 0: mean
+    torch.testing.assert_close(same[1][0], (adapt(*p1[2], 3, 8)[0] + p2[1][0]) / 2)  # outputs merge
+    deeper = merge_layers([p1, p2], [5, 8, 6, 4, 3], generator=torch.Generator().manual_seed(0))
+    assert [tuple(W.shape) for W, _ in deeper] == [(8, 5), (6, 8), (4, 6), (3, 4)]
+    torch.testing.assert_close(deeper[1][0], p1[1][0])                      # only p1 has layer 1: copied
+    assert torch.equal(deeper[2][1], torch.zeros(4))                        # nobody has layer 2: fresh
+    wider = merge_layers([p2], [5, 12, 3], generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(wider[0][0][:8], p2[0][0])
+    narrower = merge_layers([p2], [5, 4, 3])
+    torch.testing.assert_close(narrower[0][0], p2[0][0][:4])
+    torch.testing.assert_close(narrower[1][0], p2[1][0][:, :4])
+
+
+def test_widening_preserves_the_function():
+    genes = {"units": [8], "activation": "relu", "lr": 1e-2, "batch_size": 32, "epochs": 1}
+    torch.manual_seed(0)
+    parent = build_mlp(genes, 5, 3)
+    from mega_deap.hpo import weights_of
+    wide = dict(genes, units=[20])
+    child = build_mlp(wide, 5, 3, merge_layers([weights_of(parent)], [5, 20, 3],
+                                               generator=torch.Generator().manual_seed(1)))
+    x = torch.randn(10, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(child(x), parent(x))
+
+
+def test_merge_and_scratch_differ_only_in_weights():
+    rng = random.Random(0)
+    Net = example().classes()[0]
+    a, b = Net(random_genes(rng=rng)), Net(random_genes(rng=rng))
+    a.weights = merge_layers([], [64] + a.genes["units"] + [10], generator=torch.Generator().manual_seed(0))
+    b.weights = merge_layers([], [64] + b.genes["units"] + [10], generator=torch.Generator().manual_seed(1))
+    random.seed(5)
+    m1, m2 = cxWeightMerge(copy.deepcopy(a), copy.deepcopy(b), in_features=64, out_features=10)
+    random.seed(5)
+    s1, s2 = cxScratch(copy.deepcopy(a), copy.deepcopy(b), in_features=64, out_features=10)
+    assert (m1.genes, m2.genes) == (s1.genes, s2.genes) and s1.weights is None
+    assert len(m1.weights) == len(m1.genes["units"]) + 1
+    build_mlp(m1.genes, 64, 10, m1.weights)  # shapes fit the child's genes
+    random.seed(1)
+    mutGenes(m1, 1.0, in_features=64, out_features=10)
+    build_mlp(m1.genes, 64, 10, m1.weights)  # and still fit after mutation
+
+
+def test_merged_child_starts_from_lower_loss_than_scratch(digits):
+    """A real measurement on digits: train parent pairs, cross them both ways, compare initial losses."""
+    X, y = digits["train"]
+    ev = TrainEvaluator((X, y), digits["val"], seed=0)
+    Net = example().classes()[0]
+    rng = random.Random(0)
+    diffs = []
+    for trial in range(6):
+        a, b = Net(random_genes(rng=rng)), Net(random_genes(rng=rng))
+        ev(a)
+        ev(b)
+        random.seed(trial)
+        merged = cxWeightMerge(copy.deepcopy(a), copy.deepcopy(b), in_features=64, out_features=10)
+        random.seed(trial)
+        scratch = cxScratch(copy.deepcopy(a), copy.deepcopy(b), in_features=64, out_features=10)
+        with torch.no_grad():
+            for m, s in zip(merged, scratch):
+                torch.manual_seed(trial)
+                lm = float(ev.loss(build_mlp(m.genes, 64, 10, m.weights), X, y))
+                ls = float(ev.loss(build_mlp(s.genes, 64, 10, None), X, y))
+                diffs.append(ls - lm)
+    diffs = np.array(diffs)
+    # median, not mean: an occasional merge of very different parents starts far off
+    assert np.median(diffs) > 0.1 and (diffs > 0).mean() >= 0.6
+
+
+def test_hpo_example_tiny(tmp_path):
+    summary, runs = example().main(["--datasets", "wine", "diabetes", "--seeds", "1", "--population", "4",
+                                    "--generations", "1", "--out", str(tmp_path), "--quiet"])
+    assert set(summary) == {"wine", "diabetes"}
+    for row in summary.values():
+        for key in ("basic_time_mean", "merge_time_mean", "basic_time_skew", "basic_val", "merge_test",
+                    "basic_total", "merge_until_seconds"):
+            assert key in row
+    assert summary["diabetes"]["metric"] == "MAE" and summary["diabetes"]["merge_val"] > 0
+    for png in ("times_hist.png", "durations.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_task_is_named():
+    with pytest.raises(ValueError, match="task must be"):
+        TrainEvaluator((torch.zeros(2, 2), torch.zeros(2)), (torch.zeros(2, 2), torch.zeros(2)), task="ranking")
