@@ -6,14 +6,16 @@
 For the same GA (N individuals, G generations, K=4 winners of size-3 tournaments per child, blend
 crossover, mutation, elitism: N + G (N - 1) evaluations), model and validation set, it times in one run:
 
-  (a) mega_deap   ``mega_deap.merge``: population in one tensor, weights read as views, batched evaluation;
+  (a) mega_deap   ``mega_deap.merge``: population in one tensor, weights read as views, batched evaluation,
+                  the paper's per-element mutation; (a2) the same with the reference code's per-tensor
+                  mutation (``mutation="layer"``), like for like with (b);
   (b) reference   the MeGA reference code's approach in PyTorch: each individual a list of per-tensor
                   arrays; per evaluation the weights are set into the model tensor by tensor, then it runs;
   (c) torchga     PyGAD's torchga approach: each individual a float64 NumPy vector; per evaluation it is
                   cut into a state dict, ``load_state_dict``-ed, and the model predicts;
   (d) floor       the same number of forward passes of one fixed model, no GA at all.
 
-and prints the ratios (a)/(d), (b)/(a), (c)/(a); then sparse against dense-mask mutation at D = 20 M, and the
+and prints the ratios (a)/(d), (a2)/(d), (b)/(a), (b)/(a2), (c)/(a); then sparse against dense-mask mutation at D = 20 M, and the
 peak memory of a merge-sized population (N = 20, D = 20 M) against (2N + 4) x D x 4 bytes + 1 GB.
 Writes everything to --json.
 """
@@ -176,6 +178,9 @@ def bench_model(name, n_val, N, G, device, repeats, strategy):
     variants = {
         "mega_deap": lambda: mega_deap.merge(models, (X, y), population=N, generations=G, seed=0, device=device,
                                              verbose=False, batch_size=len(X), strategy=strategy),
+        "mega_deap_layer": lambda: mega_deap.merge(models, (X, y), population=N, generations=G, seed=0,
+                                                   device=device, verbose=False, batch_size=len(X),
+                                                   strategy=strategy, mutation="layer", sigma=0.1),
         "reference": lambda: run_reference(models, X, y, N, G),
         "torchga": lambda: run_torchga(models, X, y, N, G),
         "floor": lambda: run_floor(models, X, y, n_evals),
@@ -187,7 +192,8 @@ def bench_model(name, n_val, N, G, device, repeats, strategy):
             times[k] = min(times[k], timed(fn, device))
     return {"model": name, "D": D, "val": n_val, "N": N, "G": G, "evals": n_evals, "seconds": times,
             "a/d": times["mega_deap"] / times["floor"], "b/a": times["reference"] / times["mega_deap"],
-            "c/a": times["torchga"] / times["mega_deap"]}
+            "c/a": times["torchga"] / times["mega_deap"], "a2/d": times["mega_deap_layer"] / times["floor"],
+            "b/a2": times["reference"] / times["mega_deap_layer"]}
 
 
 # ----------------------------------------------------------------------------- mutation and memory
@@ -281,8 +287,9 @@ def main(argv=None):
         rows.append(r)
         s = r["seconds"]
         print(f"{name:16s} D={r['D']:>9,d} val={n_val:>5d} N={N} G={G} evals={r['evals']:>4d} | "
-              f"(a) {s['mega_deap']:7.2f}s (b) {s['reference']:7.2f}s (c) {s['torchga']:7.2f}s "
-              f"(d) {s['floor']:7.2f}s | a/d {r['a/d']:.3f}  b/a {r['b/a']:.2f}  c/a {r['c/a']:.2f}", flush=True)
+              f"(a) {s['mega_deap']:7.2f}s (a2) {s['mega_deap_layer']:7.2f}s (b) {s['reference']:7.2f}s "
+              f"(c) {s['torchga']:7.2f}s (d) {s['floor']:7.2f}s | a/d {r['a/d']:.3f}  a2/d {r['a2/d']:.3f}  "
+              f"b/a {r['b/a']:.2f}  b/a2 {r['b/a2']:.2f}  c/a {r['c/a']:.2f}", flush=True)
     mut = bench_mutation(mut_D, 0.02, device)
     print(f"mutation D={mut['D']:,} indpb=0.02: sparse {mut['sparse_s'] * 1e3:.2f} ms, dense mask "
           f"{mut['dense_s'] * 1e3:.2f} ms, sparse is {mut['speedup']:.1f}x faster", flush=True)

@@ -291,6 +291,10 @@ def merge(models, val_data, *, population=20, generations=20, parents=4, tournsi
         raise ValueError(f"merge needs at least two models, got {len(models)}")
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+    if int(generations) < 0:
+        raise ValueError(f"generations (ngen) must be >= 0, got {generations}")
+    if population < max(parents, tournsize, 2):
+        raise ValueError(f"population={population} is smaller than parents={parents} or tournsize={tournsize}")
     if type(models[0]).__module__.startswith("keras"):  # first: on the torch backend it is an nn.Module too
         from .adapters.keras import KerasAdapter  # Keras places the weights: the device is its choice
         adapter = KerasAdapter(models[0], buffers=buffers)
@@ -307,8 +311,6 @@ def merge(models, val_data, *, population=20, generations=20, parents=4, tournsi
     X, y = _as_xy(val_data)
     evaluator = Evaluator(adapter, X, y, _METRICS[metric](), batch_size=batch_size, strategy=strategy)
     pop = TensorPopulation(population, adapter.dim, device=device, dtype=adapter.dtype)
-    if population < max(parents, tournsize):
-        raise ValueError(f"population={population} is smaller than parents={parents} or tournsize={tournsize}")
 
     _seed_all(seed)
     icls = ensure_creator_classes()
