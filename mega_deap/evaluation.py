@@ -101,12 +101,14 @@ class Evaluator:
     :param chunk: genomes per vmapped call (all at once when ``None``).
     :param autocast: ``None``, ``torch.bfloat16`` or ``torch.float16``: autocast the forward passes
                      (for GPUs; off by default).
+    :param channels_last: store 4-D inputs in ``torch.channels_last`` memory format (for convolutional
+                          models on GPUs; off by default). The weights stay views of the genome.
 
     ``evaluations`` counts the genomes scored so far.
     """
 
     def __init__(self, adapter, X, y, metric=None, *, batch_size=1024, strategy="auto", chunk=None,
-                 autocast=None):
+                 autocast=None, channels_last=False):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.adapter = adapter
@@ -121,6 +123,10 @@ class Evaluator:
         if X.is_floating_point():
             X = X.to(adapter.dtype)
         self.X = X.to(self.device)
+        if channels_last:
+            if self.X.dim() != 4:
+                raise ValueError(f"channels_last needs 4-D inputs (N, C, H, W), got shape {tuple(self.X.shape)}")
+            self.X = self.X.contiguous(memory_format=torch.channels_last)
         self.y = y.to(self.device)
         self.batch_size = int(batch_size)
         if strategy == "auto":

@@ -127,3 +127,22 @@ def test_deap_eaSimple_batches_through_map(classes, digits, digit_mlps):
     _, log = algorithms.eaSimple(inds, tb, cxpb=0.5, mutpb=0.5, ngen=3, verbose=False)
     assert len(calls) == 4 and calls == log.select("nevals")
     assert ev.evaluations == sum(calls)
+
+
+def test_channels_last_and_autocast_options(classes):
+    torch.manual_seed(0)
+    m = SmallCNN()
+    m.train()
+    with torch.no_grad():
+        m(torch.randn(32, 1, 8, 8))
+    m.eval()
+    ad = TorchAdapter(m)
+    X, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    _, inds = rows(classes, ad, [ad.genome()])
+    plain = Evaluator(ad, X, y).scores(inds)
+    cl = Evaluator(ad, X, y, channels_last=True)
+    assert cl.X.is_contiguous(memory_format=torch.channels_last) and cl.scores(inds) == plain
+    bf16 = Evaluator(ad, X, y, autocast=torch.bfloat16).scores(inds)
+    assert abs(bf16[0] - plain[0]) <= 0.05  # mixed precision may flip a few argmaxes, not many
+    with pytest.raises(ValueError, match="channels_last needs 4-D"):
+        accuracy(TorchAdapter(nn.Linear(64, 10)), X.flatten(1), y, channels_last=True)
