@@ -25,6 +25,7 @@ def plot_curves(results, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for i, (name, runs) in enumerate(results.items()):
         curves = np.array([r["curve"] for r in runs], dtype=np.float64)
@@ -33,6 +34,7 @@ def plot_curves(results, path):
         ax.plot(gens, mean, label=name, color=f"C{i % 10}", linewidth=2 if name == "paper" else 1.2)
         ax.fill_between(gens, mean - sd, mean + sd, color=f"C{i % 10}", alpha=0.12)
     ax.set_xlabel("generation")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("best validation fitness (mean ± sd over seeds)")
     ax.set_title("MeGA ablations")
     ax.grid(alpha=0.3)
@@ -47,7 +49,8 @@ def table(rows):
     lines = ["| variant | best val (mean ± sd) | 95% CI | test (mean ± sd) | test 95% CI | Δ test vs paper [95% CI] | p |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        diff = (f"{100 * r['test_diff']:+.2f} [±{100 * r['test_diff_ci95']:.2f}]" if "test_diff" in r else "reference")
+        diff = (f"{round(100 * r['test_diff'], 2) + 0.0:+.2f} [±{100 * r['test_diff_ci95']:.2f}]"
+                if "test_diff" in r else "reference")
         p = f"{r['test_p']:.3f}" if "test_p" in r else ""
         lines.append(f"| {r['variant']} | {100 * r['best_val_mean']:.2f} ± {100 * r['best_val_std']:.2f} | "
                      f"±{100 * r['best_val_ci95']:.2f} | {100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f} | "
