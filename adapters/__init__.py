@@ -3,7 +3,8 @@
 ``TorchAdapter`` needs only torch. ``KerasAdapter`` is imported on first use, so importing this package
 never imports keras.
 """
-from .torch import TorchAdapter, LayoutEntry, KeepValid
+from ._common import LayoutEntry, KeepValid
+from .torch import TorchAdapter
 from .fitness import accuracy, neg_mse, neg_mae
 
 __all__ = ["TorchAdapter", "KerasAdapter", "LayoutEntry", "KeepValid", "accuracy", "neg_mse", "neg_mae"]

@@ -15,7 +15,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from .torch import KeepValid, LayoutEntry
+from ._common import FlatGenome, LayoutEntry
 
 __all__ = ["KerasAdapter"]
 
@@ -38,7 +38,7 @@ def _float_weights(model, buffers):
     return out
 
 
-class KerasAdapter:
+class KerasAdapter(FlatGenome):
     """Expose a built Keras 3 ``model`` as a flat genome.
 
     :param model: the template (built: it has weights); its architecture defines the layout.
@@ -99,14 +99,6 @@ class KerasAdapter:
             raise ValueError(f"{model.name} has {len(theirs)} genome weights, the template has {len(self.layout)}; "
                              f"first unmatched: {first!r}")
 
-    def _check_genome(self, genome):
-        genome = getattr(genome, "genome", genome)
-        if not isinstance(genome, torch.Tensor):
-            raise TypeError(f"a genome is a 1-D tensor or a TensorIndividual, got {type(genome).__name__}")
-        if genome.dim() != 1 or genome.shape[0] != self.dim:
-            raise ValueError(f"genome has shape {tuple(genome.shape)}, this adapter expects ({self.dim},)")
-        return genome
-
     # -- genome <-> model -----------------------------------------------------------
     def genome(self, model=None):
         """The genome of ``model`` (default: the template), ``(D,)``."""
@@ -117,20 +109,6 @@ class KerasAdapter:
         parts = [np.asarray(keras.ops.convert_to_numpy(v.value)).reshape(-1)
                  for v, _ in _float_weights(model, self.buffers)]
         return torch.from_numpy(np.concatenate(parts)).to(device=self.device, dtype=self.dtype)
-
-    def genomes(self, models):
-        """``(k, D)`` for several models; a clear error for the first one that does not fit."""
-        for i, m in enumerate(models):
-            try:
-                self.check(m)
-            except ValueError as err:
-                raise ValueError(f"model {i}: {err}") from None
-        return torch.stack([self.genome(m) for m in models])
-
-    def tensors(self, genome):
-        """``{path: view}`` for every genome weight (torch views of ``genome``)."""
-        genome = self._check_genome(genome)
-        return {e.name: genome[e.offset:e.offset + e.numel].view(e.shape) for e in self.layout}
 
     def load(self, genome, model=None):
         """Assign ``genome`` to ``model``'s weights (default: the template); returns the model."""
@@ -164,18 +142,6 @@ class KerasAdapter:
     def get_weights(self, genome):
         """The list ``model.set_weights`` takes, in ``model.weights`` order."""
         return list(self.state_dict(genome).values())
-
-    # -- validity ---------------------------------------------------------------------
-    def repair_(self, genome):
-        """Clamp BatchNormalization moving variances to at least ``var_floor``, in place."""
-        g = self._check_genome(genome)
-        for off, n in self._variance_spans:
-            g[off:off + n].clamp_(min=self.var_floor)
-        return genome
-
-    def keep_valid(self):
-        """A DEAP decorator for ``toolbox.decorate``: see :meth:`repair_`."""
-        return KeepValid(self)
 
     # -- forward --------------------------------------------------------------------------
     def _backend_values(self, genome):

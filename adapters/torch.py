@@ -10,17 +10,15 @@ buffers such as ``num_batches_tracked`` never are. ``repair_`` keeps running var
 ``keep_valid()`` is a DEAP decorator that applies it after ``mate`` and ``mutate``.
 """
 import copy
-from collections import OrderedDict, namedtuple
+from collections import OrderedDict
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-__all__ = ["TorchAdapter", "LayoutEntry", "KeepValid"]
+from ._common import FlatGenome, KeepValid, LayoutEntry
 
-LayoutEntry = namedtuple("LayoutEntry", "name shape offset numel kind")
-LayoutEntry.__doc__ = """One tensor of the genome: ``genome[offset:offset + numel].view(shape)``.
-``kind`` is ``"parameter"`` or ``"buffer"``."""
+__all__ = ["TorchAdapter", "LayoutEntry", "KeepValid"]  # the last two re-exported from ._common
 
 
 def _entries(model, buffers):
@@ -37,37 +35,11 @@ def _entries(model, buffers):
             out.append((name, t, "buffer"))
     return out
 
-
-class KeepValid:
-    """A DEAP decorator: after the decorated operator runs, repair every individual it returns.
-
-    ``toolbox.decorate("mutate", adapter.keep_valid())`` keeps BatchNorm running variances positive.
-    """
-
-    def __init__(self, adapter):
-        self.adapter = adapter
-
-    def __call__(self, func):
-        return _Repaired(func, self.adapter)
-
-
-class _Repaired:
-    def __init__(self, func, adapter):
-        self.func, self.adapter = func, adapter
-        self.__wrapped__ = func
-
-    def __call__(self, *args, **kwargs):
-        out = self.func(*args, **kwargs)
-        for ind in out:
-            self.adapter.repair_(ind)
-        return out
-
-
 ######################################
 # The adapter                        #
 ######################################
 
-class TorchAdapter:
+class TorchAdapter(FlatGenome):
     """Expose ``model`` (an ``nn.Module``) as a flat genome.
 
     :param model: the template: its architecture defines the layout; it is used (in eval mode) for
@@ -155,14 +127,6 @@ class TorchAdapter:
             raise ValueError(f"{type(model).__name__} has {len(theirs)} genome tensors, the template has "
                              f"{len(self.layout)}; first unmatched: {first!r}")
 
-    def _check_genome(self, genome):
-        genome = getattr(genome, "genome", genome)
-        if not isinstance(genome, torch.Tensor):
-            raise TypeError(f"a genome is a 1-D tensor or a TensorIndividual, got {type(genome).__name__}")
-        if genome.dim() != 1 or genome.shape[0] != self.dim:
-            raise ValueError(f"genome has shape {tuple(genome.shape)}, this adapter expects ({self.dim},)")
-        return genome
-
     # -- genome <-> model ---------------------------------------------------
     def genome(self, model=None):
         """The genome of ``model`` (default: the template), ``(D,)``, a new tensor on its device."""
@@ -171,20 +135,6 @@ class TorchAdapter:
             self.check(model)
         with torch.no_grad():
             return torch.cat([t.detach().reshape(-1) for _, t, _ in _entries(model, self.buffers)])
-
-    def genomes(self, models):
-        """The genomes of several models, ``(k, D)``; a clear error for the first one that does not fit."""
-        for i, m in enumerate(models):
-            try:
-                self.check(m)
-            except ValueError as err:
-                raise ValueError(f"model {i}: {err}") from None
-        return torch.stack([self.genome(m) for m in models])
-
-    def tensors(self, genome):
-        """``{name: view}`` for every genome tensor: views of ``genome``, no copy."""
-        genome = self._check_genome(genome)
-        return {e.name: genome[e.offset:e.offset + e.numel].view(e.shape) for e in self.layout}
 
     @torch.no_grad()
     def load(self, genome, model=None):
@@ -210,18 +160,6 @@ class TorchAdapter:
             out[name] = views[name].detach().clone() if name in views else t.detach().clone()
         return out
 
-    # -- validity -------------------------------------------------------------
-    def repair_(self, genome):
-        """Clamp BatchNorm running variances to at least ``var_floor``, in place; returns the genome."""
-        g = self._check_genome(genome)
-        for off, n in self._variance_spans:
-            g[off:off + n].clamp_(min=self.var_floor)
-        return genome
-
-    def keep_valid(self):
-        """A DEAP decorator for ``toolbox.decorate("mate", ...)`` / ``("mutate", ...)``: see :meth:`repair_`."""
-        return KeepValid(self)
-
     # -- functional forward ----------------------------------------------------
     def forward(self, genome, x):
         """The template's output on ``x`` with ``genome``'s weights read as views (no copy).
@@ -244,8 +182,7 @@ class TorchAdapter:
                 table[leaf] = original
 
     def _forward_rows(self, genome, x):
-        views = {e.name: genome[e.offset:e.offset + e.numel].view(e.shape) for e in self.layout}
-        return functional_call(self.model, views, (x,))
+        return functional_call(self.model, self.tensors(genome), (x,))
 
     def forward_batch(self, genomes, x):
         """Outputs for k genomes at once, ``(k, batch, ...)``, with ``torch.func.vmap``."""

@@ -31,7 +31,6 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
 import mega_deap
 from mega_deap.adapters import TorchAdapter

@@ -13,12 +13,10 @@ import csv
 import os
 
 import numpy as np
-import torch
 
-import mega_deap
 from mega_deap.ablation import VARIANTS, run_ablation, summarize
 from mega_deap.adapters import TorchAdapter, accuracy
-from mega_deap.experiments import MODELS, build_model, resolve_splits, train_or_load, write_json
+from mega_deap.experiments import add_data_args, setup, train_or_load, write_json
 
 
 def plot_curves(results, path):
@@ -60,26 +58,16 @@ def table(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", choices=("auto", "cifar10", "digits"), default="auto")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--model", choices=MODELS, default=None)
-    p.add_argument("--epochs", type=int, default=None)
+    add_data_args(p, cifar_model="resnet20")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--variants", nargs="*", default=None, help=f"a subset of {list(VARIANTS)}")
     p.add_argument("--population", type=int, default=20)
     p.add_argument("--generations", type=int, default=20)
-    p.add_argument("--device", default=None)
     p.add_argument("--out", default="results/ablation")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    device = torch.device(args.device) if args.device else mega_deap.default_device()
-    splits = resolve_splits(args.dataset, args.data_dir, args.download, seed=0, say=print)
-    model_name = args.model or ("resnet20" if splits.name == "cifar10" else "smallcnn")
-    epochs = args.epochs if args.epochs is not None else (50 if splits.name == "cifar10" else 30)
-
-    def factory():
-        return build_model(model_name, splits.in_channels, splits.num_classes, splits.image_size)
+    run = setup(args)
+    device, splits, model_name, epochs, factory = run.device, run.splits, run.model_name, run.epochs, run.factory
 
     parents = [train_or_load(factory, splits.train, cache_dir=os.path.join(args.out, "parents"),
                              tag=f"{model_name}-{splits.name}", seed=s, epochs=epochs, device=device,

@@ -17,28 +17,19 @@ import os
 import sys
 import time
 
-import torch
-
 import mega_deap
-from mega_deap.experiments import (MODELS, build_model, ensemble_accuracy, format_table, load_model_file,
-                                   model_accuracy, plot_fitness, resolve_splits, save_model, train_or_load,
+from mega_deap.experiments import (add_data_args, ensemble_accuracy, format_table, load_model_file,
+                                   model_accuracy, plot_fitness, save_model, setup, train_or_load,
                                    weight_average, write_json)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", choices=("auto", "cifar10", "digits"), default="auto",
-                   help="auto: CIFAR-10 when --data-dir holds it, else the bundled digits")
-    p.add_argument("--data-dir", default=None, help="folder with cifar-10-batches-py")
-    p.add_argument("--val-size", type=int, default=None,
-                   help="validation images cut from the training set (default: 5000 on CIFAR-10, 300 on digits)")
-    p.add_argument("--download", action="store_true", help="download CIFAR-10 with torchvision into --data-dir")
-    p.add_argument("--model", choices=MODELS, default=None, help="default: resnet56 on CIFAR-10, smallcnn on digits")
+    add_data_args(p, cifar_model="resnet56")
     p.add_argument("--parents", nargs="*", default=None, metavar="CKPT",
                    help="use these checkpoints (.safetensors or torch state dicts) as parents instead of training")
     p.add_argument("--parent-seeds", type=int, nargs="+", default=[56, 57])
-    p.add_argument("--epochs", type=int, default=None, help="parent training epochs (paper: 50; digits default: 30)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--population", type=int, default=20)
@@ -48,7 +39,6 @@ def parse_args(argv=None):
     p.add_argument("--indpb", type=float, default=0.02, help="per-element mutation probability")
     p.add_argument("--sigma", type=float, default=0.01, help="mutation noise standard deviation")
     p.add_argument("--seed", type=int, default=0, help="fixes the validation split and every GA draw")
-    p.add_argument("--device", default=None, help="default: cuda when available")
     p.add_argument("--out", default="results/merge_cifar")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -56,15 +46,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device) if args.device else mega_deap.default_device()
     say = (lambda *a: None) if args.quiet else print
-    splits = resolve_splits(args.dataset, args.data_dir, args.download, seed=args.seed, say=print,
-                            val_size=args.val_size)
-    model_name = args.model or ("resnet56" if splits.name == "cifar10" else "smallcnn")
-    epochs = args.epochs if args.epochs is not None else (50 if splits.name == "cifar10" else 30)
-
-    def factory():
-        return build_model(model_name, splits.in_channels, splits.num_classes, splits.image_size)
+    run = setup(args, seed=args.seed)
+    device, splits, model_name, epochs, factory = run.device, run.splits, run.model_name, run.epochs, run.factory
 
     # 1. parents: given checkpoints, or trained with the paper's recipe and cached
     t0 = time.perf_counter()

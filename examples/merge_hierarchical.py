@@ -11,31 +11,21 @@ import os
 import sys
 import time
 
-import torch
-
 import mega_deap
-from mega_deap.experiments import (MODELS, build_model, format_table, model_accuracy, resolve_splits,
-                                   train_or_load, write_json)
+from mega_deap.experiments import add_data_args, format_table, model_accuracy, setup, train_or_load, write_json
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", choices=("auto", "cifar10", "digits"), default="auto")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--val-size", type=int, default=None,
-                   help="validation images cut from the training set (default: 5000 on CIFAR-10, 300 on digits)")
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--model", choices=MODELS, default=None)
+    add_data_args(p, cifar_model="resnet56")
     p.add_argument("--leaves", type=int, default=8, help="number of parents, a power of two")
     p.add_argument("--first-seed", type=int, default=56, help="parents use seeds first-seed, first-seed+1, ...")
-    p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--population", type=int, default=20)
     p.add_argument("--generations", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
     p.add_argument("--out", default="results/merge_hierarchical")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -64,15 +54,9 @@ def plot_levels(levels_acc, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device) if args.device else mega_deap.default_device()
     say = (lambda *a: None) if args.quiet else print
-    splits = resolve_splits(args.dataset, args.data_dir, args.download, seed=args.seed, say=print,
-                            val_size=args.val_size)
-    model_name = args.model or ("resnet56" if splits.name == "cifar10" else "smallcnn")
-    epochs = args.epochs if args.epochs is not None else (50 if splits.name == "cifar10" else 30)
-
-    def factory():
-        return build_model(model_name, splits.in_channels, splits.num_classes, splits.image_size)
+    run = setup(args, seed=args.seed)
+    device, splits, model_name, epochs, factory = run.device, run.splits, run.model_name, run.epochs, run.factory
 
     t0 = time.perf_counter()
     parents = [train_or_load(factory, splits.train, cache_dir=os.path.join(args.out, "parents"),

@@ -12,7 +12,6 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from deap import tools  # noqa: E402
 
 import mega_deap  # noqa: E402

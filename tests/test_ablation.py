@@ -4,8 +4,6 @@ import math
 import pathlib
 
 import pytest
-import torch
-from deap import tools
 
 from mega_deap import TensorPopulation, cxBlend
 from mega_deap.ablation import (VARIANTS, build_toolbox, mean_ci, paired, run_ablation, summarize,

@@ -1,8 +1,6 @@
-import random
-
 import pytest
 import torch
-from deap import base, tools
+from deap import tools
 
 import mega_deap
 from mega_deap import (TensorPopulation, eaMeGA, ensure_creator_classes, genome_equal, initBlend,

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 from deap import tools
-from torch import nn
 
 import mega_deap
 from mega_deap import TensorPopulation, eaMeGA, ensure_creator_classes, genome_equal, initBlend, mega_toolbox

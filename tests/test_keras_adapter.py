@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 import mega_deap  # noqa: E402
 from mega_deap import TensorPopulation, mutSparseGaussian  # noqa: E402
-from mega_deap.adapters import KerasAdapter, TorchAdapter, accuracy  # noqa: E402
+from mega_deap.adapters import KerasAdapter, accuracy  # noqa: E402
 
 
 def sequential(seed=0, bn=True):

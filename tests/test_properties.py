@@ -1,7 +1,7 @@
 """Property tests over the operators' parameters (hypothesis)."""
 import torch
 from hypothesis import given, settings, strategies as st
-from deap import base, tools
+from deap import tools
 
 import mega_deap
 from mega_deap import (TensorIndividual, TensorPopulation, cxBlend, eaMeGA, initBlend, mutLayerGaussian,

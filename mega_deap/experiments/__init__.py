@@ -8,6 +8,7 @@ from .data import (load_cifar10, download_cifar10, find_cifar10, load_digits_ima
                    Splits, cifar10_splits, digits_splits, read_cifar_batch, resolve_splits)
 from .train import train_model, train_or_load, save_model, load_model_file, model_accuracy
 from .report import (ensemble_accuracy, weight_average, format_table, plot_fitness, write_json)
+from .setup import add_data_args, Setup, setup
 
 __all__ = [
     "SmallCNN", "MLP", "CifarResNet", "resnet_cifar", "build_model", "MODELS",
@@ -15,4 +16,5 @@ __all__ = [
     "cifar10_splits", "digits_splits", "read_cifar_batch", "resolve_splits",
     "train_model", "train_or_load", "save_model", "load_model_file", "model_accuracy",
     "ensemble_accuracy", "weight_average", "format_table", "plot_fitness", "write_json",
+    "add_data_args", "Setup", "setup",
 ]

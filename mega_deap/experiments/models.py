@@ -1,6 +1,5 @@
 """Models for the experiments: CIFAR ResNets as He et al. (2016) define them for CIFAR-10, a small CNN
 and an MLP that train in seconds on a CPU."""
-import torch
 from torch import nn
 import torch.nn.functional as F
 
