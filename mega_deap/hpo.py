@@ -38,8 +38,8 @@ SPACE = {
     "units": (8, 16, 32, 64, 128),
     "activation": tuple(ACTIVATIONS),
     "lr": (1e-3, 3e-3, 1e-2, 3e-2),
-    "batch_size": (16, 32, 64, 128),
-    "epochs": (5, 10, 20),
+    "batch_size": (32, 64, 128),
+    "epochs": (2, 5, 10),
 }
 
 

@@ -31,3 +31,17 @@ def test_import_pulls_no_optional_framework():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_readme_api_tour_runs(digits, digit_mlps):
+    """The README's first Python block, run as written with two real digits models."""
+    text = (ROOT / "README.md").read_text()
+    tour = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    X_val, y_val = digits["val"]
+    env = {"model_a": digit_mlps[0], "model_b": digit_mlps[1], "X_val": X_val, "y_val": y_val}
+    tour = tour.replace("ngen=20", "ngen=3")  # the same calls, fewer generations
+    exec(compile(tour, "README.md", "exec"), env)
+    log = env["logbook"]
+    assert log.select("gen") == [0, 1, 2, 3]
+    assert env["merged"] is not digit_mlps[0] and env["hof"][0].fitness.values[0] >= log.select("max")[0]
+    assert env["toolbox"].mate.func.__name__ == "cxUniform"  # the ablation line swapped the operator
