@@ -125,14 +125,16 @@ def plots(runs, out, datasets=DATASETS):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.5), dpi=110)
     for ax, name in zip(np.atleast_1d(axes), datasets):
+        times = {mode: np.concatenate([r["times"] for r in runs if r["dataset"] == name and r["mode"] == mode
+                                       and not r.get("until")] or [np.zeros(0)]) for mode in ("basic", "merge")}
+        bins = np.histogram_bin_edges(np.concatenate(list(times.values())), bins=25)  # shared: comparable bars
         for mode, color in (("basic", "C0"), ("merge", "C1")):
-            t = np.concatenate([r["times"] for r in runs if r["dataset"] == name and r["mode"] == mode
-                                and not r.get("until")] or [np.zeros(0)])
-            ax.hist(t, bins=20, alpha=0.6, color=color, label=mode)
+            ax.hist(times[mode], bins=bins, alpha=0.55, color=color, label=f"{mode} ({len(times[mode])})")
         ax.set_title(name)
         ax.set_xlabel("fitness-function time (s)")
     np.atleast_1d(axes)[0].set_ylabel("evaluations")
-    np.atleast_1d(axes)[0].legend()
+    for ax in np.atleast_1d(axes):
+        ax.legend(fontsize=8)
     fig.tight_layout()
     hist = os.path.join(out, "times_hist.png")
     fig.savefig(hist)
