@@ -39,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--indpb", type=float, default=0.02, help="per-element mutation probability")
     p.add_argument("--sigma", type=float, default=0.01, help="mutation noise standard deviation")
     p.add_argument("--seed", type=int, default=0, help="fixes the validation split and every GA draw")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="write the GA's state here every generation; re-running with it resumes")
     p.add_argument("--out", default="results/merge_cifar")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -70,7 +72,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     result = mega_deap.merge(parents, splits.val, population=args.population, generations=args.generations,
                              parents=args.npar, tournsize=args.tournsize, indpb=args.indpb, sigma=args.sigma,
-                             seed=args.seed, device=device, verbose=not args.quiet)
+                             seed=args.seed, device=device, verbose=not args.quiet, checkpoint=args.checkpoint)
     t_merge = time.perf_counter() - t0
 
     # 3. the report: validation and test accuracy, side by side, never mixed

@@ -132,8 +132,11 @@ def test_merge_cifar_example_on_cifar_files(tmp_path):
     write_cifar(tmp_path / "data")
     report = load_example("merge_cifar").main(
         ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--model", "smallcnn", "--val-size", "50",
-         "--epochs", "1", "--population", "4", "--generations", "1", "--out", str(tmp_path / "o"), "--quiet"])
+         "--epochs", "1", "--population", "4", "--generations", "1", "--out", str(tmp_path / "o"), "--quiet",
+         "--checkpoint", str(tmp_path / "run.ckpt")])
     assert report["dataset"] == "cifar10" and report["sizes"] == {"train": 150, "val": 50, "test": 30}
+    from mega_deap.checkpoint import load_checkpoint
+    assert load_checkpoint(tmp_path / "run.ckpt")[0]["gen"] == 1
 
 
 def test_merge_hierarchical_example(tmp_path):
