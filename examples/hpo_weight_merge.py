@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from deap import base, creator, tools
 from scipy import stats as sstats
+from tqdm.auto import tqdm
 
 import mega_deap
 from mega_deap.experiments import write_json
@@ -167,15 +168,17 @@ def main(argv=None):
     args = p.parse_args(argv)
     datasets = [k for k in DATASETS if k in args.datasets]
     runs = []
-    for name in datasets:
-        for seed in range(args.seeds):
-            for mode in ("basic", "merge"):
-                runs.append(run(name, mode, seed, args.population, args.generations))
-                if not args.no_until:
-                    r = run(name, mode, seed, args.population, 3 * args.generations, accept=ACCEPT[name])
-                    runs.append(r | {"until": True})
-                if not args.quiet:
-                    print(f"{name} {mode} seed {seed}: val {runs[-1 - (not args.no_until)]['val']:.4f}", flush=True)
+    plan = [(name, seed, mode) for name in datasets for seed in range(args.seeds) for mode in ("basic", "merge")]
+    bar = tqdm(plan, desc="hpo", disable=args.quiet)
+    for name, seed, mode in bar:
+        bar.set_postfix(data=name, seed=seed, mode=mode)
+        runs.append(run(name, mode, seed, args.population, args.generations))
+        best = runs[-1]["val"]
+        if not args.no_until:
+            r = run(name, mode, seed, args.population, 3 * args.generations, accept=ACCEPT[name])
+            runs.append(r | {"until": True})
+        if not args.quiet:
+            tqdm.write(f"{name} {mode} seed {seed}: best validation {best:.4f}")
     summary = summarize(runs, datasets)
     os.makedirs(args.out, exist_ok=True)
     hist, bars = plots(runs, args.out, datasets)
