@@ -135,7 +135,7 @@ class Evaluator:
         self.chunk = chunk
         self.autocast = autocast
         self._chosen = None          # what "measure" settled on
-        self.auto_timings = None
+        self.measured_timings = None
         self.evaluations = 0
         with torch.no_grad(), adapter.eval_mode():
             template = adapter.genome()
@@ -233,9 +233,9 @@ class Evaluator:
             timings["vmap"] = time.perf_counter() - t
         except Exception as err:  # a model vmap cannot batch (data-dependent control flow, ...)
             timings["vmap"] = float("inf")
-            self.auto_error = f"{type(err).__name__}: {err}"
+            self.measure_error = f"{type(err).__name__}: {err}"
         self._chosen = min(timings, key=timings.get)
-        self.auto_timings = timings
+        self.measured_timings = timings
         return result
 
     @torch.no_grad()
