@@ -176,3 +176,22 @@ def test_mega_merge_cli(tmp_path, digits, digit_mlps):
     check_png(out / "fitness.png")
     with pytest.raises(SystemExit, match="no such checkpoint"):
         main([paths[0], str(tmp_path / "missing.pt"), "--model", "x:y", "--data", "x:y"])
+
+
+def test_download_says_why_it_cannot(tmp_path, monkeypatch):
+    """Without a usable torchvision the download offer returns the reason; auto mode falls back to digits."""
+    import builtins
+    real_import = builtins.__import__
+
+    def no_torchvision(name, *args, **kwargs):
+        if name.startswith("torchvision"):
+            raise ImportError("no torchvision here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    from mega_deap.experiments import download_cifar10
+    folder, reason = download_cifar10(str(tmp_path))
+    assert folder is None and "torchvision is not usable" in reason
+    said = []
+    s = resolve_splits("auto", str(tmp_path), download=True, say=said.append)
+    assert s.name == "digits" and "torchvision is not usable" in said[0]
