@@ -66,8 +66,7 @@ def main(argv=None):
     p.add_argument("--out", default="results/ablation")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    run = setup(args)
-    device, splits, model_name, epochs, factory = run.device, run.splits, run.model_name, run.epochs, run.factory
+    device, splits, model_name, epochs, factory = setup(args)
 
     parents = [train_or_load(factory, splits.train, cache_dir=os.path.join(args.out, "parents"),
                              tag=f"{model_name}-{splits.name}", seed=s, epochs=epochs, device=device,

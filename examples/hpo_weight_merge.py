@@ -6,8 +6,9 @@ the merge of their parents' trained weights), as in Gonzalez & Varrun (KTH, 2021
 Both modes run DEAP's toolbox with the same seeds and budgets; they differ by one registration
 (``mate``: ``cxScratch`` or ``cxWeightMerge``). Per data set: the mean and skewness of the fitness-function
 time (train + validation score), the best validation score and its test score, the total duration; and
-the study's stopping rule "until accepted accuracy": generations and seconds until the best validation
-score reaches --accept. Writes results.json, times_hist.png and durations.png to --out.
+the median training loss the networks start from (before training; not part of the timed fitness
+function); and the study's stopping rule "until accepted accuracy": generations and seconds until the
+best validation score reaches the accepted value. Writes results.json, times_hist.png and durations.png to --out.
 """
 import argparse
 import os
@@ -91,6 +92,7 @@ def summarize(runs, datasets=DATASETS):
             times = np.concatenate([r["times"] for r in rs])
             row[f"{mode}_time_mean"] = float(times.mean())
             row[f"{mode}_time_skew"] = float(sstats.skew(times)) if len(times) > 2 else float("nan")
+            row[f"{mode}_start_loss"] = float(np.median(np.concatenate([r["initial_losses"] for r in rs])))
             row[f"{mode}_val"] = float(np.mean([r["val"] for r in rs]))
             row[f"{mode}_test"] = float(np.mean([r["test"] for r in rs]))
             row[f"{mode}_total"] = float(np.mean([r["total"] for r in rs]))
@@ -106,8 +108,9 @@ def summarize(runs, datasets=DATASETS):
 
 def table(summary):
     lines = ["| data set | metric | fitness time basic / merge (s) | saving | time skewness basic / merge | "
-             "best val basic / merge | test basic / merge | total basic / merge (s) | until accepted: s (gens) basic / merge |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "median starting train loss basic / merge | best val basic / merge | test basic / merge | "
+             "total basic / merge (s) | until accepted: s (gens) basic / merge |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary.values():
         f = (lambda v: f"{v:.4f}") if r["metric"] == "accuracy" else (lambda v: f"{v:.2f}")
         until = (f"{r['basic_until_seconds']:.1f} ({r['basic_until_generations']:.1f}) / "
@@ -115,6 +118,7 @@ def table(summary):
                  if "merge_until_seconds" in r else "")
         lines.append(f"| {r['dataset']} | {r['metric']} | {r['basic_time_mean']:.3f} / {r['merge_time_mean']:.3f} | "
                      f"{100 * r['time_saving']:.0f}% | {r['basic_time_skew']:.2f} / {r['merge_time_skew']:.2f} | "
+                     f"{r['basic_start_loss']:.3g} / {r['merge_start_loss']:.3g} | "
                      f"{f(r['basic_val'])} / {f(r['merge_val'])} | {f(r['basic_test'])} / {f(r['merge_test'])} | "
                      f"{r['basic_total']:.1f} / {r['merge_total']:.1f} | {until} |")
     return "\n".join(lines)

@@ -49,8 +49,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     say = (lambda *a: None) if args.quiet else print
-    run = setup(args, seed=args.seed)
-    device, splits, model_name, epochs, factory = run.device, run.splits, run.model_name, run.epochs, run.factory
+    device, splits, model_name, epochs, factory = setup(args, seed=args.seed)
 
     # 1. parents: given checkpoints, or trained with the paper's recipe and cached
     t0 = time.perf_counter()

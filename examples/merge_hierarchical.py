@@ -55,8 +55,7 @@ def plot_levels(levels_acc, path):
 def main(argv=None):
     args = parse_args(argv)
     say = (lambda *a: None) if args.quiet else print
-    run = setup(args, seed=args.seed)
-    device, splits, model_name, epochs, factory = run.device, run.splits, run.model_name, run.epochs, run.factory
+    device, splits, model_name, epochs, factory = setup(args, seed=args.seed)
 
     t0 = time.perf_counter()
     parents = [train_or_load(factory, splits.train, cache_dir=os.path.join(args.out, "parents"),

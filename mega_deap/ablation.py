@@ -10,14 +10,14 @@ layout. Adding a variant is one line::
 mean, standard deviation and a 95 % t confidence interval per variant, and a paired comparison (same
 seed, same initial population) against the reference variant.
 """
-import functools
 import math
 
 import numpy as np
 from deap import tools
 from tqdm.auto import tqdm
 
-from .algorithms import eaMeGA, ensure_creator_classes, mega_toolbox, seed as seed_all, selNoElite, default_stats
+from .algorithms import (default_stats, eaMeGA, ensure_creator_classes, mega_toolbox, seed as seed_all, selNoElite,
+                         toolbox_fingerprint)
 from .individual import genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian
 from .population import TensorPopulation
@@ -51,39 +51,12 @@ def build_toolbox(registrations, pop, evaluator, adapter, **preset):
     re-applied to whatever is registered)."""
     tb = mega_toolbox(pop, evaluator, layout=adapter.layout, repair=None, **preset)
     for alias, func, kwargs in registrations:
-        kwargs = {k: (adapter.layout if v is LAYOUT or v == LAYOUT else v) for k, v in kwargs.items()}
+        kwargs = {k: (adapter.layout if isinstance(v, str) and v == LAYOUT else v) for k, v in kwargs.items()}
         tb.register(alias, func, **kwargs)
     if hasattr(adapter, "keep_valid"):
         tb.decorate("mate", adapter.keep_valid())
         tb.decorate("mutate", adapter.keep_valid())
     return tb
-
-
-def _unwrap(f):
-    """The function under partials and decorators, and the keywords the partials bind."""
-    kw = {}
-    while True:
-        if isinstance(f, functools.partial):
-            kw = {**f.keywords, **kw}
-            f = f.func
-            continue
-        inner = getattr(f, "func", None) or getattr(f, "__wrapped__", None)
-        if inner is None or inner is f:
-            return f, kw
-        f = inner
-
-
-def toolbox_fingerprint(tb):
-    """What a toolbox registers, as comparable data: {alias: (function name, sorted keywords)}."""
-    out = {}
-    for alias in ("clone", "select", "mate", "mutate", "elite", "evaluate", "map"):
-        f = getattr(tb, alias, None)
-        if f is None:
-            continue
-        base, kw = _unwrap(f)
-        out[alias] = (getattr(base, "__qualname__", type(base).__qualname__),
-                      tuple(sorted((k, "layout" if k == "layout" else repr(v)) for k, v in kw.items())))
-    return out
 
 
 ######################################

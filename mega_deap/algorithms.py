@@ -5,6 +5,7 @@ paper's preset: nothing but registrations of operators, so any of them can be sw
 ``merge`` builds the preset for a list of PyTorch models and runs it.
 """
 import copy
+import functools
 import os
 import random
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian
 from .population import TensorPopulation, default_device
 
-__all__ = ["selElite", "selNoElite", "eaMeGA", "mega_toolbox", "merge", "merge_tree", "MergeResult", "TreeResult", "seed", "default_stats",
+__all__ = ["selElite", "selNoElite", "toolbox_fingerprint", "eaMeGA", "mega_toolbox", "merge", "merge_tree",
+           "MergeResult", "TreeResult", "seed", "default_stats",
            "ensure_creator_classes"]
 
 
@@ -70,6 +72,35 @@ def selNoElite(halloffame):
     """No elitism: nothing is carried over; the hall of fame still records the best ever."""
     return []
 
+
+def _unwrap(f):
+    """The function under partials and decorators, and the keywords the partials bind."""
+    kw = {}
+    while True:
+        if isinstance(f, functools.partial):
+            kw = {**f.keywords, **kw}
+            f = f.func
+            continue
+        inner = getattr(f, "func", None) or getattr(f, "__wrapped__", None)
+        if inner is None or inner is f:
+            return f, kw
+        f = inner
+
+
+def toolbox_fingerprint(tb, aliases=("clone", "select", "mate", "mutate", "elite", "evaluate", "map")):
+    """What a toolbox registers, as comparable JSON-able data: ``{alias: [function name, [[keyword, repr]]]}``
+    (an adapter's ``layout`` keyword is named, not printed)."""
+    out = {}
+    for alias in aliases:
+        f = getattr(tb, alias, None)
+        if f is None:
+            continue
+        base_f, kw = _unwrap(f)
+        out[alias] = [getattr(base_f, "__qualname__", type(base_f).__qualname__),
+                      sorted([k, "layout" if k == "layout" else repr(v)] for k, v in kw.items())]
+    return out
+
+
 def _evaluate_invalid(population, toolbox):
     invalid = [ind for ind in population if not ind.fitness.valid]
     fitnesses = toolbox.map(toolbox.evaluate, invalid)
@@ -78,10 +109,27 @@ def _evaluate_invalid(population, toolbox):
     return len(invalid)
 
 
-def _resume(path, population, toolbox, halloffame, logbook):
+def _run_settings(toolbox, npar):
+    return {"npar": npar, "toolbox": toolbox_fingerprint(toolbox)}
+
+
+def _resume(path, population, toolbox, halloffame, logbook, settings):
     """Restore a run from ``path`` into ``population`` (in order), the hall of fame, the logbook and every
-    random source; returns the first generation still to run."""
+    random source; returns the first generation still to run. A checkpoint written by a run with other
+    operators or ``npar`` is refused, naming the first difference."""
     meta, tensors = load_checkpoint(path)
+    saved = meta.get("extra", {})
+    for key in sorted(set(saved) | set(settings)):
+        if key == "toolbox":
+            old, new = saved.get(key, {}), settings[key]
+            for alias in sorted(set(old) | set(new)):
+                if old.get(alias) != new.get(alias):
+                    raise ValueError(f"checkpoint {path!r} was written with toolbox.{alias} = {old.get(alias)}, "
+                                     f"this run registers {new.get(alias)}; resume with the same toolbox or "
+                                     f"start a new checkpoint")
+        elif saved.get(key) != settings.get(key):
+            raise ValueError(f"checkpoint {path!r} was written with {key}={saved.get(key)!r}, this run has "
+                             f"{key}={settings.get(key)!r}")
     G = tensors["population"]
     D = len(population[0])
     if G.shape != (len(population), D):
@@ -127,7 +175,8 @@ def eaMeGA(population, toolbox, ngen, npar=4, stats=None, halloffame=None, verbo
     :param verbose: show a progress bar and print the logbook.
     :param checkpoint: a file path: the run's state is written there after every generation (atomically,
                        safetensors + JSON), and a run started with an existing checkpoint resumes from it
-                       (the population passed in is overwritten, in order, with the saved one).
+                       (the population passed in is overwritten, in order, with the saved one); one
+                       written with other registered operators or ``npar`` is refused.
     :returns: ``(population, logbook)``; the logbook records ``gen``, ``nevals`` and the stats.
     """
     ngen, npar = int(ngen), int(npar)
@@ -147,8 +196,9 @@ def eaMeGA(population, toolbox, ngen, npar=4, stats=None, halloffame=None, verbo
     logbook = tools.Logbook()
     logbook.header = ["gen", "nevals"] + (stats.fields if stats else [])
 
+    settings = _run_settings(toolbox, npar) if checkpoint is not None else None
     if checkpoint is not None and os.path.exists(checkpoint):
-        start = _resume(checkpoint, population, toolbox, halloffame, logbook)
+        start = _resume(checkpoint, population, toolbox, halloffame, logbook, settings)
         if verbose:
             tqdm.write(f"resuming from {checkpoint} after generation {start - 1}")
     else:
@@ -158,7 +208,8 @@ def eaMeGA(population, toolbox, ngen, npar=4, stats=None, halloffame=None, verbo
             halloffame.update(population)
         logbook.record(gen=0, nevals=nevals, **(stats.compile(population) if stats else {}))
         if checkpoint is not None:
-            save_checkpoint(checkpoint, gen=0, population=population, halloffame=halloffame, logbook=logbook)
+            save_checkpoint(checkpoint, gen=0, population=population, halloffame=halloffame, logbook=logbook,
+                            extra=settings)
         start = 1
         if verbose:
             tqdm.write(logbook.stream)
@@ -189,7 +240,8 @@ def eaMeGA(population, toolbox, ngen, npar=4, stats=None, halloffame=None, verbo
         record = stats.compile(population) if stats else {}
         logbook.record(gen=gen, nevals=nevals, **record)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, gen=gen, population=population, halloffame=halloffame, logbook=logbook)
+            save_checkpoint(checkpoint, gen=gen, population=population, halloffame=halloffame, logbook=logbook,
+                            extra=settings)
         if verbose:
             tqdm.write(logbook.stream)
             if "max" in record:
@@ -262,7 +314,7 @@ _METRICS = {"accuracy": Accuracy, "neg_mse": NegMSE, "neg_mae": NegMAE}
 def _as_xy(val_data):
     if isinstance(val_data, (tuple, list)) and len(val_data) == 2:
         return val_data
-    if isinstance(val_data, torch.utils.data.DataLoader) or hasattr(val_data, "__iter__"):
+    if hasattr(val_data, "__iter__"):  # a DataLoader or any iterable of (x, y) batches
         xs, ys = zip(*[(x, y) for x, y in val_data])
         return torch.cat([torch.as_tensor(x) for x in xs]), torch.cat([torch.as_tensor(y) for y in ys])
     raise TypeError("val_data must be (X, y) or an iterable of (x, y) batches, "

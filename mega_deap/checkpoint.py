@@ -56,7 +56,7 @@ def set_rng_state(meta, tensors):
 ######################################
 
 def _digest(t):
-    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy()).hexdigest()  # reads the buffer, no copy
 
 
 def _fitness_list(individuals):

@@ -83,13 +83,13 @@ def main(argv=None):
                              device=device, verbose=not args.quiet)
     metric = {"accuracy": Accuracy, "neg_mse": NegMSE, "neg_mae": NegMAE}[args.metric]
     ad = result.adapter
-    rows = []
-    for name, model in [(os.path.basename(p), m) for p, m in zip(args.checkpoints, models)] + [("MeGA", result.model)]:
-        row = {"model": name}
-        for split, xy in (("val", val), ("test", test)):
-            if xy is not None:
-                row[f"{split}_{args.metric}"] = Evaluator(ad, *xy, metric()).scores([ad.genome(model.to(device))])[0]
-        rows.append(row)
+    names = [os.path.basename(p) for p in args.checkpoints] + ["MeGA"]
+    genomes = [ad.genome(m.to(device)) for m in models] + [result.genome]
+    rows = [{"model": name} for name in names]
+    for split, xy in (("val", val), ("test", test)):
+        if xy is not None:
+            for row, score in zip(rows, Evaluator(ad, *xy, metric()).scores(genomes)):
+                row[f"{split}_{args.metric}"] = score
     os.makedirs(args.out, exist_ok=True)
     merged = save_model(result.model, os.path.join(args.out, "merged.safetensors"))
     try:

@@ -18,6 +18,7 @@ The evaluator needs only a model-agnostic ``adapter`` with ``forward(genome, x)`
 import contextlib
 import functools
 import math
+import time
 
 import torch
 
@@ -198,9 +199,8 @@ class Evaluator:
             checks.append(c)
         return torch.cat(totals), torch.isfinite(torch.cat(checks))
 
-    def _run_vmap(self, individuals, genomes):
-        stacked = (stack_genomes(individuals) if all(isinstance(i, TensorIndividual) for i in individuals)
-                   else torch.stack(genomes))
+    def _run_vmap(self, individuals):
+        stacked = stack_genomes(individuals)
         chunk = self.chunk or stacked.shape[0]
         totals = torch.zeros(stacked.shape[0], dtype=torch.float64, device=self.device)
         checks = torch.zeros(stacked.shape[0], dtype=torch.float64, device=self.device)
@@ -219,7 +219,6 @@ class Evaluator:
     def _measure(self, individuals, genomes, k=4):
         """``measure``: time both strategies on the first ``k`` genomes (the loop's scores are kept, so the
         measurement costs at most ``k`` extra evaluations, once per evaluator)."""
-        import time
         sub_i, sub_g = individuals[:k], genomes[:k]
         self._sync()
         t = time.perf_counter()
@@ -228,7 +227,7 @@ class Evaluator:
         timings = {"loop": time.perf_counter() - t}
         try:
             t = time.perf_counter()
-            self._run_vmap(sub_i, sub_g)
+            self._run_vmap(sub_i)
             self._sync()
             timings["vmap"] = time.perf_counter() - t
         except Exception as err:  # a model vmap cannot batch (data-dependent control flow, ...)
@@ -255,7 +254,7 @@ class Evaluator:
             if not genomes:
                 totals, finite = head
             else:
-                run = self._run_loop(genomes) if strategy == "loop" else self._run_vmap(individuals, genomes)
+                run = self._run_loop(genomes) if strategy == "loop" else self._run_vmap(individuals)
                 totals, finite = run if head is None else (torch.cat([head[0], run[0]]), torch.cat([head[1], run[1]]))
         self.evaluations += totals.shape[0]
         values = self.metric.finish(totals, n)

@@ -208,8 +208,10 @@ class TrainEvaluator:
     """Train the candidate's network (from the weights it carries, else from scratch), score it on the
     validation split: accuracy (``task="classification"``) or MAE (``"regression"``, minimise it).
 
-    ``times`` collects the duration of every fitness evaluation; ``seed`` fixes each training's batch
-    order and fresh initialisation (mixed with a counter so two evaluations differ).
+    ``times`` collects the duration of every fitness evaluation (training + validation score);
+    ``initial_losses`` the training loss each network starts from (measured before the clock starts);
+    ``seed`` fixes each training's batch order and fresh initialisation (mixed with a counter so two
+    evaluations differ).
     """
     train: tuple
     val: tuple
@@ -232,14 +234,14 @@ class TrainEvaluator:
         return nn.functional.mse_loss(out.squeeze(-1), y)
 
     def __call__(self, ind):
-        t0 = time.perf_counter()
         self._count += 1
         torch.manual_seed(self.seed * 100003 + self._count)
         g = ind.genes
         model = build_mlp(g, self.in_features, self.out_features, ind.weights)
         X, y = self.train
-        with torch.no_grad():
+        with torch.no_grad():  # a measurement for the report, outside the timed fitness function
             self.initial_losses.append(float(self.loss(model, X, y)))
+        t0 = time.perf_counter()
         opt = torch.optim.Adam(model.parameters(), lr=g["lr"])
         gen = torch.Generator().manual_seed(self.seed * 7919 + self._count)
         for _ in range(g["epochs"]):
@@ -275,15 +277,10 @@ def eaUntil(population, toolbox, cxpb, mutpb, ngen, accept=None, stats=None, hal
     :returns: ``(population, logbook)``; the logbook also records ``seconds`` since the start.
     """
     from deap import algorithms, tools
+    from .algorithms import _evaluate_invalid
     t0 = time.perf_counter()
     logbook = tools.Logbook()
     logbook.header = ["gen", "nevals", "seconds"] + (stats.fields if stats else [])
-
-    def evaluate(pop):
-        invalid = [ind for ind in pop if not ind.fitness.valid]
-        for ind, fit in zip(invalid, toolbox.map(toolbox.evaluate, invalid)):
-            ind.fitness.values = fit
-        return len(invalid)
 
     def accepted():
         if accept is None or halloffame is None or not len(halloffame):
@@ -291,7 +288,7 @@ def eaUntil(population, toolbox, cxpb, mutpb, ngen, accept=None, stats=None, hal
         best = halloffame[0].fitness
         return best.values[0] >= accept if best.weights[0] > 0 else best.values[0] <= accept
 
-    nevals = evaluate(population)
+    nevals = _evaluate_invalid(population, toolbox)
     if halloffame is not None:
         halloffame.update(population)
     logbook.record(gen=0, nevals=nevals, seconds=time.perf_counter() - t0, **(stats.compile(population) if stats else {}))
@@ -299,7 +296,7 @@ def eaUntil(population, toolbox, cxpb, mutpb, ngen, accept=None, stats=None, hal
     while gen < ngen and not accepted():
         gen += 1
         offspring = algorithms.varAnd(toolbox.select(population, len(population)), toolbox, cxpb, mutpb)
-        nevals = evaluate(offspring)
+        nevals = _evaluate_invalid(offspring, toolbox)
         if halloffame is not None:
             halloffame.update(offspring)
         population[:] = offspring

@@ -67,7 +67,7 @@ def initBlend(individuals, parents, *, generator=None):
             cache[key] = [p.to(device=row.device, dtype=row.dtype) for p in parents]
         ps = cache[key]
         if len(ps) == 2:
-            a = torch.rand((), generator=generator, dtype=torch.float64, device=gdev).item()
+            a = _uniform(generator)
             w = [a, 1.0 - a]
         else:
             e = torch.empty(len(ps), dtype=torch.float64, device=gdev).exponential_(generator=generator)

@@ -162,7 +162,7 @@ class TensorPopulation:
 
 
 def stack_genomes(individuals):
-    """The genomes of ``individuals`` as one ``(k, D)`` tensor.
+    """The genomes of ``individuals`` (or ``(D,)`` genome tensors) as one ``(k, D)`` tensor.
 
     Rows of one population are gathered with a single ``index_select``; anything else is stacked.
     """
@@ -173,4 +173,4 @@ def stack_genomes(individuals):
     if pop is not None and all(o is not None and o[0] is pop for o in owners):
         idx = torch.tensor([o[1] for o in owners], device=pop.device)
         return pop.rows.index_select(0, idx)
-    return torch.stack([ind.genome for ind in individuals])
+    return torch.stack([getattr(ind, "genome", ind) for ind in individuals])

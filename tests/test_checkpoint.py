@@ -84,3 +84,18 @@ def test_checkpoint_reading_never_unpickles(tmp_path):
     with pytest.raises(CheckpointError):
         load_checkpoint(evil)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_with_other_operators_is_refused(tmp_path, digits, digit_mlps):
+    ckpt = str(tmp_path / "c.ckpt")
+    mega_deap.merge(digit_mlps, digits["val"], population=4, generations=1, verbose=False, checkpoint=ckpt)
+    # written with sparse mutation: resuming with layer mutation is refused
+    with pytest.raises(ValueError, match=r"toolbox\.mutate = \['mutSparseGaussian'.*this run registers \['mutLayerGaussian'"):
+        mega_deap.merge(digit_mlps, digits["val"], population=4, generations=2, verbose=False, checkpoint=ckpt,
+                        mutation="layer")
+    with pytest.raises(ValueError, match="npar=4, this run has npar=3"):
+        mega_deap.merge(digit_mlps, digits["val"], population=4, generations=2, parents=3, verbose=False,
+                        checkpoint=ckpt)
+    # the same settings resume
+    r = mega_deap.merge(digit_mlps, digits["val"], population=4, generations=2, verbose=False, checkpoint=ckpt)
+    assert [x["gen"] for x in r.logbook] == [0, 1, 2]

@@ -119,7 +119,7 @@ def test_hpo_example_tiny(tmp_path):
     assert set(summary) == {"wine", "diabetes"}
     for row in summary.values():
         for key in ("basic_time_mean", "merge_time_mean", "basic_time_skew", "basic_val", "merge_test",
-                    "basic_total", "merge_until_seconds"):
+                    "basic_total", "merge_until_seconds", "basic_start_loss", "merge_start_loss"):
             assert key in row
     assert summary["diabetes"]["metric"] == "MAE" and summary["diabetes"]["merge_val"] > 0
     for png in ("times_hist.png", "durations.png"):

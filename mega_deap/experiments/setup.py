@@ -1,6 +1,6 @@
 """The command-line pieces the examples share: data and model flags, and what they resolve to."""
 import functools
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -26,8 +26,8 @@ def add_data_args(parser, *, cifar_model="resnet56"):
     return parser
 
 
-@dataclass
-class Setup:
+class Setup(NamedTuple):
+    """What the flags resolve to; unpack it: ``device, splits, model_name, epochs, factory = setup(args)``."""
     device: torch.device
     splits: object
     model_name: str
