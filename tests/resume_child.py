@@ -36,4 +36,8 @@ Evaluator.scores = scores
 r = mega_deap.merge(models, data["val"], population=8, generations=6, seed=3, device="cpu", verbose=False,
                     checkpoint=ckpt)
 with open(out, "w") as f:
-    json.dump({"genome": r.genome.tolist(), "logbook": [dict(x) for x in r.logbook]}, f, default=float)
+    json.dump({"genome": r.genome.tolist(), "logbook": [dict(x) for x in r.logbook],
+               "population": [ind.genome.tolist() for ind in r.population],
+               "fitness": [list(ind.fitness.values) for ind in r.population],
+               "halloffame": [[ind.genome.tolist(), list(ind.fitness.values)] for ind in r.halloffame]},
+              f, default=float)

@@ -113,3 +113,68 @@ def test_eaMeGA_input_errors(digits, digit_mlps):
     tb.register("select", tools.selTournament, tournsize=5)
     with pytest.raises(ValueError, match="tournament size 5"):
         eaMeGA(inds, tb, 1, npar=2, verbose=False)
+
+
+def _toy_toolbox(pop, mutate):
+    """A toolbox over raw genomes: fitness is closeness to a fixed target, so a test can follow every gene."""
+    from deap import base
+    w = torch.linspace(0.0, 1.0, pop.dim, dtype=torch.float64)
+    tb = base.Toolbox()
+    tb.register("clone", pop.clone)
+    tb.register("select", tools.selTournament, tournsize=3)
+    tb.register("mate", mega_deap.cxBlend)
+    tb.register("mutate", mutate)
+    tb.register("evaluate", _linear_fitness, w=w)
+    return tb
+
+
+def _linear_fitness(ind, w):
+    return (-float((ind.genome.double() - w).pow(2).sum()),)
+
+
+def _no_mutation(ind):
+    return (ind,)
+
+
+def _wreck(ind):
+    """A destructive mutation: every gene gets large noise (children are almost surely worse)."""
+    ind.genome.add_(torch.randn(ind.genome.shape).mul_(10.0))
+    return (ind,)
+
+
+def test_elitism_keeps_the_best_genome():
+    """Every child is wrecked by mutation; only elitism can carry the initial best through, bit for bit,
+    and keep the population's best fitness from falling."""
+    mega_deap.seed(0)
+    icls = ensure_creator_classes()
+    pop = TensorPopulation(10, 16, device="cpu")
+    inds = pop.individuals(icls)
+    for ind in inds:
+        ind.genome.copy_(torch.rand(16))
+    best0 = max(inds, key=lambda i: _linear_fitness(i, torch.linspace(0.0, 1.0, 16, dtype=torch.float64))[0]).genome.clone()
+    hof = tools.HallOfFame(1, similar=genome_equal)
+    final, log = eaMeGA(inds, _toy_toolbox(pop, _wreck), 4, npar=2, stats=mega_deap.default_stats(),
+                        halloffame=hof, verbose=False)
+    maxes = log.select("max")
+    assert all(b >= a for a, b in zip(maxes, maxes[1:]))
+    assert any(torch.equal(ind.genome, best0) for ind in final)
+    assert torch.equal(hof[0].genome, best0)
+
+
+def test_blend_children_depend_on_both_parents_end_to_end():
+    """Start from the N basis vectors, no mutation: a child of a blend is a convex combination, so every
+    genome stays on the simplex, and children hold genes of two or more initial individuals."""
+    mega_deap.seed(1)
+    N = 12
+    icls = ensure_creator_classes()
+    pop = TensorPopulation(N, N, device="cpu", dtype=torch.float64)
+    inds = pop.individuals(icls)
+    for i, ind in enumerate(inds):
+        ind.genome[i] = 1.0
+    final, _ = eaMeGA(inds, _toy_toolbox(pop, _no_mutation), 3, npar=2, halloffame=tools.HallOfFame(1),
+                      verbose=False)
+    G = torch.stack([ind.genome for ind in final])
+    assert (G >= 0).all()
+    torch.testing.assert_close(G.sum(1), torch.ones(N, dtype=torch.float64))
+    support = (G > 0).sum(1).double()
+    assert support.mean() > 2.0, support.tolist()  # blends of blends: several ancestors per genome

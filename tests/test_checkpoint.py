@@ -25,9 +25,9 @@ def test_sigkill_mid_generation_then_resume_is_bit_identical(tmp_path, digits, d
     torch.save({"models": [m.state_dict() for m in digit_mlps], "val": digits["val"]}, data)
     # the reference: uninterrupted
     subprocess.run(child("--ckpt", tmp_path / "ref.ckpt", "--out", tmp_path / "ref.json", "--data", data), check=True)
-    # killed while generation 4 is being evaluated
+    # killed while generation 2 of 6 is being evaluated: the population goes on changing after the kill
     ckpt = tmp_path / "run.ckpt"
-    proc = subprocess.Popen(child("--ckpt", ckpt, "--out", tmp_path / "x.json", "--data", data, "--hang-at", 4))
+    proc = subprocess.Popen(child("--ckpt", ckpt, "--out", tmp_path / "x.json", "--data", data, "--hang-at", 2))
     deadline = time.time() + 120
     while not (tmp_path / "run.ckpt.hanging").exists():
         assert proc.poll() is None and time.time() < deadline
@@ -35,13 +35,20 @@ def test_sigkill_mid_generation_then_resume_is_bit_identical(tmp_path, digits, d
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     meta, _ = load_checkpoint(ckpt)
-    assert meta["gen"] == 3 and len(meta["logbook"]) == 4  # generations 0..3 were saved, 4 was not
+    assert meta["gen"] == 1 and len(meta["logbook"]) == 2  # generations 0..1 were saved, 2 was not
+    saved = meta["fitness"]
     (tmp_path / "run.ckpt.resumed").touch()
     subprocess.run(child("--ckpt", ckpt, "--out", tmp_path / "res.json", "--data", data), check=True)
     ref = json.loads((tmp_path / "ref.json").read_text())
     res = json.loads((tmp_path / "res.json").read_text())
-    assert res["genome"] == ref["genome"]          # bit for bit (floats survive JSON exactly)
+    # bit for bit (floats survive JSON exactly): the whole final population, its fitness, the hall of fame
+    assert res["population"] == ref["population"]
+    assert res["fitness"] == ref["fitness"]
+    assert res["halloffame"] == ref["halloffame"]
+    assert res["genome"] == ref["genome"]
     assert res["logbook"] == ref["logbook"]
+    # the run after the kill was not idle: the population and its fitness moved on from the checkpoint
+    assert sorted(f[0] for f in res["fitness"]) != sorted(f[0] for f in saved)
     assert [r["gen"] for r in res["logbook"]] == list(range(7))
 
 
