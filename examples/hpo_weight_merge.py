@@ -3,11 +3,16 @@ the merge of their parents' trained weights), as in Gonzalez & Varrun (KTH, 2021
 
     python examples/hpo_weight_merge.py                 # digits, diabetes (MAE) and wine, 3 seeds each
 
-Both modes run DEAP's toolbox with the same seeds and budgets; they differ by one registration
-(``mate``: ``cxScratch`` or ``cxWeightMerge``). Per data set: the mean and skewness of the fitness-function
-time (train + validation score), the best validation score and its test score, the total duration; and
-the median training loss the networks start from (before training; not part of the timed fitness
-function); and the study's stopping rule "until accepted accuracy": generations and seconds until the
+Both modes run DEAP's toolbox with the same seeds and budgets; they differ by their variation
+registrations: "basic" trains every child from scratch (``cxScratch``, ``mutGenes(inherit=False)``), "merge"
+starts children from their parents' trained weights (``cxWeightMerge``, ``mutGenes(inherit=True)``).
+Training stops early on a held-out part of the training split (``--patience`` epochs without improvement;
+the ``epochs`` gene is the most a network may train), so a child that starts trained can stop sooner.
+Per data set: the fitness-function time (train + validation score) per evaluation, its mean, median and
+skewness, and the per-seed mean time compared between modes (paired over seeds, Holm-corrected over data
+sets); epochs trained; the share of evaluations that started from weights; the best validation score and
+its test score; the total duration; the median training loss networks start from (measured outside the
+timed fitness function); and the study's stopping rule "until accepted": generations and seconds until the
 best validation score reaches the accepted value. Writes results.json, times_hist.png and durations.png to --out.
 """
 import argparse
@@ -23,10 +28,12 @@ from tqdm.auto import tqdm
 
 import mega_deap
 from mega_deap.experiments import write_json
-from mega_deap.hpo import Candidate, TrainEvaluator, cxScratch, cxWeightMerge, eaUntil, mutGenes, random_genes
+from mega_deap.hpo import SPACE, Candidate, TrainEvaluator, cxScratch, cxWeightMerge, eaUntil, mutGenes, random_genes
 
 DATASETS = {"digits": "classification", "diabetes": "regression", "wine": "classification"}
 ACCEPT = {"digits": 0.975, "diabetes": 42.0, "wine": 0.99}
+# the study's search space, with the epochs gene as the most a network may train (early stopping decides)
+STUDY_SPACE = dict(SPACE, epochs=(10, 20, 40))
 
 
 def load(name, seed=0):
@@ -52,21 +59,22 @@ def classes():
     return creator.NetMax, creator.NetMin
 
 
-def toolbox_for(mode, evaluator, icls, space_rng):
+def toolbox_for(mode, evaluator, icls, space_rng, space=STUDY_SPACE):
     tb = base.Toolbox()
     shape = {"in_features": evaluator.in_features, "out_features": evaluator.out_features}
-    tb.register("individual", lambda: icls(random_genes(rng=space_rng)))  # noqa: E731 (local, never pickled)
+    tb.register("individual", lambda: icls(random_genes(space, rng=space_rng)))  # noqa: E731 (local, never pickled)
     tb.register("evaluate", evaluator)
     tb.register("select", tools.selTournament, tournsize=3)
-    tb.register("mate", cxWeightMerge if mode == "merge" else cxScratch, **shape)   # the one difference
-    tb.register("mutate", mutGenes, indpb=0.2, **shape)
+    merge = mode == "merge"  # the difference between the modes: do children keep trained weights?
+    tb.register("mate", cxWeightMerge if merge else cxScratch, **shape)
+    tb.register("mutate", mutGenes, indpb=0.2, inherit=merge, space=space, **shape)
     return tb
 
 
-def run(name, mode, seed, population, generations, accept=None):
+def run(name, mode, seed, population, generations, accept=None, patience=3):
     train, val, test = load(name, seed)
     task = DATASETS[name]
-    ev = TrainEvaluator(train, val, task=task, seed=seed)
+    ev = TrainEvaluator(train, val, task=task, seed=seed, patience=patience)
     icls = classes()[0 if task == "classification" else 1]
     mega_deap.seed(seed)
     tb = toolbox_for(mode, ev, icls, random.Random(seed))
@@ -78,49 +86,84 @@ def run(name, mode, seed, population, generations, accept=None):
     best = hof[0]
     return {"dataset": name, "mode": mode, "seed": seed, "times": ev.times, "total": total,
             "val": best.fitness.values[0], "test": ev.test_score(best, *test), "genes": best.genes,
-            "generations": log.select("gen")[-1], "initial_losses": ev.initial_losses}
+            "generations": log.select("gen")[-1], "initial_losses": ev.initial_losses,
+            "epochs_run": ev.epochs_run, "warm": ev.warm}
+
+
+def holm(pvalues):
+    """Holm's step-down adjustment of ``pvalues`` (a list; nan stays nan)."""
+    idx = [i for i, p in enumerate(pvalues) if p == p]
+    order = sorted(idx, key=lambda i: pvalues[i])
+    out, running = list(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * pvalues[i]))
+        out[i] = running
+    return out
 
 
 def summarize(runs, datasets=DATASETS):
     out = {}
     for name in datasets:
         row = {"dataset": name, "metric": "accuracy" if DATASETS[name] == "classification" else "MAE"}
+        per_seed = {}
         for mode in ("basic", "merge"):
-            rs = [r for r in runs if r["dataset"] == name and r["mode"] == mode and not r.get("until")]
+            rs = sorted((r for r in runs if r["dataset"] == name and r["mode"] == mode and not r.get("until")),
+                        key=lambda r: r["seed"])
             if not rs:
                 continue
             times = np.concatenate([r["times"] for r in rs])
+            per_seed[mode] = {r["seed"]: float(np.mean(r["times"])) for r in rs}
+            seed_means = list(per_seed[mode].values())
             row[f"{mode}_time_mean"] = float(times.mean())
+            row[f"{mode}_time_median"] = float(np.median(times))
             row[f"{mode}_time_skew"] = float(sstats.skew(times)) if len(times) > 2 else float("nan")
+            row[f"{mode}_time_seed_sd"] = float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else float("nan")
+            row[f"{mode}_evaluations"] = int(len(times))
+            row[f"{mode}_epochs_mean"] = float(np.mean(np.concatenate([r["epochs_run"] for r in rs])))
+            row[f"{mode}_warm_share"] = float(np.mean(np.concatenate([np.asarray(r["warm"], float) for r in rs])))
             row[f"{mode}_start_loss"] = float(np.median(np.concatenate([r["initial_losses"] for r in rs])))
-            row[f"{mode}_val"] = float(np.mean([r["val"] for r in rs]))
-            row[f"{mode}_test"] = float(np.mean([r["test"] for r in rs]))
-            row[f"{mode}_total"] = float(np.mean([r["total"] for r in rs]))
+            for key in ("val", "test", "total"):
+                vals = [r[key] for r in rs]
+                row[f"{mode}_{key}"] = float(np.mean(vals))
+                row[f"{mode}_{key}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
             until = [r for r in runs if r["dataset"] == name and r["mode"] == mode and r.get("until")]
             if until:
                 row[f"{mode}_until_seconds"] = float(np.mean([r["total"] for r in until]))
                 row[f"{mode}_until_generations"] = float(np.mean([r["generations"] for r in until]))
         if "basic_time_mean" in row and "merge_time_mean" in row:
             row["time_saving"] = 1 - row["merge_time_mean"] / row["basic_time_mean"]
+            seeds = sorted(set(per_seed["basic"]) & set(per_seed["merge"]))
+            b = [per_seed["basic"][s] for s in seeds]
+            m = [per_seed["merge"][s] for s in seeds]
+            row["time_p"] = float(sstats.ttest_rel(b, m).pvalue) if len(seeds) > 1 else float("nan")
         out[name] = row
+    names = [n for n in out if "time_p" in out[n]]
+    for n, p in zip(names, holm([out[n]["time_p"] for n in names])):
+        out[n]["time_p_holm"] = p
     return out
 
 
 def table(summary):
-    lines = ["| data set | metric | fitness time basic / merge (s) | saving | time skewness basic / merge | "
+    lines = ["| data set | metric | fitness time mean basic / merge (s) | saving | p (Holm) | median basic / merge (s) | "
+             "skewness basic / merge | epochs trained basic / merge | evaluations from weights basic / merge | "
              "median starting train loss basic / merge | best val basic / merge | test basic / merge | "
-             "total basic / merge (s) | until accepted: s (gens) basic / merge |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "until accepted: s (gens) basic / merge |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary.values():
         f = (lambda v: f"{v:.4f}") if r["metric"] == "accuracy" else (lambda v: f"{v:.2f}")
         until = (f"{r['basic_until_seconds']:.1f} ({r['basic_until_generations']:.1f}) / "
                  f"{r['merge_until_seconds']:.1f} ({r['merge_until_generations']:.1f})"
                  if "merge_until_seconds" in r else "")
-        lines.append(f"| {r['dataset']} | {r['metric']} | {r['basic_time_mean']:.3f} / {r['merge_time_mean']:.3f} | "
-                     f"{100 * r['time_saving']:.0f}% | {r['basic_time_skew']:.2f} / {r['merge_time_skew']:.2f} | "
-                     f"{r['basic_start_loss']:.3g} / {r['merge_start_loss']:.3g} | "
-                     f"{f(r['basic_val'])} / {f(r['merge_val'])} | {f(r['basic_test'])} / {f(r['merge_test'])} | "
-                     f"{r['basic_total']:.1f} / {r['merge_total']:.1f} | {until} |")
+        lines.append(
+            f"| {r['dataset']} | {r['metric']} | {r['basic_time_mean']:.3f} ± {r['basic_time_seed_sd']:.3f} / "
+            f"{r['merge_time_mean']:.3f} ± {r['merge_time_seed_sd']:.3f} | {100 * r['time_saving']:.0f}% | "
+            f"{r.get('time_p_holm', float('nan')):.3f} | {r['basic_time_median']:.3f} / {r['merge_time_median']:.3f} | "
+            f"{r['basic_time_skew']:.2f} / {r['merge_time_skew']:.2f} | "
+            f"{r['basic_epochs_mean']:.1f} / {r['merge_epochs_mean']:.1f} | "
+            f"{100 * r['basic_warm_share']:.0f}% / {100 * r['merge_warm_share']:.0f}% | "
+            f"{r['basic_start_loss']:.3g} / {r['merge_start_loss']:.3g} | "
+            f"{f(r['basic_val'])} ± {f(r['basic_val_sd'])} / {f(r['merge_val'])} ± {f(r['merge_val_sd'])} | "
+            f"{f(r['basic_test'])} ± {f(r['basic_test_sd'])} / {f(r['merge_test'])} ± {f(r['merge_test_sd'])} | {until} |")
     return "\n".join(lines)
 
 
@@ -163,7 +206,9 @@ def plots(runs, out, datasets=DATASETS):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--patience", type=int, default=3,
+                   help="early stopping: epochs without improvement on the held-out split")
     p.add_argument("--population", type=int, default=10)
     p.add_argument("--generations", type=int, default=6)
     p.add_argument("--no-until", action="store_true", help="skip the 'until accepted accuracy' runs")
@@ -176,10 +221,11 @@ def main(argv=None):
     bar = tqdm(plan, desc="hpo", disable=args.quiet)
     for name, seed, mode in bar:
         bar.set_postfix(data=name, seed=seed, mode=mode)
-        runs.append(run(name, mode, seed, args.population, args.generations))
+        runs.append(run(name, mode, seed, args.population, args.generations, patience=args.patience))
         best = runs[-1]["val"]
         if not args.no_until:
-            r = run(name, mode, seed, args.population, 3 * args.generations, accept=ACCEPT[name])
+            r = run(name, mode, seed, args.population, 3 * args.generations, accept=ACCEPT[name],
+                    patience=args.patience)
             runs.append(r | {"until": True})
         if not args.quiet:
             tqdm.write(f"{name} {mode} seed {seed}: best validation {best:.4f}")

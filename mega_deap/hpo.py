@@ -181,9 +181,12 @@ def cxScratch(ind1, ind2, *, in_features, out_features, generator=None):
     return _crossover(ind1, ind2, False, in_features, out_features, generator)
 
 
-def mutGenes(ind, indpb, *, in_features, out_features, space=SPACE, generator=None):
-    """Redraw each gene with probability ``indpb`` (a width per layer; the layer count by one step). The
-    weights it carries are adapted to the new shapes by :func:`merge_layers` with one parent."""
+def mutGenes(ind, indpb, *, in_features, out_features, inherit=True, space=SPACE, generator=None):
+    """Redraw each gene with probability ``indpb`` (a width per layer; the layer count by one step).
+
+    ``inherit=True`` (weight-merge mode): the weights it carries are adapted to the new shapes by
+    :func:`merge_layers` with one parent. ``inherit=False`` (the study's "basic" mode): the mutated child
+    drops them and trains from scratch."""
     g = ind.genes
     for key in ("activation", "lr", "batch_size", "epochs"):
         if random.random() < indpb:
@@ -193,7 +196,9 @@ def mutGenes(ind, indpb, *, in_features, out_features, space=SPACE, generator=No
         lo, hi = space["layers"]
         n = min(hi, max(lo, len(g["units"]) + random.choice((-1, 1))))
         g["units"] = (g["units"] + [random.choice(space["units"])])[:n] if n > len(g["units"]) else g["units"][:n]
-    if ind.weights is not None:
+    if not inherit:
+        ind.weights = None
+    elif ind.weights is not None:
         widths = [in_features] + g["units"] + [out_features]
         ind.weights = merge_layers([ind.weights], widths, generator=generator)
     return (ind,)
@@ -208,23 +213,43 @@ class TrainEvaluator:
     """Train the candidate's network (from the weights it carries, else from scratch), score it on the
     validation split: accuracy (``task="classification"``) or MAE (``"regression"``, minimise it).
 
-    ``times`` collects the duration of every fitness evaluation (training + validation score);
-    ``initial_losses`` the training loss each network starts from (measured before the clock starts);
-    ``seed`` fixes each training's batch order and fresh initialisation (mixed with a counter so two
-    evaluations differ).
+    Early stopping (``patience``, in epochs; ``None`` trains every epoch the ``epochs`` gene asks for): a
+    fixed ``holdout`` fraction of the training split is kept out of training; after each epoch its loss is
+    measured, training stops once it has not improved for ``patience`` epochs, and the network keeps the
+    weights of its best epoch. The ``epochs`` gene is then the most epochs a network may train.
+
+    Per fitness evaluation it records ``times`` (training + validation score, seconds), ``epochs_run``,
+    ``initial_losses`` (the training loss the network starts from, measured before the clock starts) and
+    ``warm`` (whether it started from carried weights). ``seed`` fixes each training's batch order and
+    fresh initialisation (mixed with a counter so two evaluations differ) and the hold-out split.
     """
     train: tuple
     val: tuple
     task: str = "classification"
     seed: int = 0
+    patience: int = None
+    holdout: float = 0.15
     times: list = field(default_factory=list)
     initial_losses: list = field(default_factory=list)
+    epochs_run: list = field(default_factory=list)
+    warm: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
+        if self.patience is not None and (int(self.patience) != self.patience or self.patience < 1):
+            raise ValueError(f"patience must be a positive integer number of epochs or None, got {self.patience!r}")
+        if not 0.0 < self.holdout < 1.0:
+            raise ValueError(f"holdout must be a fraction in (0, 1), got {self.holdout!r}")
         self.in_features = self.train[0].shape[1]
         self.out_features = int(self.train[1].max()) + 1 if self.task == "classification" else 1
+        X, y = self.train
+        if self.patience is None:
+            self.fit, self.stop = (X, y), None
+        else:
+            perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(self.seed * 31 + 7))
+            k = max(1, int(round(self.holdout * len(X))))
+            self.fit, self.stop = (X[perm[k:]], y[perm[k:]]), (X[perm[:k]], y[perm[:k]])
         self._count = 0
 
     def loss(self, model, X, y):
@@ -238,12 +263,13 @@ class TrainEvaluator:
         torch.manual_seed(self.seed * 100003 + self._count)
         g = ind.genes
         model = build_mlp(g, self.in_features, self.out_features, ind.weights)
-        X, y = self.train
+        X, y = self.fit
         with torch.no_grad():  # a measurement for the report, outside the timed fitness function
-            self.initial_losses.append(float(self.loss(model, X, y)))
+            self.initial_losses.append(float(self.loss(model, *self.train)))
         t0 = time.perf_counter()
         opt = torch.optim.Adam(model.parameters(), lr=g["lr"])
         gen = torch.Generator().manual_seed(self.seed * 7919 + self._count)
+        best, best_state, since, epochs = math.inf, None, 0, 0
         for _ in range(g["epochs"]):
             perm = torch.randperm(len(X), generator=gen)
             for i in range(0, len(X), g["batch_size"]):
@@ -251,10 +277,24 @@ class TrainEvaluator:
                 opt.zero_grad(set_to_none=True)
                 self.loss(model, X[idx], y[idx]).backward()
                 opt.step()
+            epochs += 1
+            if self.stop is not None:
+                with torch.no_grad():
+                    held = float(self.loss(model, *self.stop))
+                if held < best:
+                    best, best_state, since = held, weights_of(model), 0
+                else:
+                    since += 1
+                    if since >= self.patience:
+                        break
+        if best_state is not None:
+            model = build_mlp(g, self.in_features, self.out_features, best_state)
         score = self.score(model, *self.val)
-        ind.weights = weights_of(model)
         ind.seconds = time.perf_counter() - t0
+        self.warm.append(ind.weights is not None)
+        ind.weights = weights_of(model)
         self.times.append(ind.seconds)
+        self.epochs_run.append(epochs)
         return (score,)
 
     @torch.no_grad()
