@@ -126,6 +126,33 @@ def test_merge_cifar_example_on_digits(tmp_path):
     # a re-run takes the parents from the cache
     again = load_example("merge_cifar").main(argv)
     assert all("(cached)" in p for p in again["parents"]) and again["rows"] == report["rows"]
+    # another split seed moves validation images into training: the parents are retrained, not reused
+    other = load_example("merge_cifar").main(argv + ["--seed", "1"])
+    assert not any("(cached)" in p for p in other["parents"])
+    assert set(other["parents"]).isdisjoint(report["parents"])
+
+
+def test_parent_cache_key_holds_everything_that_decides_the_parent(tmp_path):
+    from mega_deap.experiments import digits_splits, train_or_load
+    s0, s1 = digits_splits(seed=0), digits_splits(seed=1)
+    factory = lambda: build_model("mlp", 1, 10, 8)  # noqa: E731
+    kw = dict(cache_dir=str(tmp_path), tag="mlp-digits", epochs=1, batch_size=128, progress=False)
+    m, path, cached = train_or_load(factory, s0.train, seed=5, **kw)
+    assert not cached
+    m2, path2, cached2 = train_or_load(factory, s0.train, seed=5, **kw)
+    assert cached2 and path2 == path
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    changed = [train_or_load(factory, s1.train, seed=5, **kw),                      # another split
+               train_or_load(factory, (s0.train[0][:-1], s0.train[1][:-1]), seed=5, **kw),  # another size
+               train_or_load(factory, s0.train, seed=6, **kw),                      # another parent seed
+               train_or_load(factory, s0.train, seed=5, **{**kw, "epochs": 2}),     # another recipe
+               train_or_load(lambda: build_model("smallcnn", 1, 10, 8), s0.train, seed=5, **kw)]  # model
+    assert not any(c[2] for c in changed)
+    assert len({c[1] for c in changed} | {path}) == 6
+    # a file renamed into another key's place is not trusted: its recorded key differs, so it retrains
+    import shutil
+    shutil.copy(changed[0][1], path)
+    assert not train_or_load(factory, s0.train, seed=5, **kw)[2]
 
 
 def test_merge_cifar_example_on_cifar_files(tmp_path):

@@ -1,5 +1,6 @@
 """The parents' training recipe (the paper's: Adam, lr 0.01, batch 256, no augmentation) with a cache of
 trained parents as safetensors files, and safe model files."""
+import hashlib
 import json
 import os
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["train_model", "train_or_load", "save_model", "load_model_file", "model_accuracy"]
+__all__ = ["train_model", "train_or_load", "parent_key", "save_model", "load_model_file", "model_accuracy"]
 
 
 @torch.no_grad()
@@ -75,24 +76,52 @@ def load_model_file(model, path, map_location="cpu"):
     return model.eval()
 
 
+def _digest(*tensors):
+    """SHA-256 of tensors' shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def parent_key(model, train, recipe):
+    """What decides a trained parent, as a JSON-able dict: the training data (a digest of the training
+    split's images and labels, so the data set, the split seed and the sizes all count), the untrained
+    model's architecture (every tensor's name, shape and dtype) and the recipe (seed, epochs, lr, batch)."""
+    arch = [[name, list(t.shape), str(t.dtype)] for name, t in model.state_dict().items()]
+    return {"data": _digest(*train), "architecture": hashlib.sha256(json.dumps(arch).encode()).hexdigest(),
+            "recipe": dict(recipe)}
+
+
 def train_or_load(factory, train, *, cache_dir, tag, seed, epochs=50, lr=0.01, batch_size=256, device="cpu",
                   progress=True):
-    """A parent: loaded from ``cache_dir`` when this exact recipe was trained before, else trained and cached.
+    """A parent: loaded from ``cache_dir`` when this exact parent was trained before, else trained and cached.
+
+    The cache key (:func:`parent_key`) holds everything that decides the parent: the training split's
+    contents, the architecture and the recipe. A cached file whose recorded key differs is retrained.
 
     :param factory: a callable building the untrained model (called after seeding with ``seed``).
-    :param tag: names the model and data set in the cache file's name.
+    :param train: ``(X, y)``, the training split.
+    :param tag: names the model and data set in the cache file's name (for people; the key decides).
     :returns: ``(model, path, cached)``.
     """
-    recipe = {"tag": tag, "seed": seed, "epochs": epochs, "lr": lr, "batch_size": batch_size}
-    path = os.path.join(cache_dir, f"{tag}-seed{seed}-e{epochs}-lr{lr}-b{batch_size}.safetensors")
     torch.manual_seed(seed)
     model = factory()
+    key = parent_key(model, train, {"seed": seed, "epochs": epochs, "lr": lr, "batch_size": batch_size})
+    short = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    path = os.path.join(cache_dir, f"{tag}-seed{seed}-{short}.safetensors")
     if os.path.exists(path):
         try:
-            return load_model_file(model, path).to(device), path, True
+            from safetensors import safe_open
+            with safe_open(path, framework="pt") as f:
+                recorded = json.loads((f.metadata() or {}).get("key", "null"))
+            if recorded == key:
+                return load_model_file(model, path).to(device), path, True
         except Exception as err:  # a broken cache entry is retrained, not trusted
             tqdm.write(f"ignoring unreadable cached parent {path}: {err}")
     train_model(model, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                 desc=f"parent seed {seed}", progress=progress)
-    save_model(model, path, metadata={"recipe": json.dumps(recipe)})
+    save_model(model, path, metadata={"key": json.dumps(key), "tag": tag})
     return model, path, False
