@@ -266,7 +266,8 @@ def main(argv=None):
     torch.manual_seed(0)
     random.seed(0)
     if args.quick:
-        plan = [(m, 64, 4, 2) for m in (args.models or ["mlp-digits", "smallcnn-cifar"])]
+        plan = [(m, args.val or 64, args.population or 4, args.generations or 2)
+                for m in (args.models or ["mlp-digits", "smallcnn-cifar"])]
         mut_D, mem = (200_000, (4, 100_000, 2))
         repeats = args.repeats or 1
     else:

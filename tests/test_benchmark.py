@@ -16,3 +16,13 @@ def test_bench_merge_quick(tmp_path):
         assert set(r["seconds"]) == {"mega_deap", "mega_deap_layer", "reference", "torchga", "floor"}
         assert all(t > 0 for t in r["seconds"].values()) and r["evals"] == 4 + 2 * 3
     assert res["mutation"]["sparse_s"] > 0 and res["memory"]["budget_bytes"] > 0
+
+
+def test_bench_merge_quick_takes_the_sizes_it_is_given(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_merge", ROOT / "benchmarks" / "bench_merge.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--quick", "--device", "cpu", "--models", "mlp-digits", "--population", "5",
+                      "--generations", "3", "--val", "32", "--json", str(tmp_path / "b.json")])
+    r, = res["rows"]
+    assert r["evals"] == 5 + 3 * 4 and r["val"] == 32

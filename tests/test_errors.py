@@ -39,7 +39,7 @@ def test_other_population_errors(classes):
 def test_merge_argument_errors(digits, digit_mlps):
     with pytest.raises(ValueError, match="at least two models"):
         mega_deap.merge([], digits["val"])
-    with pytest.raises(ValueError, match="ngen\) must be >= 0"):
+    with pytest.raises(ValueError, match=r"ngen\) must be >= 0"):
         mega_deap.merge(digit_mlps, digits["val"], population=4, generations=-1, verbose=False)
     with pytest.raises(ValueError, match="metric must be one of"):
         mega_deap.merge(digit_mlps, digits["val"], metric="f1")
