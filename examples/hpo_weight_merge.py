@@ -27,6 +27,7 @@ from scipy import stats as sstats
 from tqdm.auto import tqdm
 
 import mega_deap
+from mega_deap.ablation import holm
 from mega_deap.experiments import write_json
 from mega_deap.hpo import SPACE, Candidate, TrainEvaluator, cxScratch, cxWeightMerge, eaUntil, mutGenes, random_genes
 
@@ -88,17 +89,6 @@ def run(name, mode, seed, population, generations, accept=None, patience=3):
             "val": best.fitness.values[0], "test": ev.test_score(best, *test), "genes": best.genes,
             "generations": log.select("gen")[-1], "initial_losses": ev.initial_losses,
             "epochs_run": ev.epochs_run, "warm": ev.warm}
-
-
-def holm(pvalues):
-    """Holm's step-down adjustment of ``pvalues`` (a list; nan stays nan)."""
-    idx = [i for i, p in enumerate(pvalues) if p == p]
-    order = sorted(idx, key=lambda i: pvalues[i])
-    out, running = list(pvalues), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * pvalues[i]))
-        out[i] = running
-    return out
 
 
 def summarize(runs, datasets=DATASETS):

@@ -23,7 +23,7 @@ from .operators import cxBlend, initBlend, mutLayerGaussian
 from .population import TensorPopulation
 
 __all__ = ["LAYOUT", "VARIANTS", "mutIdentity", "build_toolbox", "toolbox_fingerprint", "run_ablation",
-           "summarize", "mean_ci", "paired"]
+           "summarize", "mean_ci", "paired", "holm"]
 
 LAYOUT = "<adapter.layout>"
 
@@ -73,6 +73,18 @@ def mean_ci(values, level=0.95):
         return mean, float("nan"), float("nan")
     sd = float(x.std(ddof=1))
     return mean, sd, float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
+
+
+def holm(pvalues):
+    """Holm's step-down adjustment of ``pvalues`` for the number of comparisons (nan entries are left out
+    and stay nan). Controls the family-wise error rate without assuming independence."""
+    idx = [i for i, p in enumerate(pvalues) if p == p]
+    order = sorted(idx, key=lambda i: pvalues[i])
+    out, running = [float(p) for p in pvalues], 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * pvalues[i]))
+        out[i] = running
+    return out
 
 
 def paired(values, reference, level=0.95):
@@ -129,7 +141,8 @@ def run_ablation(adapter, parents, evaluator, test_evaluator=None, *, variants=N
 
 def summarize(results, reference="paper", level=0.95):
     """One row per variant: mean, std, CI of the best validation fitness and of the test score, and the
-    paired difference against ``reference`` (mean, CI half-width, p-value)."""
+    paired difference against ``reference`` (mean, CI half-width, p-value, and the p-value corrected by
+    :func:`holm` for the number of variants compared)."""
     ref = results.get(reference)
     rows = []
     for name, runs in results.items():
@@ -145,4 +158,8 @@ def summarize(results, reference="paper", level=0.95):
                 d, h, p = paired([r[key] for r in common], [by_seed[r["seed"]] for r in common], level)
                 row[f"{key}_diff"], row[f"{key}_diff_ci95"], row[f"{key}_p"] = d, h, p
         rows.append(row)
+    for key in ("best_val", "test"):
+        compared = [r for r in rows if f"{key}_p" in r]
+        for r, p in zip(compared, holm([r[f"{key}_p"] for r in compared])):
+            r[f"{key}_p_holm"] = p
     return rows

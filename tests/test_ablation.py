@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from mega_deap import TensorPopulation, cxBlend
-from mega_deap.ablation import (VARIANTS, build_toolbox, mean_ci, paired, run_ablation, summarize,
+from mega_deap.ablation import (VARIANTS, build_toolbox, holm, mean_ci, paired, run_ablation, summarize,
                                 toolbox_fingerprint)
 from mega_deap.adapters import TorchAdapter, accuracy
 
@@ -41,6 +41,14 @@ def test_statistics_on_known_numbers():
     assert paired([1.0, 2.0], [1.0, 2.0])[2] == 1.0
 
 
+def test_holm_against_its_definition():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, max(that, 1*0.04): monotone step-down
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([0.2]) == [0.2]
+    out = holm([0.01, float("nan"), 0.02])
+    assert out[0] == pytest.approx(0.02) and out[2] == pytest.approx(0.02) and math.isnan(out[1])
+
+
 def test_no_elitism_and_selection_variants_change_the_run(digits, digit_mlps):
     ad = TorchAdapter(digit_mlps[0])
     g = ad.genomes(digit_mlps)
@@ -53,6 +61,8 @@ def test_no_elitism_and_selection_variants_change_the_run(digits, digit_mlps):
     rows = summarize(res)
     assert [r["variant"] for r in rows] == list(variants)
     assert "test_diff" not in rows[0] and "test_p" in rows[1]
+    assert [r["test_p_holm"] for r in rows[1:]] == pytest.approx(holm([r["test_p"] for r in rows[1:]]))
+    assert all(r["test_p_holm"] >= r["test_p"] for r in rows[1:])
     assert all(0.0 <= r["test_mean"] <= 1.0 for r in rows)
 
 

@@ -1,0 +1,246 @@
+"""Regenerate every table in README.md and BENCHMARKS.md, with the environment printed beside each.
+
+    python examples/reproduce.py --out results/                      # everything (about half an hour, 2 cores)
+    python examples/reproduce.py --out results/ --only merge keras   # some sections
+    python examples/reproduce.py --out results/ --quick              # tiny settings: checks the pipeline only
+
+Each section runs its example over several seeds and writes ``<out>/<section>.md`` (the table, the command
+and the environment) beside the example's own files. Unless ``--quick`` or ``--no-docs`` is given, the
+table also replaces the block between ``<!-- reproduce:<section> -->`` and ``<!-- /reproduce:<section> -->``
+in README.md or BENCHMARKS.md, so the numbers there are always this command's.
+
+Same seed, same machine, same thread count: the same bits. Across thread counts CPU reductions add in
+another order, so the last digits of losses and some accuracies can differ.
+"""
+import argparse
+import importlib.util
+import os
+import pathlib
+import platform
+import re
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SECTIONS = ("merge", "hierarchical", "keras", "hpo", "ablation", "bench")
+DOC = {"bench": "BENCHMARKS.md"}  # every other section lives in README.md
+
+
+def load(name, folder="examples"):
+    spec = importlib.util.spec_from_file_location(f"_reproduce_{name}", ROOT / folder / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def environment():
+    """One line: versions, threads and the CPU, so a rerun can tell whether it ran on the same kind of
+    machine."""
+    import torch
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    for name, module in (("scipy", "scipy"), ("scikit-learn", "sklearn"), ("deap", "deap"), ("keras", "keras")):
+        try:
+            versions[name] = __import__(module).__version__
+        except Exception:  # optional, or broken next to this torch
+            versions[name] = "absent"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (", ".join(f"{k} {v}" for k, v in versions.items())
+            + f"; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs ({cpu}), {platform.system()}")
+
+
+def ms(values, scale=100.0, digits=2):
+    """``mean ± sd`` of ``values`` (sample sd over seeds), scaled (percent by default)."""
+    v = np.asarray(values, dtype=np.float64) * scale
+    sd = v.std(ddof=1) if len(v) > 1 else float("nan")
+    return f"{v.mean():.{digits}f} ± {sd:.{digits}f}"
+
+
+######################################
+# Sections                           #
+######################################
+
+def section_merge(out, quick):
+    """README's main command over seeds: each seed cuts another validation split, trains its parents on the
+    rest and runs the GA."""
+    seeds = range(2 if quick else 5)
+    quick_args = ["--epochs", "2", "--population", "4", "--generations", "1"] if quick else []
+    ex = load("merge_cifar")
+    reports = [ex.main(["--dataset", "digits", "--seed", str(s), "--out", str(out / "merge" / f"seed{s}"),
+                        "--quiet", *quick_args]) for s in seeds]
+    names = [r["model"].split(" (")[0] for r in reports[0]["rows"]]
+    lines = ["| model | val_acc (mean ± sd) | test_acc (mean ± sd) |", "|---|---|---|"]
+    for i, name in enumerate(names):
+        lines.append(f"| {name} | {ms([r['rows'][i]['val_acc'] for r in reports])} | "
+                     f"{ms([r['rows'][i]['test_acc'] for r in reports])} |")
+    mega = [r["rows"][-1] for r in reports]
+    best_val = [max(r["rows"][:2], key=lambda x: x["val_acc"]) for r in reports]  # chosen without the test split
+    lines.append(f"| MeGA − the parent with the better validation accuracy | "
+                 f"{ms([m['val_acc'] - b['val_acc'] for m, b in zip(mega, best_val)])} | "
+                 f"{ms([m['test_acc'] - b['test_acc'] for m, b in zip(mega, best_val)])} |")
+    secs = [r["seconds"]["parents"] + r["seconds"]["merge"] for r in reports]
+    s = reports[0]["sizes"]
+    head = (f"digits, small CNN, {len(reports)} seeds (validation split and GA seed {seeds[0]}..{seeds[-1]}); "
+            f"{s['train']:,} train / {s['val']} validation (fitness) / {s['test']} test images; "
+            f"parents and merge {np.mean(secs):.1f} s a seed.")
+    return head, "\n".join(lines), {"reports": reports}
+
+
+def section_hierarchical(out, quick):
+    seeds = range(1 if quick else 3)
+    quick_args = ["--epochs", "2", "--population", "4", "--generations", "1", "--leaves", "4"] if quick else []
+    ex = load("merge_hierarchical")
+    reports = [ex.main(["--dataset", "digits", "--seed", str(s), "--out", str(out / "hierarchical" / f"seed{s}"),
+                        "--quiet", *quick_args]) for s in seeds]
+    levels = sorted({r["level"] for r in reports[0]["rows"]})
+    lines = ["| level | models | val_acc (mean ± sd over seeds of the level's mean) | test_acc (same) | "
+             "merges below the better input on test |", "|---|---|---|---|---|"]
+    for lvl in levels:
+        per = [[x for x in r["rows"] if x["level"] == lvl] for r in reports]
+        worse = ""
+        if lvl > 0:
+            below = total = 0
+            for rep, rows in zip(reports, per):
+                prev = [x for x in rep["rows"] if x["level"] == lvl - 1]
+                for j, x in enumerate(rows):
+                    total += 1
+                    below += x["test_acc"] < max(prev[2 * j]["test_acc"], prev[2 * j + 1]["test_acc"])
+            worse = f"{below} of {total}"
+        lines.append(f"| {lvl} | {len(per[0])} | {ms([np.mean([x['val_acc'] for x in p]) for p in per])} | "
+                     f"{ms([np.mean([x['test_acc'] for x in p]) for p in per])} | {worse} |")
+    n = len(reports[0]["rows"]) - sum(1 for x in reports[0]["rows"] if x["level"] > 0)
+    head = (f"digits, {n} small CNNs merged pairwise, {len(reports)} seeds (validation split and GA seeds); "
+            f"{np.mean([r['seconds']['parents'] + r['seconds']['merge'] for r in reports]):.1f} s a seed.")
+    return head, "\n".join(lines), {"reports": reports}
+
+
+def section_keras(out, quick):
+    try:
+        os.environ.setdefault("KERAS_BACKEND", "torch")
+        import keras  # noqa: F401
+    except Exception as err:
+        return f"Keras is not usable here ({type(err).__name__}); section skipped.", "", {}
+    seeds = range(2 if quick else 5)
+    quick_args = ["--epochs", "2", "--population", "4", "--generations", "1"] if quick else []
+    ex = load("merge_keras")
+    runs = [ex.main(["--seed", str(s), "--quiet", *quick_args]) for s in seeds]
+    lines = ["| model | val_acc (mean ± sd) | test_acc (mean ± sd) |", "|---|---|---|"]
+    for i, (name, _, _) in enumerate(runs[0]["rows"]):
+        lines.append(f"| {name} | {ms([r['rows'][i][1] for r in runs])} | {ms([r['rows'][i][2] for r in runs])} |")
+    best = [max(r["rows"][:2], key=lambda x: x[1]) for r in runs]
+    lines.append(f"| MeGA − the parent with the better validation accuracy | "
+                 f"{ms([r['rows'][-1][1] - b[1] for r, b in zip(runs, best)])} | "
+                 f"{ms([r['rows'][-1][2] - b[2] for r, b in zip(runs, best)])} |")
+    head = (f"two Keras MLPs with BatchNormalization on digits, torch backend, {len(runs)} seeds "
+            f"(validation split and GA seed).")
+    return head, "\n".join(lines), {"runs": [{"rows": r["rows"], "fitness": r["fitness"]} for r in runs]}
+
+
+def section_hpo(out, quick):
+    ex = load("hpo_weight_merge")
+    argv = ["--out", str(out / "hpo"), "--quiet"]
+    if quick:
+        argv += ["--datasets", "wine", "--seeds", "2", "--population", "4", "--generations", "1", "--no-until"]
+    summary, runs = ex.main(argv)
+    seeds = len({r["seed"] for r in runs})
+    head = (f"{seeds} seeds per data set, population {4 if quick else 10}, {1 if quick else 6} generations, "
+            f"early stopping with patience 3 on 15 % of the training split; time values are per fitness "
+            f"evaluation (mean ± sd over seeds of the per-seed mean), scores mean ± sd over seeds of the best "
+            f"individual; p compares the per-seed mean times of the two modes (paired t-test over seeds, Holm "
+            f"over the data sets).")
+    return head, ex.table(summary), {"summary": summary}
+
+
+def section_ablation(out, quick):
+    ex = load("ablation")
+    argv = ["--dataset", "digits", "--out", str(out / "ablation"), "--quiet"]
+    if quick:
+        argv += ["--epochs", "2", "--seeds", "2", "--population", "4", "--generations", "2",
+                 "--variants", "paper", "no-mutation", "no-elitism"]
+    rows, results = ex.main(argv)
+    seeds = len(next(iter(results.values())))
+    head = (f"digits, two small CNNs, {seeds} seeds, N={4 if quick else 20}, G={2 if quick else 20}; accuracies "
+            f"in %; Δ is the paired difference against the paper's variant, p its paired t-test and p (Holm) "
+            f"that p corrected for the {len(rows) - 1} comparisons.")
+    return head, ex.table(rows), {"rows": rows}
+
+
+def section_bench(out, quick):
+    bench = load("bench_merge", folder="benchmarks")
+    argv = ["--json", str(out / "bench.json")] + (["--quick", "--device", "cpu"] if quick else ["--device", "cpu"])
+    res = bench.main(argv)
+    lines = ["| model | D | val images | N | G | evals | (a) s | (a2) s | (b) s | (c) s | (d) s | (a)/(d) | "
+             "(a2)/(d) | (b)/(a) | (b)/(a2) | (c)/(a) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        s = r["seconds"]
+        lines.append(f"| {r['model']} | {r['D']:,} | {r['val']:,} | {r['N']} | {r['G']} | {r['evals']} | "
+                     f"{s['mega_deap']:.2f} | {s['mega_deap_layer']:.2f} | {s['reference']:.2f} | {s['torchga']:.2f} | "
+                     f"{s['floor']:.2f} | {r['a/d']:.3f} | {r['a2/d']:.3f} | {r['b/a']:.2f} | {r['b/a2']:.2f} | "
+                     f"{r['c/a']:.2f} |")
+    m = res["mutation"]
+    lines += ["", "| other measurement | result |", "|---|---|",
+              f"| mutation, D = {m['D']:,}, indpb = {m['indpb']}: `mutSparseGaussian` against a dense random mask | "
+              f"{m['sparse_s'] * 1e3:.1f} ms against {m['dense_s'] * 1e3:.1f} ms: {m['speedup']:.1f}x faster |"]
+    if res.get("memory"):
+        mem = res["memory"]
+        lines.append(f"| peak memory of `eaMeGA`, N = {mem['N']}, D = {mem['D']:,}, above the process's baseline | "
+                     f"{mem['peak_above_baseline_bytes'] / 2**30:.2f} GiB (budget (2N + 4) x D x 4 bytes + 1 GiB = "
+                     f"{mem['budget_bytes'] / 2**30:.2f} GiB) |")
+    head = "CPU, float32; each time is the best of interleaved repeats."
+    return head, "\n".join(lines), {"bench": res}
+
+
+######################################
+# Writing                            #
+######################################
+
+def block(section, head, table, env, command):
+    return (f"<!-- reproduce:{section} -->\n*{head}*\n\n{table}\n\n"
+            f"<sub>`{command}`: {env}</sub>\n<!-- /reproduce:{section} -->")
+
+
+def update_doc(path, section, text):
+    """Replace the section's marked block in ``path``; an absent marker is an error, not a silent skip."""
+    doc = path.read_text()
+    pattern = re.compile(rf"<!-- reproduce:{section} -->.*?<!-- /reproduce:{section} -->", re.S)
+    if not pattern.search(doc):
+        raise SystemExit(f"reproduce: {path.name} has no '<!-- reproduce:{section} -->' block to update")
+    path.write_text(pattern.sub(lambda _: text, doc, count=1))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="results", help="folder for every section's files")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, metavar="SECTION",
+                   help=f"run these sections only (of {', '.join(SECTIONS)})")
+    p.add_argument("--quick", action="store_true", help="tiny settings; never written into the docs")
+    p.add_argument("--no-docs", action="store_true", help="leave README.md and BENCHMARKS.md as they are")
+    args = p.parse_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    written = {}
+    for section in args.only or SECTIONS:
+        t0 = time.perf_counter()
+        print(f"[reproduce] {section} ...", file=sys.stderr, flush=True)
+        head, table, data = globals()[f"section_{section}"](out, args.quick)
+        command = f"python examples/reproduce.py --out {args.out} --only {section}"
+        text = block(section, head, table, env, command)
+        (out / f"{section}.md").write_text(text + "\n")
+        written[section] = {"head": head, "table": table, "seconds": time.perf_counter() - t0}
+        if not (args.quick or args.no_docs) and table:
+            update_doc(ROOT / DOC.get(section, "README.md"), section, text)
+        print(text + "\n", flush=True)
+    print(f"[reproduce] {env}", file=sys.stderr)
+    return written
+
+
+if __name__ == "__main__":
+    main()
