@@ -2,23 +2,30 @@
 
 Each returns a :class:`mega_deap.Evaluator`: register it as ``toolbox.evaluate`` and its ``map`` as
 ``toolbox.map``. Keyword arguments (``batch_size``, ``strategy``, ``chunk``, ``autocast``) go to the
-evaluator.
+evaluator. The metrics come from the one registry, :data:`mega_deap.evaluation.METRICS`.
 """
-from mega_deap.evaluation import Accuracy, Evaluator, NegMAE, NegMSE
+from mega_deap.evaluation import Evaluator, get_metric
 
-__all__ = ["accuracy", "neg_mse", "neg_mae"]
+from .base import Adapter
+
+__all__ = ["fitness", "accuracy", "neg_mse", "neg_mae"]
 
 
-def accuracy(adapter, X, y, **kwargs):
+def fitness(metric: str, adapter: Adapter, X, y, **kwargs) -> Evaluator:
+    """An evaluator of ``metric`` (a name in :data:`mega_deap.evaluation.METRICS`) on ``(X, y)``."""
+    return Evaluator(adapter, X, y, get_metric(metric), **kwargs)
+
+
+def accuracy(adapter: Adapter, X, y, **kwargs) -> Evaluator:
     """Validation accuracy (argmax of the outputs against integer labels ``y``)."""
-    return Evaluator(adapter, X, y, Accuracy(), **kwargs)
+    return fitness("accuracy", adapter, X, y, **kwargs)
 
 
-def neg_mse(adapter, X, y, **kwargs):
+def neg_mse(adapter: Adapter, X, y, **kwargs) -> Evaluator:
     """Negative mean squared error on ``(X, y)``: regression, maximised."""
-    return Evaluator(adapter, X, y, NegMSE(), **kwargs)
+    return fitness("neg_mse", adapter, X, y, **kwargs)
 
 
-def neg_mae(adapter, X, y, **kwargs):
+def neg_mae(adapter: Adapter, X, y, **kwargs) -> Evaluator:
     """Negative mean absolute error on ``(X, y)``: regression, maximised."""
-    return Evaluator(adapter, X, y, NegMAE(), **kwargs)
+    return fitness("neg_mae", adapter, X, y, **kwargs)

@@ -15,7 +15,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from ._common import FlatGenome, LayoutEntry
+from .base import Adapter, LayoutEntry
 
 __all__ = ["KerasAdapter"]
 
@@ -38,7 +38,7 @@ def _float_weights(model, buffers):
     return out
 
 
-class KerasAdapter(FlatGenome):
+class KerasAdapter(Adapter):
     """Expose a built Keras 3 ``model`` as a flat genome.
 
     :param model: the template (built: it has weights); its architecture defines the layout.
@@ -77,6 +77,13 @@ class KerasAdapter(FlatGenome):
         self._variance_spans = tuple(
             (e.offset, e.numel) for (v, _), e in zip(weights, self.layout)
             if e.kind == "buffer" and v.path.endswith("moving_variance"))
+
+    @classmethod
+    def from_parents(cls, models, *, device=None, buffers=True):
+        """An adapter over ``models[0]`` and the parents' genomes: Keras places the weights, so ``device``
+        is Keras's choice."""
+        adapter = cls(models[0], buffers=buffers)
+        return adapter, adapter.genomes(models).to(adapter.device)
 
     def __repr__(self):
         return (f"KerasAdapter({type(self.model).__name__}, D={self.dim}, tensors={len(self.layout)}, "

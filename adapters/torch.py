@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ._common import FlatGenome, KeepValid, LayoutEntry
+from .base import Adapter, KeepValid, LayoutEntry
 
-__all__ = ["TorchAdapter", "LayoutEntry", "KeepValid"]  # the last two re-exported from ._common
+__all__ = ["TorchAdapter", "LayoutEntry", "KeepValid"]  # the last two re-exported from .base
 
 
 def _entries(model, buffers):
@@ -39,7 +39,7 @@ def _entries(model, buffers):
 # The adapter                        #
 ######################################
 
-class TorchAdapter(FlatGenome):
+class TorchAdapter(Adapter):
     """Expose ``model`` (an ``nn.Module``) as a flat genome.
 
     :param model: the template: its architecture defines the layout; it is used (in eval mode) for
@@ -101,6 +101,16 @@ class TorchAdapter(FlatGenome):
             return False
         module = self.model.get_submodule(prefix) if prefix else self.model
         return isinstance(module, nn.modules.batchnorm._NormBase)
+
+    @classmethod
+    def from_parents(cls, models, *, device=None, buffers=True):
+        """An adapter over a copy of ``models[0]`` on ``device`` (``cuda`` when available by default), in
+        eval mode, so the merge's forward passes never touch the user's modules; and the parents' genomes."""
+        from mega_deap.population import default_device
+        device = torch.device(device) if device is not None else default_device()
+        genomes = cls(models[0], buffers=buffers).genomes(models)  # read where the parents live
+        adapter = cls(copy.deepcopy(models[0]).to(device).eval(), buffers=buffers)
+        return adapter, genomes.to(device)
 
     def __repr__(self):
         return (f"TorchAdapter({type(self.model).__name__}, D={self.dim}, tensors={len(self.layout)}, "

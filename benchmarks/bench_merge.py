@@ -34,6 +34,7 @@ import torch
 
 import mega_deap
 from mega_deap.adapters import TorchAdapter
+from mega_deap.presets import ensure_creator_classes
 from mega_deap.experiments import MLP, SmallCNN, resnet_cifar
 
 
@@ -175,9 +176,9 @@ def bench_model(name, n_val, N, G, device, repeats, strategy):
     n_evals = N + G * (N - 1)
     D = TorchAdapter(models[0]).dim
     variants = {
-        "mega_deap": lambda: mega_deap.merge(models, (X, y), population=N, generations=G, seed=0, device=device,
+        "mega_deap": lambda: mega_deap.merge(models, (X, y), popsize=N, ngen=G, seed=0, device=device,
                                              verbose=False, batch_size=len(X), strategy=strategy),
-        "mega_deap_layer": lambda: mega_deap.merge(models, (X, y), population=N, generations=G, seed=0,
+        "mega_deap_layer": lambda: mega_deap.merge(models, (X, y), popsize=N, ngen=G, seed=0,
                                                    device=device, verbose=False, batch_size=len(X),
                                                    strategy=strategy, mutation="layer", sigma=0.1),
         "reference": lambda: run_reference(models, X, y, N, G),
@@ -226,7 +227,7 @@ def memory_probe(N, D, G):
     pop = mega_deap.TensorPopulation(N, D, device="cpu")
     ev = Cheap()
     tb = mega_deap.mega_toolbox(pop, ev)
-    icls = mega_deap.ensure_creator_classes()
+    icls = ensure_creator_classes()
     parents = torch.randn(2, D)
     inds = mega_deap.initBlend(pop.individuals(icls), parents)
     del parents
@@ -251,8 +252,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
     p.add_argument("--device", default=None)
     p.add_argument("--models", nargs="+", default=None)
-    p.add_argument("--population", type=int, default=None)
-    p.add_argument("--generations", type=int, default=None)
+    p.add_argument("--popsize", type=int, default=None)
+    p.add_argument("--ngen", type=int, default=None)
     p.add_argument("--val", type=int, default=None, help="validation images (default per model)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--strategy", default="auto")
@@ -266,7 +267,7 @@ def main(argv=None):
     torch.manual_seed(0)
     random.seed(0)
     if args.quick:
-        plan = [(m, args.val or 64, args.population or 4, args.generations or 2)
+        plan = [(m, args.val or 64, args.popsize or 4, args.ngen or 2)
                 for m in (args.models or ["mlp-digits", "smallcnn-cifar"])]
         mut_D, mem = (200_000, (4, 100_000, 2))
         repeats = args.repeats or 1
@@ -276,7 +277,7 @@ def main(argv=None):
                "resnet20-cifar": (200, 3), "resnet56-cifar": (100, 2)}
         names = args.models or list(cpu)
         plan = [(m, args.val or (5000 if device.type == "cuda" and "cifar" in m else cpu[m][0]),
-                 args.population or 20, args.generations or (20 if device.type == "cuda" else cpu[m][1]))
+                 args.popsize or 20, args.ngen or (20 if device.type == "cuda" else cpu[m][1]))
                 for m in names]
         mut_D, mem = 20_000_000, (20, 20_000_000, 2)
         repeats = args.repeats or (3 if device.type == "cuda" or "resnet" not in "".join(names) else 2)

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from mega_deap.ablation import VARIANTS, run_ablation, summarize
+from mega_deap.experiments.ablation import VARIANTS, run_ablation, summarize
 from mega_deap.adapters import TorchAdapter, accuracy
 from mega_deap.experiments import add_data_args, setup, train_or_load, write_json
 
@@ -65,8 +65,8 @@ def main(argv=None):
     add_data_args(p, cifar_model="resnet20")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--variants", nargs="*", default=None, help=f"a subset of {list(VARIANTS)}")
-    p.add_argument("--population", type=int, default=20)
-    p.add_argument("--generations", type=int, default=20)
+    p.add_argument("--popsize", type=int, default=20)
+    p.add_argument("--ngen", type=int, default=20)
     p.add_argument("--out", default="results/ablation")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -80,7 +80,7 @@ def main(argv=None):
     val_ev, test_ev = accuracy(adapter, *splits.val), accuracy(adapter, *splits.test)
     variants = {k: VARIANTS[k] for k in (args.variants or VARIANTS)}
     results = run_ablation(adapter, genomes, val_ev, test_ev, variants=variants, seeds=range(args.seeds),
-                           population=args.population, generations=args.generations, progress=not args.quiet)
+                           popsize=args.popsize, ngen=args.ngen, progress=not args.quiet)
     rows = summarize(results)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "ablation.csv"), "w", newline="") as f:
@@ -93,7 +93,7 @@ def main(argv=None):
                                               for k, v in variants.items()}},
                os.path.join(args.out, "ablation.json"))
     if not args.quiet:
-        print(f"\n{splits.name}, {model_name}, {args.seeds} seeds, N={args.population}, G={args.generations}\n")
+        print(f"\n{splits.name}, {model_name}, {args.seeds} seeds, N={args.popsize}, G={args.ngen}\n")
         print(table(rows))
         print(f"\nwrote {args.out}/ablation.csv, ablation.json, {png}")
     return rows, results

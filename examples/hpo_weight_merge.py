@@ -27,9 +27,9 @@ from scipy import stats as sstats
 from tqdm.auto import tqdm
 
 import mega_deap
-from mega_deap.ablation import holm
+from mega_deap.experiments.ablation import holm
 from mega_deap.experiments import write_json
-from mega_deap.hpo import SPACE, Candidate, TrainEvaluator, cxScratch, cxWeightMerge, eaUntil, mutGenes, random_genes
+from mega_deap.experiments.hpo import SPACE, Candidate, TrainEvaluator, cxScratch, cxWeightMerge, eaUntil, mutGenes, random_genes
 
 DATASETS = {"digits": "classification", "diabetes": "regression", "wine": "classification"}
 ACCEPT = {"digits": 0.975, "diabetes": 42.0, "wine": 0.99}
@@ -72,17 +72,17 @@ def toolbox_for(mode, evaluator, icls, space_rng, space=STUDY_SPACE):
     return tb
 
 
-def run(name, mode, seed, population, generations, accept=None, patience=3):
+def run(name, mode, seed, popsize, ngen, accept=None, patience=3):
     train, val, test = load(name, seed)
     task = DATASETS[name]
     ev = TrainEvaluator(train, val, task=task, seed=seed, patience=patience)
     icls = classes()[0 if task == "classification" else 1]
     mega_deap.seed(seed)
     tb = toolbox_for(mode, ev, icls, random.Random(seed))
-    pop = [tb.individual() for _ in range(population)]
+    pop = [tb.individual() for _ in range(popsize)]
     hof = tools.HallOfFame(1)
     t0 = time.perf_counter()
-    _, log = eaUntil(pop, tb, cxpb=0.6, mutpb=0.3, ngen=generations, accept=accept, halloffame=hof)
+    _, log = eaUntil(pop, tb, cxpb=0.6, mutpb=0.3, ngen=ngen, accept=accept, halloffame=hof)
     total = time.perf_counter() - t0
     best = hof[0]
     return {"dataset": name, "mode": mode, "seed": seed, "times": ev.times, "total": total,
@@ -199,8 +199,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--patience", type=int, default=3,
                    help="early stopping: epochs without improvement on the held-out split")
-    p.add_argument("--population", type=int, default=10)
-    p.add_argument("--generations", type=int, default=6)
+    p.add_argument("--popsize", type=int, default=10)
+    p.add_argument("--ngen", type=int, default=6)
     p.add_argument("--no-until", action="store_true", help="skip the 'until accepted accuracy' runs")
     p.add_argument("--out", default="results/hpo_weight_merge")
     p.add_argument("--quiet", action="store_true")
@@ -211,10 +211,10 @@ def main(argv=None):
     bar = tqdm(plan, desc="hpo", disable=args.quiet)
     for name, seed, mode in bar:
         bar.set_postfix(data=name, seed=seed, mode=mode)
-        runs.append(run(name, mode, seed, args.population, args.generations, patience=args.patience))
+        runs.append(run(name, mode, seed, args.popsize, args.ngen, patience=args.patience))
         best = runs[-1]["val"]
         if not args.no_until:
-            r = run(name, mode, seed, args.population, 3 * args.generations, accept=ACCEPT[name],
+            r = run(name, mode, seed, args.popsize, 3 * args.ngen, accept=ACCEPT[name],
                     patience=args.patience)
             runs.append(r | {"until": True})
         if not args.quiet:

@@ -32,8 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--parent-seeds", type=int, nargs="+", default=[56, 57])
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--population", type=int, default=20)
-    p.add_argument("--generations", type=int, default=20)
+    p.add_argument("--popsize", type=int, default=20)
+    p.add_argument("--ngen", type=int, default=20)
     p.add_argument("--npar", type=int, default=4, help="tournament winners per child (K)")
     p.add_argument("--tournsize", type=int, default=3)
     p.add_argument("--indpb", type=float, default=0.02, help="per-element mutation probability")
@@ -69,8 +69,8 @@ def main(argv=None):
 
     # 2. the merge: fitness on the validation split only
     t0 = time.perf_counter()
-    result = mega_deap.merge(parents, splits.val, population=args.population, generations=args.generations,
-                             parents=args.npar, tournsize=args.tournsize, indpb=args.indpb, sigma=args.sigma,
+    result = mega_deap.merge(parents, splits.val, popsize=args.popsize, ngen=args.ngen,
+                             npar=args.npar, tournsize=args.tournsize, indpb=args.indpb, sigma=args.sigma,
                              seed=args.seed, device=device, verbose=not args.quiet, checkpoint=args.checkpoint)
     t_merge = time.perf_counter() - t0
 

@@ -23,8 +23,8 @@ def parse_args(argv=None):
     p.add_argument("--first-seed", type=int, default=56, help="parents use seeds first-seed, first-seed+1, ...")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--population", type=int, default=20)
-    p.add_argument("--generations", type=int, default=20)
+    p.add_argument("--popsize", type=int, default=20)
+    p.add_argument("--ngen", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/merge_hierarchical")
     p.add_argument("--quiet", action="store_true")
@@ -64,7 +64,7 @@ def main(argv=None):
                for i in range(args.leaves)]
     t_parents = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tree = mega_deap.merge_tree(parents, splits.val, population=args.population, generations=args.generations,
+    tree = mega_deap.merge_tree(parents, splits.val, popsize=args.popsize, ngen=args.ngen,
                                 seed=args.seed, device=device, verbose=False)
     t_merge = time.perf_counter() - t0
 

@@ -16,6 +16,7 @@ from deap import tools  # noqa: E402
 
 import mega_deap  # noqa: E402
 from mega_deap import TensorPopulation, eaMeGA, initBlend, mega_toolbox  # noqa: E402
+from mega_deap.presets import ensure_creator_classes  # noqa: E402
 from mega_deap.adapters import KerasAdapter, accuracy  # noqa: E402
 from mega_deap.experiments import digits_splits  # noqa: E402
 
@@ -40,8 +41,8 @@ def acc(model, split):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--population", type=int, default=20)
-    p.add_argument("--generations", type=int, default=20)
+    p.add_argument("--popsize", type=int, default=20)
+    p.add_argument("--ngen", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -51,12 +52,12 @@ def main(argv=None):
 
     adapter = KerasAdapter(parents[0])                  # the only line that differs from PyTorch
     evaluator = accuracy(adapter, *flat(s.val))
-    pop = TensorPopulation(args.population, adapter.dim, device=adapter.device)
+    pop = TensorPopulation(args.popsize, adapter.dim, device=adapter.device)
     toolbox = mega_toolbox(pop, evaluator, repair=adapter)
     mega_deap.seed(args.seed)
-    population = initBlend(pop.individuals(mega_deap.ensure_creator_classes()), adapter.genomes(parents))
+    population = initBlend(pop.individuals(ensure_creator_classes()), adapter.genomes(parents))
     hof = tools.HallOfFame(1, similar=mega_deap.genome_equal)
-    eaMeGA(population, toolbox, args.generations, stats=mega_deap.default_stats(), halloffame=hof,
+    eaMeGA(population, toolbox, args.ngen, stats=mega_deap.default_stats(), halloffame=hof,
            verbose=not args.quiet)
     merged = adapter.to_model(hof[0])
 

@@ -70,7 +70,7 @@ def section_merge(out, quick):
     """README's main command over seeds: each seed cuts another validation split, trains its parents on the
     rest and runs the GA."""
     seeds = range(2 if quick else 5)
-    quick_args = ["--epochs", "2", "--population", "4", "--generations", "1"] if quick else []
+    quick_args = ["--epochs", "2", "--popsize", "4", "--ngen", "1"] if quick else []
     ex = load("merge_cifar")
     reports = [ex.main(["--dataset", "digits", "--seed", str(s), "--out", str(out / "merge" / f"seed{s}"),
                         "--quiet", *quick_args]) for s in seeds]
@@ -94,7 +94,7 @@ def section_merge(out, quick):
 
 def section_hierarchical(out, quick):
     seeds = range(1 if quick else 3)
-    quick_args = ["--epochs", "2", "--population", "4", "--generations", "1", "--leaves", "4"] if quick else []
+    quick_args = ["--epochs", "2", "--popsize", "4", "--ngen", "1", "--leaves", "4"] if quick else []
     ex = load("merge_hierarchical")
     reports = [ex.main(["--dataset", "digits", "--seed", str(s), "--out", str(out / "hierarchical" / f"seed{s}"),
                         "--quiet", *quick_args]) for s in seeds]
@@ -127,7 +127,7 @@ def section_keras(out, quick):
     except Exception as err:
         return f"Keras is not usable here ({type(err).__name__}); section skipped.", "", {}
     seeds = range(2 if quick else 5)
-    quick_args = ["--epochs", "2", "--population", "4", "--generations", "1"] if quick else []
+    quick_args = ["--epochs", "2", "--popsize", "4", "--ngen", "1"] if quick else []
     ex = load("merge_keras")
     runs = [ex.main(["--seed", str(s), "--quiet", *quick_args]) for s in seeds]
     lines = ["| model | val_acc (mean ± sd) | test_acc (mean ± sd) |", "|---|---|---|"]
@@ -146,7 +146,7 @@ def section_hpo(out, quick):
     ex = load("hpo_weight_merge")
     argv = ["--out", str(out / "hpo"), "--quiet"]
     if quick:
-        argv += ["--datasets", "wine", "--seeds", "2", "--population", "4", "--generations", "1", "--no-until"]
+        argv += ["--datasets", "wine", "--seeds", "2", "--popsize", "4", "--ngen", "1", "--no-until"]
     summary, runs = ex.main(argv)
     seeds = len({r["seed"] for r in runs})
     head = (f"{seeds} seeds per data set, population {4 if quick else 10}, {1 if quick else 6} generations, "
@@ -161,7 +161,7 @@ def section_ablation(out, quick):
     ex = load("ablation")
     argv = ["--dataset", "digits", "--out", str(out / "ablation"), "--quiet"]
     if quick:
-        argv += ["--epochs", "2", "--seeds", "2", "--population", "4", "--generations", "2",
+        argv += ["--epochs", "2", "--seeds", "2", "--popsize", "4", "--ngen", "2",
                  "--variants", "paper", "no-mutation", "no-elitism"]
     rows, results = ex.main(argv)
     seeds = len(next(iter(results.values())))

@@ -1,17 +1,26 @@
 """mega_deap: DEAP genetic algorithms over neural-network weight spaces, with individuals that are
 views into one population tensor."""
+import importlib.util as _importlib_util
+
+if _importlib_util.find_spec("mega_deap.adapters") is None:  # adapters/ is installed as mega_deap.adapters
+    raise ImportError("mega_deap is not installed: its adapters/ folder becomes mega_deap.adapters only when "
+                      "the package is installed. From the repository root run: pip install -e .")
+
 from .individual import TensorIndividual, genome_equal
-from .population import TensorPopulation, default_device, stack_genomes
-from .operators import initBlend, cxBlend, mutSparseGaussian, mutLayerGaussian, sparse_indices
-from .evaluation import Evaluator, Accuracy, NegMSE, NegMAE
-from .algorithms import (selElite, selNoElite, eaMeGA, mega_toolbox, merge, merge_tree, MergeResult, TreeResult, seed, default_stats,
-                         ensure_creator_classes)
+from .population import TensorPopulation, default_device
+from .operators import initBlend, cxBlend, mutSparseGaussian, mutLayerGaussian, selElite, selNoElite
+from .evaluation import Evaluator, Accuracy, NegMSE, NegMAE, METRICS
+from .algorithms import eaMeGA, varMeGA, evaluate_invalid
+from .checkpoint import CheckpointError
+from .presets import mega_toolbox, merge, merge_tree, MergeResult, TreeResult, default_stats
+from .rng import seed
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "TensorIndividual", "genome_equal", "TensorPopulation", "default_device", "stack_genomes",
-    "initBlend", "cxBlend", "mutSparseGaussian", "mutLayerGaussian", "sparse_indices",
-    "Evaluator", "Accuracy", "NegMSE", "NegMAE",
-    "selElite", "selNoElite", "eaMeGA", "mega_toolbox", "merge", "merge_tree", "MergeResult", "TreeResult", "seed", "default_stats", "ensure_creator_classes",
+    "TensorIndividual", "genome_equal", "TensorPopulation", "default_device",
+    "initBlend", "cxBlend", "mutSparseGaussian", "mutLayerGaussian", "selElite", "selNoElite",
+    "Evaluator", "Accuracy", "NegMSE", "NegMAE", "METRICS",
+    "eaMeGA", "varMeGA", "evaluate_invalid", "CheckpointError",
+    "mega_toolbox", "merge", "merge_tree", "MergeResult", "TreeResult", "default_stats", "seed",
 ]

@@ -3,52 +3,27 @@
 One safetensors file holds the tensors (the population's genomes, the hall of fame's, torch's CPU and
 CUDA random states) and, in its header, JSON metadata (fitness values, the logbook, the generation, the
 states of ``random`` and NumPy, a SHA-256 of every tensor). It is written atomically: a temporary file,
-fsync, then a rename; the checkpoint it replaces is kept as ``<path>.prev``. Reading checks the format
+fsync, then one rename; the checkpoint it replaces is kept as ``<path>.prev`` (a hard link made before the
+rename), so at every instant ``<path>`` is a complete checkpoint. Reading checks the format
 and the checksums, and names the file and the fallback when anything is off. Nothing is unpickled.
 """
 import hashlib
 import json
 import os
-import random
 
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "rng_state", "set_rng_state"]
+from .files import atomic_write
+from .rng import rng_state
+
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
 
 FORMAT = "mega_deap.checkpoint/1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be trusted: truncated, corrupted, or not ours."""
-
-
-######################################
-# Random states                      #
-######################################
-
-def rng_state():
-    """Every random source a run draws from: ``(json-able dict, {name: uint8 tensor})``."""
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    meta = {"random": [version, list(internal), gauss],
-            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    return meta, tensors
-
-
-def set_rng_state(meta, tensors):
-    version, internal, gauss = meta["random"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
 
 
 ######################################
@@ -100,24 +75,23 @@ def save_checkpoint(path, *, gen, population, halloffame=None, logbook=None, ext
         "sha256": {k: _digest(v) for k, v in tensors.items()},
     }
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp"
-    save_file(tensors, tmp, metadata={"mega_deap": json.dumps(meta)})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    if os.path.exists(path):
-        os.replace(path, f"{path}.prev")
-    os.replace(tmp, path)
+    if os.path.exists(path):  # keep the current one as .prev; path itself never disappears
+        _keep_previous(path)
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"mega_deap": json.dumps(meta)}))
+
+
+def _keep_previous(path):
+    """``path`` -> ``path.prev`` without removing ``path``: a hard link (a copy where links are not
+    supported) under a temporary name, then one rename onto ``.prev``."""
+    import shutil
+    tmp = f"{path}.prev.tmp"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
     try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.link(path, tmp)
     except OSError:
-        pass
-    return path
+        shutil.copy2(path, tmp)
+    os.replace(tmp, f"{path}.prev")
 
 
 def load_checkpoint(path):

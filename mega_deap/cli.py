@@ -45,8 +45,8 @@ def _parse(argv):
     p.add_argument("--model", required=True, help="module:function returning the untrained model")
     p.add_argument("--data", required=True, help="module:function returning (X_val, y_val) or {'val':..., 'test':...}")
     p.add_argument("--metric", choices=("accuracy", "neg_mse", "neg_mae"), default="accuracy")
-    p.add_argument("--population", type=int, default=20)
-    p.add_argument("--generations", type=int, default=20)
+    p.add_argument("--popsize", type=int, default=20)
+    p.add_argument("--ngen", type=int, default=20)
     p.add_argument("--npar", type=int, default=4)
     p.add_argument("--tournsize", type=int, default=3)
     p.add_argument("--mutation", choices=("sparse", "layer"), default="sparse")
@@ -77,8 +77,8 @@ def main(argv=None):
         raise SystemExit("mega-merge: the data function returned no validation set ('val')")
     device = torch.device(args.device) if args.device else mega_deap.default_device()
     models = [load_model_file(make_model(), p).to(device) for p in args.checkpoints]
-    result = mega_deap.merge(models, val, population=args.population, generations=args.generations,
-                             parents=args.npar, tournsize=args.tournsize, mutation=args.mutation,
+    result = mega_deap.merge(models, val, popsize=args.popsize, ngen=args.ngen,
+                             npar=args.npar, tournsize=args.tournsize, mutation=args.mutation,
                              sigma=args.sigma, indpb=args.indpb, metric=args.metric, seed=args.seed,
                              device=device, verbose=not args.quiet)
     metric = {"accuracy": Accuracy, "neg_mse": NegMSE, "neg_mae": NegMAE}[args.metric]

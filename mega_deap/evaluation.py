@@ -23,9 +23,8 @@ import time
 import torch
 
 from .individual import TensorIndividual
-from .population import stack_genomes
 
-__all__ = ["Evaluator", "Accuracy", "NegMSE", "NegMAE", "STRATEGIES"]
+__all__ = ["Evaluator", "Accuracy", "NegMSE", "NegMAE", "METRICS", "get_metric", "correct", "STRATEGIES"]
 
 STRATEGIES = ("auto", "loop", "vmap", "measure")
 
@@ -33,6 +32,12 @@ STRATEGIES = ("auto", "loop", "vmap", "measure")
 ######################################
 # Metrics                            #
 ######################################
+
+def correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """How many argmax predictions are right: ``out`` ``(..., B, C)`` logits, ``y`` ``(B,)`` class labels ->
+    ``(...)`` float64 counts. The one accuracy computation of the package (fitness, reports, studies)."""
+    return (out.argmax(-1) == y).sum(-1, dtype=torch.float64)
+
 
 class Accuracy:
     """Fraction of correct argmax predictions. Worst value: 0."""
@@ -50,7 +55,7 @@ class Accuracy:
 
     def partial(self, out, y):
         """Per-genome sums over a data batch; ``out`` is ``(k, B, C)``."""
-        return (out.argmax(-1) == y).sum(-1, dtype=torch.float64)
+        return correct(out, y)
 
     def finish(self, total, n):
         return total / n
@@ -84,6 +89,17 @@ class NegMAE(NegMSE):
 
     def partial(self, out, y):
         return self._err(out, y).abs().mean(-1).sum(-1)
+
+
+METRICS = {"accuracy": Accuracy, "neg_mse": NegMSE, "neg_mae": NegMAE}
+
+
+def get_metric(name: str):
+    """A new metric object by its name in :data:`METRICS` (the one registry that ``merge``, the command
+    line and the fitness functions share)."""
+    if name not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {name!r}")
+    return METRICS[name]()
 
 
 ######################################
@@ -199,8 +215,8 @@ class Evaluator:
             checks.append(c)
         return torch.cat(totals), torch.isfinite(torch.cat(checks))
 
-    def _run_vmap(self, individuals):
-        stacked = stack_genomes(individuals)
+    def _run_vmap(self, genomes):
+        stacked = torch.stack(genomes)
         chunk = self.chunk or stacked.shape[0]
         totals = torch.zeros(stacked.shape[0], dtype=torch.float64, device=self.device)
         checks = torch.zeros(stacked.shape[0], dtype=torch.float64, device=self.device)
@@ -216,10 +232,10 @@ class Evaluator:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _measure(self, individuals, genomes, k=4):
+    def _measure(self, genomes, k=4):
         """``measure``: time both strategies on the first ``k`` genomes (the loop's scores are kept, so the
         measurement costs at most ``k`` extra evaluations, once per evaluator)."""
-        sub_i, sub_g = individuals[:k], genomes[:k]
+        sub_g = genomes[:k]
         self._sync()
         t = time.perf_counter()
         result = self._run_loop(sub_g)
@@ -227,7 +243,7 @@ class Evaluator:
         timings = {"loop": time.perf_counter() - t}
         try:
             t = time.perf_counter()
-            self._run_vmap(sub_i)
+            self._run_vmap(sub_g)
             self._sync()
             timings["vmap"] = time.perf_counter() - t
         except Exception as err:  # a model vmap cannot batch (data-dependent control flow, ...)
@@ -247,14 +263,14 @@ class Evaluator:
         with self.adapter.eval_mode(), self._autocast():
             head = None
             if self.strategy == "measure" and self._chosen is None and len(genomes) >= 4:
-                head = self._measure(individuals, genomes)
-                individuals, genomes = individuals[len(head[0]):], genomes[len(head[0]):]
+                head = self._measure(genomes)
+                genomes = genomes[len(head[0]):]
             strategy = self.strategy if self.strategy != "measure" else (
                 self._chosen or ("vmap" if self.device.type == "cuda" else "loop"))
             if not genomes:
                 totals, finite = head
             else:
-                run = self._run_loop(genomes) if strategy == "loop" else self._run_vmap(individuals)
+                run = self._run_loop(genomes) if strategy == "loop" else self._run_vmap(genomes)
                 totals, finite = run if head is None else (torch.cat([head[0], run[0]]), torch.cat([head[1], run[1]]))
         self.evaluations += totals.shape[0]
         values = self.metric.finish(totals, n)

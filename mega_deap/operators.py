@@ -14,7 +14,8 @@ import torch
 
 from .individual import TensorIndividual
 
-__all__ = ["initBlend", "cxBlend", "mutSparseGaussian", "mutLayerGaussian", "sparse_indices"]
+__all__ = ["initBlend", "cxBlend", "mutSparseGaussian", "mutLayerGaussian", "sparse_indices", "selElite",
+           "selNoElite"]
 
 
 def _genome(ind):
@@ -194,3 +195,22 @@ def mutLayerGaussian(individual, layout, mu, sigma, layerpb, *, generator=None):
             seg = g[off:off + n]
             seg.add_(torch.randn(seg.shape, generator=generator, dtype=g.dtype, device=g.device).mul_(sigma).add_(mu))
     return (individual,)
+
+
+######################################
+# Elitism                            #
+######################################
+
+def selElite(halloffame) -> list:
+    """Elitism (the default of :func:`mega_deap.eaMeGA`): the hall of fame's best goes back into the
+    population.
+
+    Register another as ``toolbox.register("elite", ...)`` to ablate it; it takes the hall of fame and
+    returns the individuals to carry over (their clones fill places in the next population).
+    """
+    return [halloffame[0]] if halloffame is not None and len(halloffame) else []
+
+
+def selNoElite(halloffame) -> list:
+    """No elitism: nothing is carried over; the hall of fame still records the best ever."""
+    return []

@@ -33,7 +33,7 @@ def scores(self, individuals):
 
 
 Evaluator.scores = scores
-r = mega_deap.merge(models, data["val"], population=8, generations=6, seed=3, device="cpu", verbose=False,
+r = mega_deap.merge(models, data["val"], popsize=8, ngen=6, seed=3, device="cpu", verbose=False,
                     checkpoint=ckpt)
 with open(out, "w") as f:
     json.dump({"genome": r.genome.tolist(), "logbook": [dict(x) for x in r.logbook],

@@ -6,8 +6,8 @@ import pathlib
 import pytest
 
 from mega_deap import TensorPopulation, cxBlend
-from mega_deap.ablation import (VARIANTS, build_toolbox, holm, mean_ci, paired, run_ablation, summarize,
-                                toolbox_fingerprint)
+from mega_deap.experiments.ablation import VARIANTS, build_toolbox, holm, mean_ci, paired, run_ablation, summarize
+from mega_deap.resume import toolbox_fingerprint
 from mega_deap.adapters import TorchAdapter, accuracy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_no_elitism_and_selection_variants_change_the_run(digits, digit_mlps):
     g = ad.genomes(digit_mlps)
     variants = {k: VARIANTS[k] for k in ("paper", "no-elitism", "random-selection")}
     res = run_ablation(ad, g, accuracy(ad, *digits["val"]), accuracy(ad, *digits["test"]), variants=variants,
-                       seeds=[0, 1], population=6, generations=3, progress=False)
+                       seeds=[0, 1], popsize=6, ngen=3, progress=False)
     paper = res["paper"][0]["curve"]
     assert all(b >= a for a, b in zip(paper, paper[1:]))   # elitism: monotone
     assert res["no-elitism"][0]["curve"] != paper or res["random-selection"][0]["curve"] != paper
@@ -70,8 +70,8 @@ def test_ablation_example_tiny(tmp_path):
     spec = importlib.util.spec_from_file_location("ex_ablation", ROOT / "examples" / "ablation.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    rows, results = mod.main(["--dataset", "digits", "--epochs", "2", "--seeds", "2", "--population", "4",
-                              "--generations", "2", "--variants", "paper", "no-mutation", "tournament-2",
+    rows, results = mod.main(["--dataset", "digits", "--epochs", "2", "--seeds", "2", "--popsize", "4",
+                              "--ngen", "2", "--variants", "paper", "no-mutation", "tournament-2",
                               "--out", str(tmp_path), "--quiet"])
     assert [r["variant"] for r in rows] == ["paper", "no-mutation", "tournament-2"]
     saved = json.loads((tmp_path / "ablation.json").read_text())

@@ -3,7 +3,8 @@ import torch
 from deap import tools
 
 import mega_deap
-from mega_deap import (TensorPopulation, eaMeGA, ensure_creator_classes, genome_equal, initBlend,
+from mega_deap.presets import ensure_creator_classes
+from mega_deap import (TensorPopulation, eaMeGA, genome_equal, initBlend,
                        mega_toolbox, merge)
 from mega_deap.adapters import TorchAdapter, accuracy
 
@@ -16,7 +17,7 @@ def val_acc(model, data):
 
 @pytest.fixture(scope="module")
 def merged(digits, digit_mlps):
-    return merge(digit_mlps, digits["val"], population=12, generations=6, seed=0, verbose=False)
+    return merge(digit_mlps, digits["val"], popsize=12, ngen=6, seed=0, verbose=False)
 
 
 def test_merge_on_digits(merged, digits, digit_mlps):
@@ -31,21 +32,21 @@ def test_merge_on_digits(merged, digits, digit_mlps):
 
 
 def test_merge_is_reproducible(merged, digits, digit_mlps):
-    again = merge(digit_mlps, digits["val"], population=12, generations=6, seed=0, verbose=False)
+    again = merge(digit_mlps, digits["val"], popsize=12, ngen=6, seed=0, verbose=False)
     assert torch.equal(again.genome, merged.genome)
     assert again.logbook.select("avg") == merged.logbook.select("avg")
-    other = merge(digit_mlps, digits["val"], population=12, generations=6, seed=1, verbose=False)
+    other = merge(digit_mlps, digits["val"], popsize=12, ngen=6, seed=1, verbose=False)
     assert not torch.equal(other.genome, merged.genome)
 
 
 def test_merge_layer_mutation_and_errors(digits, digit_mlps):
-    r = merge(digit_mlps, digits["val"], population=6, generations=2, mutation="layer", sigma=0.1,
+    r = merge(digit_mlps, digits["val"], popsize=6, ngen=2, mutation="layer", sigma=0.1,
               seed=0, verbose=False)
     assert len(r.logbook) == 3
     with pytest.raises(ValueError, match="at least two models"):
         merge(digit_mlps[:1], digits["val"])
-    with pytest.raises(ValueError, match="smaller than parents"):
-        merge(digit_mlps, digits["val"], population=3, verbose=False)
+    with pytest.raises(ValueError, match="smaller than npar=4"):
+        merge(digit_mlps, digits["val"], popsize=3, verbose=False)
     with pytest.raises(ValueError, match="mutation"):
         merge(digit_mlps, digits["val"], mutation="dense", verbose=False)
 

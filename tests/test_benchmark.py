@@ -22,7 +22,7 @@ def test_bench_merge_quick_takes_the_sizes_it_is_given(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_merge", ROOT / "benchmarks" / "bench_merge.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    res = bench.main(["--quick", "--device", "cpu", "--models", "mlp-digits", "--population", "5",
-                      "--generations", "3", "--val", "32", "--json", str(tmp_path / "b.json")])
+    res = bench.main(["--quick", "--device", "cpu", "--models", "mlp-digits", "--popsize", "5",
+                      "--ngen", "3", "--val", "32", "--json", str(tmp_path / "b.json")])
     r, = res["rows"]
     assert r["evals"] == 5 + 3 * 4 and r["val"] == 32

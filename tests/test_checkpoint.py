@@ -54,7 +54,7 @@ def test_sigkill_mid_generation_then_resume_is_bit_identical(tmp_path, digits, d
 
 def test_corrupted_checkpoint_is_named_and_prev_survives(tmp_path, digits, digit_mlps):
     ckpt = tmp_path / "c.ckpt"
-    mega_deap.merge(digit_mlps, digits["val"], population=4, generations=2, verbose=False, checkpoint=str(ckpt))
+    mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=str(ckpt))
     prev = pathlib.Path(f"{ckpt}.prev")
     assert prev.exists() and load_checkpoint(prev)[0]["gen"] == 1 and load_checkpoint(ckpt)[0]["gen"] == 2
     blob = ckpt.read_bytes()
@@ -68,15 +68,15 @@ def test_corrupted_checkpoint_is_named_and_prev_survives(tmp_path, digits, digit
         load_checkpoint(ckpt)
     # the previous good checkpoint resumes a run
     os.replace(prev, ckpt)
-    r = mega_deap.merge(digit_mlps, digits["val"], population=4, generations=3, verbose=False, checkpoint=str(ckpt))
+    r = mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=3, verbose=False, checkpoint=str(ckpt))
     assert [x["gen"] for x in r.logbook] == [0, 1, 2, 3]
 
 
 def test_checkpoint_of_another_run_is_refused(tmp_path, digits, digit_mlps):
     ckpt = str(tmp_path / "c.ckpt")
-    mega_deap.merge(digit_mlps, digits["val"], population=4, generations=1, verbose=False, checkpoint=ckpt)
+    mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=1, verbose=False, checkpoint=ckpt)
     with pytest.raises(ValueError, match="holds a population of 4"):
-        mega_deap.merge(digit_mlps, digits["val"], population=6, generations=1, verbose=False, checkpoint=ckpt)
+        mega_deap.merge(digit_mlps, digits["val"], popsize=6, ngen=1, verbose=False, checkpoint=ckpt)
 
 
 def test_checkpoint_reading_never_unpickles(tmp_path):
@@ -95,14 +95,14 @@ def test_checkpoint_reading_never_unpickles(tmp_path):
 
 def test_resume_with_other_operators_is_refused(tmp_path, digits, digit_mlps):
     ckpt = str(tmp_path / "c.ckpt")
-    mega_deap.merge(digit_mlps, digits["val"], population=4, generations=1, verbose=False, checkpoint=ckpt)
+    mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=1, verbose=False, checkpoint=ckpt)
     # written with sparse mutation: resuming with layer mutation is refused
     with pytest.raises(ValueError, match=r"toolbox\.mutate = \['mutSparseGaussian'.*this run registers \['mutLayerGaussian'"):
-        mega_deap.merge(digit_mlps, digits["val"], population=4, generations=2, verbose=False, checkpoint=ckpt,
+        mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=ckpt,
                         mutation="layer")
     with pytest.raises(ValueError, match="npar=4, this run has npar=3"):
-        mega_deap.merge(digit_mlps, digits["val"], population=4, generations=2, parents=3, verbose=False,
+        mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, npar=3, verbose=False,
                         checkpoint=ckpt)
     # the same settings resume
-    r = mega_deap.merge(digit_mlps, digits["val"], population=4, generations=2, verbose=False, checkpoint=ckpt)
+    r = mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=ckpt)
     assert [x["gen"] for x in r.logbook] == [0, 1, 2]

@@ -7,7 +7,8 @@ import torch
 from deap import tools
 
 import mega_deap
-from mega_deap import TensorPopulation, eaMeGA, ensure_creator_classes, genome_equal, initBlend, mega_toolbox
+from mega_deap import TensorPopulation, eaMeGA, genome_equal, initBlend, mega_toolbox
+from mega_deap.presets import ensure_creator_classes
 from mega_deap.adapters import TorchAdapter, accuracy
 
 
@@ -40,10 +41,10 @@ def test_merge_argument_errors(digits, digit_mlps):
     with pytest.raises(ValueError, match="at least two models"):
         mega_deap.merge([], digits["val"])
     with pytest.raises(ValueError, match=r"ngen\) must be >= 0"):
-        mega_deap.merge(digit_mlps, digits["val"], population=4, generations=-1, verbose=False)
+        mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=-1, verbose=False)
     with pytest.raises(ValueError, match="metric must be one of"):
         mega_deap.merge(digit_mlps, digits["val"], metric="f1")
-    with pytest.raises(TypeError, match="torch.nn.Module or keras.Model"):
+    with pytest.raises(TypeError, match="no adapter is registered for builtins.str"):
         mega_deap.merge(["a", "b"], digits["val"])
     X, y = digits["val"]
     with pytest.raises(ValueError, match=r"labels span \[1, 11\].*10 classes"):

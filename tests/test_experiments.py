@@ -106,7 +106,7 @@ def check_png(path):
 
 def test_merge_cifar_example_on_digits(tmp_path):
     out = tmp_path / "run"
-    argv = ["--dataset", "digits", "--epochs", "3", "--population", "6", "--generations", "3",
+    argv = ["--dataset", "digits", "--epochs", "3", "--popsize", "6", "--ngen", "3",
             "--out", str(out), "--quiet"]
     report = load_example("merge_cifar").main(argv)
     saved = json.loads((out / "results.json").read_text())
@@ -159,7 +159,7 @@ def test_merge_cifar_example_on_cifar_files(tmp_path):
     write_cifar(tmp_path / "data")
     report = load_example("merge_cifar").main(
         ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--model", "smallcnn", "--val-size", "50",
-         "--epochs", "1", "--population", "4", "--generations", "1", "--out", str(tmp_path / "o"), "--quiet",
+         "--epochs", "1", "--popsize", "4", "--ngen", "1", "--out", str(tmp_path / "o"), "--quiet",
          "--checkpoint", str(tmp_path / "run.ckpt")])
     assert report["dataset"] == "cifar10" and report["sizes"] == {"train": 150, "val": 50, "test": 30}
     from mega_deap.checkpoint import load_checkpoint
@@ -168,14 +168,14 @@ def test_merge_cifar_example_on_cifar_files(tmp_path):
 
 def test_merge_hierarchical_example(tmp_path):
     report = load_example("merge_hierarchical").main(
-        ["--dataset", "digits", "--leaves", "4", "--epochs", "2", "--population", "4", "--generations", "1",
+        ["--dataset", "digits", "--leaves", "4", "--epochs", "2", "--popsize", "4", "--ngen", "1",
          "--out", str(tmp_path), "--quiet"])
     assert [r["level"] for r in report["rows"]] == [0, 0, 0, 0, 1, 1, 2]
     check_png(tmp_path / "tree.png")
 
 
 def test_merge_tree_counts(digits, digit_mlps):
-    tree = mega_deap.merge_tree(digit_mlps * 2, digits["val"], population=4, generations=1, verbose=False)
+    tree = mega_deap.merge_tree(digit_mlps * 2, digits["val"], popsize=4, ngen=1, verbose=False)
     assert [len(level) for level in tree.levels] == [4, 2, 1] and len(tree.merges) == 3
     with pytest.raises(ValueError, match="power of two"):
         mega_deap.merge_tree(digit_mlps + digit_mlps[:1], digits["val"])
@@ -193,7 +193,7 @@ def test_mega_merge_cli(tmp_path, digits, digit_mlps):
         f"def data():\n    return torch.load({str(tmp_path / 'data.pt')!r}, weights_only=True)\n")
     out = tmp_path / "out"
     rc = main([paths[0], str(tmp_path / "p1.pt"), "--model", f"{tmp_path / 'defs.py'}:model",
-               "--data", f"{tmp_path / 'defs.py'}:data", "--population", "6", "--generations", "2",
+               "--data", f"{tmp_path / 'defs.py'}:data", "--popsize", "6", "--ngen", "2",
                "--out", str(out), "--quiet"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())

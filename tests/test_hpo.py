@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mega_deap.hpo import (TrainEvaluator, adapt, build_mlp, cxScratch, cxWeightMerge, merge_layers,
+from mega_deap.experiments.hpo import (TrainEvaluator, adapt, build_mlp, cxScratch, cxWeightMerge, merge_layers,
                            mutGenes, random_genes)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_widening_preserves_the_function():
     genes = {"units": [8], "activation": "relu", "lr": 1e-2, "batch_size": 32, "epochs": 1}
     torch.manual_seed(0)
     parent = build_mlp(genes, 5, 3)
-    from mega_deap.hpo import weights_of
+    from mega_deap.experiments.hpo import weights_of
     wide = dict(genes, units=[20])
     child = build_mlp(wide, 5, 3, merge_layers([weights_of(parent)], [5, 20, 3],
                                                generator=torch.Generator().manual_seed(1)))
@@ -172,7 +172,7 @@ def test_early_stopping_rule():
 def test_early_stopping_keeps_the_best_epoch():
     """The network returned is the one of its best held-out epoch: checked against a plain training loop
     with the same split and draws that records every epoch's held-out loss and weights."""
-    from mega_deap.hpo import weights_of
+    from mega_deap.experiments.hpo import weights_of
     g = torch.Generator().manual_seed(1)
     X, y = torch.randn(300, 5, generator=g), torch.randint(0, 3, (300,), generator=g)  # noise: it overfits
     genes = {"units": [64], "activation": "relu", "lr": 3e-2, "batch_size": 20, "epochs": 30}
@@ -207,8 +207,8 @@ def test_early_stopping_keeps_the_best_epoch():
 
 
 def test_hpo_example_tiny(tmp_path):
-    summary, runs = example().main(["--datasets", "wine", "diabetes", "--seeds", "1", "--population", "4",
-                                    "--generations", "1", "--out", str(tmp_path), "--quiet"])
+    summary, runs = example().main(["--datasets", "wine", "diabetes", "--seeds", "1", "--popsize", "4",
+                                    "--ngen", "1", "--out", str(tmp_path), "--quiet"])
     assert set(summary) == {"wine", "diabetes"}
     for row in summary.values():
         for key in ("basic_time_mean", "merge_time_mean", "basic_time_median", "basic_time_skew", "basic_val", "merge_test",

@@ -7,8 +7,8 @@ import pytest
 import torch
 from deap import tools
 
-from mega_deap import (TensorPopulation, cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian,
-                       sparse_indices)
+from mega_deap import TensorPopulation, cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian
+from mega_deap.operators import sparse_indices
 
 LAYOUT = [(0, 4), (4, 10), (14, 6)]
 

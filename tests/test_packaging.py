@@ -27,7 +27,7 @@ def test_readme_main_command_runs_the_example(tmp_path):
     assert len(main) == 1 and "pip install" in main[0]
     run = main[0].split("&&")[-1].split()
     assert run == ["python", "examples/merge_cifar.py"]
-    quick = ["--epochs", "2", "--population", "4", "--generations", "1", "--out", str(tmp_path / "out")]
+    quick = ["--epochs", "2", "--popsize", "4", "--ngen", "1", "--out", str(tmp_path / "out")]
     proc = subprocess.run([sys.executable, *run[1:], *quick], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
     assert proc.returncode == 0, proc.stderr[-2000:]

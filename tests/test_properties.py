@@ -4,6 +4,7 @@ from hypothesis import given, settings, strategies as st
 from deap import tools
 
 import mega_deap
+from mega_deap.presets import ensure_creator_classes
 from mega_deap import (TensorIndividual, TensorPopulation, cxBlend, eaMeGA, initBlend, mutLayerGaussian,
                        mutSparseGaussian)
 
@@ -95,7 +96,7 @@ class SumFitness:
 @SETTINGS
 @given(N=st.integers(4, 10), npar=st.integers(2, 4), ngen=st.integers(0, 4), seed=st.integers(0, 99))
 def test_eaMeGA_invalidates_and_evaluates_every_child(N, npar, ngen, seed):
-    icls = mega_deap.ensure_creator_classes()
+    icls = ensure_creator_classes()
     pop = TensorPopulation(N, 16, device="cpu")
     ev = SumFitness()
     tb = mega_deap.mega_toolbox(pop, ev)

@@ -317,7 +317,7 @@ def eaUntil(population, toolbox, cxpb, mutpb, ngen, accept=None, stats=None, hal
     :returns: ``(population, logbook)``; the logbook also records ``seconds`` since the start.
     """
     from deap import algorithms, tools
-    from .algorithms import _evaluate_invalid
+    from ..algorithms import evaluate_invalid
     t0 = time.perf_counter()
     logbook = tools.Logbook()
     logbook.header = ["gen", "nevals", "seconds"] + (stats.fields if stats else [])
@@ -328,7 +328,7 @@ def eaUntil(population, toolbox, cxpb, mutpb, ngen, accept=None, stats=None, hal
         best = halloffame[0].fitness
         return best.values[0] >= accept if best.weights[0] > 0 else best.values[0] <= accept
 
-    nevals = _evaluate_invalid(population, toolbox)
+    nevals = evaluate_invalid(population, toolbox)
     if halloffame is not None:
         halloffame.update(population)
     logbook.record(gen=0, nevals=nevals, seconds=time.perf_counter() - t0, **(stats.compile(population) if stats else {}))
@@ -336,7 +336,7 @@ def eaUntil(population, toolbox, cxpb, mutpb, ngen, accept=None, stats=None, hal
     while gen < ngen and not accepted():
         gen += 1
         offspring = algorithms.varAnd(toolbox.select(population, len(population)), toolbox, cxpb, mutpb)
-        nevals = _evaluate_invalid(offspring, toolbox)
+        nevals = evaluate_invalid(offspring, toolbox)
         if halloffame is not None:
             halloffame.update(offspring)
         population[:] = offspring

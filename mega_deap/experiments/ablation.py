@@ -16,13 +16,14 @@ import numpy as np
 from deap import tools
 from tqdm.auto import tqdm
 
-from .algorithms import (default_stats, eaMeGA, ensure_creator_classes, mega_toolbox, seed as seed_all, selNoElite,
-                         toolbox_fingerprint)
-from .individual import genome_equal
-from .operators import cxBlend, initBlend, mutLayerGaussian
-from .population import TensorPopulation
+from .. import rng
+from ..algorithms import eaMeGA
+from ..individual import genome_equal
+from ..operators import cxBlend, initBlend, mutLayerGaussian, selNoElite
+from ..population import TensorPopulation
+from ..presets import default_stats, ensure_creator_classes, mega_toolbox
 
-__all__ = ["LAYOUT", "VARIANTS", "mutIdentity", "build_toolbox", "toolbox_fingerprint", "run_ablation",
+__all__ = ["LAYOUT", "VARIANTS", "mutIdentity", "build_toolbox", "run_ablation",
            "summarize", "mean_ci", "paired", "holm"]
 
 LAYOUT = "<adapter.layout>"
@@ -105,7 +106,7 @@ def paired(values, reference, level=0.95):
 ######################################
 
 def run_ablation(adapter, parents, evaluator, test_evaluator=None, *, variants=None, seeds=(0, 1, 2),
-                 population=20, generations=20, npar=4, device=None, progress=True, **preset):
+                 popsize=20, ngen=20, npar=4, device=None, progress=True, **preset):
     """Run every variant over ``seeds``; returns ``{variant: [run, ...]}``, a run being a dict with
     ``seed``, ``best_val`` (the hall of fame's validation fitness), ``test`` (its test score, when a
     ``test_evaluator`` is given; never used for selection) and ``curve`` (best fitness per generation).
@@ -121,12 +122,12 @@ def run_ablation(adapter, parents, evaluator, test_evaluator=None, *, variants=N
         for name, registrations in variants.items():
             runs = []
             for s in seeds:
-                pop = TensorPopulation(population, adapter.dim, device=device, dtype=parents.dtype)
+                pop = TensorPopulation(popsize, adapter.dim, device=device, dtype=parents.dtype)
                 tb = build_toolbox(registrations, pop, evaluator, adapter, **preset)
-                seed_all(s)
+                rng.seed(s)
                 inds = initBlend(pop.individuals(icls), parents)
                 hof = tools.HallOfFame(1, similar=genome_equal)
-                _, log = eaMeGA(inds, tb, generations, npar=npar, stats=default_stats(), halloffame=hof,
+                _, log = eaMeGA(inds, tb, ngen, npar=npar, stats=default_stats(), halloffame=hof,
                                 verbose=False)
                 best = hof[0]
                 run = {"seed": s, "best_val": best.fitness.values[0], "curve": log.select("max")}

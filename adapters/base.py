@@ -1,0 +1,195 @@
+"""The adapter contract: a model as a flat genome of D numbers, and the registry that finds the adapter
+for a model.
+
+An adapter lays a model's float tensors end to end in one genome (its ``layout``), reads a model into a
+genome and writes one back, and runs the model with a genome's weights. :class:`Adapter` names what every
+adapter has; a subclass implements the abstract methods. :func:`adapter_for` picks the adapter class
+registered for a model's type (the most specific one in the model's class hierarchy); adding a framework
+is one :class:`Adapter` subclass and one :func:`register_adapter` call.
+"""
+import abc
+import importlib
+import sys
+from collections import namedtuple
+from typing import Callable, Union
+
+import torch
+
+__all__ = ["Adapter", "LayoutEntry", "KeepValid", "register_adapter", "adapter_for"]
+
+LayoutEntry = namedtuple("LayoutEntry", "name shape offset numel kind")
+LayoutEntry.__doc__ = """One tensor of the genome: ``genome[offset:offset + numel].view(shape)``.
+``kind`` is ``"parameter"`` or ``"buffer"``."""
+
+
+class KeepValid:
+    """A DEAP decorator: after the decorated operator runs, repair every individual it returns.
+
+    ``toolbox.decorate("mutate", adapter.keep_valid())`` keeps BatchNorm running variances positive.
+    """
+
+    def __init__(self, adapter: "Adapter"):
+        self.adapter = adapter
+
+    def __call__(self, func: Callable) -> Callable:
+        return _Repaired(func, self.adapter)
+
+
+class _Repaired:
+    def __init__(self, func, adapter):
+        self.func, self.adapter = func, adapter
+        self.__wrapped__ = func
+
+    def __call__(self, *args, **kwargs):
+        out = self.func(*args, **kwargs)
+        for ind in out:
+            self.adapter.repair_(ind)
+        return out
+
+
+######################################
+# The contract                       #
+######################################
+
+class Adapter(abc.ABC):
+    """A model as a flat genome.
+
+    Set by the subclass's constructor: ``model`` (the template), ``layout`` (a tuple of
+    :class:`LayoutEntry`, the genome's tensors in order), ``dim`` (D), ``dtype`` and ``device`` (of the
+    genomes it reads and writes), ``var_floor`` and ``_variance_spans`` (``(offset, numel)`` of every
+    running variance, kept at least ``var_floor`` by :meth:`repair_`).
+
+    A subclass implements :meth:`check`, :meth:`genome`, :meth:`load`, :meth:`to_model`,
+    :meth:`state_dict`, :meth:`forward`, :meth:`forward_batch`, :meth:`eval_mode` and
+    :meth:`from_parents`; :meth:`genomes`, :meth:`tensors`, :meth:`repair_` and :meth:`keep_valid` come
+    with the base class.
+    """
+
+    model: object
+    layout: tuple
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+    var_floor: float = 1e-5
+    _variance_spans: tuple = ()
+
+    # -- what a subclass implements ---------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def from_parents(cls, models: list, *, device=None, buffers: bool = True) -> tuple:
+        """``(adapter, genomes)`` for a merge of ``models``: the adapter whose template runs every forward
+        pass (a copy on ``device`` where the framework lets us choose) and the parents' genomes,
+        ``(k, D)`` on the adapter's device (a clear error for the first parent that does not fit)."""
+
+    @abc.abstractmethod
+    def check(self, model) -> None:
+        """Raise ``ValueError`` (naming the first difference) unless ``model`` has this layout."""
+
+    @abc.abstractmethod
+    def genome(self, model=None) -> torch.Tensor:
+        """The genome of ``model`` (default: the template), ``(D,)``, a new tensor."""
+
+    @abc.abstractmethod
+    def load(self, genome, model=None):
+        """Write ``genome`` (``(D,)``) into ``model``'s weights (default: the template); returns the model."""
+
+    @abc.abstractmethod
+    def to_model(self, genome):
+        """A new model of the template's architecture holding ``genome``'s weights."""
+
+    @abc.abstractmethod
+    def state_dict(self, genome) -> dict:
+        """Every tensor of the model by name, ``genome``'s in place of the template's (independent copies)."""
+
+    @abc.abstractmethod
+    def forward(self, genome, x) -> torch.Tensor:
+        """The model's output on ``x`` (``(B, ...)``) with ``genome``'s weights, as a torch tensor."""
+
+    @abc.abstractmethod
+    def forward_batch(self, genomes: torch.Tensor, x) -> torch.Tensor:
+        """Outputs for ``genomes`` (``(k, D)``) on ``x``: ``(k, B, ...)``."""
+
+    @abc.abstractmethod
+    def eval_mode(self):
+        """A context manager: the template in inference mode, its previous mode restored on exit."""
+
+    # -- shared ---------------------------------------------------------------------
+    def _check_genome(self, genome) -> torch.Tensor:
+        genome = getattr(genome, "genome", genome)
+        if not isinstance(genome, torch.Tensor):
+            raise TypeError(f"a genome is a 1-D tensor or a TensorIndividual, got {type(genome).__name__}")
+        if genome.dim() != 1 or genome.shape[0] != self.dim:
+            raise ValueError(f"genome has shape {tuple(genome.shape)}, this adapter expects ({self.dim},)")
+        return genome
+
+    def genomes(self, models: list) -> torch.Tensor:
+        """The genomes of several models, ``(k, D)``; a clear error for the first one that does not fit."""
+        for i, m in enumerate(models):
+            try:
+                self.check(m)
+            except ValueError as err:
+                raise ValueError(f"model {i}: {err}") from None
+        return torch.stack([self.genome(m) for m in models])
+
+    def tensors(self, genome) -> dict:
+        """``{name: view}`` for every genome tensor: views of ``genome`` (``(D,)``), no copy."""
+        genome = self._check_genome(genome)
+        return {e.name: genome[e.offset:e.offset + e.numel].view(e.shape) for e in self.layout}
+
+    def repair_(self, genome):
+        """Clamp BatchNorm running (moving) variances to at least ``var_floor``, in place; returns the genome."""
+        g = self._check_genome(genome)
+        for off, n in self._variance_spans:
+            g[off:off + n].clamp_(min=self.var_floor)
+        return genome
+
+    def keep_valid(self) -> KeepValid:
+        """A DEAP decorator for ``toolbox.decorate("mate", ...)`` / ``("mutate", ...)``: see :meth:`repair_`."""
+        return KeepValid(self)
+
+
+######################################
+# The registry                       #
+######################################
+
+_REGISTRY = []  # [(model type or "module:Name", adapter class or "module:Name")], in registration order
+
+
+def _resolve(spec, *, imported_only):
+    if not isinstance(spec, str):
+        return spec
+    module, name = spec.split(":")
+    if imported_only and module.split(".")[0] not in sys.modules:
+        return None  # the framework is not in use: a model of it cannot exist
+    obj = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def register_adapter(model_type: Union[type, str], adapter: Union[type, str]) -> None:
+    """Use ``adapter`` (an :class:`Adapter` subclass) for models of ``model_type`` and its subclasses.
+
+    Either may be given as ``"module:Name"``: a model type named that way is looked up only once its
+    framework is imported (so registering Keras never imports Keras), an adapter only when first used.
+    """
+    _REGISTRY.append((model_type, adapter))
+
+
+def adapter_for(model) -> type:
+    """The :class:`Adapter` subclass registered for ``model``'s type: of the registered types that
+    ``model`` is an instance of, the one nearest to ``type(model)`` in its class hierarchy."""
+    mro = type(model).__mro__
+    best = None
+    for model_type, adapter in _REGISTRY:
+        t = _resolve(model_type, imported_only=True)
+        if t is None or not isinstance(model, t):
+            continue
+        rank = mro.index(t) if t in mro else len(mro)
+        if best is None or rank < best[0]:
+            best = (rank, adapter)
+    if best is None:
+        known = ", ".join(t if isinstance(t, str) else f"{t.__module__}:{t.__qualname__}" for t, _ in _REGISTRY)
+        raise TypeError(f"no adapter is registered for {type(model).__module__}.{type(model).__qualname__} "
+                        f"(registered: {known}); register one with mega_deap.adapters.register_adapter")
+    return _resolve(best[1], imported_only=False)

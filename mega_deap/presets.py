@@ -1,0 +1,180 @@
+"""The paper's preset (MeGA, arXiv 2406.04607): its toolbox, and the one-call ``merge`` and ``merge_tree``.
+
+``mega_toolbox`` is registrations only, so any operator can be swapped for an ablation. ``merge`` finds
+the adapter for the parents (:func:`mega_deap.adapters.adapter_for`), builds the evaluator from the metric
+registry, the population, the toolbox and a hall of fame, and runs :func:`mega_deap.eaMeGA`.
+"""
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from deap import base, creator, tools
+
+from . import rng
+from .algorithms import eaMeGA
+from .evaluation import Evaluator, get_metric
+from .individual import TensorIndividual, genome_equal
+from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian, selElite
+from .population import TensorPopulation
+
+__all__ = ["ensure_creator_classes", "default_stats", "mega_toolbox", "merge", "merge_tree", "MergeResult",
+           "TreeResult"]
+
+
+def ensure_creator_classes() -> type:
+    """``creator.FitnessMeGA`` (maximise one value) and ``creator.MeGAIndividual`` (a TensorIndividual),
+    created on first use and reused after."""
+    if not hasattr(creator, "FitnessMeGA"):
+        creator.create("FitnessMeGA", base.Fitness, weights=(1.0,))
+    if not hasattr(creator, "MeGAIndividual"):
+        creator.create("MeGAIndividual", TensorIndividual, fitness=creator.FitnessMeGA)
+    return creator.MeGAIndividual
+
+
+def _first_fitness(ind):
+    return ind.fitness.values[0]
+
+
+def default_stats() -> tools.Statistics:
+    """``tools.Statistics`` over the first fitness value: avg, std, min, max."""
+    stats = tools.Statistics(_first_fitness)
+    stats.register("avg", np.mean)
+    stats.register("std", np.std)
+    stats.register("min", np.min)
+    stats.register("max", np.max)
+    return stats
+
+
+def mega_toolbox(pop: TensorPopulation, evaluator: Evaluator, *, tournsize: int = 3, mutation: str = "sparse",
+                 mu: float = 0.0, sigma: float = 0.01, indpb: float = 0.02, layerpb: float = 0.02,
+                 alpha: float = 0.0, layout=None, repair=None) -> base.Toolbox:
+    """The paper's toolbox: registrations only.
+
+    ``clone``: :meth:`TensorPopulation.clone`; ``select``: ``tools.selTournament(tournsize)``;
+    ``elite``: :func:`selElite`; ``mate``: :func:`cxBlend`; ``mutate``: :func:`mutSparseGaussian`
+    (``mutation="sparse"``, each element with ``indpb`` gets N(mu, sigma^2)) or :func:`mutLayerGaussian`
+    (``mutation="layer"``, each tensor of ``layout`` with ``layerpb``); ``evaluate`` and ``map``: the
+    evaluator. ``repair``: an adapter whose ``keep_valid()`` decorates mate and mutate (BatchNorm
+    variances stay positive).
+    """
+    tb = base.Toolbox()
+    tb.register("clone", pop.clone)
+    tb.register("select", tools.selTournament, tournsize=tournsize)
+    tb.register("mate", cxBlend, alpha=alpha)
+    if mutation == "sparse":
+        tb.register("mutate", mutSparseGaussian, mu=mu, sigma=sigma, indpb=indpb)
+    elif mutation == "layer":
+        if layout is None:
+            raise ValueError("mutation='layer' needs the genome's layout (adapter.layout)")
+        tb.register("mutate", mutLayerGaussian, layout=layout, mu=mu, sigma=sigma, layerpb=layerpb)
+    else:
+        raise ValueError(f"mutation must be 'sparse' or 'layer', got {mutation!r}")
+    tb.register("elite", selElite)
+    tb.register("evaluate", evaluator)
+    tb.register("map", evaluator.map)
+    if repair is not None:
+        tb.decorate("mate", repair.keep_valid())
+        tb.decorate("mutate", repair.keep_valid())
+    return tb
+
+
+@dataclass
+class MergeResult:
+    """What :func:`merge` returns."""
+    model: object                 # the merged model (a new module)
+    genome: torch.Tensor          # its genome, (D,)
+    fitness: float                # its validation fitness
+    logbook: tools.Logbook
+    halloffame: tools.HallOfFame
+    adapter: object
+    population: list = field(repr=False, default=None)
+    toolbox: base.Toolbox = field(repr=False, default=None)
+
+
+def _as_xy(val_data):
+    if isinstance(val_data, (tuple, list)) and len(val_data) == 2:
+        return val_data
+    if hasattr(val_data, "__iter__"):  # a DataLoader or any iterable of (x, y) batches
+        xs, ys = zip(*[(x, y) for x, y in val_data])
+        return torch.cat([torch.as_tensor(x) for x in xs]), torch.cat([torch.as_tensor(y) for y in ys])
+    raise TypeError("val_data must be (X, y) or an iterable of (x, y) batches, "
+                    f"got {type(val_data).__name__}")
+
+
+def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: int = 4, tournsize: int = 3,
+          seed: int = 0, device=None, mutation: str = "sparse", sigma: float = 0.01, indpb: float = 0.02,
+          layerpb: float = 0.02, alpha: float = 0.0, metric: str = "accuracy", batch_size: int = 1024,
+          strategy: str = "auto", buffers: bool = True, verbose: bool = True,
+          checkpoint: Optional[str] = None) -> MergeResult:
+    """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`.
+
+    :param models: two or more models of one architecture (parents): ``nn.Module``, Keras 3 models, or any
+                   type with a registered adapter (:func:`mega_deap.adapters.register_adapter`).
+    :param val_data: the validation set: ``(X, y)`` or an iterable of ``(x, y)`` batches. Fitness is
+                     computed on it alone; keep the test split out.
+    :param popsize: N, individuals per generation; :param ngen: G, generations; :param npar: K, tournament
+                    winners per child (the first two mate).
+    :param tournsize: tournament size of ``tools.selTournament``.
+    :param seed: fixes every random draw of the run.
+    :param device: where the population and the evaluation live (``cuda`` when available by default).
+    :param mutation: ``"sparse"`` (each element with ``indpb`` gets N(0, sigma^2)) or ``"layer"``
+                     (each tensor with ``layerpb``, as the reference code).
+    :param metric: a name in :data:`mega_deap.evaluation.METRICS` (``"accuracy"``, ``"neg_mse"``, ``"neg_mae"``).
+    :param checkpoint: a file to write after every generation and to resume from when it exists.
+    """
+    from mega_deap.adapters import adapter_for
+    models = list(models)
+    if len(models) < 2:
+        raise ValueError(f"merge needs at least two models, got {len(models)}")
+    evaluator_metric = get_metric(metric)
+    if int(ngen) < 0:
+        raise ValueError(f"generations (ngen) must be >= 0, got {ngen}")
+    if popsize < max(npar, tournsize, 2):
+        raise ValueError(f"popsize={popsize} is smaller than npar={npar} or tournsize={tournsize}")
+    adapter, genomes = adapter_for(models[0]).from_parents(models, device=device, buffers=buffers)
+    X, y = _as_xy(val_data)
+    evaluator = Evaluator(adapter, X, y, evaluator_metric, batch_size=batch_size, strategy=strategy)
+    pop = TensorPopulation(popsize, adapter.dim, device=adapter.device, dtype=adapter.dtype)
+
+    rng.seed(seed)
+    icls = ensure_creator_classes()
+    toolbox = mega_toolbox(pop, evaluator, tournsize=tournsize, mutation=mutation, sigma=sigma,
+                           indpb=indpb, layerpb=layerpb, alpha=alpha, layout=adapter.layout, repair=adapter)
+    individuals = initBlend(pop.individuals(icls), genomes)
+    hof = tools.HallOfFame(1, similar=genome_equal)
+    individuals, logbook = eaMeGA(individuals, toolbox, ngen, npar=npar, stats=default_stats(),
+                                  halloffame=hof, verbose=verbose, checkpoint=checkpoint)
+    best = hof[0]
+    return MergeResult(model=adapter.to_model(best), genome=best.genome.clone(),
+                       fitness=best.fitness.values[0], logbook=logbook, halloffame=hof, adapter=adapter,
+                       population=individuals, toolbox=toolbox)
+
+
+@dataclass
+class TreeResult:
+    """What :func:`merge_tree` returns: ``levels[0]`` the inputs, ``levels[-1]`` the one merged model."""
+    model: object
+    levels: list
+    merges: list
+
+
+def merge_tree(models: list, val_data, *, seed: int = 0, **kwargs) -> TreeResult:
+    """Merge 2^k models pairwise, level by level (8 -> 4 -> 2 -> 1), each pair with :func:`merge`.
+
+    The pair ``j`` of the run gets seed ``seed + j``; other keyword arguments go to :func:`merge`.
+    """
+    models = list(models)
+    n = len(models)
+    if n < 2 or n & (n - 1):
+        raise ValueError(f"merge_tree merges a power of two of models (2, 4, 8, ...), got {n}")
+    levels, merges = [models], []
+    while len(levels[-1]) > 1:
+        level = levels[-1]
+        nxt = []
+        for i in range(0, len(level), 2):
+            r = merge(level[i:i + 2], val_data, seed=seed + len(merges), **kwargs)
+            merges.append(r)
+            nxt.append(r.model)
+        levels.append(nxt)
+    return TreeResult(model=levels[-1][0], levels=levels, merges=merges)

@@ -1,0 +1,93 @@
+"""Resuming a run from its checkpoint: what identifies the run's settings, and the restore itself.
+
+:func:`toolbox_fingerprint` turns a toolbox's registrations into comparable data; :func:`resume` refuses a
+checkpoint written with other settings, naming the first difference, and otherwise restores the
+population (in order), the hall of fame, the logbook and every random source.
+"""
+import functools
+
+from deap import base, tools
+
+from .checkpoint import load_checkpoint
+from .rng import set_rng_state
+
+__all__ = ["toolbox_fingerprint", "run_settings", "resume"]
+
+ALIASES = ("clone", "select", "mate", "mutate", "elite", "evaluate", "map")
+
+
+def _unwrap(f):
+    """The function under partials and decorators, and the keywords the partials bind."""
+    kw = {}
+    while True:
+        if isinstance(f, functools.partial):
+            kw = {**f.keywords, **kw}
+            f = f.func
+            continue
+        inner = getattr(f, "func", None) or getattr(f, "__wrapped__", None)
+        if inner is None or inner is f:
+            return f, kw
+        f = inner
+
+
+def toolbox_fingerprint(tb: base.Toolbox, aliases=ALIASES) -> dict:
+    """What a toolbox registers, as comparable JSON-able data: ``{alias: [function name, [[keyword, repr]]]}``
+    (an adapter's ``layout`` keyword is named, not printed)."""
+    out = {}
+    for alias in aliases:
+        f = getattr(tb, alias, None)
+        if f is None:
+            continue
+        base_f, kw = _unwrap(f)
+        out[alias] = [getattr(base_f, "__qualname__", type(base_f).__qualname__),
+                      sorted([k, "layout" if k == "layout" else repr(v)] for k, v in kw.items())]
+    return out
+
+
+def run_settings(toolbox: base.Toolbox, npar: int) -> dict:
+    """The settings a checkpoint records and a resumed run must match."""
+    return {"npar": npar, "toolbox": toolbox_fingerprint(toolbox)}
+
+
+def resume(path, population: list, toolbox: base.Toolbox, halloffame, logbook: tools.Logbook,
+           settings: dict) -> int:
+    """Restore a run from ``path`` into ``population`` (in order), the hall of fame, the logbook and every
+    random source; returns the first generation still to run. A checkpoint written by a run with other
+    ``settings`` (operators, ``npar``) is refused, naming the first difference."""
+    meta, tensors = load_checkpoint(path)
+    saved = meta.get("extra", {})
+    for key in sorted(set(saved) | set(settings)):
+        if key == "toolbox":
+            old, new = saved.get(key, {}), settings[key]
+            for alias in sorted(set(old) | set(new)):
+                if old.get(alias) != new.get(alias):
+                    raise ValueError(f"checkpoint {path!r} was written with toolbox.{alias} = {old.get(alias)}, "
+                                     f"this run registers {new.get(alias)}; resume with the same toolbox or "
+                                     f"start a new checkpoint")
+        elif saved.get(key) != settings.get(key):
+            raise ValueError(f"checkpoint {path!r} was written with {key}={saved.get(key)!r}, this run has "
+                             f"{key}={settings.get(key)!r}")
+    G = tensors["population"]
+    D = len(population[0])
+    if G.shape != (len(population), D):
+        raise ValueError(f"checkpoint {path!r} holds a population of {G.shape[0]} x {G.shape[1]}, this run has "
+                         f"{len(population)} x {D}")
+    for ind, g, fit in zip(population, G, meta["fitness"]):
+        ind.genome.copy_(g.to(device=ind.genome.device, dtype=ind.genome.dtype))
+        if fit is None:
+            del ind.fitness.values
+        else:
+            ind.fitness.values = tuple(fit)
+    if halloffame is not None:
+        halloffame.clear()
+        if "halloffame" in tensors:
+            for g, fit in zip(tensors["halloffame"], meta["halloffame_fitness"]):
+                item = toolbox.clone(population[0])
+                item.genome.copy_(g.to(device=item.genome.device, dtype=item.genome.dtype))
+                item.fitness.values = tuple(fit)
+                halloffame.insert(item)
+                del item
+    for record in meta["logbook"]:
+        logbook.record(**record)
+    set_rng_state(meta["rng"], tensors)
+    return meta["gen"] + 1
