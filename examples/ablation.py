@@ -16,14 +16,12 @@ import numpy as np
 
 from mega_deap.experiments.ablation import VARIANTS, run_ablation, summarize
 from mega_deap.adapters import TorchAdapter, accuracy
-from mega_deap.experiments import add_data_args, setup, train_or_load, write_json
+from mega_deap.experiments import add_data_args, pyplot, save_figure, setup, train_or_load, write_json
 
 
 def plot_curves(results, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for i, (name, runs) in enumerate(results.items()):
         curves = np.array([r["curve"] for r in runs], dtype=np.float64)
@@ -37,10 +35,7 @@ def plot_curves(results, path):
     ax.set_title("MeGA ablations")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def table(rows):

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 import mega_deap
 from mega_deap.experiments.ablation import holm
-from mega_deap.experiments import write_json
+from mega_deap.experiments import pyplot, save_figure, write_json
 from mega_deap.experiments.hpo import SPACE, Candidate, TrainEvaluator, cxScratch, cxWeightMerge, eaUntil, mutGenes, random_genes
 
 DATASETS = {"digits": "classification", "diabetes": "regression", "wine": "classification"}
@@ -158,9 +158,7 @@ def table(summary):
 
 
 def plots(runs, out, datasets=DATASETS):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.5), dpi=110)
     for ax, name in zip(np.atleast_1d(axes), datasets):
         times = {mode: np.concatenate([r["times"] for r in runs if r["dataset"] == name and r["mode"] == mode
@@ -173,10 +171,7 @@ def plots(runs, out, datasets=DATASETS):
     np.atleast_1d(axes)[0].set_ylabel("evaluations")
     for ax in np.atleast_1d(axes):
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    hist = os.path.join(out, "times_hist.png")
-    fig.savefig(hist)
-    plt.close(fig)
+    hist = save_figure(fig, os.path.join(out, "times_hist.png"))
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     x = np.arange(len(datasets))
     for k, (mode, color) in enumerate((("basic", "C0"), ("merge", "C1"))):
@@ -186,10 +181,7 @@ def plots(runs, out, datasets=DATASETS):
     ax.set_xticks(x, list(datasets))
     ax.set_ylabel("total duration (s)")
     ax.legend()
-    fig.tight_layout()
-    bars = os.path.join(out, "durations.png")
-    fig.savefig(bars)
-    plt.close(fig)
+    bars = save_figure(fig, os.path.join(out, "durations.png"))
     return hist, bars
 
 

@@ -12,7 +12,8 @@ import sys
 import time
 
 import mega_deap
-from mega_deap.experiments import add_data_args, format_table, model_accuracy, setup, train_or_load, write_json
+from mega_deap.experiments import (add_data_args, format_table, model_accuracy, pyplot, save_figure, setup,
+                                   train_or_load, write_json)
 
 
 def parse_args(argv=None):
@@ -32,9 +33,7 @@ def parse_args(argv=None):
 
 
 def plot_levels(levels_acc, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for split, marker in (("val_acc", "o"), ("test_acc", "s")):
         for lvl, accs in enumerate(levels_acc):
@@ -46,10 +45,7 @@ def plot_levels(levels_acc, path):
     ax.set_title("hierarchical MeGA: accuracy per level")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None):

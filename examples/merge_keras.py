@@ -12,12 +12,14 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras  # noqa: E402
+import torch  # noqa: E402
 from deap import tools  # noqa: E402
 
 import mega_deap  # noqa: E402
 from mega_deap import TensorPopulation, eaMeGA, initBlend, mega_toolbox  # noqa: E402
 from mega_deap.presets import ensure_creator_classes  # noqa: E402
 from mega_deap.adapters import KerasAdapter, accuracy  # noqa: E402
+from mega_deap.evaluation import correct  # noqa: E402
 from mega_deap.experiments import digits_splits  # noqa: E402
 
 
@@ -34,8 +36,8 @@ def train(split, seed, epochs):
 
 def acc(model, split):
     X, y = split
-    return float((keras.ops.convert_to_numpy(model(X.reshape(len(X), -1).numpy(), training=False)).argmax(1)
-                  == y.numpy()).mean())
+    logits = keras.ops.convert_to_numpy(model(X.reshape(len(X), -1).numpy(), training=False))
+    return float(correct(torch.as_tensor(logits), y)) / len(y)
 
 
 def main(argv=None):

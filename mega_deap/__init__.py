@@ -11,6 +11,7 @@ from .population import TensorPopulation, default_device
 from .operators import initBlend, cxBlend, mutSparseGaussian, mutLayerGaussian, selElite, selNoElite
 from .evaluation import Evaluator, Accuracy, NegMSE, NegMAE, METRICS
 from .algorithms import eaMeGA, varMeGA, evaluate_invalid
+from .breeding import varMeGABatched
 from .checkpoint import CheckpointError
 from .presets import mega_toolbox, merge, merge_tree, MergeResult, TreeResult, default_stats
 from .rng import seed
@@ -21,6 +22,6 @@ __all__ = [
     "TensorIndividual", "genome_equal", "TensorPopulation", "default_device",
     "initBlend", "cxBlend", "mutSparseGaussian", "mutLayerGaussian", "selElite", "selNoElite",
     "Evaluator", "Accuracy", "NegMSE", "NegMAE", "METRICS",
-    "eaMeGA", "varMeGA", "evaluate_invalid", "CheckpointError",
+    "eaMeGA", "varMeGA", "varMeGABatched", "evaluate_invalid", "CheckpointError",
     "mega_toolbox", "merge", "merge_tree", "MergeResult", "TreeResult", "default_stats", "seed",
 ]

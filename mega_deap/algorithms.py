@@ -73,13 +73,15 @@ def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
     """The MeGA generational loop.
 
     Generation 0 evaluates the initial population. Then each generation: (1) breed ``N - E`` children with
-    :func:`varMeGA`; (2) put clones of the ``E`` individuals ``toolbox.elite(halloffame)`` returns back
+    ``toolbox.vary`` when one is registered (the preset registers the batched
+    :func:`~mega_deap.breeding.varMeGABatched`), else :func:`varMeGA`; (2) put clones of the ``E`` individuals ``toolbox.elite(halloffame)`` returns back
     (elitism; by default :func:`~mega_deap.operators.selElite`: the hall of fame's best, so ``E = 1`` with a
     hall of fame and 0 without); (3) evaluate the children (:func:`evaluate_invalid`) and update the hall
     of fame; (4) replace the population and record the statistics.
 
     :param population: a list of N individuals, replaced in place generation by generation.
-    :param toolbox: with ``evaluate``, ``select``, ``clone``, ``mate``, ``mutate`` (and ``map``, ``elite``).
+    :param toolbox: with ``evaluate``, ``select``, ``clone``, ``mate``, ``mutate`` (and ``map``, ``elite``,
+                    ``vary``).
     :param ngen: the number of generations.
     :param npar: parents drawn by ``toolbox.select`` per child (the paper's K=4; the first two mate).
     :param stats: a ``tools.Statistics``, or ``None``.
@@ -119,7 +121,7 @@ def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
     for gen in bar:
         # 1. breed: npar tournament winners per child, the first two mate, the first child is kept
         elite = getattr(toolbox, "elite", selElite)(halloffame)
-        offspring = varMeGA(population, toolbox, len(population) - len(elite), npar)
+        offspring = getattr(toolbox, "vary", varMeGA)(population, toolbox, len(population) - len(elite), npar)
         # 2. elitism: the best ever goes back into the population
         offspring.extend(toolbox.clone(ind) for ind in elite)
         # 3. evaluate the new individuals, update the hall of fame

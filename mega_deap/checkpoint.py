@@ -10,6 +10,7 @@ and the checksums, and names the file and the fallback when anything is off. Not
 import hashlib
 import json
 import os
+from typing import Optional
 
 import numpy as np
 import torch
@@ -50,7 +51,8 @@ def _jsonable(x):
     return x
 
 
-def save_checkpoint(path, *, gen, population, halloffame=None, logbook=None, extra=None):
+def save_checkpoint(path, *, gen: int, population: list, halloffame=None, logbook=None,
+                    extra: Optional[dict] = None) -> str:
     """Write the state of a run after generation ``gen`` to ``path`` (atomically).
 
     :param population: the individuals, genomes ``(D,)`` each.
@@ -94,7 +96,7 @@ def _keep_previous(path):
     os.replace(tmp, f"{path}.prev")
 
 
-def load_checkpoint(path):
+def load_checkpoint(path) -> tuple:
     """Read and verify a checkpoint: ``(meta dict, {name: tensor})``. Raises :class:`CheckpointError`."""
     from safetensors import safe_open
     path = os.fspath(path)

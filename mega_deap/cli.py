@@ -16,6 +16,8 @@ import sys
 
 import torch
 
+from mega_deap.evaluation import METRICS
+
 __all__ = ["main", "load_callable"]
 
 
@@ -44,7 +46,7 @@ def _parse(argv):
     p.add_argument("checkpoints", nargs="+", help="two or more checkpoint files of one architecture")
     p.add_argument("--model", required=True, help="module:function returning the untrained model")
     p.add_argument("--data", required=True, help="module:function returning (X_val, y_val) or {'val':..., 'test':...}")
-    p.add_argument("--metric", choices=("accuracy", "neg_mse", "neg_mae"), default="accuracy")
+    p.add_argument("--metric", choices=sorted(METRICS), default="accuracy")
     p.add_argument("--popsize", type=int, default=20)
     p.add_argument("--ngen", type=int, default=20)
     p.add_argument("--npar", type=int, default=4)
@@ -62,7 +64,7 @@ def _parse(argv):
 def main(argv=None):
     import mega_deap
     from mega_deap.experiments import format_table, load_model_file, plot_fitness, save_model, write_json
-    from mega_deap.evaluation import Accuracy, Evaluator, NegMAE, NegMSE
+    from mega_deap.evaluation import Evaluator, get_metric
 
     args = _parse(argv)
     if len(args.checkpoints) < 2:
@@ -81,14 +83,13 @@ def main(argv=None):
                              npar=args.npar, tournsize=args.tournsize, mutation=args.mutation,
                              sigma=args.sigma, indpb=args.indpb, metric=args.metric, seed=args.seed,
                              device=device, verbose=not args.quiet)
-    metric = {"accuracy": Accuracy, "neg_mse": NegMSE, "neg_mae": NegMAE}[args.metric]
     ad = result.adapter
     names = [os.path.basename(p) for p in args.checkpoints] + ["MeGA"]
     genomes = [ad.genome(m.to(device)) for m in models] + [result.genome]
     rows = [{"model": name} for name in names]
     for split, xy in (("val", val), ("test", test)):
         if xy is not None:
-            for row, score in zip(rows, Evaluator(ad, *xy, metric()).scores(genomes)):
+            for row, score in zip(rows, Evaluator(ad, *xy, get_metric(args.metric)).scores(genomes)):
                 row[f"{split}_{args.metric}"] = score
     os.makedirs(args.out, exist_ok=True)
     merged = save_model(result.model, os.path.join(args.out, "merged.safetensors"))

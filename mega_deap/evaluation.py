@@ -19,6 +19,7 @@ import contextlib
 import functools
 import math
 import time
+from typing import Literal, Optional
 
 import torch
 
@@ -27,6 +28,7 @@ from .individual import TensorIndividual
 __all__ = ["Evaluator", "Accuracy", "NegMSE", "NegMAE", "METRICS", "get_metric", "correct", "STRATEGIES"]
 
 STRATEGIES = ("auto", "loop", "vmap", "measure")
+Strategy = Literal["auto", "loop", "vmap", "measure"]
 
 
 ######################################
@@ -124,8 +126,8 @@ class Evaluator:
     ``evaluations`` counts the genomes scored so far.
     """
 
-    def __init__(self, adapter, X, y, metric=None, *, batch_size=1024, strategy="auto", chunk=None,
-                 autocast=None, channels_last=False):
+    def __init__(self, adapter, X, y, metric=None, *, batch_size: int = 1024, strategy: Strategy = "auto",
+                 chunk: Optional[int] = None, autocast: Optional[torch.dtype] = None, channels_last: bool = False):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.adapter = adapter
@@ -158,13 +160,16 @@ class Evaluator:
             template = adapter.genome()
             out = adapter.forward(template, self.X[: min(2, len(self.X))])
         self.metric.check(out, self.y)
+        # genomes whose stacked outputs on one data batch stay within 2^24 numbers
+        per_genome = max(1, out[0].numel() * min(self.batch_size, len(self.X)))
+        self._loop_chunk = max(1, 2**24 // per_genome)
 
     # -- DEAP hooks -------------------------------------------------------------
-    def __call__(self, individual):
+    def __call__(self, individual) -> tuple:
         """The fitness tuple of one individual (DEAP's ``evaluate`` contract)."""
         return self.evaluate([individual])[0]
 
-    def map(self, func, iterable):
+    def map(self, func, iterable) -> list:
         """DEAP's ``toolbox.map``: batched when ``func`` is this evaluator, the builtin ``map`` otherwise."""
         target = func
         while isinstance(target, functools.partial) and not target.args and not target.keywords:
@@ -174,7 +179,7 @@ class Evaluator:
         return list(map(func, iterable))
 
     # -- the work -----------------------------------------------------------------
-    def evaluate(self, individuals):
+    def evaluate(self, individuals) -> list:
         """Fitness tuples for ``individuals``; those whose fitness is already valid are not re-run."""
         individuals = list(individuals)
         todo = [i for i, ind in enumerate(individuals)
@@ -203,16 +208,19 @@ class Evaluator:
         return out.reshape(out.shape[0], -1).sum(-1, dtype=torch.float64)
 
     def _run_loop(self, genomes):
+        """One forward pass per genome and data batch; the metric and the validity check run once per data
+        batch for a whole chunk of genomes (their outputs stacked), not once per genome."""
         totals, checks = [], []
         batches = list(self._batches())
-        for g in genomes:
-            t = c = None
+        for c in range(0, len(genomes), self._loop_chunk):
+            chunk = genomes[c:c + self._loop_chunk]
+            t = f = None
             for xb, yb in batches:
-                out = self.adapter.forward(g, xb).unsqueeze(0)
-                pt, pc = self.metric.partial(out, yb), self._finite(out)
-                t, c = (pt, pc) if t is None else (t + pt, c + pc)
+                out = torch.stack([self.adapter.forward(g, xb) for g in chunk])  # (k, B, ...)
+                pt, pf = self.metric.partial(out, yb), self._finite(out)
+                t, f = (pt, pf) if t is None else (t + pt, f + pf)
             totals.append(t)
-            checks.append(c)
+            checks.append(f)
         return torch.cat(totals), torch.isfinite(torch.cat(checks))
 
     def _run_vmap(self, genomes):
@@ -254,7 +262,7 @@ class Evaluator:
         return result
 
     @torch.no_grad()
-    def scores(self, individuals):
+    def scores(self, individuals) -> list:
         """One float per individual (or ``(D,)`` genome tensor), ignoring any fitness they hold."""
         genomes = [ind.genome if isinstance(ind, TensorIndividual) else ind for ind in individuals]
         if not genomes:

@@ -38,7 +38,7 @@ class TensorIndividual:
 
     # -- the genome ------------------------------------------------------
     @property
-    def genome(self):
+    def genome(self) -> torch.Tensor:
         """The genome tensor, ``(D,)``: a view of the population row, modified in place by operators."""
         return self._data
 
@@ -111,7 +111,7 @@ class TensorIndividual:
         self.__dict__.update(state)
 
 
-def genome_equal(ind1, ind2):
+def genome_equal(ind1, ind2) -> bool:
     """True when two individuals (or genome tensors) hold the same genome, element for element.
 
     Pass it as ``tools.HallOfFame(k, similar=genome_equal)``; DEAP's default ``operator.eq`` also works

@@ -9,6 +9,7 @@ Random numbers: every operator draws from the ``torch.Generator`` passed as ``ge
 is ``None``, from torch's default generator of the genome's device (seeded by :func:`mega_deap.seed`).
 """
 import math
+from typing import Optional, Sequence
 
 import torch
 
@@ -36,7 +37,7 @@ def _uniform(generator):
 # Initialisation                     #
 ######################################
 
-def initBlend(individuals, parents, *, generator=None):
+def initBlend(individuals: Sequence, parents, *, generator: Optional[torch.Generator] = None) -> Sequence:
     """Fill each individual with a blend of the parents' genomes, in place.
 
     With two parents each individual is ``a * p1 + (1 - a) * p2`` with its own ``a ~ U(0, 1)`` (MeGA).
@@ -83,7 +84,8 @@ def initBlend(individuals, parents, *, generator=None):
 # Crossover                          #
 ######################################
 
-def cxBlend(ind1, ind2, alpha=0.0, per_element=False, *, generator=None):
+def cxBlend(ind1, ind2, alpha: float = 0.0, per_element: bool = False, *,
+            generator: Optional[torch.Generator] = None) -> tuple:
     """Blend two genomes in place.
 
     By default one ``beta`` is drawn for the whole genome and
@@ -121,7 +123,8 @@ def cxBlend(ind1, ind2, alpha=0.0, per_element=False, *, generator=None):
 # Mutation                           #
 ######################################
 
-def sparse_indices(size, indpb, *, generator=None, device="cpu"):
+def sparse_indices(size: int, indpb: float, *, generator: Optional[torch.Generator] = None,
+                   device="cpu") -> torch.Tensor:
     """The positions of a Bernoulli(indpb) process over ``range(size)``, drawn in O(k) for k hits.
 
     The gaps between successive hits are Geometric(indpb); their running sum gives the positions, so
@@ -152,7 +155,8 @@ def sparse_indices(size, indpb, *, generator=None, device="cpu"):
     return pos[:k].to(torch.long)
 
 
-def mutSparseGaussian(individual, mu, sigma, indpb, *, generator=None):
+def mutSparseGaussian(individual, mu: float, sigma: float, indpb: float, *,
+                      generator: Optional[torch.Generator] = None) -> tuple:
     """Add N(mu, sigma^2) noise to each gene independently with probability ``indpb``, in place.
 
     The number of mutated genes follows Binomial(D, indpb); the cost grows with that number, never
@@ -173,7 +177,8 @@ def mutSparseGaussian(individual, mu, sigma, indpb, *, generator=None):
     return (individual,)
 
 
-def mutLayerGaussian(individual, layout, mu, sigma, layerpb, *, generator=None):
+def mutLayerGaussian(individual, layout: Sequence, mu: float, sigma: float, layerpb: float, *,
+                     generator: Optional[torch.Generator] = None) -> tuple:
     """With probability ``layerpb`` per tensor, add N(mu, sigma^2) noise to the whole tensor, in place.
 
     The MeGA reference code's mutation (whole tensors, p=0.02, sigma=0.1).

@@ -12,15 +12,16 @@ ever copying more than one row per clone. If every row is taken (someone keeps o
 import os
 import warnings
 import weakref
+from typing import Optional, Sequence
 
 import torch
 
 from .individual import TensorIndividual
 
-__all__ = ["TensorPopulation", "default_device"]
+__all__ = ["TensorPopulation", "default_device", "stack_genomes"]
 
 
-def default_device():
+def default_device() -> torch.device:
     """``cuda`` when a GPU is available, else ``cpu``."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -59,7 +60,7 @@ class TensorPopulation:
     its last two rows are scratch space for the second child of a mating that the algorithm discards.
     """
 
-    def __init__(self, size, dim, *, device=None, dtype=torch.float32):
+    def __init__(self, size: int, dim: int, *, device=None, dtype: torch.dtype = torch.float32):
         size, dim = int(size), int(dim)
         if size < 1:
             raise ValueError(f"population size must be at least 1, got {size}")
@@ -108,7 +109,7 @@ class TensorPopulation:
             pop() is not None and pop()._release(row, ref)))
         return ind
 
-    def individuals(self, icls, n=None):
+    def individuals(self, icls: type, n: Optional[int] = None) -> list:
         """``n`` (default N) new individuals of class ``icls``, each a view of a free row (zeros).
 
         :param icls: a ``TensorIndividual`` subclass, typically ``creator.Individual``.
@@ -127,7 +128,17 @@ class TensorPopulation:
             out.append(self._adopt(icls(self.rows[row]), row))
         return out
 
-    def clone(self, individual):
+    def take_rows(self, icls: type, n: int) -> tuple:
+        """``n`` new individuals of class ``icls`` on free rows whose contents are left as they are (the
+        caller fills them), and their row indices as a ``(n,)`` int64 tensor on the buffer's device; ``None``
+        when fewer than ``n`` rows are free. The batched breeding step writes children into these rows."""
+        if n > len(self._free):
+            return None
+        rows = [self._free.pop() for _ in range(n)]
+        individuals = [self._adopt(icls(self.rows[r]), r) for r in rows]
+        return individuals, torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def clone(self, individual: TensorIndividual) -> TensorIndividual:
         """A copy of ``individual`` in a free row: one row of D numbers copied, fitness deep-copied.
 
         Register it as ``toolbox.register("clone", pop.clone)``.
@@ -149,7 +160,7 @@ class TensorPopulation:
         target.copy_(individual.genome)
         return self._adopt(individual._copy_with(target), row)
 
-    def row_of(self, individual):
+    def row_of(self, individual: TensorIndividual) -> Optional[int]:
         """The row index of ``individual`` in ``rows``, or ``None`` if it is not one of this buffer's."""
         owner = getattr(individual, "_owner", None)
         if owner is not None and owner[0] is self:
@@ -161,7 +172,7 @@ class TensorPopulation:
                 f"free_rows={self.free_rows})")
 
 
-def stack_genomes(individuals):
+def stack_genomes(individuals: Sequence) -> torch.Tensor:
     """The genomes of ``individuals`` (or ``(D,)`` genome tensors) as one ``(k, D)`` tensor.
 
     Rows of one population are gathered with a single ``index_select``; anything else is stacked.

@@ -5,14 +5,15 @@ the adapter for the parents (:func:`mega_deap.adapters.adapter_for`), builds the
 registry, the population, the toolbox and a hall of fame, and runs :func:`mega_deap.eaMeGA`.
 """
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 from deap import base, creator, tools
 
 from . import rng
-from .algorithms import eaMeGA
+from .algorithms import eaMeGA, varMeGA
+from .breeding import varMeGABatched
 from .evaluation import Evaluator, get_metric
 from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian, selElite
@@ -48,16 +49,22 @@ def default_stats() -> tools.Statistics:
 
 def mega_toolbox(pop: TensorPopulation, evaluator: Evaluator, *, tournsize: int = 3, mutation: str = "sparse",
                  mu: float = 0.0, sigma: float = 0.01, indpb: float = 0.02, layerpb: float = 0.02,
-                 alpha: float = 0.0, layout=None, repair=None) -> base.Toolbox:
+                 alpha: float = 0.0, layout=None, repair=None,
+                 breeding: Literal["batched", "per-individual"] = "batched") -> base.Toolbox:
     """The paper's toolbox: registrations only.
 
     ``clone``: :meth:`TensorPopulation.clone`; ``select``: ``tools.selTournament(tournsize)``;
+    ``vary``: :func:`~mega_deap.breeding.varMeGABatched` (the generation's breeding as tensor operations; it
+    falls back to the per-individual :func:`~mega_deap.varMeGA` as soon as another operator is registered);
     ``elite``: :func:`selElite`; ``mate``: :func:`cxBlend`; ``mutate``: :func:`mutSparseGaussian`
     (``mutation="sparse"``, each element with ``indpb`` gets N(mu, sigma^2)) or :func:`mutLayerGaussian`
     (``mutation="layer"``, each tensor of ``layout`` with ``layerpb``); ``evaluate`` and ``map``: the
     evaluator. ``repair``: an adapter whose ``keep_valid()`` decorates mate and mutate (BatchNorm
-    variances stay positive).
+    variances stay positive). ``breeding="per-individual"`` registers :func:`~mega_deap.varMeGA` as ``vary``
+    instead (the same distributions, one operator call per child).
     """
+    if breeding not in ("batched", "per-individual"):
+        raise ValueError(f"breeding must be 'batched' or 'per-individual', got {breeding!r}")
     tb = base.Toolbox()
     tb.register("clone", pop.clone)
     tb.register("select", tools.selTournament, tournsize=tournsize)
@@ -71,6 +78,8 @@ def mega_toolbox(pop: TensorPopulation, evaluator: Evaluator, *, tournsize: int 
     else:
         raise ValueError(f"mutation must be 'sparse' or 'layer', got {mutation!r}")
     tb.register("elite", selElite)
+    tb.register("vary", varMeGABatched if breeding == "batched" else varMeGA)  # batched: while the
+    # operators above are the built-in ones
     tb.register("evaluate", evaluator)
     tb.register("map", evaluator.map)
     if repair is not None:
@@ -106,7 +115,8 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
           seed: int = 0, device=None, mutation: str = "sparse", sigma: float = 0.01, indpb: float = 0.02,
           layerpb: float = 0.02, alpha: float = 0.0, metric: str = "accuracy", batch_size: int = 1024,
           strategy: str = "auto", buffers: bool = True, verbose: bool = True,
-          checkpoint: Optional[str] = None) -> MergeResult:
+          checkpoint: Optional[str] = None, breeding: str = "batched",
+          autocast: Optional[torch.dtype] = None) -> MergeResult:
     """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`.
 
     :param models: two or more models of one architecture (parents): ``nn.Module``, Keras 3 models, or any
@@ -122,6 +132,8 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
                      (each tensor with ``layerpb``, as the reference code).
     :param metric: a name in :data:`mega_deap.evaluation.METRICS` (``"accuracy"``, ``"neg_mse"``, ``"neg_mae"``).
     :param checkpoint: a file to write after every generation and to resume from when it exists.
+    :param breeding: ``"batched"`` (a generation's variation as tensor operations) or ``"per-individual"``.
+    :param batch_size, strategy, autocast: how the evaluator runs (:class:`~mega_deap.Evaluator`).
     """
     from mega_deap.adapters import adapter_for
     models = list(models)
@@ -134,13 +146,15 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
         raise ValueError(f"popsize={popsize} is smaller than npar={npar} or tournsize={tournsize}")
     adapter, genomes = adapter_for(models[0]).from_parents(models, device=device, buffers=buffers)
     X, y = _as_xy(val_data)
-    evaluator = Evaluator(adapter, X, y, evaluator_metric, batch_size=batch_size, strategy=strategy)
+    evaluator = Evaluator(adapter, X, y, evaluator_metric, batch_size=batch_size, strategy=strategy,
+                          autocast=autocast)
     pop = TensorPopulation(popsize, adapter.dim, device=adapter.device, dtype=adapter.dtype)
 
     rng.seed(seed)
     icls = ensure_creator_classes()
     toolbox = mega_toolbox(pop, evaluator, tournsize=tournsize, mutation=mutation, sigma=sigma,
-                           indpb=indpb, layerpb=layerpb, alpha=alpha, layout=adapter.layout, repair=adapter)
+                           indpb=indpb, layerpb=layerpb, alpha=alpha, layout=adapter.layout, repair=adapter,
+                           breeding=breeding)
     individuals = initBlend(pop.individuals(icls), genomes)
     hof = tools.HallOfFame(1, similar=genome_equal)
     individuals, logbook = eaMeGA(individuals, toolbox, ngen, npar=npar, stats=default_stats(),

@@ -13,7 +13,7 @@ from .rng import set_rng_state
 
 __all__ = ["toolbox_fingerprint", "run_settings", "resume"]
 
-ALIASES = ("clone", "select", "mate", "mutate", "elite", "evaluate", "map")
+ALIASES = ("clone", "select", "mate", "mutate", "vary", "elite", "evaluate", "map")
 
 
 def _unwrap(f):

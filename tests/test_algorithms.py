@@ -51,24 +51,25 @@ def test_merge_layer_mutation_and_errors(digits, digit_mlps):
         merge(digit_mlps, digits["val"], mutation="dense", verbose=False)
 
 
-def _setup(digits, digit_mlps, N=8):
+def _setup(digits, digit_mlps, N=8, breeding="batched"):
     icls = ensure_creator_classes()
     ad = TorchAdapter(digit_mlps[0])
     ev = accuracy(ad, *digits["val"])
     pop = TensorPopulation(N, ad.dim, device="cpu")
     inds = initBlend(pop.individuals(icls), ad.genomes(digit_mlps))
-    return pop, inds, mega_toolbox(pop, ev, repair=ad), ev
+    return pop, inds, mega_toolbox(pop, ev, repair=ad, breeding=breeding), ev
 
 
 def test_eaMeGA_by_hand(digits, digit_mlps):
-    """eaMeGA equals its steps written out by hand with the same toolbox and draws."""
+    """eaMeGA with the per-individual breeding step equals its steps written out by hand with the same
+    toolbox and draws."""
     mega_deap.seed(4)
-    pop, inds, tb, ev = _setup(digits, digit_mlps)
+    pop, inds, tb, ev = _setup(digits, digit_mlps, breeding="per-individual")
     hof = tools.HallOfFame(1, similar=genome_equal)
     final, log = eaMeGA(inds, tb, 3, npar=4, halloffame=hof, verbose=False)
 
     mega_deap.seed(4)
-    pop2, ref, tb2, _ = _setup(digits, digit_mlps)
+    pop2, ref, tb2, _ = _setup(digits, digit_mlps, breeding="per-individual")
     hof2 = tools.HallOfFame(1, similar=genome_equal)
     for ind, fit in zip(ref, tb2.map(tb2.evaluate, ref)):
         ind.fitness.values = fit

@@ -187,7 +187,7 @@ def test_early_stopping_keeps_the_best_epoch():
     model = build_mlp(genes, 5, 3)
     opt = torch.optim.Adam(model.parameters(), lr=genes["lr"])
     gen = torch.Generator().manual_seed(0 * 7919 + 1)
-    Xf, yf = ev.fit
+    Xf, yf = ev.train_part
     held, states = [], []
     for _ in range(E):
         perm = torch.randperm(len(Xf), generator=gen)
@@ -197,7 +197,7 @@ def test_early_stopping_keeps_the_best_epoch():
             ev.loss(model, Xf[idx], yf[idx]).backward()
             opt.step()
         with torch.no_grad():
-            held.append(float(ev.loss(model, *ev.stop)))
+            held.append(float(ev.loss(model, *ev.held_out)))
         states.append(weights_of(model))
     best = min(range(E), key=held.__getitem__)
     assert best == E - 1 - 3 and held[-1] > held[best]  # stopped 3 epochs after its best, which was not the last

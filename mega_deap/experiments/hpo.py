@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..evaluation import correct
+from .train import fit
+
 __all__ = ["SPACE", "Candidate", "random_genes", "build_mlp", "adapt", "merge_layers", "cxWeightMerge",
            "cxScratch", "mutGenes", "TrainEvaluator", "eaUntil"]
 
@@ -245,11 +248,11 @@ class TrainEvaluator:
         self.out_features = int(self.train[1].max()) + 1 if self.task == "classification" else 1
         X, y = self.train
         if self.patience is None:
-            self.fit, self.stop = (X, y), None
+            self.train_part, self.held_out = (X, y), None
         else:
             perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(self.seed * 31 + 7))
             k = max(1, int(round(self.holdout * len(X))))
-            self.fit, self.stop = (X[perm[k:]], y[perm[k:]]), (X[perm[:k]], y[perm[:k]])
+            self.train_part, self.held_out = (X[perm[k:]], y[perm[k:]]), (X[perm[:k]], y[perm[:k]])
         self._count = 0
 
     def loss(self, model, X, y):
@@ -263,32 +266,12 @@ class TrainEvaluator:
         torch.manual_seed(self.seed * 100003 + self._count)
         g = ind.genes
         model = build_mlp(g, self.in_features, self.out_features, ind.weights)
-        X, y = self.fit
         with torch.no_grad():  # a measurement for the report, outside the timed fitness function
             self.initial_losses.append(float(self.loss(model, *self.train)))
         t0 = time.perf_counter()
-        opt = torch.optim.Adam(model.parameters(), lr=g["lr"])
-        gen = torch.Generator().manual_seed(self.seed * 7919 + self._count)
-        best, best_state, since, epochs = math.inf, None, 0, 0
-        for _ in range(g["epochs"]):
-            perm = torch.randperm(len(X), generator=gen)
-            for i in range(0, len(X), g["batch_size"]):
-                idx = perm[i:i + g["batch_size"]]
-                opt.zero_grad(set_to_none=True)
-                self.loss(model, X[idx], y[idx]).backward()
-                opt.step()
-            epochs += 1
-            if self.stop is not None:
-                with torch.no_grad():
-                    held = float(self.loss(model, *self.stop))
-                if held < best:
-                    best, best_state, since = held, weights_of(model), 0
-                else:
-                    since += 1
-                    if since >= self.patience:
-                        break
-        if best_state is not None:
-            model = build_mlp(g, self.in_features, self.out_features, best_state)
+        epochs = fit(model, self.train_part, epochs=g["epochs"], lr=g["lr"], batch_size=g["batch_size"],
+                     generator=torch.Generator().manual_seed(self.seed * 7919 + self._count), loss=self.loss,
+                     held_out=self.held_out, patience=self.patience)
         score = self.score(model, *self.val)
         ind.seconds = time.perf_counter() - t0
         self.warm.append(ind.weights is not None)
@@ -301,7 +284,7 @@ class TrainEvaluator:
     def score(self, model, X, y):
         out = model(X)
         if self.task == "classification":
-            return float((out.argmax(1) == y).double().mean())
+            return float(correct(out, y) / len(y))
         value = float((out.squeeze(-1) - y).abs().mean())
         return value if math.isfinite(value) else float("inf")
 

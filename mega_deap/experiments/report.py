@@ -4,21 +4,25 @@ import os
 
 import torch
 
-__all__ = ["ensemble_accuracy", "weight_average", "format_table", "plot_fitness", "write_json"]
+from mega_deap.evaluation import correct
+from mega_deap.files import atomic_write
+
+__all__ = ["ensemble_accuracy", "weight_average", "format_table", "plot_fitness", "write_json", "pyplot",
+           "save_figure"]
 
 
 @torch.no_grad()
-def ensemble_accuracy(models, X, y, batch_size=1000):
+def ensemble_accuracy(models: list, X: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
     """Accuracy of the output ensemble: logits averaged over ``models``."""
     for m in models:
         m.eval()
     device = next(models[0].parameters()).device
-    correct = 0
+    right = 0.0
     for i in range(0, len(X), batch_size):
         xb = X[i:i + batch_size].to(device)
         logits = torch.stack([m(xb) for m in models]).mean(0)
-        correct += (logits.argmax(1).cpu() == y[i:i + batch_size]).sum().item()
-    return correct / len(X)
+        right += float(correct(logits.cpu(), y[i:i + batch_size]))
+    return right / len(X)
 
 
 def weight_average(models):
@@ -43,10 +47,8 @@ def format_table(rows, columns=("model", "val_acc", "test_acc")):
 
 def plot_fitness(logbook, path, title="MeGA: validation fitness per generation", extra=None):
     """The paper's Figure 2: best and mean fitness per generation (PNG). ``extra``: {label: value} lines."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+    plt = pyplot()
     gens = logbook.select("gen")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot(gens, logbook.select("max"), marker="o", label="best")
@@ -59,17 +61,29 @@ def plot_fitness(logbook, path, title="MeGA: validation fitness per generation",
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def write_json(obj, path) -> str:
+    """``obj`` as indented JSON at ``path``, written atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=float)
+    return atomic_write(path, write)
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend: the one plot setup of the experiments."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path) -> str:
+    """Write ``fig`` to ``path`` (PNG), creating the folder, and close it; returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def write_json(obj, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=float)
-    os.replace(tmp, path)
+    pyplot().close(fig)
     return path

@@ -2,62 +2,100 @@
 trained parents as safetensors files, and safe model files."""
 import hashlib
 import json
+import math
 import os
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["train_model", "train_or_load", "parent_key", "save_model", "load_model_file", "model_accuracy"]
+from mega_deap.evaluation import correct
+from mega_deap.files import atomic_write
+
+__all__ = ["fit", "cross_entropy_loss", "train_model", "train_or_load", "parent_key", "save_model", "load_model_file", "model_accuracy"]
 
 
 @torch.no_grad()
-def model_accuracy(model, X, y, batch_size=1000, device=None):
-    """Accuracy of ``model`` on ``(X, y)`` in eval mode (the mode is restored after)."""
+def model_accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, device=None) -> float:
+    """Accuracy of ``model`` on ``(X, y)`` (``(n, ...)`` inputs, ``(n,)`` labels) in eval mode (the mode is
+    restored after)."""
     device = device or next(model.parameters()).device
     was = model.training
     model.eval()
-    correct = 0
+    right = 0.0
     for i in range(0, len(X), batch_size):
-        correct += (model(X[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size]).sum().item()
+        right += float(correct(model(X[i:i + batch_size].to(device)).cpu(), y[i:i + batch_size]))
     model.train(was)
-    return correct / len(X)
+    return right / len(X)
 
 
-def train_model(model, train, *, epochs=50, lr=0.01, batch_size=256, seed=0, device="cpu", desc="train",
-                progress=True):
-    """Train ``model`` in place with Adam on ``train = (X, y)`` (cross-entropy); returns it in eval mode.
+def cross_entropy_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The classification loss of the recipes: cross-entropy of ``model(X)`` against labels ``y``."""
+    return nn.functional.cross_entropy(model(X), y)
 
-    One seed fixes the initialisation (when the caller seeds before building) and the batch order.
+
+def fit(model: nn.Module, train: tuple, *, epochs: int, lr: float, batch_size: int, generator: torch.Generator,
+        loss: Callable = cross_entropy_loss, device="cpu", held_out: Optional[tuple] = None,
+        patience: Optional[int] = None, bar=None) -> int:
+    """The one training loop: Adam on ``train = (X, y)``, shuffled by ``generator`` each epoch, in place.
+
+    Early stopping: with ``held_out = (X, y)`` and ``patience``, the held-out loss is measured after each
+    epoch; training stops once it has not improved for ``patience`` epochs, and the model gets back the
+    weights of its best epoch. ``bar``: a tqdm bar advanced once per step.
+
+    :returns: the number of epochs trained.
     """
     X, y = train
-    model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
+    best, best_state, since, done = math.inf, None, 0, 0
+    for _ in range(epochs):
+        perm = torch.randperm(len(X), generator=generator)
+        for i in range(0, len(X), batch_size):
+            idx = perm[i:i + batch_size]
+            opt.zero_grad(set_to_none=True)
+            value = loss(model, X[idx].to(device), y[idx].to(device))
+            value.backward()
+            opt.step()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{value.item():.3f}", refresh=False)
+        done += 1
+        if held_out is not None and patience is not None:
+            with torch.no_grad():
+                held = float(loss(model, *held_out))
+            if held < best:
+                best, since = held, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since += 1
+                if since >= patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return done
+
+
+def train_model(model: nn.Module, train: tuple, *, epochs: int = 50, lr: float = 0.01, batch_size: int = 256,
+                seed: int = 0, device="cpu", desc: str = "train", progress: bool = True) -> nn.Module:
+    """Train ``model`` in place with the recipe (Adam, cross-entropy) on ``train = (X, y)``; returns it in
+    eval mode. One seed fixes the batch order (and the initialisation, when the caller seeds before
+    building the model)."""
+    X, _ = train
+    model.to(device).train()
     steps = epochs * ((len(X) + batch_size - 1) // batch_size)
     with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
-        for _ in range(epochs):
-            perm = torch.randperm(len(X), generator=gen)
-            for i in range(0, len(X), batch_size):
-                idx = perm[i:i + batch_size]
-                opt.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(model(X[idx].to(device)), y[idx].to(device))
-                loss.backward()
-                opt.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
+            device=device, bar=bar)
     return model.eval()
 
 
 def save_model(model, path, metadata=None):
     """Write ``model``'s state dict as safetensors (no pickle), with string metadata."""
     from safetensors.torch import save_file
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = f"{path}.tmp"
-    save_file(state, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
-    os.replace(tmp, path)
-    return path
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
 
 
 def load_model_file(model, path, map_location="cpu"):

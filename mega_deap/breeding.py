@@ -1,0 +1,149 @@
+"""A generation's breeding as a few tensor operations: the batched form of :func:`mega_deap.varMeGA`.
+
+Per child, :func:`~mega_deap.varMeGA` makes a handful of Python calls (a tournament, two row clones, a
+blend, a sparse mutation): about 200 us, which is the whole cost of a merge when fitness is cheap (small
+models, large populations, a GPU). :func:`varMeGABatched` does the same for all children at once: every
+tournament drawn from the fitness vector in one operation, the parents gathered by row index from the
+population buffer, every blend one ``lerp`` over (children x D) written straight into the children's rows,
+every sparse mutation one ``index_add_`` into the flattened buffer. Children are views of those rows, as
+before.
+
+It reads what the toolbox registers. When ``select`` is ``tools.selTournament``, ``mate`` is
+:func:`cxBlend` (one coefficient per genome), ``mutate`` is :func:`mutSparseGaussian` or
+:func:`mutLayerGaussian` (each possibly wrapped by an adapter's ``keep_valid()``), ``clone`` is a
+:class:`TensorPopulation`'s and fitness has one objective, it breeds in batch with the same distributions;
+for anything else it calls :func:`~mega_deap.varMeGA`, so swapping an operator for an ablation still works.
+
+Random numbers: torch's generator of the buffer's device (seeded by :func:`mega_deap.seed`); the draws
+differ from the per-individual path (which uses ``random`` for selection), the distributions do not.
+"""
+import functools
+from typing import Optional
+
+import torch
+from deap import base, tools
+
+from .operators import cxBlend, mutLayerGaussian, mutSparseGaussian, sparse_indices
+from .population import TensorPopulation
+
+__all__ = ["varMeGABatched", "batched_plan"]
+
+_CHUNK_ELEMENTS = 2**24  # genes blended per tensor operation: bounds the gathered parents' memory
+
+
+def _peel(f):
+    """``(function, keywords, repairs)``: the function under partials and ``keep_valid`` decorators."""
+    kw, repairs = {}, []
+    while True:
+        if isinstance(f, functools.partial):
+            if f.args:
+                return None, {}, []
+            kw = {**f.keywords, **kw}
+            f = f.func
+        elif hasattr(f, "adapter") and hasattr(f, "__wrapped__"):  # an adapter's keep_valid() decorator
+            repairs.append(f.adapter)
+            f = f.__wrapped__
+        elif hasattr(f, "__wrapped__") or hasattr(f, "func"):
+            return None, {}, []  # another decorator: its effect is unknown
+        else:
+            return f, kw, repairs
+
+
+def batched_plan(toolbox: base.Toolbox, population: list) -> Optional[dict]:
+    """What :func:`varMeGABatched` would do with this toolbox and population, or ``None`` when it must
+    fall back to the per-individual :func:`~mega_deap.varMeGA` (a custom operator, a setting the batch
+    does not cover, several objectives, individuals outside one buffer)."""
+    clone, ckw, crep = _peel(getattr(toolbox, "clone", None))
+    if ckw or crep:
+        return None
+    pop = getattr(clone, "__self__", None)
+    if not isinstance(pop, TensorPopulation) or getattr(clone, "__func__", None) is not TensorPopulation.clone:
+        return None
+    if not population or any(pop.row_of(ind) is None for ind in population):
+        return None
+    if len(population[0].fitness.weights) != 1:
+        return None
+    select, skw, srep = _peel(getattr(toolbox, "select", None))
+    mate, mkw, mrep = _peel(getattr(toolbox, "mate", None))
+    mutate, ukw, urep = _peel(getattr(toolbox, "mutate", None))
+    if select is not tools.selTournament or set(skw) - {"tournsize", "fit_attr"} or srep:
+        return None
+    if skw.get("fit_attr", "fitness") != "fitness" or "tournsize" not in skw:
+        return None
+    if mate is not cxBlend or mkw.get("per_element", False) or set(mkw) - {"alpha", "per_element"}:
+        return None
+    if mutate is mutSparseGaussian and set(ukw) == {"mu", "sigma", "indpb"}:
+        mutation = ("sparse", ukw)
+    elif mutate is mutLayerGaussian and set(ukw) == {"layout", "mu", "sigma", "layerpb"}:
+        mutation = ("layer", ukw)
+    else:
+        return None
+    return {"pop": pop, "tournsize": int(skw["tournsize"]), "alpha": float(mkw.get("alpha", 0.0)),
+            "mutation": mutation, "mate_repairs": mrep, "mutate_repairs": urep}
+
+
+def _repair(rows, idx, adapters):
+    for adapter in adapters:
+        for off, n in adapter._variance_spans:
+            block = rows[idx, off:off + n].clamp_(min=adapter.var_floor)
+            rows[idx, off:off + n] = block
+
+
+def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: int = 4) -> list:
+    """:func:`~mega_deap.varMeGA`'s children, bred for the whole generation at once (see the module).
+
+    Register it as ``toolbox.register("vary", varMeGABatched)``; :func:`~mega_deap.eaMeGA` calls
+    ``toolbox.vary`` when one is registered. ``npar`` tournaments are drawn per child in the
+    per-individual path, of which the first two mate; here only those two are drawn (the others never
+    reach a child).
+
+    :returns: ``lambda_`` children, views of free rows of the population's buffer, fitness invalid.
+    """
+    from .algorithms import varMeGA
+    plan = batched_plan(toolbox, population)
+    if plan is None or lambda_ < 1:
+        return varMeGA(population, toolbox, lambda_, npar)
+    pop = plan["pop"]
+    taken = pop.take_rows(type(population[0]), lambda_)
+    if taken is None:  # old generations kept alive: no free rows for a batch
+        return varMeGA(population, toolbox, lambda_, npar)
+    children, dest = taken
+    rows, device, D = pop.rows, pop.device, pop.dim
+
+    # 1. every tournament at once: aspirants drawn with replacement, the first best wins (as DEAP's max)
+    src = torch.tensor([pop.row_of(ind) for ind in population], dtype=torch.long, device=device)
+    fit = torch.tensor([ind.fitness.wvalues[0] for ind in population], dtype=torch.float64, device=device)
+    aspirants = torch.randint(len(population), (lambda_, 2, plan["tournsize"]), device=device)
+    best = fit[aspirants].argmax(-1, keepdim=True)
+    parents = src[aspirants.gather(-1, best).squeeze(-1)]                      # (children, 2) rows
+
+    # 2. every blend: child = beta * p1 + (1 - beta) * p2, one beta per child, straight into its row
+    alpha = plan["alpha"]
+    beta = torch.rand(lambda_, dtype=torch.float64) * (1.0 + 2.0 * alpha) - alpha
+    weight = (1.0 - beta).to(device=device, dtype=rows.dtype).unsqueeze(1)
+    step = max(1, _CHUNK_ELEMENTS // D)
+    for c in range(0, lambda_, step):
+        sl = slice(c, c + step)
+        blended = torch.lerp(rows.index_select(0, parents[sl, 0]), rows.index_select(0, parents[sl, 1]), weight[sl])
+        rows.index_copy_(0, dest[sl], blended)
+        del blended
+    _repair(rows, dest, plan["mate_repairs"])
+
+    # 3. every mutation: one draw of hit positions over all children's genes, one scatter
+    kind, kw = plan["mutation"]
+    if kind == "sparse":
+        hits = sparse_indices(lambda_ * D, float(kw["indpb"]), device=device)
+        if hits.numel():
+            flat = dest[hits // D] * D + hits % D
+            noise = torch.normal(float(kw["mu"]), float(kw["sigma"]), hits.shape, dtype=rows.dtype, device=device)
+            rows.view(-1).index_add_(0, flat, noise)
+    else:
+        spans = [(e.offset, e.numel) if hasattr(e, "offset") else (int(e[0]), int(e[1])) for e in kw["layout"]]
+        struck = torch.rand(lambda_, len(spans), dtype=torch.float64, device=device) < kw["layerpb"]
+        dest_rows = dest.tolist()
+        for child, tensor in struck.nonzero().tolist():
+            off, n = spans[tensor]
+            seg = rows[dest_rows[child], off:off + n]  # a view of the child's row
+            seg.add_(torch.randn(n, dtype=rows.dtype, device=device).mul_(kw["sigma"]).add_(kw["mu"]))
+    _repair(rows, dest, plan["mutate_repairs"])
+    return children
