@@ -7,17 +7,23 @@ For the same GA (N individuals, G generations, K=4 winners of size-3 tournaments
 crossover, mutation, elitism: N + G (N - 1) evaluations), model and validation set, it times in one run:
 
   (a) mega_deap   ``mega_deap.merge``: population in one tensor, weights read as views, batched evaluation,
-                  the paper's per-element mutation; (a2) the same with the reference code's per-tensor
-                  mutation (``mutation="layer"``), like for like with (b);
+                  the paper's per-element mutation, a generation's breeding as tensor operations
+                  (``varMeGABatched``); (a0) the same with one operator call per child
+                  (``breeding="per-individual"``, the path any custom operator takes); (a2) batched with the
+                  reference code's per-tensor mutation (``mutation="layer"``), like for like with (b);
   (b) reference   the MeGA reference code's approach in PyTorch: each individual a list of per-tensor
                   arrays; per evaluation the weights are set into the model tensor by tensor, then it runs;
   (c) torchga     PyGAD's torchga approach: each individual a float64 NumPy vector; per evaluation it is
                   cut into a state dict, ``load_state_dict``-ed, and the model predicts;
   (d) floor       the same number of forward passes of one fixed model, no GA at all.
 
-and prints the ratios (a)/(d), (a2)/(d), (b)/(a), (b)/(a2), (c)/(a); then sparse against dense-mask mutation at D = 20 M, and the
-peak memory of a merge-sized population (N = 20, D = 20 M) against (2N + 4) x D x 4 bytes + 1 GB.
-Writes everything to --json.
+The variants run interleaved, ``--repeats`` times (so drift in the machine's speed hits all alike); each
+time reported is the median, with the spread (min, max) beside it, and the ratios (a)/(d), (a0)/(d),
+(a2)/(d), (b)/(a), (c)/(a) are ratios of medians. The per-child overhead is (merge - floor) / children.
+On CUDA it also times (a) with vmap evaluation and with bf16 autocast. Then: the evaluation time per
+batch size (the library's default is the best of these on 2 CPU cores), sparse against dense-mask
+mutation at D = 20 M, and the peak memory of a merge-sized population (N = 20, D = 20 M) against
+(2N + 4) x D x 4 bytes + 1 GB. Writes everything to --json.
 """
 import argparse
 import json
@@ -171,29 +177,60 @@ def timed(fn, device, repeats=1):
     return best
 
 
-def bench_model(name, n_val, N, G, device, repeats, strategy):
+def bench_model(name, n_val, N, G, device, repeats, strategy, alternatives=True, gpu_variants=False):
+    """Every variant of one row, interleaved ``repeats`` times: the medians, their spread (min, max) and the
+    ratios of medians; the per-child overhead is (merge - floor) / children, in microseconds."""
     models, X, y = workload(name, n_val, device)
     n_evals = N + G * (N - 1)
+    children = G * (N - 1)
     D = TorchAdapter(models[0]).dim
+    common = dict(popsize=N, ngen=G, seed=0, device=device, verbose=False, batch_size=len(X))
     variants = {
-        "mega_deap": lambda: mega_deap.merge(models, (X, y), popsize=N, ngen=G, seed=0, device=device,
-                                             verbose=False, batch_size=len(X), strategy=strategy),
-        "mega_deap_layer": lambda: mega_deap.merge(models, (X, y), popsize=N, ngen=G, seed=0,
-                                                   device=device, verbose=False, batch_size=len(X),
-                                                   strategy=strategy, mutation="layer", sigma=0.1),
-        "reference": lambda: run_reference(models, X, y, N, G),
-        "torchga": lambda: run_torchga(models, X, y, N, G),
-        "floor": lambda: run_floor(models, X, y, n_evals),
+        "batched": lambda: mega_deap.merge(models, (X, y), strategy=strategy, **common),
+        "per_individual": lambda: mega_deap.merge(models, (X, y), strategy=strategy, breeding="per-individual",
+                                                  **common),
     }
+    if alternatives:
+        variants["layer"] = lambda: mega_deap.merge(models, (X, y), strategy=strategy, mutation="layer", sigma=0.1,
+                                                    **common)
+        variants["reference"] = lambda: run_reference(models, X, y, N, G)
+        variants["torchga"] = lambda: run_torchga(models, X, y, N, G)
+    if gpu_variants:
+        variants["vmap"] = lambda: mega_deap.merge(models, (X, y), strategy="vmap", **common)
+        variants["bf16"] = lambda: mega_deap.merge(models, (X, y), strategy=strategy, autocast=torch.bfloat16,
+                                                   **common)
+    variants["floor"] = lambda: run_floor(models, X, y, n_evals)
     run_floor(models, X, y, 3)  # warm-up
-    times = {k: float("inf") for k in variants}
+    variants["batched"]()       # warm-up of the merge path (first calls allocate)
+    runs = {k: [] for k in variants}
     for _ in range(repeats):  # interleaved, so drift in the machine's speed hits every variant alike
         for k, fn in variants.items():
-            times[k] = min(times[k], timed(fn, device))
-    return {"model": name, "D": D, "val": n_val, "N": N, "G": G, "evals": n_evals, "seconds": times,
-            "a/d": times["mega_deap"] / times["floor"], "b/a": times["reference"] / times["mega_deap"],
-            "c/a": times["torchga"] / times["mega_deap"], "a2/d": times["mega_deap_layer"] / times["floor"],
-            "b/a2": times["reference"] / times["mega_deap_layer"]}
+            runs[k].append(timed(fn, device))
+    med = {k: float(np.median(v)) for k, v in runs.items()}
+    row = {"model": name, "D": D, "val": n_val, "N": N, "G": G, "evals": n_evals, "repeats": repeats,
+           "seconds": med, "spread": {k: [min(v), max(v)] for k, v in runs.items()}, "runs": runs,
+           "a/d": med["batched"] / med["floor"], "a0/d": med["per_individual"] / med["floor"],
+           "child_us": {k: 1e6 * (med[k] - med["floor"]) / children for k in ("batched", "per_individual")}}
+    if alternatives:
+        row.update({"a2/d": med["layer"] / med["floor"], "b/a": med["reference"] / med["batched"],
+                    "c/a": med["torchga"] / med["batched"]})
+    return row
+
+
+def bench_batch_size(name, n_val, sizes, device, repeats=5):
+    """Seconds to score one genome on ``n_val`` inputs at each evaluation batch size (median of repeats)."""
+    from mega_deap.adapters import accuracy
+    models, X, y = workload(name, n_val, device)
+    ad = TorchAdapter(models[0])
+    g = ad.genome()
+    evs = {b: accuracy(ad, X, y, batch_size=b, strategy="loop") for b in sizes}
+    for ev in evs.values():
+        ev.scores([g])  # warm-up
+    runs = {b: [] for b in sizes}
+    for _ in range(repeats):
+        for b, ev in evs.items():
+            runs[b].append(timed(lambda: ev.scores([g] * 10), device) / 10)
+    return {"model": name, "val": n_val, "seconds": {b: float(np.median(v)) for b, v in runs.items()}}
 
 
 # ----------------------------------------------------------------------------- mutation and memory
@@ -266,35 +303,54 @@ def main(argv=None):
     device = torch.device(args.device) if args.device else mega_deap.default_device()
     torch.manual_seed(0)
     random.seed(0)
+    gpu = device.type == "cuda"
     if args.quick:
-        plan = [(m, args.val or 64, args.popsize or 4, args.ngen or 2)
+        plan = [(m, args.val or 64, args.popsize or 4, args.ngen or 2, True)
                 for m in (args.models or ["mlp-digits", "smallcnn-cifar"])]
         mut_D, mem = (200_000, (4, 100_000, 2))
         repeats = args.repeats or 1
+        sweep = [("mlp-digits", 64, (32, 64))]
+    elif gpu:  # the paper's protocol for the CNNs; the MLP at N = 20 and 2,000
+        names = args.models or ["resnet56-cifar", "mlp-digits"]
+        plan = []
+        for m in names:
+            if m.startswith("mlp"):
+                plan += [(m, 1797, 20, 20, True), (m, 1797, 2000, 5, False)]
+            else:
+                plan.append((m, args.val or 5000, args.popsize or 20, args.ngen or 20, False))
+        mut_D, mem = 20_000_000, None
+        repeats = args.repeats or 3
+        sweep = []
     else:
-        # CPU: validation sets and generations cut so the table takes minutes; a GPU gets the paper protocol
-        cpu = {"mlp-digits": (1797, 20), "mlp-digits-wide": (1797, 20), "smallcnn-cifar": (500, 10),
-               "resnet20-cifar": (200, 3), "resnet56-cifar": (100, 2)}
-        names = args.models or list(cpu)
-        plan = [(m, args.val or (5000 if device.type == "cuda" and "cifar" in m else cpu[m][0]),
-                 args.popsize or 20, args.ngen or (20 if device.type == "cuda" else cpu[m][1]))
-                for m in names]
+        # CPU: validation sets and generations cut so the table takes minutes (a GPU gets the paper's protocol)
+        cpu = [("mlp-digits", 1797, 20, 20, True), ("mlp-digits", 1797, 200, 5, False),
+               ("mlp-digits", 1797, 2000, 2, False), ("mlp-digits-wide", 1797, 20, 20, True),
+               ("smallcnn-cifar", 500, 20, 5, True), ("resnet20-cifar", 200, 20, 3, False)]
+        plan = [p for p in cpu if args.models is None or p[0] in args.models]
+        plan = [(m, args.val or v, args.popsize or n, args.ngen or g, alt) for m, v, n, g, alt in plan]
         mut_D, mem = 20_000_000, (20, 20_000_000, 2)
-        repeats = args.repeats or (3 if device.type == "cuda" or "resnet" not in "".join(names) else 2)
+        repeats = args.repeats or 5
+        sweep = [("smallcnn-cifar", 2000, (250, 500, 1000, 2000)), ("mlp-digits", 1797, (256, 512, 1024, 2048))]
 
     rows = []
-    for name, n_val, N, G in plan:
-        r = bench_model(name, n_val, N, G, device, repeats, args.strategy)
+    for name, n_val, N, G, alternatives in plan:
+        reps = repeats if "resnet" not in name or gpu else min(repeats, 3)
+        r = bench_model(name, n_val, N, G, device, reps, args.strategy, alternatives=alternatives,
+                        gpu_variants=gpu)
         rows.append(r)
         s = r["seconds"]
-        print(f"{name:16s} D={r['D']:>9,d} val={n_val:>5d} N={N} G={G} evals={r['evals']:>4d} | "
-              f"(a) {s['mega_deap']:7.2f}s (a2) {s['mega_deap_layer']:7.2f}s (b) {s['reference']:7.2f}s "
-              f"(c) {s['torchga']:7.2f}s (d) {s['floor']:7.2f}s | a/d {r['a/d']:.3f}  a2/d {r['a2/d']:.3f}  "
-              f"b/a {r['b/a']:.2f}  b/a2 {r['b/a2']:.2f}  c/a {r['c/a']:.2f}", flush=True)
+        print(f"{name:16s} D={r['D']:>9,d} val={n_val:>5d} N={N} G={G} evals={r['evals']:>5d} | "
+              + " ".join(f"{k} {v:.3f}s" for k, v in s.items())
+              + f" | a/d {r['a/d']:.3f} a0/d {r['a0/d']:.3f} | us/child batched {r['child_us']['batched']:.0f} "
+              f"per-individual {r['child_us']['per_individual']:.0f}", flush=True)
+    sizes = [bench_batch_size(m, n, bs, device) for m, n, bs in sweep]
+    for sz in sizes:
+        print(f"batch size, {sz['model']} on {sz['val']} inputs: "
+              + ", ".join(f"{b}: {t * 1e3:.2f} ms" for b, t in sz["seconds"].items()), flush=True)
     mut = bench_mutation(mut_D, 0.02, device)
     print(f"mutation D={mut['D']:,} indpb=0.02: sparse {mut['sparse_s'] * 1e3:.2f} ms, dense mask "
           f"{mut['dense_s'] * 1e3:.2f} ms, sparse is {mut['speedup']:.1f}x faster", flush=True)
-    memr = bench_memory(*mem) if device.type == "cpu" else None
+    memr = bench_memory(*mem) if mem and device.type == "cpu" else None
     if memr:
         print(f"memory N={memr['N']} D={memr['D']:,}: peak {memr['peak_above_baseline_bytes'] / 2**30:.2f} GiB above "
               f"baseline, budget (2N+4)xDx4 + 1 GiB = {memr['budget_bytes'] / 2**30:.2f} GiB: "
@@ -302,7 +358,8 @@ def main(argv=None):
     result = {"device": str(device), "machine": platform.platform(), "cpu_count": os.cpu_count(),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-              "quick": args.quick, "rows": rows, "mutation": mut, "memory": memr, "command": " ".join(sys.argv)}
+              "quick": args.quick, "rows": rows, "batch_sizes": sizes, "mutation": mut, "memory": memr,
+              "command": " ".join(sys.argv)}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

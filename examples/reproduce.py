@@ -24,8 +24,10 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SECTIONS = ("merge", "hierarchical", "keras", "hpo", "ablation", "bench")
-DOC = {"bench": "BENCHMARKS.md"}  # every other section lives in README.md
+SECTIONS = ("merge", "hierarchical", "keras", "hpo", "ablation", "bench", "bench-gpu")
+DOC = {"bench": "BENCHMARKS.md", "bench-gpu": "BENCHMARKS.md"}  # every other section lives in README.md
+# the GPU table: no GPU here, so it is rendered from the JSON files that bench_merge.py wrote on one
+GPU_RESULTS = ("benchmarks/results_gpu_resnet56.json", "benchmarks/results_gpu_mlp.json")
 
 
 def load(name, folder="examples"):
@@ -175,15 +177,7 @@ def section_bench(out, quick):
     bench = load("bench_merge", folder="benchmarks")
     argv = ["--json", str(out / "bench.json")] + (["--quick", "--device", "cpu"] if quick else ["--device", "cpu"])
     res = bench.main(argv)
-    lines = ["| model | D | val images | N | G | evals | (a) s | (a2) s | (b) s | (c) s | (d) s | (a)/(d) | "
-             "(a2)/(d) | (b)/(a) | (b)/(a2) | (c)/(a) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in res["rows"]:
-        s = r["seconds"]
-        lines.append(f"| {r['model']} | {r['D']:,} | {r['val']:,} | {r['N']} | {r['G']} | {r['evals']} | "
-                     f"{s['mega_deap']:.2f} | {s['mega_deap_layer']:.2f} | {s['reference']:.2f} | {s['torchga']:.2f} | "
-                     f"{s['floor']:.2f} | {r['a/d']:.3f} | {r['a2/d']:.3f} | {r['b/a']:.2f} | {r['b/a2']:.2f} | "
-                     f"{r['c/a']:.2f} |")
+    lines = bench_table(res)
     m = res["mutation"]
     lines += ["", "| other measurement | result |", "|---|---|",
               f"| mutation, D = {m['D']:,}, indpb = {m['indpb']}: `mutSparseGaussian` against a dense random mask | "
@@ -193,8 +187,59 @@ def section_bench(out, quick):
         lines.append(f"| peak memory of `eaMeGA`, N = {mem['N']}, D = {mem['D']:,}, above the process's baseline | "
                      f"{mem['peak_above_baseline_bytes'] / 2**30:.2f} GiB (budget (2N + 4) x D x 4 bytes + 1 GiB = "
                      f"{mem['budget_bytes'] / 2**30:.2f} GiB) |")
-    head = "CPU, float32; each time is the best of interleaved repeats."
+    head = (f"CPU, float32; each time is the median of {res['rows'][0]['repeats']} interleaved repeats, "
+            f"[min, max] beside it; ratios are ratios of medians.")
     return head, "\n".join(lines), {"bench": res}
+
+
+def section_bench_gpu(out, quick):
+    """The GPU table from the JSON files ``benchmarks/bench_merge.py --device cuda`` wrote (their commands
+    and machine are printed with it); nothing is run."""
+    import json
+    parts = [json.loads((ROOT / f).read_text()) for f in GPU_RESULTS if (ROOT / f).exists()]
+    if not parts:
+        return "No GPU results in benchmarks/.", "", {}
+    res = {"rows": [r for p in parts for r in p["rows"]]}
+    lines = bench_table(res)
+    lines += ["", "| other measurement | result |", "|---|---|"]
+    m = parts[0]["mutation"]
+    lines.append(f"| mutation, D = {m['D']:,}, indpb = {m['indpb']}: `mutSparseGaussian` against a dense random "
+                 f"mask | {m['sparse_s'] * 1e3:.2f} ms against {m['dense_s'] * 1e3:.2f} ms: {m['speedup']:.1f}x faster |")
+    commands = "; ".join(f"`python {p['command'].split(' --json')[0]}`" for p in parts)
+    head = (f"{parts[0]['gpu']}, torch {parts[0]['torch']}, float32 unless bf16; each time is the median of "
+            f"{res['rows'][0]['repeats']} interleaved repeats, [min, max] beside it. Produced by {commands} "
+            f"(JSON in {', '.join(GPU_RESULTS)}), rendered here from those files.")
+    return head, "\n".join(lines), {"bench": res}
+
+
+def bench_table(res):
+    """The benchmark's rows as Markdown lines (shared by the CPU and GPU tables)."""
+    def t(r, k):
+        if k not in r["seconds"]:
+            return ""
+        lo, hi = r["spread"][k]
+        return f"{r['seconds'][k]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    def ratio(r, k, digits=3):
+        return f"{r[k]:.{digits}f}" if k in r else ""
+
+    extra = [k for k in ("vmap", "bf16") if any(k in r["seconds"] for r in res["rows"])]
+    lines = ["| model | D | val | N | G | evals | (a) batched s | (a0) per-individual s | "
+             + "".join(f"(a) {k} s | " for k in extra)
+             + "(d) floor s | (a)/(d) | (a0)/(d) | us/child (a) | us/child (a0) | (a2)/(d) | (b)/(a) | (c)/(a) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extra) + "---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['model']} | {r['D']:,} | {r['val']:,} | {r['N']} | {r['G']} | {r['evals']:,} | "
+                     f"{t(r, 'batched')} | {t(r, 'per_individual')} | " + "".join(f"{t(r, k)} | " for k in extra)
+                     + f"{t(r, 'floor')} | **{r['a/d']:.3f}** | {r['a0/d']:.3f} | {r['child_us']['batched']:.0f} | "
+                     f"{r['child_us']['per_individual']:.0f} | {ratio(r, 'a2/d')} | {ratio(r, 'b/a', 2)} | "
+                     f"{ratio(r, 'c/a', 2)} |")
+    for sz in res.get("batch_sizes", []):
+        best = min(sz["seconds"], key=sz["seconds"].get)
+        lines += ["", f"Evaluation time of one genome on {sz['val']:,} inputs of {sz['model']} by batch size "
+                  f"(median of 5): " + ", ".join(f"{b}: {1e3 * s:.2f} ms" for b, s in sz["seconds"].items())
+                  + f"; fastest: {best}."]
+    return lines
 
 
 ######################################
@@ -202,8 +247,9 @@ def section_bench(out, quick):
 ######################################
 
 def block(section, head, table, env, command):
+    where = "rendered with" if section == "bench-gpu" else "ran with"
     return (f"<!-- reproduce:{section} -->\n*{head}*\n\n{table}\n\n"
-            f"<sub>`{command}`: {env}</sub>\n<!-- /reproduce:{section} -->")
+            f"<sub>`{command}` {where}: {env}</sub>\n<!-- /reproduce:{section} -->")
 
 
 def update_doc(path, section, text):
@@ -230,7 +276,7 @@ def main(argv=None):
     for section in args.only or SECTIONS:
         t0 = time.perf_counter()
         print(f"[reproduce] {section} ...", file=sys.stderr, flush=True)
-        head, table, data = globals()[f"section_{section}"](out, args.quick)
+        head, table, data = globals()[f"section_{section.replace('-', '_')}"](out, args.quick)
         command = f"python examples/reproduce.py --out {args.out} --only {section}"
         text = block(section, head, table, env, command)
         (out / f"{section}.md").write_text(text + "\n")

@@ -113,7 +113,7 @@ def _as_xy(val_data):
 
 def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: int = 4, tournsize: int = 3,
           seed: int = 0, device=None, mutation: str = "sparse", sigma: float = 0.01, indpb: float = 0.02,
-          layerpb: float = 0.02, alpha: float = 0.0, metric: str = "accuracy", batch_size: int = 1024,
+          layerpb: float = 0.02, alpha: float = 0.0, metric: str = "accuracy", batch_size: Optional[int] = None,
           strategy: str = "auto", buffers: bool = True, verbose: bool = True,
           checkpoint: Optional[str] = None, breeding: str = "batched",
           autocast: Optional[torch.dtype] = None) -> MergeResult:

@@ -13,8 +13,11 @@ def test_bench_merge_quick(tmp_path):
     res = bench.main(["--quick", "--device", "cpu", "--json", str(out)])
     assert out.exists() and {r["model"] for r in res["rows"]} == {"mlp-digits", "smallcnn-cifar"}
     for r in res["rows"]:
-        assert set(r["seconds"]) == {"mega_deap", "mega_deap_layer", "reference", "torchga", "floor"}
+        assert set(r["seconds"]) == {"batched", "per_individual", "layer", "reference", "torchga", "floor"}
         assert all(t > 0 for t in r["seconds"].values()) and r["evals"] == 4 + 2 * 3
+        assert all(lo <= r["seconds"][k] <= hi for k, (lo, hi) in r["spread"].items())
+        assert set(r["child_us"]) == {"batched", "per_individual"}
+    assert res["batch_sizes"] and set(res["batch_sizes"][0]["seconds"]) == {32, 64}
     assert res["mutation"]["sparse_s"] > 0 and res["memory"]["budget_bytes"] > 0
 
 

@@ -146,3 +146,13 @@ def test_channels_last_and_autocast_options(classes):
     assert abs(bf16[0] - plain[0]) <= 0.05  # mixed precision may flip a few argmaxes, not many
     with pytest.raises(ValueError, match="channels_last needs 4-D"):
         accuracy(TorchAdapter(nn.Linear(64, 10)), X.flatten(1), y, channels_last=True)
+
+
+def test_default_batch_size_rule_and_bad_batch_size(digits, digit_mlps):
+    from mega_deap.adapters import TorchAdapter, accuracy
+    from mega_deap.evaluation import default_batch_size
+    assert default_batch_size(torch.zeros(3, 1, 8, 8)) == 256 and default_batch_size(torch.zeros(3, 64)) == 2048
+    ad = TorchAdapter(digit_mlps[0])
+    assert accuracy(ad, *digits["val"]).batch_size == 2048
+    with pytest.raises(ValueError, match="batch_size must be a positive number"):
+        accuracy(ad, *digits["val"], batch_size=0)
