@@ -98,9 +98,9 @@ def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
     logbook = tools.Logbook()
     logbook.header = ["gen", "nevals"] + (stats.fields if stats else [])
 
-    settings = run_settings(toolbox, npar) if checkpoint is not None else None
+    settings = run_settings(toolbox, npar, population) if checkpoint is not None else None
     if checkpoint is not None and os.path.exists(checkpoint):
-        start = resume(checkpoint, population, toolbox, halloffame, logbook, settings)
+        start = resume(checkpoint, population, toolbox, halloffame, logbook, settings, ngen)
         if verbose:
             tqdm.write(f"resuming from {checkpoint} after generation {start - 1}")
     else:

@@ -20,7 +20,7 @@ from .rng import rng_state
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
 
-FORMAT = "mega_deap.checkpoint/1"
+FORMAT = "mega_deap.checkpoint/2"
 
 
 class CheckpointError(ValueError):
@@ -79,7 +79,9 @@ def save_checkpoint(path, *, gen: int, population: list, halloffame=None, logboo
     path = os.fspath(path)
     if os.path.exists(path):  # keep the current one as .prev; path itself never disappears
         _keep_previous(path)
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"mega_deap": json.dumps(meta)}))
+    header = json.dumps(meta)
+    metadata = {"mega_deap": header, "mega_deap.sha256": hashlib.sha256(header.encode()).hexdigest()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _keep_previous(path):
@@ -96,13 +98,60 @@ def _keep_previous(path):
     os.replace(tmp, f"{path}.prev")
 
 
+def _check_fields(meta, tensors):
+    """The reason ``meta`` and ``tensors`` do not make a checkpoint, or ``None``."""
+    def is_fitness(v):
+        return v is None or (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v))
+    gen = meta.get("gen")
+    if not isinstance(gen, int) or isinstance(gen, bool) or gen < 0:
+        return f"its generation is {gen!r}, not a non-negative integer"
+    for key, kind in (("fitness", list), ("halloffame_fitness", list), ("logbook", list), ("rng", dict),
+                      ("extra", dict), ("sha256", dict)):
+        if not isinstance(meta.get(key), kind):
+            return f"its field {key!r} is missing or not a {kind.__name__}"
+    for name in ("population", "rng.torch"):
+        if name not in tensors:
+            return f"it holds no {name!r} tensor"
+    pop = tensors["population"]
+    if pop.dim() != 2 or pop.shape[0] < 1:
+        return f"its population tensor has shape {tuple(pop.shape)}, not (N, D) with N >= 1"
+    if len(meta["fitness"]) != pop.shape[0] or not all(is_fitness(v) for v in meta["fitness"]):
+        return f"it has {len(meta['fitness'])} fitness entries for {pop.shape[0]} individuals"
+    hof = tensors.get("halloffame")
+    if len(meta["halloffame_fitness"]) != (0 if hof is None else hof.shape[0]) or \
+            not all(isinstance(v, list) for v in meta["halloffame_fitness"]):
+        return "its hall of fame's fitness entries do not match its genomes"
+    if hof is not None and (hof.dim() != 2 or hof.shape[1] != pop.shape[1]):
+        return f"its hall of fame has shape {tuple(hof.shape)}, the population {tuple(pop.shape)}"
+    if len(meta["logbook"]) != gen + 1 or not all(isinstance(r, dict) for r in meta["logbook"]):
+        return f"its logbook has {len(meta['logbook'])} records for generations 0..{gen}"
+    if set(meta["sha256"]) != set(tensors):
+        return "its tensor checksums do not list exactly its tensors"
+    if not {"random", "numpy"} <= set(meta["rng"]):
+        return "its random states are incomplete"
+    return None
+
+
+def _intact(path):
+    try:
+        _load(path, "")
+        return True
+    except Exception:
+        return False
+
+
 def load_checkpoint(path) -> tuple:
-    """Read and verify a checkpoint: ``(meta dict, {name: tensor})``. Raises :class:`CheckpointError`."""
-    from safetensors import safe_open
+    """Read and verify a checkpoint: ``(meta dict, {name: tensor})``. Raises :class:`CheckpointError`,
+    naming the file and, when one is intact, the ``.prev`` checkpoint to resume from instead."""
     path = os.fspath(path)
     fallback = f"{path}.prev"
-    hint = (f"; the previous checkpoint {fallback!r} is intact, resume from it by renaming it to {path!r}"
-            if os.path.exists(fallback) and fallback != path else "")
+    hint = (f"; the previous checkpoint {fallback!r} is intact: resume from it by renaming it to {path!r}"
+            if fallback != path and os.path.exists(fallback) and _intact(fallback) else "")
+    return _load(path, hint)
+
+
+def _load(path, hint):
+    from safetensors import safe_open
     try:
         with safe_open(path, framework="pt") as f:
             header = f.metadata() or {}
@@ -111,12 +160,23 @@ def load_checkpoint(path) -> tuple:
         raise
     except Exception as err:
         raise CheckpointError(f"{path!r} is not a readable checkpoint ({type(err).__name__}: {err}){hint}") from None
+    if "mega_deap" not in header:
+        raise CheckpointError(f"{path!r} is a safetensors file but not a mega_deap checkpoint{hint}")
+    recorded = header.get("mega_deap.sha256")
+    if recorded is None:
+        raise CheckpointError(f"{path!r} has no header checksum: not a checkpoint of this format{hint}")
+    if hashlib.sha256(header["mega_deap"].encode()).hexdigest() != recorded:
+        raise CheckpointError(f"{path!r} is corrupted: its header does not match its checksum{hint}")
     try:
         meta = json.loads(header["mega_deap"])
-    except (KeyError, json.JSONDecodeError):
-        raise CheckpointError(f"{path!r} is a safetensors file but not a mega_deap checkpoint{hint}") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path!r} has format {meta.get('format')!r}, expected {FORMAT!r}{hint}")
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path!r} has a header that is not JSON{hint}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path!r} has format {found!r}, expected {FORMAT!r}{hint}")
+    problem = _check_fields(meta, tensors)
+    if problem:
+        raise CheckpointError(f"{path!r} is not a usable checkpoint: {problem}{hint}")
     for name, digest in meta["sha256"].items():
         if name not in tensors or _digest(tensors[name]) != digest:
             raise CheckpointError(f"{path!r} is corrupted: tensor {name!r} does not match its checksum{hint}")

@@ -168,6 +168,7 @@ class Evaluator:
         self._chosen = None          # what "measure" settled on
         self.measured_timings = None
         self.evaluations = 0
+        self._fingerprint = None
         with torch.no_grad(), adapter.eval_mode():
             template = adapter.genome()
             out = adapter.forward(template, self.X[: min(2, len(self.X))])
@@ -175,6 +176,20 @@ class Evaluator:
         # genomes whose stacked outputs on one data batch stay within 2^24 numbers
         per_genome = max(1, out[0].numel() * min(self.batch_size, len(self.X)))
         self._loop_chunk = max(1, 2**24 // per_genome)
+
+    def fingerprint(self) -> dict:
+        """What identifies this evaluation in a checkpoint: the metric and a SHA-256 of the validation
+        inputs and targets."""
+        if self._fingerprint is None:
+            import hashlib
+            h = hashlib.sha256()
+            for t in (self.X, self.y):
+                t = t.detach().cpu().contiguous()
+                h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+                h.update(t.view(torch.uint8).numpy())
+            self._fingerprint = {"metric": getattr(self.metric, "name", type(self.metric).__name__),
+                                 "validation_sha256": h.hexdigest()}
+        return self._fingerprint
 
     # -- DEAP hooks -------------------------------------------------------------
     def __call__(self, individual) -> tuple:

@@ -5,13 +5,16 @@ checkpoint written with other settings, naming the first difference, and otherwi
 population (in order), the hall of fame, the logbook and every random source.
 """
 import functools
+import hashlib
+
+import torch
 
 from deap import base, tools
 
 from .checkpoint import load_checkpoint
 from .rng import set_rng_state
 
-__all__ = ["toolbox_fingerprint", "run_settings", "resume"]
+__all__ = ["toolbox_fingerprint", "population_digest", "run_settings", "resume"]
 
 ALIASES = ("clone", "select", "mate", "mutate", "vary", "elite", "evaluate", "map")
 
@@ -44,19 +47,46 @@ def toolbox_fingerprint(tb: base.Toolbox, aliases=ALIASES) -> dict:
     return out
 
 
-def run_settings(toolbox: base.Toolbox, npar: int) -> dict:
-    """The settings a checkpoint records and a resumed run must match."""
-    return {"npar": npar, "toolbox": toolbox_fingerprint(toolbox)}
+def population_digest(population: list) -> str:
+    """SHA-256 of the genomes of ``population``, in order: the parents, the layout, the seed and the
+    initialisation all show in the initial population, so this digest identifies a run's start."""
+    h = hashlib.sha256()
+    for ind in population:
+        g = ind.genome.detach().cpu().contiguous()
+        h.update(str(tuple(g.shape)).encode() + str(g.dtype).encode())
+        h.update(g.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def run_settings(toolbox: base.Toolbox, npar: int, population: list) -> dict:
+    """What identifies a run's job, recorded in its checkpoint and compared on resume: ``npar``, the
+    registered operators and their settings, a digest of the initial population (parents, layout, seed),
+    and the evaluation (metric and a digest of the validation data) when the evaluator can say."""
+    settings = {"npar": npar, "toolbox": toolbox_fingerprint(toolbox),
+                "initial_population": population_digest(population)}
+    evaluate, _ = _unwrap(getattr(toolbox, "evaluate", None))
+    if hasattr(evaluate, "fingerprint"):
+        settings["evaluation"] = evaluate.fingerprint()
+    return settings
+
+
+_WHAT = {"initial_population": "initial population (other parents, another layout or another seed)",
+         "evaluation": "evaluation (another metric or other validation data)"}
 
 
 def resume(path, population: list, toolbox: base.Toolbox, halloffame, logbook: tools.Logbook,
-           settings: dict) -> int:
+           settings: dict, ngen: int) -> int:
     """Restore a run from ``path`` into ``population`` (in order), the hall of fame, the logbook and every
-    random source; returns the first generation still to run. A checkpoint written by a run with other
-    ``settings`` (operators, ``npar``) is refused, naming the first difference."""
+    random source; returns the first generation still to run. A checkpoint of another job (other
+    ``settings``: operators, ``npar``, initial population, evaluation) or past ``ngen`` is refused, naming
+    the first difference, before anything is restored."""
     meta, tensors = load_checkpoint(path)
     saved = meta.get("extra", {})
     for key in sorted(set(saved) | set(settings)):
+        if key in _WHAT and saved.get(key) != settings.get(key):
+            raise ValueError(f"checkpoint {path!r} belongs to another job: its {_WHAT[key]} differs from this "
+                             f"run's ({saved.get(key)!r} there, {settings.get(key)!r} here); start a new "
+                             f"checkpoint or resume the run that wrote it")
         if key == "toolbox":
             old, new = saved.get(key, {}), settings[key]
             for alias in sorted(set(old) | set(new)):
@@ -67,6 +97,8 @@ def resume(path, population: list, toolbox: base.Toolbox, halloffame, logbook: t
         elif saved.get(key) != settings.get(key):
             raise ValueError(f"checkpoint {path!r} was written with {key}={saved.get(key)!r}, this run has "
                              f"{key}={settings.get(key)!r}")
+    if meta["gen"] > ngen:
+        raise ValueError(f"checkpoint {path!r} is at generation {meta['gen']}, past this run's ngen={ngen}")
     G = tensors["population"]
     D = len(population[0])
     if G.shape != (len(population), D):

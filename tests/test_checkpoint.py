@@ -75,7 +75,7 @@ def test_corrupted_checkpoint_is_named_and_prev_survives(tmp_path, digits, digit
 def test_checkpoint_of_another_run_is_refused(tmp_path, digits, digit_mlps):
     ckpt = str(tmp_path / "c.ckpt")
     mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=1, verbose=False, checkpoint=ckpt)
-    with pytest.raises(ValueError, match="holds a population of 4"):
+    with pytest.raises(ValueError, match="belongs to another job: its initial population"):
         mega_deap.merge(digit_mlps, digits["val"], popsize=6, ngen=1, verbose=False, checkpoint=ckpt)
 
 
@@ -105,4 +105,123 @@ def test_resume_with_other_operators_is_refused(tmp_path, digits, digit_mlps):
                         checkpoint=ckpt)
     # the same settings resume
     r = mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=ckpt)
+    assert [x["gen"] for x in r.logbook] == [0, 1, 2]
+
+
+# -- a checkpoint knows its job ----------------------------------------------------------------------
+
+def test_resuming_another_job_is_refused_naming_the_difference(tmp_path, digits, digit_mlps):
+    import copy
+    ckpt = str(tmp_path / "c.ckpt")
+    kw = dict(popsize=4, ngen=2, verbose=False, checkpoint=ckpt)
+    mega_deap.merge(digit_mlps, digits["val"], ngen=1, **{k: v for k, v in kw.items() if k != "ngen"})
+    other = copy.deepcopy(digit_mlps[1])
+    with torch.no_grad():
+        other[0].weight.mul_(1.01)
+    X, y = digits["val"]
+    cases = [
+        (dict(models=[digit_mlps[0], other]), "initial population"),          # other parents, same architecture
+        (dict(seed=1), "initial population"),                                 # another seed
+        (dict(val=(X[:-1], y[:-1])), "evaluation"),                           # other validation data
+    ]
+    for change, what in cases:
+        models = change.pop("models", digit_mlps)
+        val = change.pop("val", digits["val"])
+        with pytest.raises(ValueError, match=f"belongs to another job: its {what}"):
+            mega_deap.merge(models, val, **kw, **change)
+    # the same job resumes
+    r = mega_deap.merge(digit_mlps, digits["val"], **kw)
+    assert [x["gen"] for x in r.logbook] == [0, 1, 2]
+
+
+def test_another_metric_is_another_job(tmp_path, digits, digit_mlps):
+    from mega_deap import TensorPopulation, eaMeGA, initBlend, mega_toolbox
+    from mega_deap.adapters import TorchAdapter, fitness
+    from mega_deap.presets import ensure_creator_classes
+    ad = TorchAdapter(digit_mlps[0])
+    X, y = digits["val"]
+    onehot = torch.nn.functional.one_hot(y, 10).float()
+    ckpt = str(tmp_path / "m.ckpt")
+    for metric, run_ngen, err in (("neg_mse", 1, None), ("neg_mae", 2, "its evaluation")):
+        mega_deap.seed(0)
+        pop = TensorPopulation(4, ad.dim, device="cpu")
+        inds = initBlend(pop.individuals(ensure_creator_classes()), ad.genomes(digit_mlps))
+        tb = mega_toolbox(pop, fitness(metric, ad, X, onehot), repair=ad)
+        if err is None:
+            eaMeGA(inds, tb, run_ngen, verbose=False, checkpoint=ckpt)
+        else:
+            with pytest.raises(ValueError, match=err):
+                eaMeGA(inds, tb, run_ngen, verbose=False, checkpoint=ckpt)
+
+
+def _rewrite(path, edit, checksum=True):
+    """Re-save a checkpoint with its header edited by ``edit(meta) -> meta`` (the header checksum fixed up
+    when ``checksum``, so only the field checks stand between the file and a resume)."""
+    import hashlib
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(path, framework="pt") as f:
+        header = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = edit(json.loads(header["mega_deap"]))
+    text = json.dumps(meta)
+    header = {"mega_deap": text,
+              "mega_deap.sha256": hashlib.sha256(text.encode()).hexdigest() if checksum else header["mega_deap.sha256"]}
+    save_file(tensors, path, metadata=header)
+
+
+def test_header_is_covered_by_a_checksum_and_checked_field_by_field(tmp_path, digits, digit_mlps):
+    import shutil
+    ckpt = tmp_path / "c.ckpt"
+    mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=str(ckpt))
+    good = tmp_path / "good.ckpt"
+    shutil.copy(ckpt, good)
+
+    def bad(edit, match, checksum=True):
+        shutil.copy(good, ckpt)
+        _rewrite(str(ckpt), edit, checksum)
+        with pytest.raises(CheckpointError, match=match) as info:
+            load_checkpoint(ckpt)
+        assert "c.ckpt" in str(info.value) and "c.ckpt.prev' is intact" in str(info.value)
+
+    bad(lambda m: {**m, "gen": 1}, "header does not match its checksum", checksum=False)  # one edited field
+    bad(lambda m: {k: v for k, v in m.items() if k != "sha256"}, "field 'sha256' is missing")
+    bad(lambda m: {}, "format None")
+    bad(lambda m: {**m, "gen": -5}, "generation is -5")
+    bad(lambda m: {**m, "gen": 1000}, "logbook has 3 records for generations 0..1000")
+    bad(lambda m: {**m, "fitness": m["fitness"][:-1]}, "3 fitness entries for 4 individuals")
+    bad(lambda m: {**m, "halloffame_fitness": []}, "hall of fame's fitness entries")
+    # a generation past the run's ngen, with a consistent header: refused by the resume
+    shutil.copy(good, ckpt)
+    _rewrite(str(ckpt), lambda m: {**m, "gen": 3, "logbook": m["logbook"] + [m["logbook"][-1]]})
+    with pytest.raises(ValueError, match="at generation 3, past this run's ngen=2"):
+        mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=str(ckpt))
+
+
+@pytest.mark.parametrize("fail_at", range(6))
+def test_a_kill_at_any_file_operation_leaves_a_complete_checkpoint(tmp_path, digits, digit_mlps, fail_at):
+    """Every file operation of a save (link, renames, fsyncs) made to fail in turn, as a kill there would:
+    the checkpoint path always holds a complete checkpoint, of the old generation or the new one."""
+    from unittest import mock
+    ckpt = tmp_path / "c.ckpt"
+    mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=1, verbose=False, checkpoint=str(ckpt))
+    calls = {"n": 0}
+    real = {"replace": os.replace, "link": os.link, "fsync": os.fsync}
+
+    def dying(name):
+        def op(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == fail_at + 1:
+                raise KeyboardInterrupt(f"killed at {name}")
+            return real[name](*a, **k)
+        return op
+    with mock.patch("os.replace", dying("replace")), mock.patch("os.link", dying("link")), \
+            mock.patch("os.fsync", dying("fsync")):
+        try:
+            mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=str(ckpt))
+        except KeyboardInterrupt:
+            pass
+    meta, _ = load_checkpoint(ckpt)
+    assert meta["gen"] in (1, 2)
+    r = mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=str(ckpt))
     assert [x["gen"] for x in r.logbook] == [0, 1, 2]
