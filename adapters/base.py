@@ -11,7 +11,7 @@ import abc
 import importlib
 import sys
 from collections import namedtuple
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -72,6 +72,7 @@ class Adapter(abc.ABC):
     device: torch.device
     var_floor: float = 1e-5
     _variance_spans: tuple = ()
+    _fixed: Optional[tuple] = None  # (positions, values): non-finite entries every parent shares
 
     # -- what a subclass implements ---------------------------------------------
     @classmethod
@@ -136,12 +137,53 @@ class Adapter(abc.ABC):
         genome = self._check_genome(genome)
         return {e.name: genome[e.offset:e.offset + e.numel].view(e.shape) for e in self.layout}
 
+    def fix_nonfinite(self, genomes: torch.Tensor, names: Optional[list] = None) -> int:
+        """Check the parents' genomes (``(k, D)``) for inf and NaN before a merge. An inf in a buffer that
+        every parent holds at the same place with the same sign (an attention mask, say) is kept as it is
+        by :meth:`repair_` (blending it would give NaN); any other non-finite value is refused with a
+        ``ValueError`` naming the model and the tensor. Returns how many entries are kept fixed."""
+        bad = ~torch.isfinite(genomes)
+        if not bool(bad.any()):
+            self._fixed = None
+            return 0
+        shared = bad.all(0) & (genomes == genomes[:1]).all(0)  # NaN != NaN: never shared
+        kind = torch.zeros(self.dim, dtype=torch.bool, device=genomes.device)
+        for e in self.layout:
+            if e.kind == "buffer":
+                kind[e.offset:e.offset + e.numel] = True
+        refused = bad & ~(shared & kind)
+        if bool(refused.any()):
+            model, pos = (int(v) for v in refused.nonzero()[0])
+            entry = next(e for e in self.layout if e.offset <= pos < e.offset + e.numel)
+            value = float(genomes[model, pos])
+            who = names[model] if names else f"model {model}"
+            raise ValueError(f"{who} has {value} in tensor {entry.name!r} (element {pos - entry.offset}): "
+                             f"parents must be finite, except buffer entries that are the same inf in every parent")
+        positions = shared.nonzero().flatten()
+        self._fixed = (positions, genomes[0, positions].clone())
+        return int(positions.numel())
+
     def repair_(self, genome):
-        """Clamp BatchNorm running (moving) variances to at least ``var_floor``, in place; returns the genome."""
+        """Keep the genome valid, in place: BatchNorm running (moving) variances at least ``var_floor``,
+        and the non-finite entries every parent shares (:meth:`fix_nonfinite`) as the parents have them.
+        Returns the genome."""
         g = self._check_genome(genome)
         for off, n in self._variance_spans:
             g[off:off + n].clamp_(min=self.var_floor)
+        if self._fixed is not None:
+            pos, val = self._fixed
+            g[pos.to(g.device)] = val.to(device=g.device, dtype=g.dtype)
         return genome
+
+    def repair_rows_(self, rows: torch.Tensor, index: torch.Tensor) -> None:
+        """:meth:`repair_` for the rows ``index`` of a ``(R, D)`` buffer at once (the batched breeding step)."""
+        for off, n in self._variance_spans:
+            rows[index, off:off + n] = rows[index, off:off + n].clamp_(min=self.var_floor)
+        if self._fixed is not None:
+            pos, val = self._fixed
+            pos = pos.to(rows.device)
+            rows[index.unsqueeze(1), pos.unsqueeze(0)] = val.to(device=rows.device, dtype=rows.dtype).expand(
+                len(index), -1)
 
     def keep_valid(self) -> KeepValid:
         """A DEAP decorator for ``toolbox.decorate("mate", ...)`` / ``("mutate", ...)``: see :meth:`repair_`."""

@@ -163,11 +163,15 @@ class TorchAdapter(Adapter):
         return self.load(genome, copy.deepcopy(self.model))
 
     def state_dict(self, genome):
-        """The template's state dict with ``genome``'s tensors (independent copies)."""
+        """The template's state dict with ``genome``'s tensors (independent copies); a tied weight's every
+        name gets the genome's tensor."""
         views = self.tensors(genome)
+        first = {}
         out = OrderedDict()
-        for name, t in self.model.state_dict().items():
-            out[name] = views[name].detach().clone() if name in views else t.detach().clone()
+        for name, t in self.model.state_dict(keep_vars=True).items():
+            owner = first.setdefault(id(t), name)  # tied: the name the genome knows it by
+            source = views.get(owner)
+            out[name] = (source if source is not None else t).detach().clone()
         return out
 
     # -- functional forward ----------------------------------------------------

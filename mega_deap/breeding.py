@@ -84,9 +84,7 @@ def batched_plan(toolbox: base.Toolbox, population: list) -> Optional[dict]:
 
 def _repair(rows, idx, adapters):
     for adapter in adapters:
-        for off, n in adapter._variance_spans:
-            block = rows[idx, off:off + n].clamp_(min=adapter.var_floor)
-            rows[idx, off:off + n] = block
+        adapter.repair_rows_(rows, idx)
 
 
 def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: int = 4) -> list:

@@ -230,9 +230,10 @@ class Evaluator:
             yield self.X[s:s + self.batch_size], self.y[s:s + self.batch_size]
 
     @staticmethod
-    def _finite(out):
-        # one reduction: any NaN or inf makes the sum non-finite (k sums for k genomes)
-        return out.reshape(out.shape[0], -1).sum(-1, dtype=torch.float64)
+    def _nan_count(out):
+        """NaN outputs per genome, ``(k,)``. An inf output is no fault by itself (a -inf logit of a masked
+        class); where it makes the metric itself non-finite, the metric's check catches it."""
+        return out.reshape(out.shape[0], -1).isnan().sum(-1, dtype=torch.float64)
 
     def _run_loop(self, genomes):
         """One forward pass per genome and data batch; the metric and the validity check run once per data
@@ -244,11 +245,11 @@ class Evaluator:
             t = f = None
             for xb, yb in batches:
                 out = torch.stack([self.adapter.forward(g, xb) for g in chunk])  # (k, B, ...)
-                pt, pf = self.metric.partial(out, yb), self._finite(out)
+                pt, pf = self.metric.partial(out, yb), self._nan_count(out)
                 t, f = (pt, pf) if t is None else (t + pt, f + pf)
             totals.append(t)
             checks.append(f)
-        return torch.cat(totals), torch.isfinite(torch.cat(checks))
+        return torch.cat(totals), torch.cat(checks) == 0
 
     def _run_vmap(self, genomes):
         stacked = torch.stack(genomes)
@@ -259,9 +260,9 @@ class Evaluator:
             G = stacked[c:c + chunk]
             for xb, yb in self._batches():
                 out = self.adapter.forward_batch(G, xb)
-                checks[c:c + chunk] += self._finite(out)
+                checks[c:c + chunk] += self._nan_count(out)
                 totals[c:c + chunk] += self.metric.partial(out, yb)
-        return totals, torch.isfinite(checks)
+        return totals, checks == 0
 
     def _sync(self):
         if self.device.type == "cuda":

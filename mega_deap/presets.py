@@ -145,6 +145,7 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     if popsize < max(npar, tournsize, 2):
         raise ValueError(f"popsize={popsize} is smaller than npar={npar} or tournsize={tournsize}")
     adapter, genomes = adapter_for(models[0]).from_parents(models, device=device, buffers=buffers)
+    adapter.fix_nonfinite(genomes)  # refuses NaN/inf parents; keeps shared inf buffer entries as they are
     X, y = _as_xy(val_data)
     evaluator = Evaluator(adapter, X, y, evaluator_metric, batch_size=batch_size, strategy=strategy,
                           autocast=autocast)
@@ -156,6 +157,8 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
                            indpb=indpb, layerpb=layerpb, alpha=alpha, layout=adapter.layout, repair=adapter,
                            breeding=breeding)
     individuals = initBlend(pop.individuals(icls), genomes)
+    for ind in individuals:
+        adapter.repair_(ind)
     hof = tools.HallOfFame(1, similar=genome_equal)
     individuals, logbook = eaMeGA(individuals, toolbox, ngen, npar=npar, stats=default_stats(),
                                   halloffame=hof, verbose=verbose, checkpoint=checkpoint)
