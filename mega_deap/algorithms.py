@@ -11,6 +11,7 @@ from deap import base, tools
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
+from .checks import check_toolbox_settings, integer, writable_file
 from .operators import selElite
 from .resume import resume, run_settings
 
@@ -53,6 +54,8 @@ def _tournsize(toolbox):
 
 
 def _check(population, toolbox, ngen, npar):
+    integer("ngen", ngen)
+    integer("npar", npar)
     if ngen < 0:
         raise ValueError(f"ngen must be >= 0, got {ngen}")
     if npar < 2:
@@ -93,8 +96,10 @@ def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
                        written with other registered operators or ``npar`` is refused.
     :returns: ``(population, logbook)``; the logbook records ``gen``, ``nevals`` and the stats.
     """
-    ngen, npar = int(ngen), int(npar)
     _check(population, toolbox, ngen, npar)
+    check_toolbox_settings(toolbox)
+    if checkpoint is not None:
+        writable_file("checkpoint", checkpoint)
     logbook = tools.Logbook()
     logbook.header = ["gen", "nevals"] + (stats.fields if stats else [])
 

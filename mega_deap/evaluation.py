@@ -47,8 +47,19 @@ class Accuracy:
 
     def check(self, out, y):
         """``out``: one model's output on a few examples, ``(b, C)``; ``y``: all labels, ``(n,)``."""
-        if y.dtype.is_floating_point:
+        if y.dim() == 2 and y.shape[1] == 1:
+            raise ValueError(f"validation labels have shape {tuple(y.shape)}: accuracy needs class indices of "
+                             f"shape (n,) (y.squeeze(1))")
+        if y.dim() == 2:
+            raise ValueError(f"validation labels have shape {tuple(y.shape)}, one-hot or scores: accuracy needs "
+                             f"class indices of shape (n,) (y.argmax(1))")
+        if y.dim() != 1:
+            raise ValueError(f"validation labels must have shape (n,), got {tuple(y.shape)}")
+        if y.dtype == torch.bool or y.dtype.is_floating_point or y.dtype.is_complex:
             raise ValueError(f"accuracy needs integer class labels, got dtype {y.dtype}")
+        if out.dim() != 2:
+            raise ValueError(f"accuracy needs logits of shape (batch, classes) from the model, got "
+                             f"{tuple(out.shape)}")
         classes = out.shape[-1]
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= classes:
@@ -172,6 +183,9 @@ class Evaluator:
         with torch.no_grad(), adapter.eval_mode():
             template = adapter.genome()
             out = adapter.forward(template, self.X[: min(2, len(self.X))])
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the model returns a {type(out).__name__}, not a tensor of outputs: the evaluator "
+                            f"needs forward() to return the logits (or predictions) as one tensor")
         self.metric.check(out, self.y)
         # genomes whose stacked outputs on one data batch stay within 2^24 numbers
         per_genome = max(1, out[0].numel() * min(self.batch_size, len(self.X)))

@@ -101,6 +101,8 @@ def cxBlend(ind1, ind2, alpha: float = 0.0, per_element: bool = False, *,
     :param generator: torch.Generator (of the genomes' device when ``per_element``; CPU otherwise).
     :returns: ``(ind1, ind2)``.
     """
+    if not alpha >= 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha!r}")
     a, b = _genome(ind1), _genome(ind2)
     if a.shape != b.shape:
         raise ValueError(f"cxBlend: genome shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
@@ -168,6 +170,8 @@ def mutSparseGaussian(individual, mu: float, sigma: float, indpb: float, *,
     :param generator: torch.Generator of the genome's device (default generator if ``None``).
     :returns: ``(individual,)``.
     """
+    if not sigma >= 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma!r}")
     g = _genome(individual)
     idx = sparse_indices(g.shape[0], indpb, generator=generator, device=g.device)
     if idx.numel():
@@ -190,6 +194,10 @@ def mutLayerGaussian(individual, layout: Sequence, mu: float, sigma: float, laye
     :param generator: torch.Generator of the genome's device (default generator if ``None``).
     :returns: ``(individual,)``.
     """
+    if not sigma >= 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma!r}")
+    if not 0.0 <= layerpb <= 1.0:
+        raise ValueError(f"layerpb must be a probability in [0, 1], got {layerpb!r}")
     g = _genome(individual)
     spans = [(e.offset, e.numel) if hasattr(e, "offset") else (int(e[0]), int(e[1])) for e in layout]
     if not spans:

@@ -14,6 +14,7 @@ from deap import base, creator, tools
 from . import rng
 from .algorithms import eaMeGA, varMeGA
 from .breeding import varMeGABatched
+from .checks import integer, nonnegative, probability, writable_file
 from .evaluation import Evaluator, get_metric
 from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian, selElite
@@ -139,11 +140,31 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     models = list(models)
     if len(models) < 2:
         raise ValueError(f"merge needs at least two models, got {len(models)}")
+    # 1. every setting, before any work
     evaluator_metric = get_metric(metric)
-    if int(ngen) < 0:
+    integer("popsize", popsize)
+    integer("ngen", ngen)
+    integer("npar", npar)
+    integer("tournsize", tournsize, 1)
+    integer("seed", seed)
+    if ngen < 0:
         raise ValueError(f"generations (ngen) must be >= 0, got {ngen}")
+    if npar < 2:
+        raise ValueError(f"npar must be >= 2 (the first two winners mate), got {npar}")
     if popsize < max(npar, tournsize, 2):
         raise ValueError(f"popsize={popsize} is smaller than npar={npar} or tournsize={tournsize}")
+    nonnegative("sigma", sigma)
+    nonnegative("alpha", alpha)
+    probability("indpb", indpb)
+    probability("layerpb", layerpb)
+    if mutation not in ("sparse", "layer"):
+        raise ValueError(f"mutation must be 'sparse' or 'layer', got {mutation!r}")
+    if breeding not in ("batched", "per-individual"):
+        raise ValueError(f"breeding must be 'batched' or 'per-individual', got {breeding!r}")
+    if batch_size is not None:
+        integer("batch_size", batch_size, 1)
+    if checkpoint is not None:
+        writable_file("checkpoint", checkpoint)
     adapter, genomes = adapter_for(models[0]).from_parents(models, device=device, buffers=buffers)
     adapter.fix_nonfinite(genomes)  # refuses NaN/inf parents; keeps shared inf buffer entries as they are
     X, y = _as_xy(val_data)

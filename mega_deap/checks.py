@@ -1,0 +1,66 @@
+"""Settings checked before any work: each failure is a ValueError or TypeError naming the setting, the
+value it got and what was expected."""
+import math
+import numbers
+import os
+from typing import Optional
+
+__all__ = ["integer", "probability", "nonnegative", "writable_file", "check_toolbox_settings"]
+
+
+def integer(name: str, value, minimum: Optional[int] = None) -> int:
+    """``value`` as an int, refusing floats (20.5 or 20.0), bools and strings."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def probability(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def nonnegative(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def writable_file(name: str, path) -> str:
+    """``path`` can be written: not a folder, and its folder exists (or can be made) and is writable."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{name} {path!r} is a folder; expected a file path")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        raise ValueError(f"{name} {path!r} cannot be written: {existing!r} is not a writable folder")
+    return path
+
+
+# keyword -> check, by DEAP's own names, so DEAP's operators are checked as ours are
+_KEYWORDS = {"indpb": probability, "layerpb": probability, "cxpb": probability, "mutpb": probability,
+             "sigma": nonnegative, "alpha": nonnegative,
+             "tournsize": lambda n, v: integer(n, v, 1), "k": lambda n, v: integer(n, v, 0)}
+
+
+def check_toolbox_settings(toolbox) -> None:
+    """Check the keyword settings the toolbox's registrations bind (``sigma``, ``indpb``, ``tournsize``,
+    ...), naming the alias: a bad one fails here, before generation 0, not in generation 1."""
+    from .resume import _unwrap
+    for alias in ("select", "mate", "mutate", "vary", "elite", "evaluate"):
+        f = getattr(toolbox, alias, None)
+        if f is None:
+            continue
+        _, kw = _unwrap(f)
+        for key, value in kw.items():
+            if key in _KEYWORDS:
+                try:
+                    _KEYWORDS[key](f"toolbox.{alias}'s {key}", value)
+                except TypeError as err:
+                    raise ValueError(str(err)) from None
