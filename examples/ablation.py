@@ -90,7 +90,7 @@ def main(argv=None):
     if not args.quiet:
         print(f"\n{splits.name}, {model_name}, {args.seeds} seeds, N={args.popsize}, G={args.ngen}\n")
         print(table(rows))
-        print(f"\nwrote {args.out}/ablation.csv, ablation.json, {png}")
+    print(f"wrote {args.out}/ablation.csv, {args.out}/ablation.json, {png}")  # even with --quiet
     return rows, results
 
 

@@ -200,7 +200,7 @@ def main(argv=None):
     datasets = [k for k in DATASETS if k in args.datasets]
     runs = []
     plan = [(name, seed, mode) for name in datasets for seed in range(args.seeds) for mode in ("basic", "merge")]
-    bar = tqdm(plan, desc="hpo", disable=args.quiet)
+    bar = tqdm(plan, desc="hpo", disable=True if args.quiet else None)  # a bar on a terminal only
     for name, seed, mode in bar:
         bar.set_postfix(data=name, seed=seed, mode=mode)
         runs.append(run(name, mode, seed, args.popsize, args.ngen, patience=args.patience))

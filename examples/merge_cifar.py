@@ -71,7 +71,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     result = mega_deap.merge(parents, splits.val, popsize=args.popsize, ngen=args.ngen,
                              npar=args.npar, tournsize=args.tournsize, indpb=args.indpb, sigma=args.sigma,
-                             seed=args.seed, device=device, verbose=not args.quiet, checkpoint=args.checkpoint)
+                             seed=args.seed, device=device, progress=not args.quiet, checkpoint=args.checkpoint)
     t_merge = time.perf_counter() - t0
 
     # 3. the report: validation and test accuracy, side by side, never mixed
@@ -107,7 +107,7 @@ def main(argv=None):
     say(f"\n{splits.name}, {model_name}: {len(splits.train[1])} train / {len(splits.val[1])} validation "
         f"(fitness) / {len(splits.test[1])} test images; parents {t_parents:.1f} s, merge {t_merge:.1f} s\n")
     say(table)
-    say(f"\nwrote {os.path.join(args.out, 'results.json')}, {png}, {merged_path}")
+    print(f"\nwrote {os.path.join(args.out, 'results.json')}, {png}, {merged_path}")  # even with --quiet
     return report
 
 

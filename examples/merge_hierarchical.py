@@ -80,6 +80,7 @@ def main(argv=None):
     write_json(report, os.path.join(args.out, "results.json"))
     say(f"\n{splits.name}, {model_name}, {args.leaves} parents; parents {t_parents:.1f} s, merges {t_merge:.1f} s\n")
     say(table)
+    print(f"wrote {os.path.join(args.out, 'results.json')}, {png}")  # even with --quiet
     return report
 
 

@@ -8,19 +8,21 @@ fitness; test accuracy is reported beside it and never used.
 """
 import argparse
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import keras  # noqa: E402
 import torch  # noqa: E402
 from deap import tools  # noqa: E402
 
 import mega_deap  # noqa: E402
 from mega_deap import TensorPopulation, eaMeGA, initBlend, mega_toolbox  # noqa: E402
 from mega_deap.presets import ensure_creator_classes  # noqa: E402
-from mega_deap.adapters import KerasAdapter, accuracy  # noqa: E402
+from mega_deap.adapters import accuracy  # noqa: E402
 from mega_deap.evaluation import correct  # noqa: E402
 from mega_deap.experiments import digits_splits  # noqa: E402
+
+keras = None  # imported by main, after the arguments: --help works without Keras
 
 
 def train(split, seed, epochs):
@@ -41,13 +43,21 @@ def acc(model, split):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--popsize", type=int, default=20)
-    p.add_argument("--ngen", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    global keras
+    p = argparse.ArgumentParser(description="MeGA with Keras 3 models (needs keras: pip install -e '.[keras]').")
+    p.add_argument("--epochs", type=int, default=20, help="parent training epochs")
+    p.add_argument("--popsize", type=int, default=20, help="individuals per generation")
+    p.add_argument("--ngen", type=int, default=20, help="generations")
+    p.add_argument("--seed", type=int, default=0, help="fixes the validation split and every GA draw")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
     args = p.parse_args(argv)
+    try:
+        import keras as keras_module
+    except Exception as err:
+        p.exit(2, f"merge_keras.py: error: Keras is not usable ({type(err).__name__}: {err}); "
+                  f"pip install -e '.[keras]' and set KERAS_BACKEND=torch\n")
+    keras = keras_module
+    from mega_deap.adapters import KerasAdapter
     s = digits_splits(seed=args.seed)
     flat = lambda split: (split[0].reshape(len(split[0]), -1), split[1])  # noqa: E731
     parents = [train(flat(s.train), seed, args.epochs) for seed in (56, 57)]
@@ -60,7 +70,7 @@ def main(argv=None):
     population = initBlend(pop.individuals(ensure_creator_classes()), adapter.genomes(parents))
     hof = tools.HallOfFame(1, similar=mega_deap.genome_equal)
     eaMeGA(population, toolbox, args.ngen, stats=mega_deap.default_stats(), halloffame=hof,
-           verbose=not args.quiet)
+           verbose=False, progress=not args.quiet)
     merged = adapter.to_model(hof[0])
 
     rows = [(f"parent {i + 1}", acc(m, flat(s.val)), acc(m, flat(s.test))) for i, m in enumerate(parents)]

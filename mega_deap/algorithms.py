@@ -72,7 +72,8 @@ def _check(population, toolbox, ngen, npar):
 
 def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
            stats: Optional[tools.Statistics] = None, halloffame: Optional[tools.HallOfFame] = None,
-           verbose: bool = __debug__, checkpoint: Optional[str] = None) -> tuple:
+           verbose: bool = __debug__, checkpoint: Optional[str] = None,
+           progress: Optional[bool] = None) -> tuple:
     """The MeGA generational loop.
 
     Generation 0 evaluates the initial population. Then each generation: (1) breed ``N - E`` children with
@@ -89,7 +90,8 @@ def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
     :param npar: parents drawn by ``toolbox.select`` per child (the paper's K=4; the first two mate).
     :param stats: a ``tools.Statistics``, or ``None``.
     :param halloffame: a ``tools.HallOfFame``; its best is carried over each generation (elitism).
-    :param verbose: show a progress bar and print the logbook.
+    :param verbose: print the logbook, one line per generation (as DEAP's algorithms do).
+    :param progress: a progress bar, on a terminal only (``None``: as ``verbose``).
     :param checkpoint: a file path: the run's state is written there after every generation (atomically,
                        safetensors + JSON), and a run started with an existing checkpoint resumes from it
                        (the population passed in is overwritten, in order, with the saved one); one
@@ -121,8 +123,9 @@ def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
         if verbose:
             tqdm.write(logbook.stream)
 
-    bar = tqdm(range(start, ngen + 1), desc="eaMeGA", disable=not verbose, leave=False,
-               initial=start - 1, total=ngen)
+    progress = verbose if progress is None else progress
+    bar = tqdm(range(start, ngen + 1), desc="eaMeGA", disable=None if progress else True, leave=False,
+               initial=start - 1, total=ngen)  # disable=None: a bar on a terminal, nothing in a log file
     for gen in bar:
         # 1. breed: npar tournament winners per child, the first two mate, the first child is kept
         elite = getattr(toolbox, "elite", selElite)(halloffame)
@@ -143,7 +146,7 @@ def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
                             extra=settings)
         if verbose:
             tqdm.write(logbook.stream)
-            if "max" in record:
-                bar.set_postfix(best=f"{record['max']:.4f}")
+        if progress and "max" in record:
+            bar.set_postfix(best=f"{record['max']:.4f}")
     bar.close()
     return population, logbook

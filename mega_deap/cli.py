@@ -1,12 +1,13 @@
 """``mega-merge``: merge checkpoint files of your own architecture with MeGA.
 
-    mega-merge --model mypkg.nets:make_net --data mypkg.data:validation a.safetensors b.pt --out merged/
+    mega-merge a.safetensors b.pt --model mynets:make_net --data mynets:validation --out merged/
 
 ``--model`` names a function returning an untrained ``nn.Module`` of the checkpoints' architecture;
 ``--data`` a function returning the validation set ``(X, y)``, or a dict ``{"val": (X, y), "test": (X, y)}``
-to have test accuracy reported too (it never feeds fitness). Either may be ``path/to/file.py:function``.
-Checkpoints are safetensors files or torch state dicts (read with ``weights_only=True``). Writes
-``merged.safetensors``, ``results.json`` and ``fitness.png`` to ``--out``.
+to have test accuracy reported too (it never feeds fitness). Either may be ``path/to/file.py:function``;
+a module is looked for in the current folder first. Checkpoints are safetensors files or torch state
+dicts (read with ``weights_only=True``). Writes ``merged.safetensors``, ``results.json`` and
+``fitness.png`` to ``--out``. A mistake in the command ends in one line naming what is wrong (exit 2).
 """
 import argparse
 import importlib
@@ -18,71 +19,138 @@ import torch
 
 from mega_deap.evaluation import METRICS
 
-__all__ = ["main", "load_callable"]
+__all__ = ["main", "load_callable", "UsageError"]
+
+DESCRIPTION = ("Merge two or more checkpoints of one architecture with MeGA (a genetic algorithm over "
+               "blends of their weights); fitness is accuracy (or another metric) on your validation data.")
+EPILOG = ("example: mega-merge a.safetensors b.pt --model mynets:make_net --data mynets:validation "
+          "--out merged/   (mynets.py in the current folder; see README.md)")
 
 
-def load_callable(spec):
-    """``"module:function"`` or ``"path/file.py:function"`` -> the function."""
+class UsageError(Exception):
+    """A mistake in the command or its inputs: printed as one line, exit status 2."""
+
+
+def load_callable(spec: str, what: str):
+    """``"module:function"`` or ``"path/file.py:function"`` -> the function; the current folder is
+    importable. ``what`` names the option in errors."""
     if ":" not in spec:
-        raise ValueError(f"expected 'module:function' or 'file.py:function', got {spec!r}")
+        raise UsageError(f"{what} {spec!r}: expected 'module:function' or 'path/file.py:function'")
     target, name = spec.rsplit(":", 1)
-    if target.endswith(".py"):
-        if not os.path.isfile(target):
-            raise FileNotFoundError(f"no such file: {target!r}")
-        mod_name = "_mega_merge_" + os.path.splitext(os.path.basename(target))[0]
-        module_spec = importlib.util.spec_from_file_location(mod_name, target)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(target)
-    if not hasattr(module, name):
-        raise AttributeError(f"{target!r} has no attribute {name!r}")
+    try:
+        if target.endswith(".py"):
+            if not os.path.isfile(target):
+                raise UsageError(f"{what} {spec!r}: no such file {target!r}")
+            mod_name = "_mega_merge_" + os.path.splitext(os.path.basename(target))[0]
+            module_spec = importlib.util.spec_from_file_location(mod_name, target)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())  # as `python -m` would: the user's own modules first
+            module = importlib.import_module(target)
+    except UsageError:
+        raise
+    except ModuleNotFoundError as err:
+        raise UsageError(f"{what} {spec!r}: no module named {err.name!r} (looked in {os.getcwd()!r} and the "
+                         f"installed packages)") from None
+    except Exception as err:
+        raise UsageError(f"{what} {spec!r}: importing {target!r} failed: {type(err).__name__}: {err}") from None
+    if not callable(getattr(module, name, None)):
+        raise UsageError(f"{what} {spec!r}: {target!r} has no function {name!r}")
     return getattr(module, name)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Shows a default only where there is one worth showing (never "default: None")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text \
+                and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="mega-merge", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoints", nargs="+", help="two or more checkpoint files of one architecture")
-    p.add_argument("--model", required=True, help="module:function returning the untrained model")
-    p.add_argument("--data", required=True, help="module:function returning (X_val, y_val) or {'val':..., 'test':...}")
-    p.add_argument("--metric", choices=sorted(METRICS), default="accuracy")
-    p.add_argument("--popsize", type=int, default=20)
-    p.add_argument("--ngen", type=int, default=20)
-    p.add_argument("--npar", type=int, default=4)
-    p.add_argument("--tournsize", type=int, default=3)
-    p.add_argument("--mutation", choices=("sparse", "layer"), default="sparse")
-    p.add_argument("--sigma", type=float, default=0.01)
-    p.add_argument("--indpb", type=float, default=0.02)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", default="merged")
-    p.add_argument("--quiet", action="store_true")
-    return p.parse_args(argv)
+    p = argparse.ArgumentParser(prog="mega-merge", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=_Formatter)
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="two or more checkpoint files of one architecture (.safetensors, or torch state dicts)")
+    p.add_argument("--model", required=True, metavar="MODULE:FUNCTION",
+                   help="a function that returns an untrained model of the checkpoints' architecture (required)")
+    p.add_argument("--data", required=True, metavar="MODULE:FUNCTION",
+                   help="a function that returns (X_val, y_val), or {'val': (X, y), 'test': (X, y)} (required)")
+    p.add_argument("--metric", choices=sorted(METRICS), default="accuracy", help="the fitness")
+    p.add_argument("--popsize", type=int, default=20, help="individuals per generation (N)")
+    p.add_argument("--ngen", type=int, default=20, help="generations (G)")
+    p.add_argument("--npar", type=int, default=4, help="tournament winners per child (K); the first two mate")
+    p.add_argument("--tournsize", type=int, default=3, help="tournament size")
+    p.add_argument("--mutation", choices=("sparse", "layer"), default="sparse",
+                   help="sparse: each weight with --indpb; layer: each tensor (the reference code's)")
+    p.add_argument("--sigma", type=float, default=0.01, help="mutation noise standard deviation")
+    p.add_argument("--indpb", type=float, default=0.02, help="per-weight mutation probability")
+    p.add_argument("--seed", type=int, default=0, help="fixes every random draw")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--out", default="merged", help="the folder to write to")
+    p.add_argument("--quiet", action="store_true", help="print only the list of files written")
+    return p, p.parse_args(argv)
 
 
-def main(argv=None):
-    import mega_deap
-    from mega_deap.experiments import format_table, load_model_file, plot_fitness, save_model, write_json
-    from mega_deap.evaluation import Evaluator, get_metric
+def _read_checkpoint(make_model, path):
+    from mega_deap.experiments import load_model_file
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint {path!r}: no such file")
+    try:
+        return load_model_file(make_model(), path)
+    except Exception as err:
+        text = str(err)
+        if "weights_only" in text or "Weights only load failed" in text:
+            raise UsageError(f"checkpoint {path!r} holds a pickled object, not a state dict: save it with "
+                             f"torch.save(model.state_dict(), path) or as safetensors") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        if isinstance(err, RuntimeError) and "state_dict" in text:
+            raise UsageError(f"checkpoint {path!r} does not fit the --model architecture: {first}") from None
+        raise UsageError(f"checkpoint {path!r} could not be read: {type(err).__name__}: {first}") from None
 
-    args = _parse(argv)
-    if len(args.checkpoints) < 2:
-        raise SystemExit("mega-merge: give at least two checkpoints")
-    for path in args.checkpoints:
-        if not os.path.isfile(path):
-            raise SystemExit(f"mega-merge: no such checkpoint: {path}")
-    make_model, make_data = load_callable(args.model), load_callable(args.data)
-    data = make_data()
+
+def _validation(make_data):
+    try:
+        data = make_data()
+    except Exception as err:
+        raise UsageError(f"--data: the function raised {type(err).__name__}: {err}") from None
     val, test = (data.get("val"), data.get("test")) if isinstance(data, dict) else (data, None)
-    if val is None:
-        raise SystemExit("mega-merge: the data function returned no validation set ('val')")
-    device = torch.device(args.device) if args.device else mega_deap.default_device()
-    models = [load_model_file(make_model(), p).to(device) for p in args.checkpoints]
-    result = mega_deap.merge(models, val, popsize=args.popsize, ngen=args.ngen,
-                             npar=args.npar, tournsize=args.tournsize, mutation=args.mutation,
-                             sigma=args.sigma, indpb=args.indpb, metric=args.metric, seed=args.seed,
-                             device=device, verbose=not args.quiet)
+    for name, xy in (("val", val), ("test", test)):
+        if xy is None and name == "test":
+            continue
+        if not (isinstance(xy, (tuple, list)) and len(xy) == 2):
+            raise UsageError(f"--data: expected (X, y) for {name!r}, got {type(xy).__name__}")
+    return val, test
+
+
+def run(args) -> list:
+    """The merge itself; returns the paths written."""
+    import mega_deap
+    from mega_deap.checks import writable_file
+    from mega_deap.evaluation import Evaluator, get_metric
+    from mega_deap.experiments import format_table, plot_fitness, save_model, write_json
+
+    if len(args.checkpoints) < 2:
+        raise UsageError("give at least two checkpoints")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out!r} is a file; expected a folder")
+    writable_file("--out", os.path.join(args.out, "results.json"))
+    make_model = load_callable(args.model, "--model")
+    make_data = load_callable(args.data, "--data")
+    try:
+        device = torch.device(args.device) if args.device else mega_deap.default_device()
+    except RuntimeError as err:
+        raise UsageError(f"--device {args.device!r}: {err}") from None
+    models = [_read_checkpoint(make_model, p).to(device) for p in args.checkpoints]
+    val, test = _validation(make_data)
+    result = mega_deap.merge(models, val, popsize=args.popsize, ngen=args.ngen, npar=args.npar,
+                             tournsize=args.tournsize, mutation=args.mutation, sigma=args.sigma, indpb=args.indpb,
+                             metric=args.metric, seed=args.seed, device=device, progress=not args.quiet)
     ad = result.adapter
     names = [os.path.basename(p) for p in args.checkpoints] + ["MeGA"]
     genomes = [ad.genome(m.to(device)) for m in models] + [result.genome]
@@ -92,18 +160,27 @@ def main(argv=None):
             for row, score in zip(rows, Evaluator(ad, *xy, get_metric(args.metric)).scores(genomes)):
                 row[f"{split}_{args.metric}"] = score
     os.makedirs(args.out, exist_ok=True)
-    merged = save_model(result.model, os.path.join(args.out, "merged.safetensors"))
+    written = [save_model(result.model, os.path.join(args.out, "merged.safetensors"))]
     try:
-        png = plot_fitness(result.logbook, os.path.join(args.out, "fitness.png"))
+        written.append(plot_fitness(result.logbook, os.path.join(args.out, "fitness.png")))
     except ImportError:
-        png = None
-        print("matplotlib is not installed: no fitness.png (pip install matplotlib)")
+        print("matplotlib is not installed: no fitness.png (pip install matplotlib)", file=sys.stderr)
     columns = ["model", f"val_{args.metric}"] + ([f"test_{args.metric}"] if test is not None else [])
-    write_json({"settings": vars(args), "rows": rows, "logbook": [dict(r) for r in result.logbook],
-                "files": {"merged_model": merged, "plot": png}}, os.path.join(args.out, "results.json"))
+    written.append(write_json({"settings": vars(args), "rows": rows, "logbook": [dict(r) for r in result.logbook],
+                               "files": written[:]}, os.path.join(args.out, "results.json")))
     if not args.quiet:
         print(format_table(rows, columns=columns))
-        print(f"wrote {merged}")
+    return written
+
+
+def main(argv=None) -> int:
+    parser, args = _parse(argv)
+    try:
+        written = run(args)
+    except (UsageError, ValueError, TypeError) as err:  # ours and the library's checks: the user's mistake
+        print(f"mega-merge: error: {err}", file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(written))
     return 0
 
 

@@ -115,7 +115,7 @@ def _as_xy(val_data):
 def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: int = 4, tournsize: int = 3,
           seed: int = 0, device=None, mutation: str = "sparse", sigma: float = 0.01, indpb: float = 0.02,
           layerpb: float = 0.02, alpha: float = 0.0, metric: str = "accuracy", batch_size: Optional[int] = None,
-          strategy: str = "auto", buffers: bool = True, verbose: bool = True,
+          strategy: str = "auto", buffers: bool = True, verbose: bool = False, progress: bool = True,
           checkpoint: Optional[str] = None, breeding: str = "batched",
           autocast: Optional[torch.dtype] = None) -> MergeResult:
     """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`.
@@ -133,6 +133,8 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
                      (each tensor with ``layerpb``, as the reference code).
     :param metric: a name in :data:`mega_deap.evaluation.METRICS` (``"accuracy"``, ``"neg_mse"``, ``"neg_mae"``).
     :param checkpoint: a file to write after every generation and to resume from when it exists.
+    :param verbose: print the logbook, a line per generation; :param progress: a progress bar (on a
+                    terminal only; never in a log file).
     :param breeding: ``"batched"`` (a generation's variation as tensor operations) or ``"per-individual"``.
     :param batch_size, strategy, autocast: how the evaluator runs (:class:`~mega_deap.Evaluator`).
     """
@@ -182,7 +184,7 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
         adapter.repair_(ind)
     hof = tools.HallOfFame(1, similar=genome_equal)
     individuals, logbook = eaMeGA(individuals, toolbox, ngen, npar=npar, stats=default_stats(),
-                                  halloffame=hof, verbose=verbose, checkpoint=checkpoint)
+                                  halloffame=hof, verbose=verbose, checkpoint=checkpoint, progress=progress)
     best = hof[0]
     return MergeResult(model=adapter.to_model(best), genome=best.genome.clone(),
                        fitness=best.fitness.values[0], logbook=logbook, halloffame=hof, adapter=adapter,

@@ -76,10 +76,12 @@ def test_cifar_loader_refuses_code_and_junk(tmp_path):
         read_cifar_batch(folder / "data_batch_2")
 
 
-def test_resolve_splits_falls_back_in_one_line(tmp_path):
+def test_resolve_splits_falls_back_in_one_line_only_without_a_data_dir(tmp_path):
     said = []
-    s = resolve_splits("auto", str(tmp_path), say=said.append)
-    assert s.name == "digits" and len(said) == 1 and "digits" in said[0]
+    s = resolve_splits("auto", None, say=said.append)
+    assert s.name == "digits" and len(said) == 1 and "digits" in said[0] and "no --data-dir given" in said[0]
+    with pytest.raises(FileNotFoundError, match=r"no CIFAR-10 python batches in .* \(add --download\)"):
+        resolve_splits("auto", str(tmp_path), say=said.append)  # a named folder without CIFAR-10: an error
     with pytest.raises(FileNotFoundError, match="CIFAR-10 is not available"):
         resolve_splits("cifar10", str(tmp_path))
     d = resolve_splits("digits")
@@ -201,8 +203,7 @@ def test_mega_merge_cli(tmp_path, digits, digit_mlps):
     assert res["rows"][0]["val_accuracy"] == pytest.approx(model_accuracy(digit_mlps[0], *digits["val"]))
     assert "test_accuracy" in res["rows"][2]
     check_png(out / "fitness.png")
-    with pytest.raises(SystemExit, match="no such checkpoint"):
-        main([paths[0], str(tmp_path / "missing.pt"), "--model", "x:y", "--data", "x:y"])
+    assert main([paths[0], str(tmp_path / "missing.pt"), "--model", "x:y", "--data", "x:y"]) == 2
 
 
 def test_download_says_why_it_cannot(tmp_path, monkeypatch):
@@ -219,6 +220,5 @@ def test_download_says_why_it_cannot(tmp_path, monkeypatch):
     from mega_deap.experiments import download_cifar10
     folder, reason = download_cifar10(str(tmp_path))
     assert folder is None and "torchvision is not usable" in reason
-    said = []
-    s = resolve_splits("auto", str(tmp_path), download=True, say=said.append)
-    assert s.name == "digits" and "torchvision is not usable" in said[0]
+    with pytest.raises(FileNotFoundError, match="torchvision is not usable"):
+        resolve_splits("auto", str(tmp_path), download=True)

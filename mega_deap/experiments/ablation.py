@@ -118,7 +118,7 @@ def run_ablation(adapter, parents, evaluator, test_evaluator=None, *, variants=N
     icls = ensure_creator_classes()
     results = {}
     total = len(variants) * len(seeds)
-    with tqdm(total=total, desc="ablation", disable=not progress) as bar:
+    with tqdm(total=total, desc="ablation", disable=None if progress else True) as bar:
         for name, registrations in variants.items():
             runs = []
             for s in seeds:

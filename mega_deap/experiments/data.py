@@ -157,7 +157,7 @@ def resolve_splits(dataset="auto", data_dir=None, download=False, seed=0, say=pr
     if reason is None:
         reason = ("no --data-dir given" if not data_dir else
                   f"no CIFAR-10 python batches in {data_dir!r}" + ("" if download else " (add --download)"))
-    if dataset == "cifar10":
+    if dataset == "cifar10" or data_dir:  # a folder was named: falling back would hide a typo
         raise FileNotFoundError(f"CIFAR-10 is not available: {reason}")
     say(f"CIFAR-10 is not available ({reason}); running the same pipeline on scikit-learn's bundled digits.")
     return digits_splits(seed=seed, **({"val_size": val_size} if val_size else {}))

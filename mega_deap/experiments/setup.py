@@ -36,10 +36,18 @@ class Setup(NamedTuple):
 
 
 def setup(args, seed=0):
-    """Resolve the flags of :func:`add_data_args` (the data set says which, in one line, if it falls back)."""
+    """Resolve the flags of :func:`add_data_args` (the data set says which, in one line, if it falls back);
+    a flag that names something unusable ends the program with one line (exit status 1), not a traceback."""
+    import os
+    import sys
     from mega_deap.population import default_device
-    device = torch.device(args.device) if args.device else default_device()
-    splits = resolve_splits(args.dataset, args.data_dir, args.download, seed=seed, say=print, val_size=args.val_size)
+    prog = os.path.basename(sys.argv[0]) or "example"
+    try:
+        device = torch.device(args.device) if args.device else default_device()
+        splits = resolve_splits(args.dataset, args.data_dir, args.download, seed=seed, say=print,
+                                val_size=args.val_size)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:  # a --data-dir without CIFAR-10, a bad
+        raise SystemExit(f"{prog}: error: {err}") from None       # --device or --val-size: one line
     model_name = args.model or (args.cifar_model if splits.name == "cifar10" else "smallcnn")
     epochs = args.epochs if args.epochs is not None else (50 if splits.name == "cifar10" else 30)
     factory = functools.partial(build_model, model_name, splits.in_channels, splits.num_classes, splits.image_size)

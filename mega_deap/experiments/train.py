@@ -84,7 +84,7 @@ def train_model(model: nn.Module, train: tuple, *, epochs: int = 50, lr: float =
     X, _ = train
     model.to(device).train()
     steps = epochs * ((len(X) + batch_size - 1) // batch_size)
-    with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
+    with tqdm(total=steps, desc=desc, disable=None if progress else True, leave=False) as bar:
         fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
             device=device, bar=bar)
     return model.eval()

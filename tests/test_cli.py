@@ -1,0 +1,100 @@
+"""The command line as a new user meets it: a module in the current folder, mistakes that end in one line
+(exit status 2) naming the file or argument, a plain and complete --help, the files written always listed."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NETS = ("import torch\nfrom torch import nn\n"
+        "def make_net():\n    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n"
+        "def wide_net():\n    return nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))\n"
+        "def validation():\n    return torch.load('data.pt', weights_only=True)\n")
+
+
+def cli(cwd, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "mega_deap.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, digits, digit_mlps):
+    d = tmp_path_factory.mktemp("user")
+    (d / "mynets.py").write_text(NETS)
+    torch.save(digits["val"], d / "data.pt")
+    from mega_deap.experiments import save_model
+    save_model(digit_mlps[0], d / "a.safetensors")
+    torch.save(digit_mlps[1].state_dict(), d / "b.pt")
+    torch.save(digit_mlps[1], d / "whole.pt")  # a pickled module, not a state dict
+    (d / "afile").write_text("x")
+    return d
+
+
+def one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_module_in_the_current_folder_and_files_listed_even_quiet(folder):
+    proc = cli(folder, "a.safetensors", "b.pt", "--model", "mynets:make_net", "--data", "mynets:validation",
+               "--popsize", "4", "--ngen", "1", "--out", "merged", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith("wrote ") and "merged.safetensors" in proc.stdout
+    assert (folder / "merged" / "results.json").exists()
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["a.safetensors", "missing.pt"], ["checkpoint 'missing.pt'", "no such file"]),
+    (["a.safetensors", "whole.pt"], ["'whole.pt' holds a pickled object, not a state dict", "state_dict()"]),
+    (["a.safetensors", "b.pt", "--model", "mynets:wide_net"], ["'a.safetensors' does not fit the --model"]),
+    (["a.safetensors", "b.pt", "--model", "mynets:nope"], ["--model 'mynets:nope'", "no function 'nope'"]),
+    (["a.safetensors", "b.pt", "--model", "notthere:make_net"], ["no module named 'notthere'"]),
+    (["a.safetensors", "b.pt", "--model", "make_net"], ["expected 'module:function'"]),
+    (["a.safetensors", "b.pt", "--out", "afile"], ["--out 'afile' is a file"]),
+    (["a.safetensors", "b.pt", "--sigma", "-1"], ["sigma must be a finite number >= 0"]),
+])
+def test_mistakes_end_in_one_line(folder, args, needles):
+    base = {"--model": "mynets:make_net", "--data": "mynets:validation", "--out": "o"}
+    extra = [x for k, v in base.items() if k not in args for x in (k, v)]
+    one_line_error(cli(folder, *args, *extra, "--popsize", "4", "--ngen", "1"), *needles)
+
+
+def test_help_is_plain_and_complete(folder):
+    proc = cli(folder, "--help")
+    assert proc.returncode == 0
+    text = proc.stdout
+    assert "``" not in text and "default: None" not in text and ":param" not in text
+    import argparse
+    from mega_deap.cli import _parse
+    parser, _ = _parse(["x.pt", "--model", "a:b", "--data", "a:b"])
+    for action in parser._actions:
+        assert action.help, f"{action.dest} has no help"
+
+
+@pytest.mark.parametrize("example", ["merge_cifar", "merge_hierarchical", "merge_keras", "ablation",
+                                     "hpo_weight_merge", "reproduce"])
+def test_every_example_help_works_without_extras(tmp_path, example):
+    """Keras made unimportable (a stand-in package that fails on import) and --help still works."""
+    fake = tmp_path / "fake"
+    (fake / "keras").mkdir(parents=True)
+    (fake / "keras" / "__init__.py").write_text("raise ImportError('keras is not installed here')\n")
+    env = {**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / f"{example}.py"), "--help"], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert "usage:" in proc.stdout
+
+
+def test_a_data_dir_without_cifar_is_an_error_not_a_fallback(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "merge_cifar.py"), "--data-dir", str(tmp_path),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"merge_cifar.py: error: CIFAR-10 is not available: no CIFAR-10 "
+                                                f"python batches in {str(tmp_path)!r} (add --download)"]
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,62 @@
+"""What a library call prints: nothing unasked; a progress bar only on a terminal; the logbook, one plain
+line per generation, only with verbose=True."""
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import train_mlp
+import mega_deap
+from sklearn.datasets import load_digits
+X, y = load_digits(return_X_y=True)
+X = torch.tensor(X / 16.0, dtype=torch.float32); y = torch.tensor(y)
+models = [train_mlp((X[:600], y[:600]), s, epochs=2) for s in (1, 2)]
+mega_deap.merge(models, (X[600:900], y[600:900]), popsize=4, ngen=3, device="cpu", {kwargs})
+"""
+
+
+def run(kwargs="", tty=False):
+    code = SCRIPT.format(tests=str(ROOT / "tests"), kwargs=kwargs)
+    if not tty:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        return p.stdout + p.stderr
+    import pty
+    out = []
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: give its terminal a size, as a real one has, then run
+        import fcntl
+        import struct
+        import termios
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        os.execv(sys.executable, [sys.executable, "-c", code])
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out.append(chunk)
+    os.waitpid(pid, 0)
+    return b"".join(out).decode(errors="replace")
+
+
+def test_a_merge_prints_nothing_unasked_outside_a_terminal():
+    assert run() == ""
+
+
+def test_verbose_prints_one_plain_line_per_generation():
+    text = run("verbose=True")
+    lines = [l for l in text.splitlines() if l.strip()]
+    assert "\r" not in text and "eaMeGA" not in text        # no progress bar in a pipe
+    assert lines[0].split()[:2] == ["gen", "nevals"] and len(lines) == 1 + 4  # header + generations 0..3
+
+
+def test_a_progress_bar_on_a_terminal():
+    text = run(tty=True)
+    assert "eaMeGA" in text and "\r" in text
