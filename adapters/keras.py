@@ -10,6 +10,7 @@ Importing this module imports keras; ``mega_deap.adapters`` imports it only on f
 ``KerasAdapter``.
 """
 import contextlib
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -23,6 +24,14 @@ __all__ = ["KerasAdapter"]
 def _keras():
     import keras
     return keras
+
+
+def _generic(path):
+    """A weight's path below the model's own name, without Keras's uniquifying suffixes
+    ("sequential_2/dense_3/kernel" -> "dense/kernel"): two builds of one architecture agree on it, a
+    differently named layer does not."""
+    parts = path.split("/")
+    return "/".join(re.sub(r"_\d+$", "", part) for part in (parts[1:] if len(parts) > 1 else parts))
 
 
 def _float_weights(model, buffers):
@@ -101,6 +110,9 @@ class KerasAdapter(Adapter):
             if e.shape != shape or e.kind != kind:
                 raise ValueError(f"{model.name} differs from the template at weight {i}: expected {e.name!r} "
                                  f"of shape {e.shape}, got {v.path!r} of shape {shape}")
+            if _generic(e.name) != _generic(v.path):
+                raise ValueError(f"{model.name} differs from the template at weight {i}: expected a weight named "
+                                 f"like {e.name!r}, got {v.path!r} (same shape, another layer)")
         if len(theirs) != len(self.layout):
             first = self.layout[len(theirs)].name if len(theirs) < len(self.layout) else theirs[len(self.layout)][0].path
             raise ValueError(f"{model.name} has {len(theirs)} genome weights, the template has {len(self.layout)}; "

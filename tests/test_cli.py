@@ -98,3 +98,12 @@ def test_a_data_dir_without_cifar_is_an_error_not_a_fallback(tmp_path):
     assert proc.stderr.strip().splitlines() == [f"merge_cifar.py: error: CIFAR-10 is not available: no CIFAR-10 "
                                                 f"python batches in {str(tmp_path)!r} (add --download)"]
     assert not (tmp_path / "o").exists()
+
+
+def test_an_example_out_that_is_a_file_is_refused_before_work(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "merge_cifar.py"), "--out", str(tmp_path / "afile")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"merge_cifar.py: error: --out {str(tmp_path / 'afile')!r} is a file; "
+                                                f"expected a folder"]

@@ -79,6 +79,18 @@ def test_other_architecture_is_named():
         ad.load(torch.zeros(3))
 
 
+def test_same_shapes_other_layers_are_refused_and_rebuilds_accepted():
+    """Built twice, one architecture gets other auto-names (dense, dense_1): accepted. Layers named
+    otherwise with the same shapes: refused, naming the weight."""
+    def mlp(names=(None, None)):
+        return keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, name=names[0]),
+                                 keras.layers.Dense(10, name=names[1])])
+    ad = KerasAdapter(mlp())
+    assert ad.genomes([ad.model, mlp(), mlp()]).shape[0] == 3
+    with pytest.raises(ValueError, match=r"named like '.*dense.*/kernel', got '.*/encoder/kernel'"):
+        ad.genomes([ad.model, mlp(("encoder", "decoder"))])
+
+
 def test_moving_variance_kept_positive():
     from deap import base
     ad = KerasAdapter(sequential(0))

@@ -42,6 +42,9 @@ def setup(args, seed=0):
     import sys
     from mega_deap.population import default_device
     prog = os.path.basename(sys.argv[0]) or "example"
+    out = getattr(args, "out", None)
+    if out and os.path.exists(out) and not os.path.isdir(out):
+        raise SystemExit(f"{prog}: error: --out {out!r} is a file; expected a folder")
     try:
         device = torch.device(args.device) if args.device else default_device()
         splits = resolve_splits(args.dataset, args.data_dir, args.download, seed=seed, say=print,
