@@ -4,11 +4,11 @@
 ``TorchAdapter`` needs only torch. ``KerasAdapter`` is imported on first use, so importing this package
 never imports keras.
 """
-from .base import Adapter, KeepValid, LayoutEntry, adapter_for, register_adapter
+from .base import Adapter, KeepValid, LayoutEntry, adapter_for, register_adapter, unregister_adapter
 from .torch import TorchAdapter
 from .fitness import accuracy, neg_mse, neg_mae, fitness
 
-__all__ = ["Adapter", "adapter_for", "register_adapter", "TorchAdapter", "KerasAdapter", "LayoutEntry",
+__all__ = ["Adapter", "adapter_for", "register_adapter", "unregister_adapter", "TorchAdapter", "KerasAdapter", "LayoutEntry",
            "KeepValid", "accuracy", "neg_mse", "neg_mae", "fitness"]
 
 register_adapter("torch.nn:Module", TorchAdapter)

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-__all__ = ["Adapter", "LayoutEntry", "KeepValid", "register_adapter", "adapter_for"]
+__all__ = ["Adapter", "LayoutEntry", "KeepValid", "register_adapter", "unregister_adapter", "adapter_for"]
 
 LayoutEntry = namedtuple("LayoutEntry", "name shape offset numel kind")
 LayoutEntry.__doc__ = """One tensor of the genome: ``genome[offset:offset + numel].view(shape)``.
@@ -56,7 +56,7 @@ class Adapter(abc.ABC):
 
     Set by the subclass's constructor: ``model`` (the template), ``layout`` (a tuple of
     :class:`LayoutEntry`, the genome's tensors in order), ``dim`` (D), ``dtype`` and ``device`` (of the
-    genomes it reads and writes), ``var_floor`` and ``_variance_spans`` (``(offset, numel)`` of every
+    genomes it reads and writes), ``var_floor`` and ``variance_spans`` (``(offset, numel)`` of every
     running variance, kept at least ``var_floor`` by :meth:`repair_`).
 
     A subclass implements :meth:`check`, :meth:`genome`, :meth:`load`, :meth:`to_model`,
@@ -71,7 +71,7 @@ class Adapter(abc.ABC):
     dtype: torch.dtype
     device: torch.device
     var_floor: float = 1e-5
-    _variance_spans: tuple = ()
+    variance_spans: tuple = ()
     _fixed: Optional[tuple] = None  # (positions, values): non-finite entries every parent shares
 
     # -- what a subclass implements ---------------------------------------------
@@ -168,7 +168,7 @@ class Adapter(abc.ABC):
         and the non-finite entries every parent shares (:meth:`fix_nonfinite`) as the parents have them.
         Returns the genome."""
         g = self._check_genome(genome)
-        for off, n in self._variance_spans:
+        for off, n in self.variance_spans:
             g[off:off + n].clamp_(min=self.var_floor)
         if self._fixed is not None:
             pos, val = self._fixed
@@ -177,7 +177,7 @@ class Adapter(abc.ABC):
 
     def repair_rows_(self, rows: torch.Tensor, index: torch.Tensor) -> None:
         """:meth:`repair_` for the rows ``index`` of a ``(R, D)`` buffer at once (the batched breeding step)."""
-        for off, n in self._variance_spans:
+        for off, n in self.variance_spans:
             rows[index, off:off + n] = rows[index, off:off + n].clamp_(min=self.var_floor)
         if self._fixed is not None:
             pos, val = self._fixed
@@ -216,6 +216,11 @@ def register_adapter(model_type: Union[type, str], adapter: Union[type, str]) ->
     framework is imported (so registering Keras never imports Keras), an adapter only when first used.
     """
     _REGISTRY.append((model_type, adapter))
+
+
+def unregister_adapter(model_type: Union[type, str]) -> None:
+    """Forget the registrations for ``model_type`` (as it was given to :func:`register_adapter`)."""
+    _REGISTRY[:] = [(t, a) for t, a in _REGISTRY if t != model_type]
 
 
 def adapter_for(model) -> type:

@@ -83,7 +83,7 @@ class KerasAdapter(Adapter):
         pos_n = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
         self._targets = [("t", pos_t[id(v)]) if id(v) in pos_t else ("n", pos_n[id(v)]) for v, _ in weights]
         self._fixed_nt = list(model.non_trainable_variables)  # values for non-genome non-trainables
-        self._variance_spans = tuple(
+        self.variance_spans = tuple(
             (e.offset, e.numel) for (v, _), e in zip(weights, self.layout)
             if e.kind == "buffer" and v.path.endswith("moving_variance"))
 

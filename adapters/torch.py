@@ -71,7 +71,7 @@ class TorchAdapter(Adapter):
         self.layout = tuple(layout)
         self.dim = offset
         self._slots = self._build_slots()
-        self._variance_spans = tuple(
+        self.variance_spans = tuple(
             (e.offset, e.numel) for e in self.layout
             if e.kind == "buffer" and self._is_running_var(e.name))
 

@@ -52,12 +52,12 @@ _KEYWORDS = {"indpb": probability, "layerpb": probability, "cxpb": probability, 
 def check_toolbox_settings(toolbox) -> None:
     """Check the keyword settings the toolbox's registrations bind (``sigma``, ``indpb``, ``tournsize``,
     ...), naming the alias: a bad one fails here, before generation 0, not in generation 1."""
-    from .resume import _unwrap
+    from .resume import unwrap
     for alias in ("select", "mate", "mutate", "vary", "elite", "evaluate"):
         f = getattr(toolbox, alias, None)
         if f is None:
             continue
-        _, kw = _unwrap(f)
+        _, kw = unwrap(f)
         for key, value in kw.items():
             if key in _KEYWORDS:
                 try:

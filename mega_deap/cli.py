@@ -19,7 +19,7 @@ import torch
 
 from mega_deap.evaluation import METRICS
 
-__all__ = ["main", "load_callable", "UsageError"]
+__all__ = ["main", "build_parser", "load_callable", "UsageError"]
 
 DESCRIPTION = ("Merge two or more checkpoints of one architecture with MeGA (a genetic algorithm over "
                "blends of their weights); fitness is accuracy (or another metric) on your validation data.")
@@ -72,7 +72,8 @@ class _Formatter(argparse.HelpFormatter):
         return text
 
 
-def _parse(argv):
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mega-merge`` command line."""
     p = argparse.ArgumentParser(prog="mega-merge", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=_Formatter)
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
@@ -94,7 +95,7 @@ def _parse(argv):
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--out", default="merged", help="the folder to write to")
     p.add_argument("--quiet", action="store_true", help="print only the list of files written")
-    return p, p.parse_args(argv)
+    return p
 
 
 def _read_checkpoint(make_model, path):
@@ -174,7 +175,7 @@ def run(args) -> list:
 
 
 def main(argv=None) -> int:
-    parser, args = _parse(argv)
+    args = build_parser().parse_args(argv)
     try:
         written = run(args)
     except (UsageError, ValueError, TypeError) as err:  # ours and the library's checks: the user's mistake

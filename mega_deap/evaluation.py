@@ -191,6 +191,11 @@ class Evaluator:
         per_genome = max(1, out[0].numel() * min(self.batch_size, len(self.X)))
         self._loop_chunk = max(1, 2**24 // per_genome)
 
+    @property
+    def chosen(self) -> Optional[str]:
+        """The strategy ``"measure"`` settled on (``None`` before it measured)."""
+        return self._chosen
+
     def fingerprint(self) -> dict:
         """What identifies this evaluation in a checkpoint: the metric and a SHA-256 of the validation
         inputs and targets."""

@@ -14,13 +14,14 @@ from deap import base, tools
 from .checkpoint import load_checkpoint
 from .rng import set_rng_state
 
-__all__ = ["toolbox_fingerprint", "population_digest", "run_settings", "resume"]
+__all__ = ["unwrap", "toolbox_fingerprint", "population_digest", "run_settings", "resume"]
 
 ALIASES = ("clone", "select", "mate", "mutate", "vary", "elite", "evaluate", "map")
 
 
-def _unwrap(f):
-    """The function under partials and decorators, and the keywords the partials bind."""
+def unwrap(f) -> tuple:
+    """``(function, keywords)``: the function a toolbox registration calls, under DEAP's partials and any
+    decorators, and the keywords the partials bind."""
     kw = {}
     while True:
         if isinstance(f, functools.partial):
@@ -41,7 +42,7 @@ def toolbox_fingerprint(tb: base.Toolbox, aliases=ALIASES) -> dict:
         f = getattr(tb, alias, None)
         if f is None:
             continue
-        base_f, kw = _unwrap(f)
+        base_f, kw = unwrap(f)
         out[alias] = [getattr(base_f, "__qualname__", type(base_f).__qualname__),
                       sorted([k, "layout" if k == "layout" else repr(v)] for k, v in kw.items())]
     return out
@@ -64,7 +65,7 @@ def run_settings(toolbox: base.Toolbox, npar: int, population: list) -> dict:
     and the evaluation (metric and a digest of the validation data) when the evaluator can say."""
     settings = {"npar": npar, "toolbox": toolbox_fingerprint(toolbox),
                 "initial_population": population_digest(population)}
-    evaluate, _ = _unwrap(getattr(toolbox, "evaluate", None))
+    evaluate, _ = unwrap(getattr(toolbox, "evaluate", None))
     if hasattr(evaluate, "fingerprint"):
         settings["evaluation"] = evaluate.fingerprint()
     return settings

@@ -1,3 +1,6 @@
+import importlib.util
+import pathlib
+
 import pytest
 import torch
 from torch import nn
@@ -68,3 +71,14 @@ class SmallCNN(nn.Module):
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.relu(self.bn2(self.conv2(x)))
         return self.fc(x.mean((2, 3)))
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_script(name, folder="examples"):
+    """An example or benchmark script as a module (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / folder / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import mega_deap
-from mega_deap.adapters import Adapter, LayoutEntry, TorchAdapter, adapter_for, register_adapter
-from mega_deap.adapters import base as adapter_base
+from mega_deap.adapters import (Adapter, LayoutEntry, TorchAdapter, adapter_for, register_adapter,
+                                 unregister_adapter)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -65,10 +65,11 @@ class LinearAdapter(Adapter):
 
 @pytest.fixture
 def registered():
-    before = list(adapter_base._REGISTRY)
     register_adapter(Linear, LinearAdapter)
     yield
-    adapter_base._REGISTRY[:] = before
+    unregister_adapter(Linear)
+    with pytest.raises(TypeError, match="no adapter is registered"):
+        adapter_for(Linear(torch.zeros(2, 2)))
 
 
 def test_adapter_for_picks_the_registered_type(digit_mlps):

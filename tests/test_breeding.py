@@ -221,7 +221,7 @@ def test_keep_valid_repairs_batched_children():
     assert batched_plan(tb, inds) is not None
     kids = batched(inds, tb, 5, 4)
     for k in kids:
-        for off, n in ad._variance_spans:
+        for off, n in ad.variance_spans:
             assert (k.genome[off:off + n] >= ad.var_floor).all()
 
 

@@ -51,7 +51,7 @@ def test_vmap_equals_loop_cnn(classes, chunk):
     assert Evaluator(ad, X, y).strategy == "loop"  # auto on CPU: the measured rule
     meas = Evaluator(ad, X, y, batch_size=16, strategy="measure")
     assert meas.scores(inds + inds) == loop + loop  # measures on the first batch, same scores
-    assert set(meas.measured_timings) == {"loop", "vmap"} and meas._chosen in ("loop", "vmap")
+    assert set(meas.measured_timings) == {"loop", "vmap"} and meas.chosen in ("loop", "vmap")
 
 
 def test_regression_metrics_match_float64(classes):

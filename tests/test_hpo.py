@@ -1,23 +1,17 @@
 import copy
-import importlib.util
-import pathlib
 import random
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import load_script
 from mega_deap.experiments.hpo import (TrainEvaluator, adapt, build_mlp, cxScratch, cxWeightMerge, merge_layers,
-                           mutGenes, random_genes)
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+                                       mutGenes, random_genes)
 
 
 def example():
-    spec = importlib.util.spec_from_file_location("ex_hpo", ROOT / "examples" / "hpo_weight_merge.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("hpo_weight_merge")
 
 
 def lin(out_f, in_f, seed=0):

@@ -1,17 +1,15 @@
 """The command that regenerates every table: each section runs (tiny settings), writes its table with the
 environment beside it, and the docs hold a block for each section to be written into."""
-import importlib.util
 import pathlib
 import re
+
+from conftest import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "examples" / "reproduce.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("reproduce")
 
 
 def test_every_section_has_a_block_in_the_docs():
