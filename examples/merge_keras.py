@@ -8,7 +8,6 @@ fitness; test accuracy is reported beside it and never used.
 """
 import argparse
 import os
-import sys
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .files import atomic_write
+from .files import atomic_write, tensor_digest
 from .rng import rng_state
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
@@ -30,10 +30,6 @@ class CheckpointError(ValueError):
 ######################################
 # Files                              #
 ######################################
-
-def _digest(t):
-    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy()).hexdigest()  # reads the buffer, no copy
-
 
 def _fitness_list(individuals):
     return [list(ind.fitness.values) if ind.fitness.valid else None for ind in individuals]
@@ -74,7 +70,7 @@ def save_checkpoint(path, *, gen: int, population: list, halloffame=None, logboo
         "logbook": _jsonable([dict(r) for r in logbook]) if logbook is not None else [],
         "logbook_header": list(getattr(logbook, "header", None) or []),
         "rng": rng_meta, "extra": _jsonable(extra or {}),
-        "sha256": {k: _digest(v) for k, v in tensors.items()},
+        "sha256": {k: tensor_digest(v) for k, v in tensors.items()},
     }
     path = os.fspath(path)
     if os.path.exists(path):  # keep the current one as .prev; path itself never disappears
@@ -178,6 +174,6 @@ def _load(path, hint):
     if problem:
         raise CheckpointError(f"{path!r} is not a usable checkpoint: {problem}{hint}")
     for name, digest in meta["sha256"].items():
-        if name not in tensors or _digest(tensors[name]) != digest:
+        if name not in tensors or tensor_digest(tensors[name]) != digest:
             raise CheckpointError(f"{path!r} is corrupted: tensor {name!r} does not match its checksum{hint}")
     return meta, tensors

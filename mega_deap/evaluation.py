@@ -200,14 +200,9 @@ class Evaluator:
         """What identifies this evaluation in a checkpoint: the metric and a SHA-256 of the validation
         inputs and targets."""
         if self._fingerprint is None:
-            import hashlib
-            h = hashlib.sha256()
-            for t in (self.X, self.y):
-                t = t.detach().cpu().contiguous()
-                h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-                h.update(t.view(torch.uint8).numpy())
+            from .files import tensor_digest
             self._fingerprint = {"metric": getattr(self.metric, "name", type(self.metric).__name__),
-                                 "validation_sha256": h.hexdigest()}
+                                 "validation_sha256": tensor_digest(self.X, self.y)}
         return self._fingerprint
 
     # -- DEAP hooks -------------------------------------------------------------

@@ -3,10 +3,25 @@
 A reader (or a run resumed after a kill at any instant) sees either the old file or the new one, never a
 half-written one.
 """
+import hashlib
 import os
 from typing import Callable
 
-__all__ = ["atomic_write"]
+import torch
+
+__all__ = ["atomic_write", "tensor_digest"]
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 of tensors' shapes, dtypes and bytes, in order (read in place when already contiguous on
+    the CPU): the one checksum of checkpoints, job identities and caches."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def atomic_write(path, write: Callable[[str], None]) -> str:

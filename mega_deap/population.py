@@ -12,13 +12,13 @@ ever copying more than one row per clone. If every row is taken (someone keeps o
 import os
 import warnings
 import weakref
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
 from .individual import TensorIndividual
 
-__all__ = ["TensorPopulation", "default_device", "stack_genomes"]
+__all__ = ["TensorPopulation", "default_device"]
 
 
 def default_device() -> torch.device:
@@ -170,18 +170,3 @@ class TensorPopulation:
     def __repr__(self):
         return (f"TensorPopulation(size={self.size}, dim={self.dim}, dtype={self.dtype}, device={self.device}, "
                 f"free_rows={self.free_rows})")
-
-
-def stack_genomes(individuals: Sequence) -> torch.Tensor:
-    """The genomes of ``individuals`` (or ``(D,)`` genome tensors) as one ``(k, D)`` tensor.
-
-    Rows of one population are gathered with a single ``index_select``; anything else is stacked.
-    """
-    if not individuals:
-        raise ValueError("stack_genomes needs at least one individual")
-    owners = [getattr(ind, "_owner", None) for ind in individuals]
-    pop = owners[0][0] if owners[0] is not None else None
-    if pop is not None and all(o is not None and o[0] is pop for o in owners):
-        idx = torch.tensor([o[1] for o in owners], device=pop.device)
-        return pop.rows.index_select(0, idx)
-    return torch.stack([getattr(ind, "genome", ind) for ind in individuals])

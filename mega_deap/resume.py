@@ -5,13 +5,11 @@ checkpoint written with other settings, naming the first difference, and otherwi
 population (in order), the hall of fame, the logbook and every random source.
 """
 import functools
-import hashlib
-
-import torch
 
 from deap import base, tools
 
 from .checkpoint import load_checkpoint
+from .files import tensor_digest
 from .rng import set_rng_state
 
 __all__ = ["unwrap", "toolbox_fingerprint", "population_digest", "run_settings", "resume"]
@@ -51,12 +49,7 @@ def toolbox_fingerprint(tb: base.Toolbox, aliases=ALIASES) -> dict:
 def population_digest(population: list) -> str:
     """SHA-256 of the genomes of ``population``, in order: the parents, the layout, the seed and the
     initialisation all show in the initial population, so this digest identifies a run's start."""
-    h = hashlib.sha256()
-    for ind in population:
-        g = ind.genome.detach().cpu().contiguous()
-        h.update(str(tuple(g.shape)).encode() + str(g.dtype).encode())
-        h.update(g.view(torch.uint8).numpy())
-    return h.hexdigest()
+    return tensor_digest(*(ind.genome for ind in population))
 
 
 def run_settings(toolbox: base.Toolbox, npar: int, population: list) -> dict:

@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mega_deap.evaluation import correct
-from mega_deap.files import atomic_write
+from mega_deap.files import atomic_write, tensor_digest
 
 __all__ = ["fit", "cross_entropy_loss", "train_model", "train_or_load", "parent_key", "save_model", "load_model_file", "model_accuracy"]
 
@@ -114,22 +114,12 @@ def load_model_file(model, path, map_location="cpu"):
     return model.eval()
 
 
-def _digest(*tensors):
-    """SHA-256 of tensors' shapes, dtypes and bytes."""
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def parent_key(model, train, recipe):
     """What decides a trained parent, as a JSON-able dict: the training data (a digest of the training
     split's images and labels, so the data set, the split seed and the sizes all count), the untrained
     model's architecture (every tensor's name, shape and dtype) and the recipe (seed, epochs, lr, batch)."""
     arch = [[name, list(t.shape), str(t.dtype)] for name, t in model.state_dict().items()]
-    return {"data": _digest(*train), "architecture": hashlib.sha256(json.dumps(arch).encode()).hexdigest(),
+    return {"data": tensor_digest(*train), "architecture": hashlib.sha256(json.dumps(arch).encode()).hexdigest(),
             "recipe": dict(recipe)}
 
 
