@@ -11,7 +11,7 @@ from deap import base, tools
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
-from .checks import check_toolbox_settings, integer, writable_file
+from .checks import check_toolbox_settings, run_sizes, writable_file
 from .operators import selElite
 from .resume import resume, run_settings
 
@@ -54,12 +54,7 @@ def _tournsize(toolbox):
 
 
 def _check(population, toolbox, ngen, npar):
-    integer("ngen", ngen)
-    integer("npar", npar)
-    if ngen < 0:
-        raise ValueError(f"ngen must be >= 0, got {ngen}")
-    if npar < 2:
-        raise ValueError(f"npar must be >= 2 (the first two winners mate), got {npar}")
+    run_sizes(ngen, npar)
     if len(population) < max(npar, 2):
         raise ValueError(f"population of {len(population)} is smaller than npar={npar}")
     tsize = _tournsize(toolbox)

@@ -23,8 +23,10 @@ from typing import Optional
 import torch
 from deap import base, tools
 
-from .operators import cxBlend, mutLayerGaussian, mutSparseGaussian, sparse_indices
+from .algorithms import varMeGA
+from .operators import cxBlend, layout_spans, mutLayerGaussian, mutSparseGaussian, sparse_indices
 from .population import TensorPopulation
+from .resume import unwrap
 
 __all__ = ["varMeGABatched", "batched_plan"]
 
@@ -32,21 +34,21 @@ _CHUNK_ELEMENTS = 2**24  # genes blended per tensor operation: bounds the gather
 
 
 def _peel(f):
-    """``(function, keywords, repairs)``: the function under partials and ``keep_valid`` decorators."""
-    kw, repairs = {}, []
-    while True:
-        if isinstance(f, functools.partial):
-            if f.args:
+    """``(function, keywords, adapters)`` of a registration whose only layers are DEAP's keyword partials
+    and adapters' ``keep_valid()`` decorators (``adapters``: those decorators' adapters, to repair with);
+    ``(None, {}, [])`` when another layer's effect is unknown."""
+    layers = []
+    func, kw = unwrap(f, layers)
+    adapters = []
+    for layer in layers:
+        if isinstance(layer, functools.partial):
+            if layer.args:
                 return None, {}, []
-            kw = {**f.keywords, **kw}
-            f = f.func
-        elif hasattr(f, "adapter") and hasattr(f, "__wrapped__"):  # an adapter's keep_valid() decorator
-            repairs.append(f.adapter)
-            f = f.__wrapped__
-        elif hasattr(f, "__wrapped__") or hasattr(f, "func"):
-            return None, {}, []  # another decorator: its effect is unknown
+        elif hasattr(getattr(layer, "adapter", None), "repair_rows_"):  # an adapter's keep_valid()
+            adapters.append(layer.adapter)
         else:
-            return f, kw, repairs
+            return None, {}, []
+    return func, kw, adapters
 
 
 def batched_plan(toolbox: base.Toolbox, population: list) -> Optional[dict]:
@@ -82,11 +84,6 @@ def batched_plan(toolbox: base.Toolbox, population: list) -> Optional[dict]:
             "mutation": mutation, "mate_repairs": mrep, "mutate_repairs": urep}
 
 
-def _repair(rows, idx, adapters):
-    for adapter in adapters:
-        adapter.repair_rows_(rows, idx)
-
-
 def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: int = 4) -> list:
     """:func:`~mega_deap.varMeGA`'s children, bred for the whole generation at once (see the module).
 
@@ -97,7 +94,6 @@ def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: 
 
     :returns: ``lambda_`` children, views of free rows of the population's buffer, fitness invalid.
     """
-    from .algorithms import varMeGA
     plan = batched_plan(toolbox, population)
     if plan is None or lambda_ < 1:
         return varMeGA(population, toolbox, lambda_, npar)
@@ -125,7 +121,8 @@ def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: 
         blended = torch.lerp(rows.index_select(0, parents[sl, 0]), rows.index_select(0, parents[sl, 1]), weight[sl])
         rows.index_copy_(0, dest[sl], blended)
         del blended
-    _repair(rows, dest, plan["mate_repairs"])
+    for adapter in plan["mate_repairs"]:
+        adapter.repair_rows_(rows, dest)
 
     # 3. every mutation: one draw of hit positions over all children's genes, one scatter
     kind, kw = plan["mutation"]
@@ -136,12 +133,13 @@ def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: 
             noise = torch.normal(float(kw["mu"]), float(kw["sigma"]), hits.shape, dtype=rows.dtype, device=device)
             rows.view(-1).index_add_(0, flat, noise)
     else:
-        spans = [(e.offset, e.numel) if hasattr(e, "offset") else (int(e[0]), int(e[1])) for e in kw["layout"]]
+        spans = layout_spans(kw["layout"])
         struck = torch.rand(lambda_, len(spans), dtype=torch.float64, device=device) < kw["layerpb"]
         dest_rows = dest.tolist()
         for child, tensor in struck.nonzero().tolist():
             off, n = spans[tensor]
             seg = rows[dest_rows[child], off:off + n]  # a view of the child's row
             seg.add_(torch.randn(n, dtype=rows.dtype, device=device).mul_(kw["sigma"]).add_(kw["mu"]))
-    _repair(rows, dest, plan["mutate_repairs"])
+    for adapter in plan["mutate_repairs"]:
+        adapter.repair_rows_(rows, dest)
     return children

@@ -128,25 +128,26 @@ def _check_fields(meta, tensors):
     return None
 
 
-def _intact(path):
-    try:
-        _load(path, "")
-        return True
-    except Exception:
-        return False
-
-
 def load_checkpoint(path) -> tuple:
     """Read and verify a checkpoint: ``(meta dict, {name: tensor})``. Raises :class:`CheckpointError`,
-    naming the file and, when one is intact, the ``.prev`` checkpoint to resume from instead."""
+    naming the file and, when one is intact, the ``.prev`` checkpoint to resume from instead (checked only
+    when ``path`` itself is bad, so a good checkpoint is read once)."""
     path = os.fspath(path)
-    fallback = f"{path}.prev"
-    hint = (f"; the previous checkpoint {fallback!r} is intact: resume from it by renaming it to {path!r}"
-            if fallback != path and os.path.exists(fallback) and _intact(fallback) else "")
-    return _load(path, hint)
+    try:
+        return _load(path)
+    except CheckpointError as err:
+        fallback = f"{path}.prev"
+        if fallback == path or not os.path.exists(fallback):
+            raise
+        try:
+            _load(fallback)
+        except Exception:
+            raise err from None
+        raise CheckpointError(f"{err}; the previous checkpoint {fallback!r} is intact: resume from it by "
+                              f"renaming it to {path!r}") from None
 
 
-def _load(path, hint):
+def _load(path):
     from safetensors import safe_open
     try:
         with safe_open(path, framework="pt") as f:
@@ -155,25 +156,25 @@ def _load(path, hint):
     except FileNotFoundError:
         raise
     except Exception as err:
-        raise CheckpointError(f"{path!r} is not a readable checkpoint ({type(err).__name__}: {err}){hint}") from None
+        raise CheckpointError(f"{path!r} is not a readable checkpoint ({type(err).__name__}: {err})") from None
     if "mega_deap" not in header:
-        raise CheckpointError(f"{path!r} is a safetensors file but not a mega_deap checkpoint{hint}")
+        raise CheckpointError(f"{path!r} is a safetensors file but not a mega_deap checkpoint")
     recorded = header.get("mega_deap.sha256")
     if recorded is None:
-        raise CheckpointError(f"{path!r} has no header checksum: not a checkpoint of this format{hint}")
+        raise CheckpointError(f"{path!r} has no header checksum: not a checkpoint of this format")
     if hashlib.sha256(header["mega_deap"].encode()).hexdigest() != recorded:
-        raise CheckpointError(f"{path!r} is corrupted: its header does not match its checksum{hint}")
+        raise CheckpointError(f"{path!r} is corrupted: its header does not match its checksum")
     try:
         meta = json.loads(header["mega_deap"])
     except json.JSONDecodeError:
-        raise CheckpointError(f"{path!r} has a header that is not JSON{hint}") from None
+        raise CheckpointError(f"{path!r} has a header that is not JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{path!r} has format {found!r}, expected {FORMAT!r}{hint}")
+        raise CheckpointError(f"{path!r} has format {found!r}, expected {FORMAT!r}")
     problem = _check_fields(meta, tensors)
     if problem:
-        raise CheckpointError(f"{path!r} is not a usable checkpoint: {problem}{hint}")
+        raise CheckpointError(f"{path!r} is not a usable checkpoint: {problem}")
     for name, digest in meta["sha256"].items():
         if name not in tensors or tensor_digest(tensors[name]) != digest:
-            raise CheckpointError(f"{path!r} is corrupted: tensor {name!r} does not match its checksum{hint}")
+            raise CheckpointError(f"{path!r} is corrupted: tensor {name!r} does not match its checksum")
     return meta, tensors

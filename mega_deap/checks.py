@@ -5,7 +5,8 @@ import numbers
 import os
 from typing import Optional
 
-__all__ = ["integer", "probability", "nonnegative", "writable_file", "check_toolbox_settings"]
+__all__ = ["integer", "run_sizes", "choice", "probability", "nonnegative", "writable_file",
+           "check_toolbox_settings"]
 
 
 def integer(name: str, value, minimum: Optional[int] = None) -> int:
@@ -15,6 +16,22 @@ def integer(name: str, value, minimum: Optional[int] = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def run_sizes(ngen, npar) -> None:
+    """The sizes every MeGA run has: ``ngen`` >= 0 generations, ``npar`` >= 2 winners per child."""
+    integer("ngen", ngen)
+    integer("npar", npar)
+    if ngen < 0:
+        raise ValueError(f"ngen must be >= 0, got {ngen}")
+    if npar < 2:
+        raise ValueError(f"npar must be >= 2 (the first two winners mate), got {npar}")
+
+
+def choice(name: str, value, options: tuple):
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(repr(o) for o in options)}, got {value!r}")
+    return value
 
 
 def probability(name: str, value) -> float:

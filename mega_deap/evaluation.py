@@ -23,6 +23,7 @@ from typing import Literal, Optional
 
 import torch
 
+from .files import tensor_digest
 from .individual import TensorIndividual
 
 __all__ = ["Evaluator", "Accuracy", "NegMSE", "NegMAE", "METRICS", "get_metric", "correct", "STRATEGIES"]
@@ -201,7 +202,6 @@ class Evaluator:
         """What identifies this evaluation in a checkpoint: the metric and a SHA-256 of the validation
         inputs and targets."""
         if self._fingerprint is None:
-            from .files import tensor_digest
             self._fingerprint = {"metric": getattr(self.metric, "name", type(self.metric).__name__),
                                  "validation_sha256": tensor_digest(self.X, self.y)}
         return self._fingerprint

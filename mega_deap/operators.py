@@ -15,8 +15,8 @@ import torch
 
 from .individual import TensorIndividual
 
-__all__ = ["initBlend", "cxBlend", "mutSparseGaussian", "mutLayerGaussian", "sparse_indices", "selElite",
-           "selNoElite"]
+__all__ = ["initBlend", "cxBlend", "mutSparseGaussian", "mutLayerGaussian", "sparse_indices", "layout_spans",
+           "selElite", "selNoElite"]
 
 
 def _genome(ind):
@@ -181,6 +181,11 @@ def mutSparseGaussian(individual, mu: float, sigma: float, indpb: float, *,
     return (individual,)
 
 
+def layout_spans(layout: Sequence) -> list:
+    """``[(offset, numel)]`` of a genome's tensors: from an adapter's layout entries or from pairs."""
+    return [(e.offset, e.numel) if hasattr(e, "offset") else (int(e[0]), int(e[1])) for e in layout]
+
+
 def mutLayerGaussian(individual, layout: Sequence, mu: float, sigma: float, layerpb: float, *,
                      generator: Optional[torch.Generator] = None) -> tuple:
     """With probability ``layerpb`` per tensor, add N(mu, sigma^2) noise to the whole tensor, in place.
@@ -199,7 +204,7 @@ def mutLayerGaussian(individual, layout: Sequence, mu: float, sigma: float, laye
     if not 0.0 <= layerpb <= 1.0:
         raise ValueError(f"layerpb must be a probability in [0, 1], got {layerpb!r}")
     g = _genome(individual)
-    spans = [(e.offset, e.numel) if hasattr(e, "offset") else (int(e[0]), int(e[1])) for e in layout]
+    spans = layout_spans(layout)
     if not spans:
         return (individual,)
     hits = torch.rand(len(spans), generator=generator, dtype=torch.float64, device=g.device) < layerpb

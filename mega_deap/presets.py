@@ -14,11 +14,14 @@ from deap import base, creator, tools
 from . import rng
 from .algorithms import eaMeGA, varMeGA
 from .breeding import varMeGABatched
-from .checks import integer, nonnegative, probability, writable_file
+from .checks import choice, integer, nonnegative, probability, run_sizes, writable_file
 from .evaluation import Evaluator, get_metric
 from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian, selElite
 from .population import TensorPopulation
+
+MUTATIONS = ("sparse", "layer")
+BREEDINGS = ("batched", "per-individual")
 
 __all__ = ["ensure_creator_classes", "default_stats", "mega_toolbox", "merge", "merge_tree", "MergeResult",
            "TreeResult"]
@@ -64,20 +67,18 @@ def mega_toolbox(pop: TensorPopulation, evaluator: Evaluator, *, tournsize: int 
     variances stay positive). ``breeding="per-individual"`` registers :func:`~mega_deap.varMeGA` as ``vary``
     instead (the same distributions, one operator call per child).
     """
-    if breeding not in ("batched", "per-individual"):
-        raise ValueError(f"breeding must be 'batched' or 'per-individual', got {breeding!r}")
+    choice("mutation", mutation, MUTATIONS)
+    choice("breeding", breeding, BREEDINGS)
     tb = base.Toolbox()
     tb.register("clone", pop.clone)
     tb.register("select", tools.selTournament, tournsize=tournsize)
     tb.register("mate", cxBlend, alpha=alpha)
     if mutation == "sparse":
         tb.register("mutate", mutSparseGaussian, mu=mu, sigma=sigma, indpb=indpb)
-    elif mutation == "layer":
+    else:
         if layout is None:
             raise ValueError("mutation='layer' needs the genome's layout (adapter.layout)")
         tb.register("mutate", mutLayerGaussian, layout=layout, mu=mu, sigma=sigma, layerpb=layerpb)
-    else:
-        raise ValueError(f"mutation must be 'sparse' or 'layer', got {mutation!r}")
     tb.register("elite", selElite)
     tb.register("vary", varMeGABatched if breeding == "batched" else varMeGA)  # batched: while the
     # operators above are the built-in ones
@@ -145,24 +146,17 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     # 1. every setting, before any work
     evaluator_metric = get_metric(metric)
     integer("popsize", popsize)
-    integer("ngen", ngen)
-    integer("npar", npar)
+    run_sizes(ngen, npar)
     integer("tournsize", tournsize, 1)
     integer("seed", seed)
-    if ngen < 0:
-        raise ValueError(f"generations (ngen) must be >= 0, got {ngen}")
-    if npar < 2:
-        raise ValueError(f"npar must be >= 2 (the first two winners mate), got {npar}")
     if popsize < max(npar, tournsize, 2):
         raise ValueError(f"popsize={popsize} is smaller than npar={npar} or tournsize={tournsize}")
     nonnegative("sigma", sigma)
     nonnegative("alpha", alpha)
     probability("indpb", indpb)
     probability("layerpb", layerpb)
-    if mutation not in ("sparse", "layer"):
-        raise ValueError(f"mutation must be 'sparse' or 'layer', got {mutation!r}")
-    if breeding not in ("batched", "per-individual"):
-        raise ValueError(f"breeding must be 'batched' or 'per-individual', got {breeding!r}")
+    choice("mutation", mutation, MUTATIONS)
+    choice("breeding", breeding, BREEDINGS)
     if batch_size is not None:
         integer("batch_size", batch_size, 1)
     if checkpoint is not None:

@@ -5,6 +5,7 @@ checkpoint written with other settings, naming the first difference, and otherwi
 population (in order), the hall of fame, the logbook and every random source.
 """
 import functools
+from typing import Optional
 
 from deap import base, tools
 
@@ -17,18 +18,23 @@ __all__ = ["unwrap", "toolbox_fingerprint", "population_digest", "run_settings",
 ALIASES = ("clone", "select", "mate", "mutate", "vary", "elite", "evaluate", "map")
 
 
-def unwrap(f) -> tuple:
+def unwrap(f, layers: Optional[list] = None) -> tuple:
     """``(function, keywords)``: the function a toolbox registration calls, under DEAP's partials and any
-    decorators, and the keywords the partials bind."""
+    decorators, and the keywords the partials bind. ``layers``, when given, receives every partial and
+    decorator passed through, outermost first."""
     kw = {}
     while True:
         if isinstance(f, functools.partial):
+            if layers is not None:
+                layers.append(f)
             kw = {**f.keywords, **kw}
             f = f.func
             continue
         inner = getattr(f, "func", None) or getattr(f, "__wrapped__", None)
         if inner is None or inner is f:
             return f, kw
+        if layers is not None:
+            layers.append(f)
         f = inner
 
 

@@ -38,7 +38,7 @@ def setup(N=8, D=None, mutate=None, fits=None, dtype=torch.float64, **select):
 
 def batched(population, toolbox, lambda_, npar=4):
     """varMeGABatched with its fallback forbidden: a test of the batched path must run it."""
-    with mock.patch("mega_deap.algorithms.varMeGA", side_effect=AssertionError("fell back to varMeGA")):
+    with mock.patch("mega_deap.breeding.varMeGA", side_effect=AssertionError("fell back to varMeGA")):
         return varMeGABatched(population, toolbox, lambda_, npar)
 
 

@@ -40,7 +40,7 @@ def test_other_population_errors(classes):
 def test_merge_argument_errors(digits, digit_mlps):
     with pytest.raises(ValueError, match="at least two models"):
         mega_deap.merge([], digits["val"])
-    with pytest.raises(ValueError, match=r"ngen\) must be >= 0"):
+    with pytest.raises(ValueError, match=r"ngen must be >= 0"):
         mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=-1, verbose=False)
     with pytest.raises(ValueError, match="metric must be one of"):
         mega_deap.merge(digit_mlps, digits["val"], metric="f1")
@@ -81,7 +81,7 @@ def test_nan_model_gets_worst_fitness_and_the_run_goes_on(digits, digit_mlps):
     ({"layerpb": -0.1}, "layerpb must be a probability"),
     ({"alpha": -0.5}, "alpha must be a finite number >= 0"),
     ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
-    ({"breeding": "fast"}, "breeding must be 'batched' or 'per-individual'"),
+    ({"breeding": "fast"}, "breeding must be one of 'batched', 'per-individual'"),
     ({"metric": "f1"}, "metric must be one of"),
 ])
 def test_merge_settings_are_refused_before_any_work(tmp_path, digits, digit_mlps, setting, match):

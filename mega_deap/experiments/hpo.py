@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..evaluation import correct
-from .train import fit
+from .train import cross_entropy_loss, fit
 
 __all__ = ["SPACE", "Candidate", "random_genes", "build_mlp", "adapt", "merge_layers", "cxWeightMerge",
            "cxScratch", "mutGenes", "TrainEvaluator", "eaUntil"]
@@ -256,10 +256,9 @@ class TrainEvaluator:
         self._count = 0
 
     def loss(self, model, X, y):
-        out = model(X)
         if self.task == "classification":
-            return nn.functional.cross_entropy(out, y)
-        return nn.functional.mse_loss(out.squeeze(-1), y)
+            return cross_entropy_loss(model, X, y)
+        return nn.functional.mse_loss(model(X).squeeze(-1), y)
 
     def __call__(self, ind):
         self._count += 1
