@@ -55,7 +55,7 @@ class KerasAdapter(Adapter):
     :param var_floor: the smallest moving variance :meth:`repair_` lets through.
     """
 
-    def __init__(self, model, *, buffers=True, var_floor=1e-5):
+    def __init__(self, model, *, buffers: bool = True, var_floor: float = 1e-5):
         keras = _keras()
         if not isinstance(model, keras.Model):
             raise TypeError(f"KerasAdapter wraps a keras.Model, got {type(model).__name__}")
@@ -88,7 +88,7 @@ class KerasAdapter(Adapter):
             if e.kind == "buffer" and v.path.endswith("moving_variance"))
 
     @classmethod
-    def from_parents(cls, models, *, device=None, buffers=True):
+    def from_parents(cls, models: list, *, device=None, buffers: bool = True) -> tuple:
         """An adapter over ``models[0]`` and the parents' genomes: Keras places the weights, so ``device``
         is Keras's choice."""
         adapter = cls(models[0], buffers=buffers)
@@ -99,7 +99,7 @@ class KerasAdapter(Adapter):
                 f"backend={self.backend}, device={self.device})")
 
     # -- checks -----------------------------------------------------------------
-    def check(self, model):
+    def check(self, model) -> None:
         """Raise ValueError unless ``model`` has this adapter's layout (order, shapes, dtype)."""
         keras = _keras()
         if not isinstance(model, keras.Model):
@@ -119,7 +119,7 @@ class KerasAdapter(Adapter):
                              f"first unmatched: {first!r}")
 
     # -- genome <-> model -----------------------------------------------------------
-    def genome(self, model=None):
+    def genome(self, model=None) -> torch.Tensor:
         """The genome of ``model`` (default: the template), ``(D,)``."""
         keras = _keras()
         model = self.model if model is None else model
@@ -129,7 +129,7 @@ class KerasAdapter(Adapter):
                  for v, _ in _float_weights(model, self.buffers)]
         return torch.from_numpy(np.concatenate(parts)).to(device=self.device, dtype=self.dtype)
 
-    def load(self, genome, model=None):
+    def load(self, genome, model=None) -> object:
         """Assign ``genome`` to ``model``'s weights (default: the template); returns the model."""
         model = self.model if model is None else model
         genome = self._check_genome(genome).detach().cpu()
@@ -139,7 +139,7 @@ class KerasAdapter(Adapter):
             v.assign(genome[e.offset:e.offset + e.numel].reshape(e.shape).numpy())
         return model
 
-    def to_model(self, genome):
+    def to_model(self, genome) -> object:
         """A new model: a clone of the template's architecture holding ``genome``'s weights (the template's
         other non-trainable weights are copied too)."""
         keras = _keras()
@@ -148,7 +148,7 @@ class KerasAdapter(Adapter):
         clone.set_weights(self.model.get_weights())
         return self.load(genome, clone)
 
-    def state_dict(self, genome):
+    def state_dict(self, genome) -> OrderedDict:
         """``{weight path: numpy array}`` of every model weight, the genome's in place of the template's."""
         views = self.tensors(genome)
         keras = _keras()
@@ -170,7 +170,7 @@ class KerasAdapter(Adapter):
         keras = _keras()
         return [keras.ops.convert_to_tensor(v.detach().cpu().numpy()) for v in views]
 
-    def forward(self, genome, x):
+    def forward(self, genome, x) -> torch.Tensor:
         """The model's output on ``x`` with ``genome``'s weights (``stateless_call``, ``training=False``),
         as a torch tensor."""
         keras = _keras()
@@ -187,7 +187,7 @@ class KerasAdapter(Adapter):
             return out
         return torch.from_numpy(np.asarray(keras.ops.convert_to_numpy(out))).to(self.device)
 
-    def forward_batch(self, genomes, x):
+    def forward_batch(self, genomes: torch.Tensor, x) -> torch.Tensor:
         """Outputs for k genomes, ``(k, batch, ...)`` (one stateless call per genome)."""
         return torch.stack([self.forward(g, x) for g in genomes])
 

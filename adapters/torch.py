@@ -48,7 +48,7 @@ class TorchAdapter(Adapter):
     :param var_floor: the smallest running variance :meth:`repair_` lets through.
     """
 
-    def __init__(self, model, *, buffers=True, var_floor=1e-5):
+    def __init__(self, model, *, buffers: bool = True, var_floor: float = 1e-5):
         if not isinstance(model, nn.Module):
             raise TypeError(f"TorchAdapter wraps a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -103,7 +103,7 @@ class TorchAdapter(Adapter):
         return isinstance(module, nn.modules.batchnorm._NormBase)
 
     @classmethod
-    def from_parents(cls, models, *, device=None, buffers=True):
+    def from_parents(cls, models: list, *, device=None, buffers: bool = True) -> tuple:
         """An adapter over a copy of ``models[0]`` on ``device`` (``cuda`` when available by default), in
         eval mode, so the merge's forward passes never touch the user's modules; and the parents' genomes."""
         from mega_deap.population import default_device
@@ -117,7 +117,7 @@ class TorchAdapter(Adapter):
                 f"dtype={self.dtype}, device={self.device})")
 
     # -- checks -----------------------------------------------------------
-    def check(self, model):
+    def check(self, model) -> None:
         """Raise ValueError unless ``model`` has this adapter's layout (names, shapes, dtype, device)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -138,7 +138,7 @@ class TorchAdapter(Adapter):
                              f"{len(self.layout)}; first unmatched: {first!r}")
 
     # -- genome <-> model ---------------------------------------------------
-    def genome(self, model=None):
+    def genome(self, model=None) -> torch.Tensor:
         """The genome of ``model`` (default: the template), ``(D,)``, a new tensor on its device."""
         model = self.model if model is None else model
         if model is not self.model:
@@ -147,7 +147,7 @@ class TorchAdapter(Adapter):
             return torch.cat([t.detach().reshape(-1) for _, t, _ in _entries(model, self.buffers)])
 
     @torch.no_grad()
-    def load(self, genome, model=None):
+    def load(self, genome, model=None) -> nn.Module:
         """Copy ``genome`` into ``model``'s tensors (default: the template), in place; returns the model."""
         model = self.model if model is None else model
         views = self.tensors(genome)
@@ -157,12 +157,12 @@ class TorchAdapter(Adapter):
             t.copy_(views[e.name])
         return model
 
-    def to_model(self, genome):
+    def to_model(self, genome) -> nn.Module:
         """A new module: a copy of the template holding ``genome``'s weights."""
         self._check_genome(genome)
         return self.load(genome, copy.deepcopy(self.model))
 
-    def state_dict(self, genome):
+    def state_dict(self, genome) -> OrderedDict:
         """The template's state dict with ``genome``'s tensors (independent copies); a tied weight's every
         name gets the genome's tensor."""
         views = self.tensors(genome)
@@ -175,7 +175,7 @@ class TorchAdapter(Adapter):
         return out
 
     # -- functional forward ----------------------------------------------------
-    def forward(self, genome, x):
+    def forward(self, genome, x) -> torch.Tensor:
         """The template's output on ``x`` with ``genome``'s weights read as views (no copy).
 
         The template's tensors are swapped for views of ``genome`` for the duration of the call and put
@@ -198,7 +198,7 @@ class TorchAdapter(Adapter):
     def _forward_rows(self, genome, x):
         return functional_call(self.model, self.tensors(genome), (x,))
 
-    def forward_batch(self, genomes, x):
+    def forward_batch(self, genomes: torch.Tensor, x) -> torch.Tensor:
         """Outputs for k genomes at once, ``(k, batch, ...)``, with ``torch.func.vmap``."""
         if genomes.dim() != 2 or genomes.shape[1] != self.dim:
             raise ValueError(f"genomes has shape {tuple(genomes.shape)}, expected (k, {self.dim})")
