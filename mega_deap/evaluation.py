@@ -26,7 +26,7 @@ import torch
 from .files import tensor_digest
 from .individual import TensorIndividual
 
-__all__ = ["Evaluator", "Accuracy", "NegMSE", "NegMAE", "METRICS", "get_metric", "correct", "STRATEGIES"]
+__all__ = ["Evaluator", "Accuracy", "NegLogLoss", "NegMSE", "NegMAE", "METRICS", "get_metric", "correct", "STRATEGIES"]
 
 STRATEGIES = ("auto", "loop", "vmap", "measure")
 Strategy = Literal["auto", "loop", "vmap", "measure"]
@@ -75,6 +75,17 @@ class Accuracy:
         return total / n
 
 
+class NegLogLoss(Accuracy):
+    """Negative mean cross-entropy of the logits against class labels (maximise it). Worst value: -inf.
+    Smoother than accuracy: it tells apart candidates that get the same examples right."""
+    name, worst = "neg_log_loss", -math.inf
+
+    def partial(self, out, y):
+        k, b, c = out.shape
+        logp = torch.log_softmax(out.to(torch.float64), -1)
+        return logp.gather(-1, y.view(1, b, 1).expand(k, b, 1)).sum((1, 2))
+
+
 class NegMSE:
     """Negative mean squared error (maximise it). Worst value: -inf."""
     name, worst = "neg_mse", -math.inf
@@ -105,7 +116,7 @@ class NegMAE(NegMSE):
         return self._err(out, y).abs().mean(-1).sum(-1)
 
 
-METRICS = {"accuracy": Accuracy, "neg_mse": NegMSE, "neg_mae": NegMAE}
+METRICS = {"accuracy": Accuracy, "neg_log_loss": NegLogLoss, "neg_mse": NegMSE, "neg_mae": NegMAE}
 
 
 def default_batch_size(X: torch.Tensor) -> int:
@@ -144,12 +155,15 @@ class Evaluator:
                      (for GPUs; off by default).
     :param channels_last: store 4-D inputs in ``torch.channels_last`` memory format (for convolutional
                           models on GPUs; off by default). The weights stay views of the genome.
+    :param prepare: called on every genome (``(D,)``, in place) before it is scored, e.g.
+                    :class:`mega_deap.align.BatchNormRepair` (the individual keeps what it wrote).
 
     ``evaluations`` counts the genomes scored so far.
     """
 
     def __init__(self, adapter, X, y, metric=None, *, batch_size: Optional[int] = None, strategy: Strategy = "auto",
-                 chunk: Optional[int] = None, autocast: Optional[torch.dtype] = None, channels_last: bool = False):
+                 chunk: Optional[int] = None, autocast: Optional[torch.dtype] = None, channels_last: bool = False,
+                 prepare=None):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.adapter = adapter
@@ -177,6 +191,8 @@ class Evaluator:
         self.strategy = strategy
         self.chunk = chunk
         self.autocast = autocast
+        self.prepare = prepare
+        self._runner = adapter  # what runs the forward passes (the inner adapter of coefficient genomes)
         self._chosen = None          # what "measure" settled on
         self.measured_timings = None
         self.evaluations = 0
@@ -204,6 +220,9 @@ class Evaluator:
         if self._fingerprint is None:
             self._fingerprint = {"metric": getattr(self.metric, "name", type(self.metric).__name__),
                                  "validation_sha256": tensor_digest(self.X, self.y)}
+            if self.prepare is not None:
+                fp = getattr(self.prepare, "fingerprint", None)
+                self._fingerprint["prepare"] = fp() if callable(fp) else type(self.prepare).__name__
         return self._fingerprint
 
     # -- DEAP hooks -------------------------------------------------------------
@@ -259,7 +278,7 @@ class Evaluator:
             chunk = genomes[c:c + self._loop_chunk]
             t = f = None
             for xb, yb in batches:
-                out = torch.stack([self.adapter.forward(g, xb) for g in chunk])  # (k, B, ...)
+                out = torch.stack([self._runner.forward(g, xb) for g in chunk])  # (k, B, ...)
                 pt, pf = self.metric.partial(out, yb), self._nan_count(out)
                 t, f = (pt, pf) if t is None else (t + pt, f + pf)
             totals.append(t)
@@ -274,7 +293,7 @@ class Evaluator:
         for c in range(0, stacked.shape[0], chunk):
             G = stacked[c:c + chunk]
             for xb, yb in self._batches():
-                out = self.adapter.forward_batch(G, xb)
+                out = self._runner.forward_batch(G, xb)
                 checks[c:c + chunk] += self._nan_count(out)
                 totals[c:c + chunk] += self.metric.partial(out, yb)
         return totals, checks == 0
@@ -310,6 +329,14 @@ class Evaluator:
         genomes = [ind.genome if isinstance(ind, TensorIndividual) else ind for ind in individuals]
         if not genomes:
             return []
+        self._runner = self.adapter
+        decode = getattr(self.adapter, "decode", None)
+        if decode is not None:  # coefficient genomes: decoded once per call, then run by the inner adapter
+            genomes = [decode(g) for g in genomes]
+            self._runner = self.adapter.inner
+        if self.prepare is not None:
+            for g in genomes:
+                self.prepare(g)
         n = self.X.shape[0]
         with self.adapter.eval_mode(), self._autocast():
             head = None

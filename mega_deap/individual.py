@@ -69,6 +69,12 @@ class TensorIndividual:
     def __iter__(self):
         return iter(self._data.tolist())
 
+    def __array__(self, dtype=None, copy=None):
+        """NumPy's view of the genome (a copy on the host), so NumPy-based DEAP tools such as
+        ``deap.cma.Strategy`` read individuals directly."""
+        out = self._data.detach().cpu().numpy()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
     def __eq__(self, other):
         if isinstance(other, TensorIndividual):
             other = other.genome

@@ -1,0 +1,10 @@
+"""Align, then evolve: weight matching (permutation structure from the model's graph), BatchNorm repair,
+and coefficient genomes (with DEAP's CMA-ES)."""
+from .spec import PermutationSpec, Segment, permutation_spec
+from .matching import weight_matching, match_permutations, apply_permutations
+from .repair import repair_batchnorm, BatchNormRepair, batchnorm_layers
+from .coefficients import CoefficientAdapter, GRANULARITIES, cma_merge
+
+__all__ = ["PermutationSpec", "Segment", "permutation_spec", "weight_matching", "match_permutations",
+           "apply_permutations", "repair_batchnorm", "BatchNormRepair", "batchnorm_layers",
+           "CoefficientAdapter", "GRANULARITIES", "cma_merge"]
