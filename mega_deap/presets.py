@@ -113,12 +113,29 @@ def _as_xy(val_data):
                     f"got {type(val_data).__name__}")
 
 
+GENOMES = ("weights", "coefficients")
+DEFAULT_MUTATION = {"weights": (0.01, 0.02), "coefficients": (0.05, 0.2)}  # (sigma, indpb)
+
+
+def _holdout(X, y, fraction, seed):
+    """``(fitness part, selection part)`` of the validation set: a seeded split, ``fraction`` held out."""
+    n = len(y)
+    m = int(round(fraction * n))
+    if not 0 < m < n:
+        raise ValueError(f"selection={fraction} holds out {m} of {n} validation examples; it must leave "
+                         "at least one on each side")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return (X[perm[m:]], y[perm[m:]]), (X[perm[:m]], y[perm[:m]])
+
+
 def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: int = 4, tournsize: int = 3,
-          seed: int = 0, device=None, mutation: str = "sparse", sigma: float = 0.01, indpb: float = 0.02,
-          layerpb: float = 0.02, alpha: float = 0.0, metric: str = "accuracy", batch_size: Optional[int] = None,
-          strategy: str = "auto", buffers: bool = True, verbose: bool = False, progress: bool = True,
-          checkpoint: Optional[str] = None, breeding: str = "batched",
-          autocast: Optional[torch.dtype] = None) -> MergeResult:
+          seed: int = 0, device=None, mutation: str = "sparse", sigma: Optional[float] = None,
+          indpb: Optional[float] = None, layerpb: float = 0.02, alpha: float = 0.0, metric: str = "accuracy",
+          batch_size: Optional[int] = None, strategy: str = "auto", buffers: bool = True, verbose: bool = False,
+          progress: bool = True, checkpoint: Optional[str] = None, breeding: str = "batched",
+          autocast: Optional[torch.dtype] = None, align: bool = False, calibration=None,
+          genome: Literal["weights", "coefficients"] = "weights", granularity: str = "tensor",
+          include_parents: bool = True, selection: float = 0.0, hof_size: int = 10) -> MergeResult:
     """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`.
 
     :param models: two or more models of one architecture (parents): ``nn.Module``, Keras 3 models, or any
@@ -130,14 +147,31 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     :param tournsize: tournament size of ``tools.selTournament``.
     :param seed: fixes every random draw of the run.
     :param device: where the population and the evaluation live (``cuda`` when available by default).
-    :param mutation: ``"sparse"`` (each element with ``indpb`` gets N(0, sigma^2)) or ``"layer"``
-                     (each tensor with ``layerpb``, as the reference code).
-    :param metric: a name in :data:`mega_deap.evaluation.METRICS` (``"accuracy"``, ``"neg_mse"``, ``"neg_mae"``).
+    :param mutation: ``"sparse"`` (each gene with ``indpb`` gets N(0, sigma^2)) or ``"layer"``
+                     (each tensor with ``layerpb``, as the reference code). ``sigma`` and ``indpb`` default
+                     to 0.01 and 0.02 for weight genomes (the paper), 0.05 and 0.2 for coefficient genomes.
+    :param metric: a name in :data:`mega_deap.evaluation.METRICS` (``"accuracy"``, ``"neg_log_loss"``,
+                   ``"neg_mse"``, ``"neg_mae"``).
     :param checkpoint: a file to write after every generation and to resume from when it exists.
     :param verbose: print the logbook, a line per generation; :param progress: a progress bar (on a
                     terminal only; never in a log file).
     :param breeding: ``"batched"`` (a generation's variation as tensor operations) or ``"per-individual"``.
     :param batch_size, strategy, autocast: how the evaluator runs (:class:`~mega_deap.Evaluator`).
+    :param align: weight-match every parent's hidden units to the first parent's before merging
+                  (:func:`mega_deap.align.weight_matching`; PyTorch models).
+    :param calibration: inputs (or ``(X, y)``) on which every candidate's BatchNorm statistics are
+                        recomputed before it is scored (:class:`mega_deap.align.BatchNormRepair`); the
+                        returned model carries repaired statistics. Labels are never used.
+    :param genome: ``"weights"`` (an individual is all D weights, the paper) or ``"coefficients"`` (per-tensor,
+                   or with ``granularity="layer"`` per-layer, x per-parent mixing coefficients:
+                   :class:`mega_deap.align.CoefficientAdapter`).
+    :param include_parents: the parents (with ``align``, the aligned parents and their average) are
+                            individuals of the initial population, so with elitism the result is never worse
+                            than the best parent on the fitness data. ``False``: the paper's initialisation
+                            (blends only).
+    :param selection: a fraction of ``val_data`` held out of the fitness (a seeded split); the merge returns
+                      the member of the hall of fame (``hof_size`` best) that scores best on it. 0: the
+                      fitness's best, as in the paper.
     """
     from mega_deap.adapters import adapter_for
     models = list(models)
@@ -151,36 +185,83 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     integer("seed", seed)
     if popsize < max(npar, tournsize, 2):
         raise ValueError(f"popsize={popsize} is smaller than npar={npar} or tournsize={tournsize}")
+    choice("genome", genome, GENOMES)
+    choice("granularity", granularity, ("tensor", "layer"))
+    sigma = DEFAULT_MUTATION[genome][0] if sigma is None else sigma
+    indpb = DEFAULT_MUTATION[genome][1] if indpb is None else indpb
     nonnegative("sigma", sigma)
     nonnegative("alpha", alpha)
     probability("indpb", indpb)
     probability("layerpb", layerpb)
     choice("mutation", mutation, MUTATIONS)
     choice("breeding", breeding, BREEDINGS)
+    if not isinstance(align, bool) or not isinstance(include_parents, bool):
+        raise TypeError(f"align and include_parents must be True or False, got {align!r} and {include_parents!r}")
+    if isinstance(selection, bool) or not isinstance(selection, (int, float)) or not 0 <= selection < 1:
+        raise ValueError(f"selection must be a fraction of the validation set in [0, 1), got {selection!r}")
+    integer("hof_size", hof_size, 1)
+    seeds = len(models) + (1 if align else 0)
+    if include_parents and popsize < seeds:
+        raise ValueError(f"popsize={popsize} cannot hold the {len(models)} parents"
+                         + (" and their average" if align else "") + " (include_parents=True)")
     if batch_size is not None:
         integer("batch_size", batch_size, 1)
     if checkpoint is not None:
         writable_file("checkpoint", checkpoint)
-    adapter, genomes = adapter_for(models[0]).from_parents(models, device=device, buffers=buffers)
-    adapter.fix_nonfinite(genomes)  # refuses NaN/inf parents; keeps shared inf buffer entries as they are
     X, y = _as_xy(val_data)
+    select_data = None
+    if selection:
+        (X, y), select_data = _holdout(X, y, selection, seed)
+    if align:
+        from .align import weight_matching
+        models = weight_matching(models)
+    if genome == "weights":
+        adapter, genomes = adapter_for(models[0]).from_parents(models, device=device, buffers=buffers)
+        adapter.fix_nonfinite(genomes)  # refuses NaN/inf parents; keeps shared inf buffer entries as they are
+        runner = adapter
+    else:
+        from .align import CoefficientAdapter
+        adapter, genomes = CoefficientAdapter.from_parents(models, device=device, buffers=buffers,
+                                                          granularity=granularity)
+        runner = adapter.inner
+    prepare = None
+    if calibration is not None:
+        from .align import BatchNormRepair
+        prepare = BatchNormRepair(runner, calibration)
     evaluator = Evaluator(adapter, X, y, evaluator_metric, batch_size=batch_size, strategy=strategy,
-                          autocast=autocast)
+                          autocast=autocast, prepare=prepare)
     pop = TensorPopulation(popsize, adapter.dim, device=adapter.device, dtype=adapter.dtype)
 
+    # 2. the initial population: blends (the paper), and the parents themselves (include_parents)
     rng.seed(seed)
     icls = ensure_creator_classes()
     toolbox = mega_toolbox(pop, evaluator, tournsize=tournsize, mutation=mutation, sigma=sigma,
                            indpb=indpb, layerpb=layerpb, alpha=alpha, layout=adapter.layout, repair=adapter,
                            breeding=breeding)
     individuals = initBlend(pop.individuals(icls), genomes)
+    if include_parents:
+        starts = list(genomes) + ([genomes.mean(0)] if align else [])
+        for ind, g in zip(individuals, starts):
+            ind.genome.copy_(g)
     for ind in individuals:
         adapter.repair_(ind)
-    hof = tools.HallOfFame(1, similar=genome_equal)
+
+    # 3. the run
+    hof = tools.HallOfFame(hof_size if selection else 1, similar=genome_equal)
     individuals, logbook = eaMeGA(individuals, toolbox, ngen, npar=npar, stats=default_stats(),
                                   halloffame=hof, verbose=verbose, checkpoint=checkpoint, progress=progress)
+
+    # 4. the result: the fitness's best, or the hall of fame's best on the held-out selection data
     best = hof[0]
-    return MergeResult(model=adapter.to_model(best), genome=best.genome.clone(),
+    if select_data is not None:
+        judge = Evaluator(adapter, *select_data, get_metric(metric), batch_size=batch_size, strategy=strategy,
+                          autocast=autocast)
+        held = judge.scores(list(hof))  # hof members already carry repaired statistics (weight genomes)
+        best = hof[max(range(len(hof)), key=lambda i: (held[i], -i))]
+    weights = adapter.decode(best) if genome == "coefficients" else best.genome.clone()
+    if prepare is not None and genome == "coefficients":
+        prepare(weights)
+    return MergeResult(model=runner.to_model(weights), genome=best.genome.clone(),
                        fitness=best.fitness.values[0], logbook=logbook, halloffame=hof, adapter=adapter,
                        population=individuals, toolbox=toolbox)
 
