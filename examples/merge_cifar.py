@@ -2,11 +2,15 @@
 
     python examples/merge_cifar.py                                   # digits when CIFAR-10 is not at hand
     python examples/merge_cifar.py --data-dir ~/data --model resnet56  # the paper's setting
+    python examples/merge_cifar.py --align                           # align, then evolve
 
 Trains (or loads from the cache) two parents with the paper's recipe, merges them with the paper's GA
 preset (N=20, G=20, K=4, tournament 3, mutation 0.02), and reports validation and test accuracy of each
 parent, of weight averaging, of the output ensemble (the upper bound a single model is measured against)
-and of MeGA. Fitness is validation accuracy only: the test split never feeds the GA.
+and of MeGA. Fitness is validation accuracy only: the test split never feeds the GA. With --align the
+parents' hidden units are weight-matched first, every candidate's BatchNorm statistics are recomputed on
+--calibration training images before it is scored, and the report adds the aligned average (with and
+without that repair).
 
 Writes to --out: results.json (every number and setting), fitness.png (best and mean fitness per
 generation), merged.safetensors (load it with mega_deap.experiments.load_model_file) and the parents'
@@ -18,6 +22,7 @@ import sys
 import time
 
 import mega_deap
+from mega_deap.align import batchnorm_layers, repair_batchnorm, weight_matching
 from mega_deap.experiments import (add_data_args, ensemble_accuracy, format_table, load_model_file,
                                    model_accuracy, plot_fitness, save_model, setup, train_or_load,
                                    weight_average, write_json)
@@ -36,9 +41,19 @@ def parse_args(argv=None):
     p.add_argument("--ngen", type=int, default=20)
     p.add_argument("--npar", type=int, default=4, help="tournament winners per child (K)")
     p.add_argument("--tournsize", type=int, default=3)
-    p.add_argument("--indpb", type=float, default=0.02, help="per-element mutation probability")
-    p.add_argument("--sigma", type=float, default=0.01, help="mutation noise standard deviation")
+    p.add_argument("--indpb", type=float, default=None,
+                   help="per-gene mutation probability (default: 0.02 for weights, 0.2 for coefficients)")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="mutation noise standard deviation (default: 0.01 for weights, 0.05 for coefficients)")
     p.add_argument("--seed", type=int, default=0, help="fixes the validation split and every GA draw")
+    p.add_argument("--align", action="store_true",
+                   help="weight-match the parents first and repair BatchNorm statistics of every candidate")
+    p.add_argument("--calibration", type=int, default=1024, metavar="N",
+                   help="with --align: training images for BatchNorm repair (0: no repair)")
+    p.add_argument("--genome", choices=("weights", "coefficients"), default="weights",
+                   help="weights (the paper) or per-tensor x per-parent mixing coefficients")
+    p.add_argument("--no-parents", action="store_true",
+                   help="the paper's initial population: blends only, without the parents themselves")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="write the GA's state here every generation; re-running with it resumes")
     p.add_argument("--out", default="results/merge_cifar")
@@ -68,10 +83,15 @@ def main(argv=None):
     t_parents = time.perf_counter() - t0
 
     # 2. the merge: fitness on the validation split only
+    calibration = None
+    if args.align and args.calibration > 0 and batchnorm_layers(parents[0]):
+        calibration = splits.train[0][:args.calibration]  # inputs only: labels are never used
     t0 = time.perf_counter()
     result = mega_deap.merge(parents, splits.val, popsize=args.popsize, ngen=args.ngen,
                              npar=args.npar, tournsize=args.tournsize, indpb=args.indpb, sigma=args.sigma,
-                             seed=args.seed, device=device, progress=not args.quiet, checkpoint=args.checkpoint)
+                             seed=args.seed, device=device, progress=not args.quiet, checkpoint=args.checkpoint,
+                             align=args.align, calibration=calibration, genome=args.genome,
+                             include_parents=not args.no_parents)
     t_merge = time.perf_counter() - t0
 
     # 3. the report: validation and test accuracy, side by side, never mixed
@@ -81,10 +101,16 @@ def main(argv=None):
     rows = [{"model": f"parent {i + 1} (seed {s})" if not args.parents else f"parent {i + 1}", **accs(m)}
             for i, (m, s) in enumerate(zip(parents, args.parent_seeds if not args.parents else sources))]
     rows.append({"model": "weight averaging", **accs(weight_average(parents))})
+    if args.align:
+        aligned_avg = weight_average(weight_matching(parents))
+        rows.append({"model": "aligned weight averaging", **accs(aligned_avg)})
+        if calibration is not None:
+            rows.append({"model": "aligned averaging + BatchNorm repair",
+                         **accs(repair_batchnorm(aligned_avg, calibration))})
     rows.append({"model": "output ensemble (upper bound)",
                  "val_acc": ensemble_accuracy(parents, *splits.val),
                  "test_acc": ensemble_accuracy(parents, *splits.test)})
-    rows.append({"model": "MeGA", **accs(result.model)})
+    rows.append({"model": "MeGA" + (", aligned" if args.align else ""), **accs(result.model)})
     table = format_table(rows)
 
     os.makedirs(args.out, exist_ok=True)

@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="MODULE:FUNCTION",
                    help="a function that returns an untrained model of the checkpoints' architecture (required)")
     p.add_argument("--data", required=True, metavar="MODULE:FUNCTION",
-                   help="a function that returns (X_val, y_val), or {'val': (X, y), 'test': (X, y)} (required)")
+                   help="a function that returns (X_val, y_val), or {'val': (X, y), 'test': (X, y), "
+                        "'calibration': X} (required; with 'calibration', every candidate's BatchNorm "
+                        "statistics are recomputed on those inputs before it is scored)")
     p.add_argument("--metric", choices=sorted(METRICS), default="accuracy", help="the fitness")
     p.add_argument("--popsize", type=int, default=20, help="individuals per generation (N)")
     p.add_argument("--ngen", type=int, default=20, help="generations (G)")
@@ -89,8 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tournsize", type=int, default=3, help="tournament size")
     p.add_argument("--mutation", choices=("sparse", "layer"), default="sparse",
                    help="sparse: each weight with --indpb; layer: each tensor (the reference code's)")
-    p.add_argument("--sigma", type=float, default=0.01, help="mutation noise standard deviation")
-    p.add_argument("--indpb", type=float, default=0.02, help="per-weight mutation probability")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="mutation noise standard deviation (default: 0.01 for weights, 0.05 for coefficients)")
+    p.add_argument("--indpb", type=float, default=None,
+                   help="per-gene mutation probability (default: 0.02 for weights, 0.2 for coefficients)")
+    p.add_argument("--align", action="store_true",
+                   help="weight-match the parents' hidden units to the first checkpoint's before merging")
+    p.add_argument("--genome", choices=("weights", "coefficients"), default="weights",
+                   help="weights: every weight is a gene (the paper); coefficients: per-tensor x per-parent "
+                        "mixing coefficients")
+    p.add_argument("--no-parents", action="store_true",
+                   help="start from blends only, as the paper (default: the parents are in the first population)")
+    p.add_argument("--selection", type=float, default=0.0,
+                   help="fraction of the validation data held out of the fitness to choose among the hall of fame")
     p.add_argument("--seed", type=int, default=0, help="fixes every random draw")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--out", default="merged", help="the folder to write to")
@@ -121,12 +134,13 @@ def _validation(make_data):
     except Exception as err:
         raise UsageError(f"--data: the function raised {type(err).__name__}: {err}") from None
     val, test = (data.get("val"), data.get("test")) if isinstance(data, dict) else (data, None)
+    calibration = data.get("calibration") if isinstance(data, dict) else None
     for name, xy in (("val", val), ("test", test)):
         if xy is None and name == "test":
             continue
         if not (isinstance(xy, (tuple, list)) and len(xy) == 2):
             raise UsageError(f"--data: expected (X, y) for {name!r}, got {type(xy).__name__}")
-    return val, test
+    return val, test, calibration
 
 
 def run(args) -> list:
@@ -148,13 +162,15 @@ def run(args) -> list:
     except RuntimeError as err:
         raise UsageError(f"--device {args.device!r}: {err}") from None
     models = [_read_checkpoint(make_model, p).to(device) for p in args.checkpoints]
-    val, test = _validation(make_data)
+    val, test, calibration = _validation(make_data)
     result = mega_deap.merge(models, val, popsize=args.popsize, ngen=args.ngen, npar=args.npar,
                              tournsize=args.tournsize, mutation=args.mutation, sigma=args.sigma, indpb=args.indpb,
-                             metric=args.metric, seed=args.seed, device=device, progress=not args.quiet)
-    ad = result.adapter
+                             metric=args.metric, seed=args.seed, device=device, progress=not args.quiet,
+                             align=args.align, genome=args.genome, include_parents=not args.no_parents,
+                             selection=args.selection, calibration=calibration)
+    ad = getattr(result.adapter, "inner", result.adapter)  # coefficient genomes: score the weights
     names = [os.path.basename(p) for p in args.checkpoints] + ["MeGA"]
-    genomes = [ad.genome(m.to(device)) for m in models] + [result.genome]
+    genomes = [ad.genome(m.to(device)) for m in models] + [ad.genome(result.model)]
     rows = [{"model": name} for name in names]
     for split, xy in (("val", val), ("test", test)):
         if xy is not None:

@@ -186,7 +186,7 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     if popsize < max(npar, tournsize, 2):
         raise ValueError(f"popsize={popsize} is smaller than npar={npar} or tournsize={tournsize}")
     choice("genome", genome, GENOMES)
-    choice("granularity", granularity, ("tensor", "layer"))
+    choice("granularity", granularity, ("tensor", "layer", "unit"))
     sigma = DEFAULT_MUTATION[genome][0] if sigma is None else sigma
     indpb = DEFAULT_MUTATION[genome][1] if indpb is None else indpb
     nonnegative("sigma", sigma)

@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import mega_deap
 from mega_deap.experiments import (build_model, cifar10_splits, load_cifar10, load_model_file, model_accuracy,
@@ -222,3 +223,40 @@ def test_download_says_why_it_cannot(tmp_path, monkeypatch):
     assert folder is None and "torchvision is not usable" in reason
     with pytest.raises(FileNotFoundError, match="torchvision is not usable"):
         resolve_splits("auto", str(tmp_path), download=True)
+
+
+def test_merge_cifar_align_reports_the_aligned_rows_and_repairs_batchnorm(tmp_path):
+    out = tmp_path / "run"
+    report = load_example("merge_cifar").main(["--dataset", "digits", "--epochs", "3", "--popsize", "6", "--ngen", "2",
+                                               "--out", str(out), "--quiet", "--align", "--calibration", "200"])
+    names = [r["model"] for r in report["rows"]]
+    assert names == ["parent 1 (seed 56)", "parent 2 (seed 57)", "weight averaging", "aligned weight averaging",
+                     "aligned averaging + BatchNorm repair", "output ensemble (upper bound)", "MeGA, aligned"]
+    rows = {r["model"]: r for r in report["rows"]}
+    # BatchNorm statistics recomputed on training images bring the aligned average back near the parents
+    assert rows["aligned averaging + BatchNorm repair"]["val_acc"] > rows["aligned weight averaging"]["val_acc"]
+    # the parents are in the first population: the merge is at least the better parent on validation
+    assert rows["MeGA, aligned"]["val_acc"] >= max(rows[n]["val_acc"] for n in names[:2])
+    assert report["settings"]["align"] is True
+
+
+def test_mega_merge_cli_align_and_coefficients(tmp_path, digits, digit_mlps):
+    from mega_deap.cli import main
+    from mega_deap.experiments import save_model
+    paths = [str(save_model(m, tmp_path / f"p{i}.safetensors")) for i, m in enumerate(digit_mlps)]
+    torch.save({"val": digits["val"], "test": digits["test"]}, tmp_path / "data.pt")
+    (tmp_path / "defs.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def model():\n    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n"
+        f"def data():\n    return torch.load({str(tmp_path / 'data.pt')!r}, weights_only=True)\n")
+    out = tmp_path / "out"
+    rc = main(paths + ["--model", f"{tmp_path / 'defs.py'}:model", "--data", f"{tmp_path / 'defs.py'}:data",
+                       "--popsize", "6", "--ngen", "2", "--out", str(out), "--quiet", "--align",
+                       "--genome", "coefficients"])
+    assert rc == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["settings"]["align"] and saved["settings"]["genome"] == "coefficients"
+    parents, merged = saved["rows"][:2], saved["rows"][2]
+    assert merged["val_accuracy"] >= max(p["val_accuracy"] for p in parents)
+    m = load_model_file(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), out / "merged.safetensors")
+    assert model_accuracy(m, *digits["test"]) == merged["test_accuracy"]

@@ -23,12 +23,13 @@ from ..adapters.base import Adapter, LayoutEntry
 
 __all__ = ["CoefficientAdapter", "GRANULARITIES", "cma_merge"]
 
-GRANULARITIES = ("tensor", "layer")
+GRANULARITIES = ("tensor", "layer", "unit")
 
 
 class CoefficientAdapter(Adapter):
-    """Per-tensor (``granularity="tensor"``) or per-layer (``"layer"``: the tensors of one module share
-    coefficients) x per-parent mixing coefficients over ``parents``.
+    """Per-tensor (``granularity="tensor"``), per-layer (``"layer"``: the tensors of one module share
+    coefficients) or per-unit (``"unit"``: every row of every tensor along its first axis, i.e. every
+    output unit, has its own) x per-parent mixing coefficients over ``parents``.
 
     :param inner: the adapter of the parents' architecture (``TorchAdapter``, ``KerasAdapter``, ...).
     :param parents: the parents' genomes, ``(k, D)``, on the inner adapter's device.
@@ -37,7 +38,7 @@ class CoefficientAdapter(Adapter):
     """
 
     def __init__(self, inner: Adapter, parents: torch.Tensor, *,
-                 granularity: Literal["tensor", "layer"] = "tensor"):
+                 granularity: Literal["tensor", "layer", "unit"] = "tensor"):
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         if parents.dim() != 2 or parents.shape[1] != inner.dim or parents.shape[0] < 2:
@@ -49,17 +50,26 @@ class CoefficientAdapter(Adapter):
         self.parents = parents.to(device=inner.device, dtype=inner.dtype)
         self._pt = self.parents.T.contiguous()  # (D, k)
         names, members = [], {}
-        for i, e in enumerate(inner.layout):
-            key = e.name if granularity == "tensor" else e.name.rpartition(".")[0]
-            if key not in members:
-                names.append(key)
-                members[key] = []
-            members[key].append(i)
         gid = torch.empty(inner.dim, dtype=torch.long)
-        for g, key in enumerate(names):
-            for i in members[key]:
-                e = inner.layout[i]
-                gid[e.offset:e.offset + e.numel] = g
+        if granularity == "unit":
+            for i, e in enumerate(inner.layout):
+                rows = e.shape[0] if e.shape else 1
+                per_row = e.numel // rows
+                gid[e.offset:e.offset + e.numel] = len(names) + torch.arange(rows).repeat_interleave(per_row)
+                names.extend(f"{e.name}[{r}]" for r in range(rows))
+                for r in range(rows):
+                    members[names[-rows + r]] = [i]
+        else:
+            for i, e in enumerate(inner.layout):
+                key = e.name if granularity == "tensor" else e.name.rpartition(".")[0]
+                if key not in members:
+                    names.append(key)
+                    members[key] = []
+                members[key].append(i)
+            for g, key in enumerate(names):
+                for i in members[key]:
+                    e = inner.layout[i]
+                    gid[e.offset:e.offset + e.numel] = g
         self.gid = gid.to(inner.device)
         self.groups = tuple((key, tuple(inner.layout[i].name for i in members[key])) for key in names)
         self.layout = tuple(LayoutEntry(key or "(model)", (self.k,), g * self.k, self.k, "parameter")
@@ -68,7 +78,7 @@ class CoefficientAdapter(Adapter):
 
     @classmethod
     def from_parents(cls, models: list, *, device=None, buffers: bool = True,
-                     granularity: Literal["tensor", "layer"] = "tensor") -> tuple:
+                     granularity: Literal["tensor", "layer", "unit"] = "tensor") -> tuple:
         """``(adapter, genomes)``: the coefficient adapter over ``models`` and the parents as coefficient
         genomes (one-hot), ``(k, G * k)``."""
         from ..adapters import adapter_for
@@ -143,7 +153,7 @@ def _individual(icls, device, dtype, values):
 
 def cma_merge(models: list, val_data, *, ngen: int = 20, lambda_: Optional[int] = None, sigma: float = 0.3,
               seed: int = 0, align: bool = True, calibration=None,
-              granularity: Literal["tensor", "layer"] = "tensor", metric: str = "accuracy",
+              granularity: Literal["tensor", "layer", "unit"] = "tensor", metric: str = "accuracy",
               batch_size: Optional[int] = None, device=None, verbose: bool = False):
     """Merge ``models`` by DEAP's CMA-ES (``deap.cma.Strategy``, ``deap.algorithms.eaGenerateUpdate``)
     over per-tensor (or per-layer) x per-parent coefficients, starting from the parents' average.

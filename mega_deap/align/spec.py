@@ -298,10 +298,16 @@ class _Tracer:
                 env[node] = self.FIXED
             elif node.op == "call_module":
                 env[node] = self.call_module(node, env)
-            elif node.op == "call_function":
-                env[node] = self.call_function(node, env)
-            elif node.op == "call_method":
-                env[node] = self.call_method(node, env)
+            elif node.op in ("call_function", "call_method"):
+                inputs = [env[a] for a in node.all_input_nodes]
+                if node.op == "call_method" and node.target in ("size", "dim"):
+                    env[node] = None
+                elif not any(isinstance(v, tuple) for v in inputs):  # nothing permuted flows in: any op goes
+                    env[node] = self.FIXED if self.FIXED in inputs else None
+                elif node.op == "call_function":
+                    env[node] = self.call_function(node, env)
+                else:
+                    env[node] = self.call_method(node, env)
             elif node.op == "output":
                 outs = node.args[0] if isinstance(node.args[0], (tuple, list)) else (node.args[0],)
                 for o in outs:

@@ -1,0 +1,314 @@
+"""Align, then evolve: weight matching from the model's graph, BatchNorm repair, coefficient genomes."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mega_deap.align import (BatchNormRepair, CoefficientAdapter, apply_permutations, cma_merge, permutation_spec,
+                             repair_batchnorm, weight_matching)
+from mega_deap.experiments.models import MLP, CifarResNet, SmallCNN
+
+from conftest import SmallCNN as TinyCNN
+
+
+class FlattenCNN(nn.Module):
+    """Conv, BN, pooling, then nn.Flatten into a Linear: each channel covers a block of its inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.flat = nn.Flatten()
+        self.fc1 = nn.Linear(6 * 16, 12)
+        self.fc2 = nn.Linear(12, 3)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+        return self.fc2(torch.relu(self.fc1(self.flat(x))))
+
+
+def _randomised(model, seed=0):
+    """``model`` in eval mode with random BatchNorm affine parameters and statistics (so that a wrong
+    permutation of any of them shows in the outputs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+CASES = [
+    ("mlp", lambda: MLP(64, 10, hidden=(32, 16)), (5, 64)),
+    ("smallcnn", lambda: SmallCNN(1, 10), (5, 1, 8, 8)),
+    ("flatten-cnn", FlattenCNN, (4, 1, 8, 8)),
+    ("resnet8", lambda: CifarResNet(8), (3, 3, 32, 32)),
+    ("resnet20", lambda: CifarResNet(20), (2, 3, 32, 32)),
+]
+
+
+def _permuted_copy(model, seed):
+    spec = permutation_spec(model)
+    g = torch.Generator().manual_seed(seed)
+    perms = {k: torch.randperm(n, generator=g).numpy() for k, n in spec.sizes.items()}
+    other = copy.deepcopy(model)
+    other.load_state_dict(apply_permutations(model.state_dict(), spec, perms))
+    return other
+
+
+@pytest.mark.parametrize("name,factory,shape", CASES, ids=[c[0] for c in CASES])
+def test_permutations_preserve_the_function_and_matching_recovers_the_identity(name, factory, shape):
+    torch.manual_seed(0)
+    model = _randomised(factory())
+    x = torch.randn(*shape)
+    other = _permuted_copy(model, seed=1)
+    changed = [k for k in model.state_dict() if not torch.equal(model.state_dict()[k], other.state_dict()[k])]
+    assert changed, "the random permutation moved nothing"
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), model(x), rtol=1e-4, atol=1e-5)
+    ref, aligned = weight_matching([model, other])
+    for k, v in model.state_dict().items():
+        assert torch.equal(aligned.state_dict()[k], v), k  # the identity is recovered exactly
+        assert torch.equal(ref.state_dict()[k], v), k      # the reference comes back unchanged
+
+
+def test_residual_streams_share_one_permutation_and_padded_channels_get_their_own():
+    spec = permutation_spec(CifarResNet(8))
+    stream1 = spec.axes["bn.weight"][0]
+    assert len(stream1) == 1
+    g = stream1[0].group
+    # every block of stage 1 writes into the same stream, and stage 2's stream holds it in the middle
+    assert spec.axes["blocks.0.bn2.weight"][0] == stream1
+    stage2 = spec.axes["blocks.1.bn2.weight"][0]
+    assert [s.group for s in stage2][1] == g and [spec.sizes[s.group] for s in stage2] == [8, 16, 8]
+    assert [s.start for s in stage2] == [0, 8, 24]
+    assert "fc.bias" not in spec.axes  # outputs are never permuted
+
+
+def test_k_parents_all_align_to_the_reference():
+    torch.manual_seed(0)
+    model = _randomised(SmallCNN(1, 10))
+    others = [_permuted_copy(model, seed=s) for s in (1, 2, 3)]
+    out = weight_matching([others[0], model, others[1], others[2]], reference=1)
+    assert len(out) == 4
+    for m in out:
+        for k, v in model.state_dict().items():
+            assert torch.equal(m.state_dict()[k], v), k
+    assert all(a is not b for a, b in zip(out, [others[0], model, others[1], others[2]]))
+
+
+def test_matching_independent_nets_keeps_their_function_and_brings_them_closer(digit_mlps, digits):
+    a, b = digit_mlps
+    X = digits["val"][0]
+    _, b2 = weight_matching([a, b])
+    with torch.no_grad():
+        torch.testing.assert_close(b2(X), b(X), rtol=1e-4, atol=1e-5)
+
+    def dist(m1, m2):
+        return sum(float((p - q).detach().pow(2).sum()) for p, q in zip(m1.parameters(), m2.parameters()))
+    assert dist(a, b2) < 0.8 * dist(a, b)
+
+
+def test_aligned_average_beats_the_naive_average_on_real_data(digit_mlps, digits):
+    from mega_deap.experiments import model_accuracy, weight_average
+    a, b = digit_mlps
+    naive = model_accuracy(weight_average([a, b]), *digits["test"])
+    aligned = model_accuracy(weight_average(weight_matching([a, b])), *digits["test"])
+    assert aligned > naive + 0.02, (naive, aligned)
+
+
+@pytest.mark.parametrize("bad,fragment", [
+    ("sort", "sort"), ("grouped", "groups=2"), ("transpose", "transpose"),
+])
+def test_an_unsupported_graph_is_refused_naming_the_node(bad, fragment):
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(4, 8)
+            self.conv0 = nn.Conv2d(4, 8, 1)
+            self.conv = nn.Conv2d(8, 8, 1, groups=2)
+            self.fc2 = nn.Linear(8, 2)
+
+        def forward(self, x):
+            if bad == "grouped":
+                return self.fc2(self.conv(self.conv0(x.view(-1, 4, 1, 1))).flatten(1))
+            h = self.fc1(x)
+            h = torch.sort(h, dim=1).values if bad == "sort" else h.transpose(0, 1).transpose(0, 1)
+            return self.fc2(h)
+
+    with pytest.raises(ValueError, match=fragment):
+        weight_matching([Bad(), Bad()])
+
+
+def test_weight_matching_checks_its_arguments():
+    with pytest.raises(ValueError, match="at least two"):
+        weight_matching([MLP(4, 2)])
+    with pytest.raises(ValueError, match="reference"):
+        weight_matching([MLP(4, 2), MLP(4, 2)], reference=2)
+    with pytest.raises(ValueError, match="model 1 does not have the reference's architecture"):
+        weight_matching([MLP(4, 2), MLP(4, 2, hidden=(8,))])
+    with pytest.raises(TypeError, match="model 0"):
+        weight_matching(["a", MLP(4, 2)])
+
+
+# -- BatchNorm repair -----------------------------------------------------------------
+
+def test_repair_batchnorm_sets_the_statistics_of_the_calibration_inputs():
+    torch.manual_seed(0)
+    model = _randomised(TinyCNN())
+    model.bn1.momentum = 0.3
+    X = torch.randn(96, 1, 8, 8)
+    repair_batchnorm(model, X, batch_size=32)
+    assert not model.training and model.bn1.momentum == 0.3  # mode and momentum restored
+    with torch.no_grad():  # reference: float64, batch by batch, averaged (PyTorch's cumulative average)
+        pre = model.conv1(X).double()
+        means = torch.stack([pre[i:i + 32].mean((0, 2, 3)) for i in range(0, 96, 32)])
+        vars_ = torch.stack([pre[i:i + 32].var((0, 2, 3), unbiased=True) for i in range(0, 96, 32)])
+    torch.testing.assert_close(model.bn1.running_mean.double(), means.mean(0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.bn1.running_var.double(), vars_.mean(0), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        repair_batchnorm(MLP(4, 2), torch.randn(8, 4))
+
+
+def test_batchnorm_repair_inside_the_fitness_writes_into_the_individual(classes):
+    from mega_deap import Evaluator, TensorPopulation
+    from mega_deap.adapters import TorchAdapter
+    from mega_deap.experiments import model_accuracy
+    torch.manual_seed(0)
+    model = _randomised(TinyCNN())
+    adapter = TorchAdapter(model)
+    calib = torch.randn(64, 1, 8, 8)
+    X, y = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    ev = Evaluator(adapter, X, y, prepare=BatchNormRepair(adapter, calib))
+    pop = TensorPopulation(2, adapter.dim)
+    ind = pop.individuals(classes["tensor"])[0]
+    ind.genome.copy_(adapter.genome())
+    before = ind.genome.clone()
+    (score,) = ev.scores([ind])
+    assert not torch.equal(ind.genome, before)  # the statistics in the genome were rewritten
+    reference = repair_batchnorm(adapter.to_model(before), calib)
+    torch.testing.assert_close(ind.genome, TorchAdapter(reference).genome())
+    assert score == pytest.approx(model_accuracy(reference, X, y))
+    assert "prepare" in ev.fingerprint()
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        BatchNormRepair(TorchAdapter(MLP(4, 2)), torch.randn(8, 4))
+
+
+# -- coefficient genomes -----------------------------------------------------------------
+
+def test_coefficient_genomes_decode_like_a_plain_per_tensor_loop(digit_mlps):
+    adapter, genomes = CoefficientAdapter.from_parents(list(digit_mlps), device="cpu")
+    inner = adapter.inner
+    assert adapter.dim == len(inner.layout) * 2 == genomes.shape[1]
+    parents = inner.genomes(list(digit_mlps))
+    for j in range(2):  # one-hot genomes are the parents, exactly
+        assert torch.equal(adapter.decode(genomes[j]), parents[j])
+        torch.testing.assert_close(adapter.genome(digit_mlps[j]), genomes[j], atol=1e-5, rtol=0)
+    c = torch.randn(adapter.dim, generator=torch.Generator().manual_seed(0))
+    ref = []
+    for g, e in enumerate(inner.layout):  # float64 reference, tensor by tensor
+        a, b = (p[e.offset:e.offset + e.numel].double() for p in parents)
+        ref.append(c[2 * g].double() * a + c[2 * g + 1].double() * b)
+    torch.testing.assert_close(adapter.decode(c).double(), torch.cat(ref), rtol=1e-5, atol=1e-6)
+
+
+def test_layer_granularity_shares_coefficients_within_a_module():
+    torch.manual_seed(0)
+    models = [_randomised(TinyCNN(), s) for s in (0, 1)]
+    adapter, _ = CoefficientAdapter.from_parents(models, device="cpu", granularity="layer")
+    assert [name for name, _ in adapter.groups] == ["conv1", "bn1", "conv2", "bn2", "fc"]
+    assert dict(adapter.groups)["bn1"] == ("bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var")
+
+
+def test_a_coefficient_merge_is_the_same_toolbox_and_its_model_scores_its_fitness(digit_mlps, digits):
+    import mega_deap
+    from mega_deap.experiments import model_accuracy
+    r = mega_deap.merge(digit_mlps, digits["val"], genome="coefficients", popsize=8, ngen=3, seed=0,
+                        progress=False, device="cpu")
+    assert isinstance(r.adapter, CoefficientAdapter)
+    assert r.genome.shape == (r.adapter.dim,) and r.adapter.dim == 8
+    assert r.fitness == pytest.approx(model_accuracy(r.model, *digits["val"]))
+    assert r.toolbox.vary.func is mega_deap.varMeGABatched  # the same toolbox: batched breeding, our operators
+    again = mega_deap.merge(digit_mlps, digits["val"], genome="coefficients", popsize=8, ngen=3, seed=0,
+                            progress=False, device="cpu")
+    assert torch.equal(again.genome, r.genome)
+
+
+def test_cma_es_over_coefficients_runs_deaps_strategy_reproducibly(digit_mlps, digits):
+    from mega_deap.experiments import model_accuracy
+    a = cma_merge(digit_mlps, digits["val"], ngen=4, lambda_=6, seed=3, device="cpu")
+    b = cma_merge(digit_mlps, digits["val"], ngen=4, lambda_=6, seed=3, device="cpu")
+    assert torch.equal(a.genome, b.genome) and len(a.logbook) == 4
+    assert sum(r["nevals"] for r in a.logbook) == 24
+    assert a.fitness == pytest.approx(model_accuracy(a.model, *digits["val"]))
+    assert a.fitness == max(r["max"] for r in a.logbook)  # the hall of fame holds the best ever
+
+
+# -- the merge: parents in the initial population, selection split ------------------------
+
+def _destructive(individual):
+    individual.genome.add_(torch.randn_like(individual.genome) * 10)
+    return (individual,)
+
+
+def test_with_parents_in_the_population_the_merge_is_never_worse_than_the_best_parent(digit_mlps, digits):
+    import mega_deap
+    from mega_deap.experiments import model_accuracy
+    best_parent = max(model_accuracy(m, *digits["val"]) for m in digit_mlps)
+    r = mega_deap.merge(digit_mlps, digits["val"], popsize=6, ngen=0, seed=0, progress=False, device="cpu")
+    first = r.population  # generation 0: rows 0 and 1 are the parents
+    assert any(torch.equal(ind.genome, r.adapter.genome(digit_mlps[0])) for ind in first)
+    assert r.fitness >= best_parent
+    paper = mega_deap.merge(digit_mlps, digits["val"], popsize=6, ngen=0, seed=0, progress=False, device="cpu",
+                            include_parents=False)
+    assert not any(torch.equal(ind.genome, paper.adapter.genome(m)) for ind in paper.population for m in digit_mlps)
+    # the rows after the parents are the paper's blends, drawn identically
+    assert all(torch.equal(x.genome, y.genome) for x, y in zip(r.population[2:], paper.population[2:]))
+    aligned = mega_deap.merge(digit_mlps, digits["val"], popsize=6, ngen=0, seed=0, progress=False,
+                              device="cpu", align=True)
+    a, b = weight_matching(list(digit_mlps))
+    average = (aligned.adapter.genome(a) + aligned.adapter.genome(b)) / 2
+    assert torch.equal(aligned.population[2].genome, average)
+
+
+def test_selection_split_chooses_among_the_hall_of_fame_on_held_out_data(digit_mlps, digits):
+    import mega_deap
+    from mega_deap.experiments import model_accuracy
+    X, y = digits["val"]
+    r = mega_deap.merge(digit_mlps, (X, y), popsize=8, ngen=3, seed=0, progress=False, device="cpu",
+                        selection=0.5, hof_size=5)
+    assert len(r.halloffame) == 5
+    evaluator = r.toolbox.evaluate
+    assert len(evaluator.y) == len(y) - round(0.5 * len(y))  # the held-out half never feeds the fitness
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    held = (X[perm[:len(y) // 2 + len(y) % 2]], y[perm[:len(y) // 2 + len(y) % 2]])
+    scores = [model_accuracy(r.adapter.to_model(h), *held) for h in r.halloffame]
+    assert model_accuracy(r.model, *held) == max(scores)
+    with pytest.raises(ValueError, match="selection"):
+        mega_deap.merge(digit_mlps, (X, y), selection=1.0)
+
+
+def test_merge_refuses_bad_alignment_settings_before_any_work(digit_mlps, digits):
+    import mega_deap
+    with pytest.raises(ValueError, match="genome"):
+        mega_deap.merge(digit_mlps, digits["val"], genome="layers")
+    with pytest.raises(ValueError, match="cannot hold the 2 parents and their average"):
+        mega_deap.merge(digit_mlps, digits["val"], popsize=2, npar=2, tournsize=2, align=True)
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        mega_deap.merge(digit_mlps, digits["val"], calibration=digits["train"][0], progress=False)
+
+
+def test_neg_log_loss_is_the_mean_log_likelihood(digit_mlps, digits):
+    from mega_deap import Evaluator
+    from mega_deap.adapters import TorchAdapter
+    from mega_deap.evaluation import get_metric
+    X, y = digits["val"]
+    ad = TorchAdapter(digit_mlps[0])
+    (score,) = Evaluator(ad, X, y, get_metric("neg_log_loss"), batch_size=100).scores([ad.genome()])
+    with torch.no_grad():
+        ref = -nn.functional.cross_entropy(digit_mlps[0](X).double(), y)
+    assert score == pytest.approx(float(ref), rel=1e-6)
