@@ -22,7 +22,7 @@ from mega_deap.evaluation import METRICS
 __all__ = ["main", "build_parser", "load_callable", "UsageError"]
 
 DESCRIPTION = ("Merge two or more checkpoints of one architecture with MeGA (a genetic algorithm over "
-               "blends of their weights); fitness is accuracy (or another metric) on your validation data.")
+               "blends of their weights); fitness is the log-likelihood (or accuracy, or another metric) of your validation data.")
 EPILOG = ("example: mega-merge a.safetensors b.pt --model mynets:make_net --data mynets:validation "
           "--out merged/   (mynets.py in the current folder; see README.md)")
 
@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a function that returns (X_val, y_val), or {'val': (X, y), 'test': (X, y), "
                         "'calibration': X} (required; with 'calibration', every candidate's BatchNorm "
                         "statistics are recomputed on those inputs before it is scored)")
-    p.add_argument("--metric", choices=sorted(METRICS), default="accuracy", help="the fitness")
+    p.add_argument("--metric", choices=sorted(METRICS), default="neg_log_loss",
+                   help="the fitness (accuracy: the paper's; neg_mse or neg_mae for regression)")
     p.add_argument("--popsize", type=int, default=20, help="individuals per generation (N)")
     p.add_argument("--ngen", type=int, default=20, help="generations (G)")
     p.add_argument("--npar", type=int, default=4, help="tournament winners per child (K); the first two mate")
@@ -172,17 +173,20 @@ def run(args) -> list:
     names = [os.path.basename(p) for p in args.checkpoints] + ["MeGA"]
     genomes = [ad.genome(m.to(device)) for m in models] + [ad.genome(result.model)]
     rows = [{"model": name} for name in names]
-    for split, xy in (("val", val), ("test", test)):
-        if xy is not None:
-            for row, score in zip(rows, Evaluator(ad, *xy, get_metric(args.metric)).scores(genomes)):
-                row[f"{split}_{args.metric}"] = score
+    reported = [args.metric] + (["accuracy"] if args.metric == "neg_log_loss" else [])
+    for metric in reported:
+        for split, xy in (("val", val), ("test", test)):
+            if xy is not None:
+                for row, score in zip(rows, Evaluator(ad, *xy, get_metric(metric)).scores(genomes)):
+                    row[f"{split}_{metric}"] = score
     os.makedirs(args.out, exist_ok=True)
     written = [save_model(result.model, os.path.join(args.out, "merged.safetensors"))]
     try:
         written.append(plot_fitness(result.logbook, os.path.join(args.out, "fitness.png")))
     except ImportError:
         print("matplotlib is not installed: no fitness.png (pip install matplotlib)", file=sys.stderr)
-    columns = ["model", f"val_{args.metric}"] + ([f"test_{args.metric}"] if test is not None else [])
+    columns = ["model"] + [f"{split}_{m}" for m in reported for split in ("val", "test")
+                           if split == "val" or test is not None]
     written.append(write_json({"settings": vars(args), "rows": rows, "logbook": [dict(r) for r in result.logbook],
                                "files": written[:]}, os.path.join(args.out, "results.json")))
     if not args.quiet:

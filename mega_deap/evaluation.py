@@ -49,17 +49,18 @@ class Accuracy:
     def check(self, out, y):
         """``out``: one model's output on a few examples, ``(b, C)``; ``y``: all labels, ``(n,)``."""
         if y.dim() == 2 and y.shape[1] == 1:
-            raise ValueError(f"validation labels have shape {tuple(y.shape)}: accuracy needs class indices of "
+            raise ValueError(f"validation labels have shape {tuple(y.shape)}: {self.name} needs class indices of "
                              f"shape (n,) (y.squeeze(1))")
         if y.dim() == 2:
-            raise ValueError(f"validation labels have shape {tuple(y.shape)}, one-hot or scores: accuracy needs "
+            raise ValueError(f"validation labels have shape {tuple(y.shape)}, one-hot or scores: {self.name} needs "
                              f"class indices of shape (n,) (y.argmax(1))")
         if y.dim() != 1:
             raise ValueError(f"validation labels must have shape (n,), got {tuple(y.shape)}")
         if y.dtype == torch.bool or y.dtype.is_floating_point or y.dtype.is_complex:
-            raise ValueError(f"accuracy needs integer class labels, got dtype {y.dtype}")
+            raise ValueError(f"{self.name} needs integer class labels, got dtype {y.dtype} (for regression "
+                             "targets use metric='neg_mse' or 'neg_mae')")
         if out.dim() != 2:
-            raise ValueError(f"accuracy needs logits of shape (batch, classes) from the model, got "
+            raise ValueError(f"{self.name} needs logits of shape (batch, classes) from the model, got "
                              f"{tuple(out.shape)}")
         classes = out.shape[-1]
         lo, hi = int(y.min()), int(y.max())

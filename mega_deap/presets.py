@@ -130,7 +130,7 @@ def _holdout(X, y, fraction, seed):
 
 def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: int = 4, tournsize: int = 3,
           seed: int = 0, device=None, mutation: str = "sparse", sigma: Optional[float] = None,
-          indpb: Optional[float] = None, layerpb: float = 0.02, alpha: float = 0.0, metric: str = "accuracy",
+          indpb: Optional[float] = None, layerpb: float = 0.02, alpha: float = 0.0, metric: str = "neg_log_loss",
           batch_size: Optional[int] = None, strategy: str = "auto", buffers: bool = True, verbose: bool = False,
           progress: bool = True, checkpoint: Optional[str] = None, breeding: str = "batched",
           autocast: Optional[torch.dtype] = None, align: bool = False, calibration=None,
@@ -150,8 +150,9 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     :param mutation: ``"sparse"`` (each gene with ``indpb`` gets N(0, sigma^2)) or ``"layer"``
                      (each tensor with ``layerpb``, as the reference code). ``sigma`` and ``indpb`` default
                      to 0.01 and 0.02 for weight genomes (the paper), 0.05 and 0.2 for coefficient genomes.
-    :param metric: a name in :data:`mega_deap.evaluation.METRICS` (``"accuracy"``, ``"neg_log_loss"``,
-                   ``"neg_mse"``, ``"neg_mae"``).
+    :param metric: the fitness, a name in :data:`mega_deap.evaluation.METRICS`: ``"neg_log_loss"`` (the
+                   default: the validation log-likelihood, which measured better on test than accuracy, see
+                   README), ``"accuracy"`` (the paper's), ``"neg_mse"`` or ``"neg_mae"`` (regression).
     :param checkpoint: a file to write after every generation and to resume from when it exists.
     :param verbose: print the logbook, a line per generation; :param progress: a progress bar (on a
                     terminal only; never in a log file).

@@ -91,7 +91,7 @@ def test_a_new_framework_is_one_class_and_one_registration(registered, digits):
         W = torch.linalg.solve(A.T @ A + 0.1 * torch.eye(64, dtype=torch.float64), A.T @ onehot[half]).T
         parents.append(Linear(W.float().contiguous() + 0.01 * torch.randn(10, 64, generator=g)))
     assert adapter_for(parents[0]) is LinearAdapter
-    r = mega_deap.merge(parents, (X, y), popsize=6, ngen=2, seed=0, verbose=False)
+    r = mega_deap.merge(parents, (X, y), popsize=6, ngen=2, seed=0, verbose=False, metric="accuracy")
     assert isinstance(r.model, Linear) and isinstance(r.adapter, LinearAdapter)
     acc = float((X @ r.model.W.T).argmax(1).eq(y).double().mean())
     assert acc == pytest.approx(r.fitness, abs=1e-12) and acc > 0.8

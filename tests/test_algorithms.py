@@ -17,7 +17,7 @@ def val_acc(model, data):
 
 @pytest.fixture(scope="module")
 def merged(digits, digit_mlps):
-    return merge(digit_mlps, digits["val"], popsize=12, ngen=6, seed=0, verbose=False)
+    return merge(digit_mlps, digits["val"], popsize=12, ngen=6, seed=0, verbose=False, metric="accuracy")
 
 
 def test_merge_on_digits(merged, digits, digit_mlps):
@@ -32,10 +32,10 @@ def test_merge_on_digits(merged, digits, digit_mlps):
 
 
 def test_merge_is_reproducible(merged, digits, digit_mlps):
-    again = merge(digit_mlps, digits["val"], popsize=12, ngen=6, seed=0, verbose=False)
+    again = merge(digit_mlps, digits["val"], popsize=12, ngen=6, seed=0, verbose=False, metric="accuracy")
     assert torch.equal(again.genome, merged.genome)
     assert again.logbook.select("avg") == merged.logbook.select("avg")
-    other = merge(digit_mlps, digits["val"], popsize=12, ngen=6, seed=1, verbose=False)
+    other = merge(digit_mlps, digits["val"], popsize=12, ngen=6, seed=1, verbose=False, metric="accuracy")
     assert not torch.equal(other.genome, merged.genome)
 
 

@@ -226,12 +226,12 @@ def test_keep_valid_repairs_batched_children():
 
 
 def test_preset_breeds_in_batch_and_merges(digits, digit_mlps):
-    r = mega_deap.merge(digit_mlps, digits["val"], popsize=12, ngen=4, seed=0, verbose=False)
+    r = mega_deap.merge(digit_mlps, digits["val"], popsize=12, ngen=4, seed=0, verbose=False, metric="accuracy")
     assert r.toolbox.vary.func is varMeGABatched
     assert batched_plan(r.toolbox, r.population) is not None
     maxes = r.logbook.select("max")
     assert all(b >= a for a, b in zip(maxes, maxes[1:])) and r.fitness > 0.8
-    again = mega_deap.merge(digit_mlps, digits["val"], popsize=12, ngen=4, seed=0, verbose=False)
+    again = mega_deap.merge(digit_mlps, digits["val"], popsize=12, ngen=4, seed=0, verbose=False, metric="accuracy")
     assert torch.equal(again.genome, r.genome)  # one seed, same bits
 
 

@@ -39,7 +39,8 @@ def test_shared_inf_buffers_are_kept_not_blended(digits, breeding):
     X, y = digits["val"]
     keep = y != 9
     parents = [trained(digits, 1), trained(digits, 2)]
-    r = mega_deap.merge(parents, (X[keep], y[keep]), popsize=6, ngen=3, seed=0, verbose=False, breeding=breeding)
+    r = mega_deap.merge(parents, (X[keep], y[keep]), popsize=6, ngen=3, seed=0, verbose=False, breeding=breeding,
+                        metric="accuracy")
     assert r.fitness > 0.8                                          # not a blind GA scoring NaN as 0
     assert r.model.mask[9] == float("-inf") and torch.isfinite(r.model.mask[:9]).all()  # kept where it was
     at = r.adapter.tensors(torch.arange(r.adapter.dim, dtype=torch.float32))["mask"][9].long()

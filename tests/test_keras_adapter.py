@@ -115,7 +115,7 @@ def train_keras_mlp(train, seed):
 
 def test_merge_keras_models_on_digits(digits, digit_mlps):
     models = [train_keras_mlp(digits["train"], s) for s in (1, 2)]
-    r = mega_deap.merge(models, digits["val"], popsize=10, ngen=5, seed=0, verbose=False)
+    r = mega_deap.merge(models, digits["val"], popsize=10, ngen=5, seed=0, verbose=False, metric="accuracy")
     maxes = r.logbook.select("max")
     assert all(b >= a for a, b in zip(maxes, maxes[1:])) and r.fitness > 0.8
     assert isinstance(r.model, keras.Model)
@@ -123,7 +123,7 @@ def test_merge_keras_models_on_digits(digits, digit_mlps):
     acc = float((keras.ops.convert_to_numpy(r.model(X.numpy())).argmax(1) == y.numpy()).mean())
     assert acc == pytest.approx(r.fitness, abs=1e-9)
     # the same merge through the torch adapter, equivalent models: fitness of the same order
-    rt = mega_deap.merge(digit_mlps, digits["val"], popsize=10, ngen=5, seed=0, verbose=False)
+    rt = mega_deap.merge(digit_mlps, digits["val"], popsize=10, ngen=5, seed=0, verbose=False, metric="accuracy")
     assert abs(rt.fitness - r.fitness) < 0.1
 
 

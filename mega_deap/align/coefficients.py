@@ -153,7 +153,7 @@ def _individual(icls, device, dtype, values):
 
 def cma_merge(models: list, val_data, *, ngen: int = 20, lambda_: Optional[int] = None, sigma: float = 0.3,
               seed: int = 0, align: bool = True, calibration=None,
-              granularity: Literal["tensor", "layer", "unit"] = "tensor", metric: str = "accuracy",
+              granularity: Literal["tensor", "layer", "unit"] = "tensor", metric: str = "neg_log_loss",
               batch_size: Optional[int] = None, device=None, verbose: bool = False):
     """Merge ``models`` by DEAP's CMA-ES (``deap.cma.Strategy``, ``deap.algorithms.eaGenerateUpdate``)
     over per-tensor (or per-layer) x per-parent coefficients, starting from the parents' average.

@@ -22,7 +22,8 @@ __all__ = ["METHODS", "SETTINGS", "biased_parts", "train_parents", "run_setting"
 
 SETTINGS = ("same-data", "different-data")
 METHODS = ("best parent", "naive average", "aligned average", "aligned average + repair", "MeGA (paper)",
-           "MeGA, aligned parents", "coefficient GA, aligned", "CMA-ES, coefficients", "output ensemble")
+           "MeGA, aligned parents", "MeGA, aligned parents, accuracy fitness", "coefficient GA, aligned",
+           "CMA-ES, coefficients", "output ensemble")
 
 
 def biased_parts(y: torch.Tensor, favoured: int = 5, share: float = 0.95, seed: int = 0):
@@ -91,9 +92,12 @@ def run_setting(splits, model_name, setting, seed, *, epochs=30, popsize=20, nge
     if has_bn:
         timed("aligned average + repair", lambda: repair_batchnorm(weight_average(aligned), calib))
     common = dict(popsize=popsize, ngen=ngen, seed=seed, progress=False, device="cpu")
-    timed("MeGA (paper)", lambda: merge(parents, splits.val, include_parents=False, **common).model)
+    timed("MeGA (paper)", lambda: merge(parents, splits.val, include_parents=False, metric="accuracy",
+                                        **common).model)
     timed("MeGA, aligned parents", lambda: merge(parents, splits.val, align=True, calibration=calib,
                                                  **common).model)
+    timed("MeGA, aligned parents, accuracy fitness",
+          lambda: merge(parents, splits.val, align=True, calibration=calib, metric="accuracy", **common).model)
     timed("coefficient GA, aligned", lambda: merge(parents, splits.val, align=True, calibration=calib,
                                                    genome="coefficients", **common).model)
     timed("CMA-ES, coefficients", lambda: cma_merge(parents, splits.val, ngen=ngen, lambda_=popsize, seed=seed,

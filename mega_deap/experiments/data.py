@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["read_cifar_batch", "load_cifar10", "find_cifar10", "download_cifar10", "split_train_val",
+__all__ = ["read_cifar_batch", "write_cifar_batches", "load_cifar10", "find_cifar10", "download_cifar10", "split_train_val",
            "Splits", "cifar10_splits", "digits_splits", "load_digits_images", "resolve_splits"]
 
 CIFAR_DIR = "cifar-10-batches-py"
@@ -55,6 +55,25 @@ def read_cifar_batch(path):
     if labels.shape != (data.shape[0],):
         raise ValueError(f"{path}: {data.shape[0]} images but {labels.shape[0]} labels")
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+
+
+def write_cifar_batches(folder, train, test):
+    """Write ``train`` and ``test`` (``(X uint8 (n, 3, 32, 32), y (n,))``) as CIFAR-10 python batches
+    (``data_batch_1..5``, ``test_batch``) in ``folder/cifar-10-batches-py``: any image set can then go
+    through the CIFAR-10 pipeline. Returns that folder."""
+    d = os.path.join(folder, CIFAR_DIR)
+    os.makedirs(d, exist_ok=True)
+    for X, _ in (train, test):
+        if X.dtype != torch.uint8 or tuple(X.shape[1:]) != (3, 32, 32):
+            raise ValueError(f"CIFAR-10 batches hold uint8 images of shape (n, 3, 32, 32), got {X.dtype} "
+                             f"{tuple(X.shape)}")
+    parts = [(TRAIN_BATCHES[i], idx) for i, idx in enumerate(torch.arange(len(train[1])).chunk(5))]
+    for name, (X, y) in [(n, (train[0][i], train[1][i])) for n, i in parts] + [(TEST_BATCH, test)]:
+        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in y],
+                 b"data": X.reshape(len(X), -1).numpy(), b"filenames": [f"{i}.png".encode() for i in range(len(X))]}
+        with open(os.path.join(d, name), "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    return d
 
 
 def find_cifar10(data_dir):
