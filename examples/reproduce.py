@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SECTIONS = ("merge", "hierarchical", "keras", "hpo", "ablation", "bench", "bench-gpu")
+SECTIONS = ("merge", "hierarchical", "keras", "align", "hpo", "ablation", "bench", "bench-gpu")
 DOC = {"bench": "BENCHMARKS.md", "bench-gpu": "BENCHMARKS.md"}  # every other section lives in README.md
 # the GPU table: no GPU here, so it is rendered from the JSON files that bench_merge.py wrote on one
 GPU_RESULTS = ("benchmarks/results_gpu_resnet56.json", "benchmarks/results_gpu_mlp.json")
@@ -142,6 +142,22 @@ def section_keras(out, quick):
     head = (f"two Keras MLPs with BatchNormalization on digits, torch backend, {len(runs)} seeds "
             f"(validation split and GA seed).")
     return head, "\n".join(lines), {"runs": [{"rows": r["rows"], "fitness": r["fitness"]} for r in runs]}
+
+
+def section_align(out, quick):
+    """Align, then evolve: every merging method over seeds, on parents from the same data and on parents
+    from class-biased parts of it (``examples/align_study.py``)."""
+    ex = load("align_study")
+    argv = ["--out", str(out / "align"), "--quiet"]
+    if quick:
+        argv += ["--models", "mlp", "--seeds", "2", "--epochs", "2", "--popsize", "4", "--ngen", "2"]
+    results = ex.main(argv)
+    seeds = len(next(iter(results.values()))["runs"])
+    head = (f"{seeds} seeds per model and setting, N={4 if quick else 20}, G={2 if quick else 20}; accuracies in % "
+            f"(mean ± sd over seeds); gap closed: of the gap from the best parent's test accuracy to the output "
+            f"ensemble's, averaged over seeds; p: one-sided paired Wilcoxon test that the method beats the best "
+            f"parent on test, Holm-corrected over the methods of a table.")
+    return head, ex.table(results), {"results": results}
 
 
 def section_hpo(out, quick):
