@@ -98,13 +98,14 @@ def table(results) -> str:
     for key, res in results.items():
         n = len(res["runs"])
         out.append(f"**{key}** ({n} seeds)\n")
-        out.append("| method | val % | test % | gap closed | p (Holm), test > best parent |")
-        out.append("|---|---|---|---|---|")
+        out.append("| method | val % | test % | gap closed | p (Holm), test > best parent | s a run |")
+        out.append("|---|---|---|---|---|---|")
         for r in res["rows"]:
             gap = "" if r["method"] in ("best parent", "output ensemble") else f"{100 * r['gap']:.0f} %"
             p = "" if r["p_holm"] != r["p_holm"] else f"{r['p_holm']:.3g}"
             out.append(f"| {r['method']} | {100 * r['val']:.2f} ± {100 * r['val_sd']:.2f} | "
-                       f"{100 * r['test']:.2f} ± {100 * r['test_sd']:.2f} | {gap} | {p} |")
+                       f"{100 * r['test']:.2f} ± {100 * r['test_sd']:.2f} | {gap} | {p} | "
+                       f"{r['seconds']:.1f} |")
         out.append("")
     return "\n".join(out)
 
