@@ -8,7 +8,7 @@ from mega_deap.evaluation import Evaluator, get_metric
 
 from .base import Adapter
 
-__all__ = ["fitness", "accuracy", "neg_mse", "neg_mae"]
+__all__ = ["fitness", "accuracy", "neg_log_loss", "neg_mse", "neg_mae"]
 
 
 def fitness(metric: str, adapter: Adapter, X, y, **kwargs) -> Evaluator:
@@ -19,6 +19,12 @@ def fitness(metric: str, adapter: Adapter, X, y, **kwargs) -> Evaluator:
 def accuracy(adapter: Adapter, X, y, **kwargs) -> Evaluator:
     """Validation accuracy (argmax of the outputs against integer labels ``y``)."""
     return fitness("accuracy", adapter, X, y, **kwargs)
+
+
+def neg_log_loss(adapter: Adapter, X, y, **kwargs) -> Evaluator:
+    """The validation log-likelihood: minus the mean cross-entropy of the outputs (logits) against integer
+    labels ``y``; ``merge``'s default fitness."""
+    return fitness("neg_log_loss", adapter, X, y, **kwargs)
 
 
 def neg_mse(adapter: Adapter, X, y, **kwargs) -> Evaluator:
