@@ -233,6 +233,8 @@ def test_a_coefficient_merge_is_the_same_toolbox_and_its_model_scores_its_fitnes
     assert r.genome.shape == (r.adapter.dim,) and r.adapter.dim == 8
     assert r.fitness == pytest.approx(model_accuracy(r.model, *digits["val"]))
     assert r.toolbox.vary.func is mega_deap.varMeGABatched  # the same toolbox: batched breeding, our operators
+    pop = r.toolbox.clone.func.__self__  # the TensorPopulation: (2N + 2) x (G * k) numbers, never x D
+    assert pop.rows.shape == (2 * 8 + 2, 8) and r.adapter.inner.dim == 2410
     again = mega_deap.merge(digit_mlps, digits["val"], genome="coefficients", popsize=8, ngen=3, seed=0,
                             progress=False, device="cpu", metric="accuracy")
     assert torch.equal(again.genome, r.genome)

@@ -22,7 +22,8 @@ __all__ = ["METHODS", "SETTINGS", "biased_parts", "train_parents", "run_setting"
 
 SETTINGS = ("same-data", "different-data")
 METHODS = ("best parent", "naive average", "aligned average", "aligned average + repair", "MeGA (paper)",
-           "MeGA, aligned parents", "MeGA, aligned parents, accuracy fitness", "coefficient GA, aligned",
+           "MeGA, aligned parents", "MeGA, aligned parents, accuracy fitness",
+           "MeGA, aligned parents, selection split", "coefficient GA, aligned",
            "CMA-ES, coefficients", "output ensemble")
 
 
@@ -98,6 +99,8 @@ def run_setting(splits, model_name, setting, seed, *, epochs=30, popsize=20, nge
                                                  **common).model)
     timed("MeGA, aligned parents, accuracy fitness",
           lambda: merge(parents, splits.val, align=True, calibration=calib, metric="accuracy", **common).model)
+    timed("MeGA, aligned parents, selection split",
+          lambda: merge(parents, splits.val, align=True, calibration=calib, selection=0.3, **common).model)
     timed("coefficient GA, aligned", lambda: merge(parents, splits.val, align=True, calibration=calib,
                                                    genome="coefficients", **common).model)
     timed("CMA-ES, coefficients", lambda: cma_merge(parents, splits.val, ngen=ngen, lambda_=popsize, seed=seed,
