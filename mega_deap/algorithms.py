@@ -10,6 +10,7 @@ from typing import Optional
 from deap import base, tools
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import save_checkpoint
 from .checks import check_toolbox_settings, run_sizes, writable_file
 from .operators import selElite
@@ -65,6 +66,13 @@ def _check(population, toolbox, ngen, npar):
             raise ValueError(f"the toolbox has no {name!r} registered")
 
 
+def _save(path, main, **state):
+    """Rank 0 writes the checkpoint (every rank holds the same state); the others wait for it."""
+    if main:
+        save_checkpoint(path, **state)
+    distributed.barrier()
+
+
 def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
            stats: Optional[tools.Statistics] = None, halloffame: Optional[tools.HallOfFame] = None,
            verbose: bool = __debug__, checkpoint: Optional[str] = None,
@@ -95,6 +103,9 @@ def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
     """
     _check(population, toolbox, ngen, npar)
     check_toolbox_settings(toolbox)
+    main = distributed.is_main()  # in a process group, only rank 0 prints and writes
+    verbose = verbose and main
+    progress = (verbose if progress is None else progress) and main
     if checkpoint is not None:
         writable_file("checkpoint", checkpoint)
     logbook = tools.Logbook()
@@ -112,13 +123,12 @@ def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
             halloffame.update(population)
         logbook.record(gen=0, nevals=nevals, **(stats.compile(population) if stats else {}))
         if checkpoint is not None:
-            save_checkpoint(checkpoint, gen=0, population=population, halloffame=halloffame, logbook=logbook,
-                            extra=settings)
+            _save(checkpoint, main, gen=0, population=population, halloffame=halloffame, logbook=logbook,
+                  extra=settings)
         start = 1
         if verbose:
             tqdm.write(logbook.stream)
 
-    progress = verbose if progress is None else progress
     bar = tqdm(range(start, ngen + 1), desc="eaMeGA", disable=None if progress else True, leave=False,
                initial=start - 1, total=ngen)  # disable=None: a bar on a terminal, nothing in a log file
     for gen in bar:
@@ -137,8 +147,8 @@ def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
         record = stats.compile(population) if stats else {}
         logbook.record(gen=gen, nevals=nevals, **record)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, gen=gen, population=population, halloffame=halloffame, logbook=logbook,
-                            extra=settings)
+            _save(checkpoint, main, gen=gen, population=population, halloffame=halloffame, logbook=logbook,
+                  extra=settings)
         if verbose:
             tqdm.write(logbook.stream)
         if progress and "max" in record:

@@ -23,6 +23,7 @@ from typing import Literal, Optional
 
 import torch
 
+from . import distributed
 from .files import tensor_digest
 from .individual import TensorIndividual
 
@@ -158,13 +159,16 @@ class Evaluator:
                           models on GPUs; off by default). The weights stay views of the genome.
     :param prepare: called on every genome (``(D,)``, in place) before it is scored, e.g.
                     :class:`mega_deap.align.BatchNormRepair` (the individual keeps what it wrote).
+    :param shares: in a ``torch.distributed`` process group, how the individuals to evaluate are cut
+                   between the ranks (:mod:`mega_deap.distributed`): ``"equal"`` or ``"throughput"`` (in
+                   proportion to each rank's genomes per second in the previous call). Without one: unused.
 
     ``evaluations`` counts the genomes scored so far.
     """
 
     def __init__(self, adapter, X, y, metric=None, *, batch_size: Optional[int] = None, strategy: Strategy = "auto",
                  chunk: Optional[int] = None, autocast: Optional[torch.dtype] = None, channels_last: bool = False,
-                 prepare=None):
+                 prepare=None, shares: str = "equal"):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.adapter = adapter
@@ -193,6 +197,7 @@ class Evaluator:
         self.chunk = chunk
         self.autocast = autocast
         self.prepare = prepare
+        self._sharded = distributed.ShardedScores(shares)
         self._runner = adapter  # what runs the forward passes (the inner adapter of coefficient genomes)
         self._chosen = None          # what "measure" settled on
         self.measured_timings = None
@@ -249,7 +254,17 @@ class Evaluator:
         pending = set(todo)
         results = [None if i in pending else tuple(ind.fitness.values) for i, ind in enumerate(individuals)]
         if todo:
-            scores = self.scores([individuals[i] for i in todo])
+            batch = [individuals[i] for i in todo]
+            if distributed.active():  # every rank holds these individuals; each scores its share
+                genomes = [ind.genome if isinstance(ind, TensorIndividual) else ind for ind in batch]
+                if self.prepare is not None and getattr(self.adapter, "decode", None) is None:
+                    for g in genomes:  # it writes into the individuals: every rank writes into all of them
+                        self.prepare(g)
+                    scores = self._sharded(genomes, functools.partial(self.scores, prepared=True))
+                else:
+                    scores = self._sharded(genomes, self.scores)
+            else:
+                scores = self.scores(batch)
             for i, s in zip(todo, scores):
                 results[i] = (s,)
         return results
@@ -325,8 +340,9 @@ class Evaluator:
         return result
 
     @torch.no_grad()
-    def scores(self, individuals) -> list:
-        """One float per individual (or ``(D,)`` genome tensor), ignoring any fitness they hold."""
+    def scores(self, individuals, *, prepared: bool = False) -> list:
+        """One float per individual (or ``(D,)`` genome tensor), ignoring any fitness they hold.
+        ``prepared``: ``prepare`` has already run on them."""
         genomes = [ind.genome if isinstance(ind, TensorIndividual) else ind for ind in individuals]
         if not genomes:
             return []
@@ -335,7 +351,7 @@ class Evaluator:
         if decode is not None:  # coefficient genomes: decoded once per call, then run by the inner adapter
             genomes = [decode(g) for g in genomes]
             self._runner = self.adapter.inner
-        if self.prepare is not None:
+        if self.prepare is not None and not prepared:
             for g in genomes:
                 self.prepare(g)
         n = self.X.shape[0]

@@ -135,7 +135,8 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
           progress: bool = True, checkpoint: Optional[str] = None, breeding: str = "batched",
           autocast: Optional[torch.dtype] = None, align: bool = False, calibration=None,
           genome: Literal["weights", "coefficients"] = "weights", granularity: str = "tensor",
-          include_parents: bool = True, selection: float = 0.0, hof_size: int = 10) -> MergeResult:
+          include_parents: bool = True, selection: float = 0.0, hof_size: int = 10,
+          shares: str = "equal") -> MergeResult:
     """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`.
 
     :param models: two or more models of one architecture (parents): ``nn.Module``, Keras 3 models, or any
@@ -170,6 +171,8 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
                             individuals of the initial population, so with elitism the result is never worse
                             than the best parent on the fitness data. ``False``: the paper's initialisation
                             (blends only).
+    :param shares: in a ``torch.distributed`` process group, how each generation's evaluations are cut
+                   between the ranks: ``"equal"`` or ``"throughput"`` (:mod:`mega_deap.distributed`).
     :param selection: a fraction of ``val_data`` held out of the fitness (a seeded split); the merge returns
                       the member of the hall of fame (``hof_size`` best) that scores best on it. 0: the
                       fitness's best, as in the paper.
@@ -196,6 +199,7 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     probability("layerpb", layerpb)
     choice("mutation", mutation, MUTATIONS)
     choice("breeding", breeding, BREEDINGS)
+    choice("shares", shares, ("equal", "throughput"))
     if not isinstance(align, bool) or not isinstance(include_parents, bool):
         raise TypeError(f"align and include_parents must be True or False, got {align!r} and {include_parents!r}")
     if isinstance(selection, bool) or not isinstance(selection, (int, float)) or not 0 <= selection < 1:
@@ -230,7 +234,7 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
         from .align import BatchNormRepair
         prepare = BatchNormRepair(runner, calibration)
     evaluator = Evaluator(adapter, X, y, evaluator_metric, batch_size=batch_size, strategy=strategy,
-                          autocast=autocast, prepare=prepare)
+                          autocast=autocast, prepare=prepare, shares=shares)
     pop = TensorPopulation(popsize, adapter.dim, device=adapter.device, dtype=adapter.dtype)
 
     # 2. the initial population: blends (the paper), and the parents themselves (include_parents)

@@ -1,0 +1,141 @@
+"""Sharded evaluation over ``torch.distributed``: the only module that knows about ranks.
+
+When a script initialises the default process group (``torch.distributed.init_process_group``, as any
+``torchrun`` script does) and every rank runs the same program with the same seed, every rank holds the
+same population, because every rank draws the same random numbers. Then ranks need to exchange only
+fitness values: each rank scores its share of the individuals to evaluate and the scores are
+all-gathered (N floats a generation, never genomes). Without a process group (or with one rank) nothing
+here does anything.
+
+A guard keeps that promise honest: before each sharded evaluation, the ranks compare a checksum of the
+genomes they are about to score; a mismatch stops every rank with :class:`DivergedError` instead of
+letting them drift apart silently.
+"""
+import time
+from typing import Optional, Sequence
+
+import torch
+
+__all__ = ["active", "rank", "world_size", "is_main", "barrier", "shares", "ShardedScores", "DivergedError",
+           "SHARES"]
+
+SHARES = ("equal", "throughput")
+
+
+class DivergedError(RuntimeError):
+    """The ranks no longer hold the same population."""
+
+
+def active() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0, or without a process group: the process that writes files and prints."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        torch.distributed.barrier()
+
+
+def shares(n: int, weights: Optional[Sequence[float]] = None) -> list:
+    """``[(start, stop)]`` per rank: ``n`` items cut into contiguous shares, equal (sizes differ by at most
+    one) or proportional to ``weights`` (each rank's measured throughput)."""
+    p = world_size()
+    if weights is None:
+        base, extra = divmod(n, p)
+        sizes = [base + (1 if r < extra else 0) for r in range(p)]
+    else:
+        total = float(sum(weights))
+        raw = [n * w / total for w in weights]
+        sizes = [int(x) for x in raw]
+        for r in sorted(range(p), key=lambda r: raw[r] - sizes[r], reverse=True)[:n - sum(sizes)]:
+            sizes[r] += 1
+    out, start = [], 0
+    for s in sizes:
+        out.append((start, start + s))
+        start += s
+    return out
+
+
+def _device_for_collectives(device: torch.device) -> torch.device:
+    backend = torch.distributed.get_backend()
+    return device if backend == "nccl" else torch.device("cpu")
+
+
+def _checksum(genomes: list) -> torch.Tensor:
+    """Two float64 numbers per genome (its sum, and its sum weighted by position): equal on every rank
+    when the genomes are the same bits, and almost surely not otherwise."""
+    G = torch.stack([g.detach() for g in genomes]).to(torch.float64)
+    pos = torch.arange(1, G.shape[1] + 1, dtype=torch.float64, device=G.device)
+    return torch.stack([G.sum(1), (G * pos).sum(1)], 1).reshape(-1)
+
+
+class ShardedScores:
+    """Score a list of genomes across the ranks: ``sharded(genomes, score)`` where ``score(list)`` scores
+    this rank's share. ``shares="equal"`` cuts the list evenly; ``"throughput"`` in proportion to each
+    rank's measured genomes per second in the previous call (equal the first time). The assignment never
+    changes a score, so the run's bits are the same either way."""
+
+    def __init__(self, shares: str = "equal"):
+        if shares not in SHARES:
+            raise ValueError(f"shares must be one of {SHARES}, got {shares!r}")
+        self.mode = shares
+        self.rate = None  # this rank's genomes per second, last call
+        self.weights = None
+
+    def __call__(self, genomes: list, score) -> list:
+        dist = torch.distributed
+        n, p, me = len(genomes), world_size(), rank()
+        if n == 0:
+            return []
+        device = _device_for_collectives(genomes[0].device)
+        # 1. the guard: every rank must be about to score the same genomes
+        mine = _checksum(genomes).to(device)
+        sizes = torch.tensor([mine.numel()], device=device)
+        all_sizes = [torch.zeros_like(sizes) for _ in range(p)]
+        dist.all_gather(all_sizes, sizes)
+        if len({int(s) for s in all_sizes}) != 1:
+            raise DivergedError(f"rank {me}: the ranks are evaluating different numbers of individuals "
+                                f"({[int(s) // 2 for s in all_sizes]}): they no longer run the same program "
+                                "with the same seed")
+        theirs = [torch.empty_like(mine) for _ in range(p)]
+        dist.all_gather(theirs, mine)
+        for r, t in enumerate(theirs):
+            if not torch.equal(t, theirs[0]):
+                bad = int((t != theirs[0]).reshape(-1, 2).any(1).nonzero()[0])
+                raise DivergedError(f"rank {me}: rank {r}'s population differs from rank 0's (first at "
+                                    f"individual {bad} of {n}): every rank must run the same program with the "
+                                    "same seed, data and settings")
+        # 2. this rank's share
+        cuts = shares(n, self.weights if self.mode == "throughput" else None)
+        start, stop = cuts[me]
+        t0 = time.perf_counter()
+        local = score(genomes[start:stop]) if stop > start else []
+        took = time.perf_counter() - t0
+        # 3. everyone's scores, in order
+        width = max(b - a for a, b in cuts)
+        buf = torch.full((width + 1,), float("nan"), dtype=torch.float64, device=device)
+        buf[:len(local)] = torch.tensor(local, dtype=torch.float64, device=device)
+        buf[width] = (stop - start) / took if took > 0 and stop > start else 0.0
+        gathered = [torch.empty_like(buf) for _ in range(p)]
+        dist.all_gather(gathered, buf)
+        out = []
+        for (a, b), t in zip(cuts, gathered):
+            out.extend(float(v) for v in t[:b - a].tolist())
+        rates = [float(t[width]) for t in gathered]
+        if all(r > 0 for r in rates):
+            self.weights = rates
+        return out

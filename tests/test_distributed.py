@@ -1,0 +1,79 @@
+"""Sharded evaluation over torch.distributed: two gloo processes on CPU give the single process's bits;
+a rank whose population differs stops every rank; only rank 0 writes."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CHILD = str(ROOT / "tests" / "distributed_child.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(args, timeout=300):
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
+
+
+def torchrun(mode, out):
+    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", CHILD,
+                mode, str(out)])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    out = tmp_path_factory.mktemp("dist")
+    single = run([sys.executable, CHILD, "single", str(out)])
+    assert single.returncode == 0, single.stderr[-3000:]
+    dist = torchrun("dist", out)
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    (out / "stdout-single.txt").write_text(single.stdout)
+    (out / "stdout-dist.txt").write_text(dist.stdout)
+    return out
+
+
+def test_two_gloo_processes_give_the_single_process_bits(runs):
+    from safetensors.torch import load_file
+    single, dist = load_file(runs / "single.safetensors"), load_file(runs / "dist.safetensors")
+    for k in ("a", "b"):
+        assert torch.equal(single[k], dist[k]), k  # same best genome, bit for bit
+    s, d = (json.loads((runs / f"{m}.json").read_text()) for m in ("single", "dist"))
+    assert s["a"] == d["a"] and s["b"] == d["b"]    # same logbook: every fitness statistic, every generation
+    assert s["world"] == 1 and d["world"] == 2 and d["ckpt_exists"]
+
+
+def test_only_rank_0_writes_and_prints(runs):
+    assert (runs / "saves-dist-rank0.txt").read_text().split() == ["0", "1", "2", "3"]
+    assert not (runs / "saves-dist-rank1.txt").exists()
+    # the logbook is printed once (by rank 0), as the single process prints it
+    assert (runs / "stdout-dist.txt").read_text() == (runs / "stdout-single.txt").read_text() != ""
+
+
+def test_a_diverged_rank_stops_every_rank_with_a_clear_error(tmp_path):
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    proc = torchrun("diverge", tmp_path)
+    assert proc.returncode != 0
+    assert "DivergedError" in proc.stderr and "differs from rank 0's" in proc.stderr
+    assert not (tmp_path / "diverge.json").exists()
+
+
+def test_shares_are_contiguous_and_cover_everything(monkeypatch):
+    from mega_deap import distributed
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    assert distributed.shares(10) == [(0, 4), (4, 7), (7, 10)]
+    assert distributed.shares(10, [1.0, 1.0, 3.0]) == [(0, 2), (2, 4), (4, 10)]
+    assert distributed.shares(2) == [(0, 1), (1, 2), (2, 2)]
+    with pytest.raises(ValueError, match="shares"):
+        distributed.ShardedScores("fastest")
+
+
+def test_without_a_process_group_nothing_changes():
+    from mega_deap import distributed
+    assert not distributed.active() and distributed.rank() == 0 and distributed.world_size() == 1
+    assert distributed.is_main()
