@@ -22,6 +22,9 @@ import sys
 import time
 
 import mega_deap
+from mega_deap import Evaluator, distributed
+from mega_deap.adapters import TorchAdapter
+from mega_deap.evaluation import get_metric
 from mega_deap.align import batchnorm_layers, repair_batchnorm, weight_matching
 from mega_deap.experiments import (add_data_args, ensemble_accuracy, format_table, load_model_file,
                                    model_accuracy, plot_fitness, save_model, setup, train_or_load,
@@ -63,8 +66,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    say = (lambda *a: None) if args.quiet else print
-    device, splits, model_name, epochs, factory = setup(args, seed=args.seed)
+    distributed.init_from_env()  # launched by torchrun: evaluations sharded over the ranks
+    main_rank = distributed.is_main()  # rank 0 (or the only process) prints and writes
+    say = (lambda *a: None) if args.quiet or not main_rank else print
+    device, splits, model_name, epochs, factory = setup(args, seed=args.seed,
+                                                        say=print if main_rank else (lambda *a: None))
+    device = distributed.local_device(device)
 
     # 1. parents: given checkpoints, or trained with the paper's recipe and cached
     t0 = time.perf_counter()
@@ -74,12 +81,18 @@ def main(argv=None):
             parents.append(load_model_file(factory(), path).to(device))
             sources.append(path)
     else:
-        for s in args.parent_seeds:
-            m, path, cached = train_or_load(factory, splits.train, cache_dir=os.path.join(args.out, "parents"),
-                                            tag=f"{model_name}-{splits.name}", seed=s, epochs=epochs, lr=args.lr,
-                                            batch_size=args.batch_size, device=device, progress=not args.quiet)
-            parents.append(m)
-            sources.append(path + (" (cached)" if cached else ""))
+        # in a process group rank 0 trains and caches the parents first; the others then load the same bits
+        for turn in ((0, 1) if distributed.active() else (0,)):
+            if (turn == 0) == main_rank:
+                for s in args.parent_seeds:
+                    m, path, cached = train_or_load(factory, splits.train,
+                                                    cache_dir=os.path.join(args.out, "parents"),
+                                                    tag=f"{model_name}-{splits.name}", seed=s, epochs=epochs,
+                                                    lr=args.lr, batch_size=args.batch_size, device=device,
+                                                    progress=not args.quiet and main_rank)
+                    parents.append(m)
+                    sources.append(path + (" (cached)" if cached else ""))
+            distributed.barrier()
     t_parents = time.perf_counter() - t0
 
     # 2. the merge: fitness on the validation split only
@@ -93,6 +106,9 @@ def main(argv=None):
                              align=args.align, calibration=calibration, genome=args.genome,
                              include_parents=not args.no_parents)
     t_merge = time.perf_counter() - t0
+
+    if not main_rank:  # the other ranks helped evaluate; rank 0 reports and writes
+        return {"rank": distributed.rank()}
 
     # 3. the report: validation and test accuracy, side by side, never mixed
     def accs(model):
@@ -116,9 +132,10 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     merged_path = save_model(result.model, os.path.join(args.out, "merged.safetensors"),
                              metadata={"model": model_name, "dataset": splits.name})
+    fit = Evaluator(TorchAdapter(parents[0]), *splits.val, get_metric("neg_log_loss"))
     png = plot_fitness(result.logbook, os.path.join(args.out, "fitness.png"),
-                       title=f"MeGA on {splits.name}, {model_name}: validation accuracy",
-                       extra={r["model"]: r["val_acc"] for r in rows[:len(parents)]})
+                       title=f"MeGA on {splits.name}, {model_name}: validation log-likelihood (fitness)",
+                       extra={r["model"]: v for r, v in zip(rows, fit.scores([fit.adapter.genome(p) for p in parents]))})
     report = {
         "dataset": splits.name, "model": model_name, "device": str(device),
         "sizes": {"train": len(splits.train[1]), "val": len(splits.val[1]), "test": len(splits.test[1])},

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["active", "rank", "world_size", "is_main", "barrier", "shares", "ShardedScores", "DivergedError",
+__all__ = ["init_from_env", "local_device", "active", "rank", "world_size", "is_main", "barrier", "shares", "ShardedScores", "DivergedError",
            "SHARES"]
 
 SHARES = ("equal", "throughput")
@@ -24,6 +24,29 @@ SHARES = ("equal", "throughput")
 
 class DivergedError(RuntimeError):
     """The ranks no longer hold the same population."""
+
+
+def init_from_env() -> bool:
+    """Initialise the default process group when the program was launched by ``torchrun`` (``RANK`` and
+    ``WORLD_SIZE`` in the environment, more than one process): NCCL when CUDA is available, else gloo.
+    Returns :func:`active`. Launched any other way it does nothing."""
+    import os
+    dist = torch.distributed
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1 \
+            and "RANK" in os.environ:
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return active()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """``device`` for this rank: with CUDA, the GPU of this rank's ``LOCAL_RANK`` (one rank per GPU)."""
+    import os
+    if active() and device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def active() -> bool:

@@ -35,7 +35,7 @@ class Setup(NamedTuple):
     factory: object  # builds an untrained model of the chosen architecture
 
 
-def setup(args, seed=0):
+def setup(args, seed=0, say=print):
     """Resolve the flags of :func:`add_data_args` (the data set says which, in one line, if it falls back);
     a flag that names something unusable ends the program with one line (exit status 1), not a traceback."""
     import os
@@ -47,7 +47,7 @@ def setup(args, seed=0):
         raise SystemExit(f"{prog}: error: --out {out!r} is a file; expected a folder")
     try:
         device = torch.device(args.device) if args.device else default_device()
-        splits = resolve_splits(args.dataset, args.data_dir, args.download, seed=seed, say=print,
+        splits = resolve_splits(args.dataset, args.data_dir, args.download, seed=seed, say=say,
                                 val_size=args.val_size)
     except (FileNotFoundError, ValueError, RuntimeError) as err:  # a --data-dir without CIFAR-10, a bad
         raise SystemExit(f"{prog}: error: {err}") from None       # --device or --val-size: one line
