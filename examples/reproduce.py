@@ -24,8 +24,8 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SECTIONS = ("merge", "hierarchical", "keras", "align", "hpo", "ablation", "bench", "bench-gpu")
-DOC = {"bench": "BENCHMARKS.md", "bench-gpu": "BENCHMARKS.md"}  # every other section lives in README.md
+SECTIONS = ("merge", "hierarchical", "keras", "align", "hpo", "ablation", "bench", "bench-dist", "bench-gpu")
+DOC = {"bench": "BENCHMARKS.md", "bench-dist": "BENCHMARKS.md", "bench-gpu": "BENCHMARKS.md"}  # every other section lives in README.md
 # the GPU table: no GPU here, so it is rendered from the JSON files that bench_merge.py wrote on one
 GPU_RESULTS = ("benchmarks/results_gpu_resnet56.json", "benchmarks/results_gpu_mlp.json")
 
@@ -206,6 +206,17 @@ def section_bench(out, quick):
     head = (f"CPU, float32; each time is the median of {res['rows'][0]['repeats']} interleaved repeats, "
             f"[min, max] beside it; ratios are ratios of medians.")
     return head, "\n".join(lines), {"bench": res}
+
+
+def section_bench_dist(out, quick):
+    """Sharded evaluation on CPU: the same merge in 1 process and in 2 (torchrun, gloo, one thread each)."""
+    bench = load("bench_distributed", "benchmarks")
+    res = bench.main(["--repeats", "1" if quick else "5", "--json", str(out / "bench_dist.json")]
+                     + (["--quick"] if quick else []))
+    head = (f"two small CNNs on {100 if quick else 1000} random 32x32x3 inputs, N=20, G={1 if quick else 5}, "
+            f"{res['repeats']} interleaved repeats; `python benchmarks/bench_distributed.py"
+            f"{' --quick' if quick else ''} --repeats {res['repeats']}`.")
+    return head, bench.table(res), {"result": res}
 
 
 def section_bench_gpu(out, quick):

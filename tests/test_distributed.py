@@ -77,3 +77,13 @@ def test_without_a_process_group_nothing_changes():
     from mega_deap import distributed
     assert not distributed.active() and distributed.rank() == 0 and distributed.world_size() == 1
     assert distributed.is_main()
+
+
+def test_the_benchmark_runs_and_checks_the_bits():
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    from conftest import load_script
+    bench = load_script("bench_distributed", "benchmarks")
+    res = bench.main(["--quick", "--repeats", "1"])
+    assert res["same_bits"] and set(res["seconds"]) == {1, 2}
+    assert "| 2 |" in bench.table(res)
