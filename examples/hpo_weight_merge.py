@@ -27,6 +27,7 @@ from scipy import stats as sstats
 from tqdm.auto import tqdm
 
 import mega_deap
+from mega_deap import distributed
 from mega_deap.experiments.ablation import holm
 from mega_deap.experiments import pyplot, save_figure, write_json
 from mega_deap.experiments.hpo import SPACE, Candidate, TrainEvaluator, cxScratch, cxWeightMerge, eaUntil, mutGenes, random_genes
@@ -65,6 +66,7 @@ def toolbox_for(mode, evaluator, icls, space_rng, space=STUDY_SPACE):
     shape = {"in_features": evaluator.in_features, "out_features": evaluator.out_features}
     tb.register("individual", lambda: icls(random_genes(space, rng=space_rng)))  # noqa: E731 (local, never pickled)
     tb.register("evaluate", evaluator)
+    tb.register("map", evaluator.map)  # in a torch.distributed process group: each rank trains its share
     tb.register("select", tools.selTournament, tournsize=3)
     merge = mode == "merge"  # the difference between the modes: do children keep trained weights?
     tb.register("mate", cxWeightMerge if merge else cxScratch, **shape)
@@ -197,10 +199,12 @@ def main(argv=None):
     p.add_argument("--out", default="results/hpo_weight_merge")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    distributed.init_from_env()  # launched by torchrun: each generation's trainings sharded over the ranks
+    quiet = args.quiet or not distributed.is_main()
     datasets = [k for k in DATASETS if k in args.datasets]
     runs = []
     plan = [(name, seed, mode) for name in datasets for seed in range(args.seeds) for mode in ("basic", "merge")]
-    bar = tqdm(plan, desc="hpo", disable=True if args.quiet else None)  # a bar on a terminal only
+    bar = tqdm(plan, desc="hpo", disable=True if quiet else None)  # a bar on a terminal only
     for name, seed, mode in bar:
         bar.set_postfix(data=name, seed=seed, mode=mode)
         runs.append(run(name, mode, seed, args.popsize, args.ngen, patience=args.patience))
@@ -209,14 +213,16 @@ def main(argv=None):
             r = run(name, mode, seed, args.popsize, 3 * args.ngen, accept=ACCEPT[name],
                     patience=args.patience)
             runs.append(r | {"until": True})
-        if not args.quiet:
+        if not quiet:
             tqdm.write(f"{name} {mode} seed {seed}: best validation {best:.4f}")
     summary = summarize(runs, datasets)
+    if not distributed.is_main():  # the other ranks trained their shares; rank 0 writes
+        return summary, runs
     os.makedirs(args.out, exist_ok=True)
     hist, bars = plots(runs, args.out, datasets)
     write_json({"settings": vars(args), "summary": summary, "runs": runs, "accept": ACCEPT,
                 "files": {"histogram": hist, "durations": bars}}, os.path.join(args.out, "results.json"))
-    if not args.quiet:
+    if not quiet:
         print()
         print(table(summary))
     return summary, runs

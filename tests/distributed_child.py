@@ -8,7 +8,8 @@ import sys
 import torch
 
 torch.set_num_threads(1)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+CHILD_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, CHILD_DIR)
 
 
 def main(mode, out):
@@ -51,5 +52,38 @@ def main(mode, out):
         torch.distributed.destroy_process_group()
 
 
+
+
+def hpo(mode, out):
+    """The HPO study's run, sharded: rank 0 writes what it found."""
+    import importlib.util
+    from mega_deap import distributed
+    spec = importlib.util.spec_from_file_location("hpo_example", os.path.join(os.path.dirname(CHILD_DIR),
+                                                                              "examples", "hpo_weight_merge.py"))
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    if mode != "single":
+        distributed.init_from_env()
+    calls = []
+    train = ex.TrainEvaluator.__call__
+
+    def counted(self, ind):  # how many trainings this rank ran
+        calls.append(1)
+        return train(self, ind)
+    ex.TrainEvaluator.__call__ = counted
+    r = ex.run("wine", "merge", 0, 6, 2, patience=2)
+    with open(os.path.join(out, f"hpo-calls-{mode}-rank{distributed.rank()}.txt"), "w") as f:
+        f.write(str(len(calls)))
+    if distributed.is_main():
+        keep = {k: r[k] for k in ("val", "test", "genes", "generations", "initial_losses", "epochs_run", "warm")}
+        keep["world"] = distributed.world_size()
+        keep["torch_rng_sha"] = __import__("hashlib").sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()
+        with open(os.path.join(out, f"hpo-{mode}.json"), "w") as f:
+            json.dump(keep, f)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1].startswith("hpo-"):
+        hpo(sys.argv[1][4:], sys.argv[2])
+    else:
+        main(sys.argv[1], sys.argv[2])

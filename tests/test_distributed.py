@@ -87,3 +87,21 @@ def test_the_benchmark_runs_and_checks_the_bits():
     res = bench.main(["--quick", "--repeats", "1"])
     assert res["same_bits"] and set(res["seconds"]) == {1, 2}
     assert "| 2 |" in bench.table(res)
+
+
+def test_the_hpo_study_shards_its_trainings_with_the_same_result(tmp_path):
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    single = run([sys.executable, CHILD, "hpo-single", str(tmp_path)])
+    assert single.returncode == 0, single.stderr[-3000:]
+    dist = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", CHILD,
+                "hpo-dist", str(tmp_path)])
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    s, d = (json.loads((tmp_path / f"hpo-{m}.json").read_text()) for m in ("single", "dist"))
+    assert s.pop("world") == 1 and d.pop("world") == 2
+    assert s == d  # the same candidates trained the same way: scores, genes, records, in order
+    assert len(s["epochs_run"]) > 6  # more than the first generation was evaluated
+    calls = {f.name: int(f.read_text()) for f in tmp_path.glob("hpo-calls-*")}
+    assert calls["hpo-calls-single-rank0.txt"] == len(s["epochs_run"])
+    shares = calls["hpo-calls-dist-rank0.txt"], calls["hpo-calls-dist-rank1.txt"]
+    assert sum(shares) == len(s["epochs_run"]) and min(shares) > 0  # each rank trained its share only

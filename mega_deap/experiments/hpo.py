@@ -20,6 +20,7 @@ layers. Random numbers: a ``torch.Generator`` passed as ``generator`` (default: 
 for gene choices.
 """
 import copy
+import functools
 import math
 import random
 import time
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import distributed
 from ..evaluation import correct
 from .train import cross_entropy_loss, fit
 
@@ -278,6 +280,46 @@ class TrainEvaluator:
         self.times.append(ind.seconds)
         self.epochs_run.append(epochs)
         return (score,)
+
+    def map(self, func, individuals) -> list:
+        """DEAP's ``toolbox.map`` (``toolbox.register("map", evaluator.map)``): the builtin ``map``; in a
+        ``torch.distributed`` process group, each rank trains its share of the candidates and the ranks
+        all-gather the results (fitness, trained weights, the records), so every rank ends where one
+        process would: the same candidates, weights, records and torch random state."""
+        individuals = list(individuals)
+        target = func
+        while isinstance(target, functools.partial) and not target.args and not target.keywords:
+            target = target.func  # toolbox.evaluate is a partial of this evaluator
+        if target is not self or not distributed.active():
+            return list(map(func, individuals))
+        n, base, marks = len(individuals), self._count, len(self.times)
+        start, stop = distributed.shares(n)[distributed.rank()]
+        local = []
+        for i in range(start, stop):
+            self._count = base + i  # __call__ counts it to base + i + 1, as one process would
+            fit = self(individuals[i])
+            ind = individuals[i]
+            local.append((fit, ind.weights, ind.seconds, self.initial_losses[-1], self.epochs_run[-1],
+                          self.warm[-1]))
+        last = torch.get_rng_state() if stop == n and stop > start else None  # the state one process ends in
+        gathered = [None] * distributed.world_size()
+        torch.distributed.all_gather_object(gathered, (local, last))
+        for records in (self.times, self.initial_losses, self.epochs_run, self.warm):
+            del records[marks:]
+        out = []
+        for ind, (fit, weights, seconds, loss0, epochs, warm) in zip(individuals, [r for part, _ in gathered
+                                                                                 for r in part]):
+            ind.weights, ind.seconds = weights, seconds
+            self.times.append(seconds)
+            self.initial_losses.append(loss0)
+            self.epochs_run.append(epochs)
+            self.warm.append(warm)
+            out.append(fit)
+        state = next((st for _, st in gathered if st is not None), None)
+        if state is not None:
+            torch.set_rng_state(state)
+        self._count = base + n
+        return out
 
     @torch.no_grad()
     def score(self, model, X, y):
