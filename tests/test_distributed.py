@@ -47,6 +47,19 @@ def test_two_gloo_processes_give_the_single_process_bits(runs):
     assert s["world"] == 1 and d["world"] == 2 and d["ckpt_exists"]
 
 
+def test_a_resumed_run_reads_the_checkpoint_on_every_rank(runs, tmp_path):
+    import shutil
+    from safetensors.torch import load_file
+    before = load_file(runs / "dist.safetensors")["a"]
+    out = tmp_path / "again"
+    shutil.copytree(runs, out)
+    again = torchrun("dist", out)  # the checkpoint of the finished run is there: both ranks resume from it
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert torch.equal(load_file(out / "dist.safetensors")["a"], before)
+    assert (out / "saves-dist-rank0.txt").read_text().split() == ["0", "1", "2", "3"]  # nothing re-run
+    assert "resuming from" in again.stdout
+
+
 def test_only_rank_0_writes_and_prints(runs):
     assert (runs / "saves-dist-rank0.txt").read_text().split() == ["0", "1", "2", "3"]
     assert not (runs / "saves-dist-rank1.txt").exists()
