@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from mega_deap.experiments import align_study as study

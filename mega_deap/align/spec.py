@@ -201,6 +201,9 @@ class _Tracer:
                 self.unsupported(node, f"flatten from dim {start}")
             x = vals[0]
             return x if x in (None, self.FIXED) else (x[0], True, 2)
+        if fn in (torch.mean, torch.sum, torch.amax):
+            return self.reduce(node, vals[0], args[1] if len(args) > 1 else node.kwargs.get("dim"),
+                               args[2] if len(args) > 2 else node.kwargs.get("keepdim", False))
         if fn is operator.getitem:
             return self.getitem(node, vals[0], args[1])
         if fn is F.pad:
@@ -238,21 +241,24 @@ class _Tracer:
                 return x if x in (None, self.FIXED) else (x[0], True, 2)
             self.unsupported(node, "a reshape other than (batch, -1)")
         if name in _REDUCE_METHODS:
-            dims = args[1] if len(args) > 1 else node.kwargs.get("dim")
-            dims = (dims,) if isinstance(dims, int) else dims
-            if x in (None, self.FIXED):
-                return x
-            if dims is None:
-                self.unsupported(node, "a reduction over every axis")
-            rank = x[2]
-            dims = {d % rank for d in dims}
-            if 1 in dims or 0 in dims:
-                self.unsupported(node, "a reduction over the feature or batch axis")
-            keep = (args[2] if len(args) > 2 else node.kwargs.get("keepdim", False))
-            return (x[0], x[1], rank if keep else rank - len(dims))
+            return self.reduce(node, x, args[1] if len(args) > 1 else node.kwargs.get("dim"),
+                               args[2] if len(args) > 2 else node.kwargs.get("keepdim", False))
         if name == "__getitem__":
             return self.getitem(node, x, args[1])
         self.unsupported(node, f"method {name!r}")
+
+    def reduce(self, node, x, dims, keep):
+        """``x.mean(dims)`` and its kin: the feature axis must survive."""
+        if x in (None, self.FIXED):
+            return x
+        if dims is None:
+            self.unsupported(node, "a reduction over every axis")
+        dims = (dims,) if isinstance(dims, int) else dims
+        rank = x[2]
+        dims = {d % rank for d in dims}
+        if 1 in dims or 0 in dims:
+            self.unsupported(node, "a reduction over the feature or batch axis")
+        return (x[0], x[1], rank if keep else rank - len(dims))
 
     def getitem(self, node, x, index):
         if x is None:

@@ -6,7 +6,6 @@ the validation split (the only data any method's fitness or choice sees) and on 
 calibration inputs of BatchNorm repair are the training split's inputs (no labels).
 """
 import time
-from typing import Optional
 
 import torch
 
@@ -122,7 +121,7 @@ def summarize(runs: list) -> list:
     one-sided Wilcoxon test that the method's test accuracy beats the best parent's."""
     import numpy as np
     from scipy.stats import wilcoxon
-    rows, raw = [], []
+    rows = []
     for name in METHODS:
         vals = [r[name] for r in runs if name in r]
         if not vals:
