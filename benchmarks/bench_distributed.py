@@ -42,6 +42,7 @@ def worker(out, quick=False):
         with open(out, "w") as f:
             json.dump({"seconds": seconds, "genome_sha256": tensor_digest(r.genome),
                        "world": distributed.world_size()}, f)
+    distributed.shutdown()
 
 
 def run_once(procs, out, quick=False):

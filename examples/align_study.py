@@ -18,7 +18,8 @@ to choose among the hall of fame), the coefficient GA on aligned parents, DEAP's
 same coefficients, and the output ensemble (the upper bound). BatchNorm statistics are repaired on 512
 training images for every candidate of the aligned methods.
 Fitness and every choice use the validation split; the test split only reports. "gap" is the fraction of
-the gap from the best parent's test accuracy to the ensemble's that a method closes, averaged over seeds.
+the gap from the best parent's test accuracy to the ensemble's that a method closes (of the means over
+seeds; "no gap" where the ensemble is less than a point above the best parent).
 """
 import argparse
 import os
@@ -101,7 +102,8 @@ def table(results) -> str:
         out.append("| method | val % | test % | gap closed | p (Holm), test > best parent | s a run |")
         out.append("|---|---|---|---|---|---|")
         for r in res["rows"]:
-            gap = "" if r["method"] in ("best parent", "output ensemble") else f"{100 * r['gap']:.0f} %"
+            gap = "" if r["method"] in ("best parent", "output ensemble") else (
+                "no gap" if r["gap"] != r["gap"] else f"{100 * r['gap']:.0f} %")
             p = "" if r["p_holm"] != r["p_holm"] else f"{r['p_holm']:.3g}"
             out.append(f"| {r['method']} | {100 * r['val']:.2f} ± {100 * r['val_sd']:.2f} | "
                        f"{100 * r['test']:.2f} ± {100 * r['test_sd']:.2f} | {gap} | {p} | "

@@ -230,3 +230,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    distributed.shutdown()

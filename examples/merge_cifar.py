@@ -155,4 +155,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    report = main()
+    distributed.shutdown()
+    sys.exit(0 if report else 1)

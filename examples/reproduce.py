@@ -42,6 +42,7 @@ def environment():
     machine."""
     import torch
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 imports only with a backend it can load
     for name, module in (("scipy", "scipy"), ("scikit-learn", "sklearn"), ("deap", "deap"), ("keras", "keras")):
         try:
             versions[name] = __import__(module).__version__
@@ -155,7 +156,8 @@ def section_align(out, quick):
     seeds = len(next(iter(results.values()))["runs"])
     head = (f"{seeds} seeds per model and setting, N={4 if quick else 20}, G={2 if quick else 20}; accuracies in % "
             f"(mean ± sd over seeds); gap closed: of the gap from the best parent's test accuracy to the output "
-            f"ensemble's, averaged over seeds; p: one-sided paired Wilcoxon test that the method beats the best "
+            f"ensemble's, from the means over seeds (\"no gap\": the ensemble is less than a point above the best "
+            f"parent); p: one-sided paired Wilcoxon test that the method beats the best "
             f"parent on test, Holm-corrected over the methods of a table.")
     return head, ex.table(results), {"results": results}
 

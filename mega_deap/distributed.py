@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["init_from_env", "local_device", "active", "rank", "world_size", "is_main", "barrier", "shares", "ShardedScores", "DivergedError",
+__all__ = ["init_from_env", "local_device", "active", "rank", "world_size", "is_main", "barrier", "shutdown", "shares", "ShardedScores", "DivergedError",
            "SHARES"]
 
 SHARES = ("equal", "throughput")
@@ -71,6 +71,15 @@ def is_main() -> bool:
 def barrier() -> None:
     if active():
         torch.distributed.barrier()
+
+
+def shutdown() -> None:
+    """End of a program: wait for every rank, then destroy the process group (a process that exits with
+    the group still up can abort in the backend's teardown)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def shares(n: int, weights: Optional[Sequence[float]] = None) -> list:

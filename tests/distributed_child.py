@@ -48,8 +48,7 @@ def main(mode, out):
         with open(os.path.join(out, f"{mode}.json"), "w") as f:
             json.dump({"a": [dict(r) for r in a.logbook], "b": [dict(r) for r in b.logbook],
                        "world": distributed.world_size(), "ckpt_exists": os.path.exists(ckpt)}, f)
-    if mode != "single":
-        torch.distributed.destroy_process_group()
+    distributed.shutdown()
 
 
 
@@ -80,6 +79,7 @@ def hpo(mode, out):
         keep["torch_rng_sha"] = __import__("hashlib").sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()
         with open(os.path.join(out, f"hpo-{mode}.json"), "w") as f:
             json.dump(keep, f)
+    distributed.shutdown()
 
 
 if __name__ == "__main__":
