@@ -1,6 +1,6 @@
 """Regenerate every table in README.md and BENCHMARKS.md, with the environment printed beside each.
 
-    python examples/reproduce.py --out results/                      # everything (about half an hour, 2 cores)
+    python examples/reproduce.py --out results/                      # everything (about an hour and a half, 2 cores)
     python examples/reproduce.py --out results/ --only merge keras   # some sections
     python examples/reproduce.py --out results/ --quick              # tiny settings: checks the pipeline only
 
