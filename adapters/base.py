@@ -115,6 +115,17 @@ class Adapter(abc.ABC):
         """A context manager: the template in inference mode, its previous mode restored on exit."""
 
     # -- shared ---------------------------------------------------------------------
+    @property
+    def runner(self) -> "Adapter":
+        """The adapter whose forward passes run this adapter's genomes once decoded: itself, since a weight
+        genome runs as it is (a genome of coefficients decodes into another adapter's weights)."""
+        return self
+
+    def decode_many(self, genomes: list) -> list:
+        """The weight genomes (``(D,)`` each, for :attr:`runner`) that ``genomes`` stand for: here the
+        genomes themselves (views, no copy)."""
+        return [getattr(g, "genome", g) for g in genomes]
+
     def _check_genome(self, genome) -> torch.Tensor:
         genome = getattr(genome, "genome", genome)
         if not isinstance(genome, torch.Tensor):
@@ -123,13 +134,17 @@ class Adapter(abc.ABC):
             raise ValueError(f"genome has shape {tuple(genome.shape)}, this adapter expects ({self.dim},)")
         return genome
 
-    def genomes(self, models: list) -> torch.Tensor:
-        """The genomes of several models, ``(k, D)``; a clear error for the first one that does not fit."""
+    def check_all(self, models: list) -> None:
+        """:meth:`check` every model; the error names the first one that does not fit (``model i: ...``)."""
         for i, m in enumerate(models):
             try:
                 self.check(m)
             except ValueError as err:
                 raise ValueError(f"model {i}: {err}") from None
+
+    def genomes(self, models: list) -> torch.Tensor:
+        """The genomes of several models, ``(k, D)``; a clear error for the first one that does not fit."""
+        self.check_all(models)
         return torch.stack([self.genome(m) for m in models])
 
     def tensors(self, genome) -> dict:

@@ -13,7 +13,7 @@ from .evaluation import Evaluator, Accuracy, NegLogLoss, NegMSE, NegMAE, METRICS
 from .algorithms import eaMeGA, varMeGA, evaluate_invalid
 from .breeding import varMeGABatched
 from .checkpoint import CheckpointError
-from .presets import mega_toolbox, merge, merge_tree, MergeResult, TreeResult, default_stats
+from .presets import mega_toolbox, merge, cma_merge, merge_tree, MergeResult, TreeResult, default_stats
 from .rng import seed
 
 __version__ = "0.1.0"
@@ -23,5 +23,5 @@ __all__ = [
     "initBlend", "cxBlend", "mutSparseGaussian", "mutLayerGaussian", "selElite", "selNoElite",
     "Evaluator", "Accuracy", "NegLogLoss", "NegMSE", "NegMAE", "METRICS",
     "eaMeGA", "varMeGA", "varMeGABatched", "evaluate_invalid", "CheckpointError",
-    "mega_toolbox", "merge", "merge_tree", "MergeResult", "TreeResult", "default_stats", "seed",
+    "mega_toolbox", "merge", "cma_merge", "merge_tree", "MergeResult", "TreeResult", "default_stats", "seed",
 ]

@@ -169,7 +169,7 @@ def run(args) -> list:
                              metric=args.metric, seed=args.seed, device=device, progress=not args.quiet,
                              align=args.align, genome=args.genome, include_parents=not args.no_parents,
                              selection=args.selection, calibration=calibration)
-    ad = getattr(result.adapter, "inner", result.adapter)  # coefficient genomes: score the weights
+    ad = result.adapter.runner  # score the weights (what a coefficient genome decodes into)
     names = [os.path.basename(p) for p in args.checkpoints] + ["MeGA"]
     genomes = [ad.genome(m.to(device)) for m in models] + [ad.genome(result.model)]
     rows = [{"model": name} for name in names]

@@ -107,12 +107,20 @@ def _device_for_collectives(device: torch.device) -> torch.device:
     return device if backend == "nccl" else torch.device("cpu")
 
 
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def _checksum(genomes: list) -> torch.Tensor:
-    """Two float64 numbers per genome (its sum, and its sum weighted by position): equal on every rank
-    when the genomes are the same bits, and almost surely not otherwise."""
-    G = torch.stack([g.detach() for g in genomes]).to(torch.float64)
-    pos = torch.arange(1, G.shape[1] + 1, dtype=torch.float64, device=G.device)
-    return torch.stack([G.sum(1), (G * pos).sum(1)], 1).reshape(-1)
+    """Two int64 numbers per genome: the sum of its values' bit patterns, and that sum weighted by position.
+    Integer sums are exact and independent of the order of addition, so ranks on different hardware agree
+    exactly when their genomes are the same bits (and almost surely not otherwise). One genome at a time:
+    no copy of the population."""
+    out = []
+    for g in genomes:
+        bits = g.detach().reshape(-1).view(_BITS[g.element_size()]).to(torch.int64)
+        pos = torch.arange(1, bits.numel() + 1, dtype=torch.int64, device=bits.device)
+        out.append(torch.stack([bits.sum(), (bits * pos).sum()]))  # int64 wraps around: still exact
+    return torch.stack(out).reshape(-1)
 
 
 class ShardedScores:

@@ -27,7 +27,7 @@ from . import distributed
 from .files import tensor_digest
 from .individual import TensorIndividual
 
-__all__ = ["Evaluator", "Accuracy", "NegLogLoss", "NegMSE", "NegMAE", "METRICS", "get_metric", "correct", "STRATEGIES"]
+__all__ = ["Evaluator", "registered_as", "Accuracy", "NegLogLoss", "NegMSE", "NegMAE", "METRICS", "get_metric", "correct", "STRATEGIES"]
 
 STRATEGIES = ("auto", "loop", "vmap", "measure")
 Strategy = Literal["auto", "loop", "vmap", "measure"]
@@ -139,6 +139,14 @@ def get_metric(name: str):
 # The evaluator                      #
 ######################################
 
+def registered_as(func, obj) -> bool:
+    """True when ``func`` is ``obj`` itself, or ``obj`` registered in a DEAP toolbox (a ``functools.partial``
+    that binds nothing): how a ``toolbox.map`` recognises its own evaluator."""
+    while isinstance(func, functools.partial) and not func.args and not func.keywords:
+        func = func.func
+    return func is obj
+
+
 class Evaluator:
     """Fitness of genomes on one validation set, batched.
 
@@ -198,14 +206,14 @@ class Evaluator:
         self.autocast = autocast
         self.prepare = prepare
         self._sharded = distributed.ShardedScores(shares)
-        self._runner = adapter  # what runs the forward passes (the inner adapter of coefficient genomes)
+        self._runner = adapter.runner  # what runs the forward passes (the parents' adapter for coefficients)
         self._chosen = None          # what "measure" settled on
         self.measured_timings = None
         self.evaluations = 0
         self._fingerprint = None
         with torch.no_grad(), adapter.eval_mode():
-            template = adapter.genome()
-            out = adapter.forward(template, self.X[: min(2, len(self.X))])
+            template = self._runner.genome()
+            out = self._runner.forward(template, self.X[: min(2, len(self.X))])
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the model returns a {type(out).__name__}, not a tensor of outputs: the evaluator "
                             f"needs forward() to return the logits (or predictions) as one tensor")
@@ -238,10 +246,7 @@ class Evaluator:
 
     def map(self, func, iterable) -> list:
         """DEAP's ``toolbox.map``: batched when ``func`` is this evaluator, the builtin ``map`` otherwise."""
-        target = func
-        while isinstance(target, functools.partial) and not target.args and not target.keywords:
-            target = target.func
-        if target is self:
+        if registered_as(func, self):
             return self.evaluate(list(iterable))
         return list(map(func, iterable))
 
@@ -257,8 +262,8 @@ class Evaluator:
             batch = [individuals[i] for i in todo]
             if distributed.active():  # every rank holds these individuals; each scores its share
                 genomes = [ind.genome if isinstance(ind, TensorIndividual) else ind for ind in batch]
-                if self.prepare is not None and getattr(self.adapter, "decode", None) is None:
-                    for g in genomes:  # it writes into the individuals: every rank writes into all of them
+                if self.prepare is not None and self._runner is self.adapter:
+                    for g in genomes:  # weight genomes: it writes into the individuals, so every rank repairs all
                         self.prepare(g)
                     scores = self._sharded(genomes, functools.partial(self.scores, prepared=True))
                 else:
@@ -346,11 +351,7 @@ class Evaluator:
         genomes = [ind.genome if isinstance(ind, TensorIndividual) else ind for ind in individuals]
         if not genomes:
             return []
-        self._runner = self.adapter
-        decode = getattr(self.adapter, "decode", None)
-        if decode is not None:  # coefficient genomes: decoded once per call, then run by the inner adapter
-            genomes = [decode(g) for g in genomes]
-            self._runner = self.adapter.inner
+        genomes = self.adapter.decode_many(genomes)  # weight genomes as they are; coefficients decoded, at once
         if self.prepare is not None and not prepared:
             for g in genomes:
                 self.prepare(g)

@@ -4,6 +4,7 @@
 the adapter for the parents (:func:`mega_deap.adapters.adapter_for`), builds the evaluator from the metric
 registry, the population, the toolbox and a hall of fame, and runs :func:`mega_deap.eaMeGA`.
 """
+import functools
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -23,8 +24,8 @@ from .population import TensorPopulation
 MUTATIONS = ("sparse", "layer")
 BREEDINGS = ("batched", "per-individual")
 
-__all__ = ["ensure_creator_classes", "default_stats", "mega_toolbox", "merge", "merge_tree", "MergeResult",
-           "TreeResult"]
+__all__ = ["ensure_creator_classes", "default_stats", "mega_toolbox", "merge", "cma_merge", "merge_tree",
+           "MergeResult", "TreeResult"]
 
 
 def ensure_creator_classes() -> type:
@@ -177,7 +178,6 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
                       the member of the hall of fame (``hof_size`` best) that scores best on it. 0: the
                       fitness's best, as in the paper.
     """
-    from mega_deap.adapters import adapter_for
     models = list(models)
     if len(models) < 2:
         raise ValueError(f"merge needs at least two models, got {len(models)}")
@@ -217,24 +217,10 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     select_data = None
     if selection:
         (X, y), select_data = _holdout(X, y, selection, seed)
-    if align:
-        from .align import weight_matching
-        models = weight_matching(models)
-    if genome == "weights":
-        adapter, genomes = adapter_for(models[0]).from_parents(models, device=device, buffers=buffers)
-        adapter.fix_nonfinite(genomes)  # refuses NaN/inf parents; keeps shared inf buffer entries as they are
-        runner = adapter
-    else:
-        from .align import CoefficientAdapter
-        adapter, genomes = CoefficientAdapter.from_parents(models, device=device, buffers=buffers,
-                                                          granularity=granularity)
-        runner = adapter.inner
-    prepare = None
-    if calibration is not None:
-        from .align import BatchNormRepair
-        prepare = BatchNormRepair(runner, calibration)
-    evaluator = Evaluator(adapter, X, y, evaluator_metric, batch_size=batch_size, strategy=strategy,
-                          autocast=autocast, prepare=prepare, shares=shares)
+    adapter, genomes, evaluator, prepare = _build(models, X, y, evaluator_metric, align=align, genome=genome,
+                                                  granularity=granularity, calibration=calibration,
+                                                  device=device, buffers=buffers, batch_size=batch_size,
+                                                  strategy=strategy, autocast=autocast, shares=shares)
     pop = TensorPopulation(popsize, adapter.dim, device=adapter.device, dtype=adapter.dtype)
 
     # 2. the initial population: blends (the paper), and the parents themselves (include_parents)
@@ -260,15 +246,95 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     best = hof[0]
     if select_data is not None:
         judge = Evaluator(adapter, *select_data, get_metric(metric), batch_size=batch_size, strategy=strategy,
-                          autocast=autocast)
-        held = judge.scores(list(hof))  # hof members already carry repaired statistics (weight genomes)
+                          autocast=autocast, prepare=prepare)
+        held = judge.scores(list(hof))
         best = hof[max(range(len(hof)), key=lambda i: (held[i], -i))]
-    weights = adapter.decode(best) if genome == "coefficients" else best.genome.clone()
-    if prepare is not None and genome == "coefficients":
-        prepare(weights)
-    return MergeResult(model=runner.to_model(weights), genome=best.genome.clone(),
+    return MergeResult(model=_model_of(adapter, best, prepare), genome=best.genome.clone(),
                        fitness=best.fitness.values[0], logbook=logbook, halloffame=hof, adapter=adapter,
                        population=individuals, toolbox=toolbox)
+
+
+def _build(models, X, y, metric, *, align, genome, granularity, calibration, device, buffers, batch_size=None,
+           strategy="auto", autocast=None, shares="equal") -> tuple:
+    """What a merge evaluates with: ``(adapter, parents' genomes, evaluator, prepare)``. The parents are
+    weight-matched first with ``align``; ``genome="coefficients"`` wraps their adapter in a
+    :class:`~mega_deap.align.CoefficientAdapter`; ``calibration`` makes ``prepare`` a BatchNorm repair of
+    every candidate (``None`` otherwise)."""
+    from mega_deap.adapters import adapter_for
+    from . import align as alignment
+    if align:
+        models = alignment.weight_matching(models)
+    if genome == "weights":
+        adapter, genomes = adapter_for(models[0]).from_parents(models, device=device, buffers=buffers)
+        adapter.fix_nonfinite(genomes)  # refuses NaN/inf parents; keeps shared inf buffer entries as they are
+    else:
+        adapter, genomes = alignment.CoefficientAdapter.from_parents(models, device=device, buffers=buffers,
+                                                                    granularity=granularity)
+    prepare = alignment.BatchNormRepair(adapter.runner, calibration) if calibration is not None else None
+    evaluator = Evaluator(adapter, X, y, metric, batch_size=batch_size, strategy=strategy, autocast=autocast,
+                          prepare=prepare, shares=shares)
+    return adapter, genomes, evaluator, prepare
+
+
+def _model_of(adapter, best, prepare):
+    """The merged model: ``best`` decoded into weights, BatchNorm-repaired when ``prepare`` is (again, for
+    weight genomes: the repair recomputes the same statistics from the same weights)."""
+    weights = adapter.decode_many([best])[0].clone()
+    if prepare is not None:
+        prepare(weights)
+    return adapter.runner.to_model(weights)
+
+
+def _cma_individual(icls, device, dtype, values):
+    return icls(torch.as_tensor(np.asarray(values), dtype=dtype, device=device))
+
+
+def cma_merge(models: list, val_data, *, ngen: int = 20, lambda_: Optional[int] = None, sigma: float = 0.3,
+              seed: int = 0, align: bool = True, calibration=None, granularity: str = "tensor",
+              metric: str = "neg_log_loss", batch_size: Optional[int] = None, device=None,
+              verbose: bool = False) -> MergeResult:
+    """Merge ``models`` by DEAP's CMA-ES (``deap.cma.Strategy``, ``deap.algorithms.eaGenerateUpdate``) over
+    per-tensor (or per-layer, per-unit) x per-parent coefficients, starting from the parents' average.
+
+    :param ngen: generations; :param lambda_: offspring per generation (CMA-ES's default
+                 ``4 + 3 ln(G k)`` when ``None``); :param sigma: the initial step size.
+    :param align: weight-match the parents to the first one first (:func:`~mega_deap.align.weight_matching`).
+    :param calibration: inputs to recompute BatchNorm statistics on for every candidate (and the result).
+    :returns: a :class:`MergeResult`; its ``genome`` is the coefficient genome.
+    Random source: NumPy's global generator (CMA-ES's samples), seeded from ``seed``.
+    """
+    from deap import algorithms as deap_algorithms, cma
+    models = list(models)
+    if len(models) < 2:
+        raise ValueError(f"cma_merge needs at least two models, got {len(models)}")
+    integer("ngen", ngen, 1)
+    integer("seed", seed)
+    nonnegative("sigma", sigma)
+    if lambda_ is not None:
+        integer("lambda_", lambda_, 2)
+    choice("granularity", granularity, ("tensor", "layer", "unit"))
+    scorer = get_metric(metric)
+    X, y = _as_xy(val_data)
+    adapter, genomes, evaluator, prepare = _build(models, X, y, scorer, align=align, genome="coefficients",
+                                                  granularity=granularity, calibration=calibration,
+                                                  device=device, buffers=True, batch_size=batch_size)
+    rng.seed(seed)
+    icls = ensure_creator_classes()
+    strategy = cma.Strategy(centroid=genomes.mean(0).double().cpu().numpy(), sigma=sigma,
+                            **({} if lambda_ is None else {"lambda_": lambda_}))
+    toolbox = base.Toolbox()
+    toolbox.register("generate", strategy.generate, functools.partial(_cma_individual, icls, adapter.device,
+                                                                      adapter.dtype))
+    toolbox.register("update", strategy.update)
+    toolbox.register("evaluate", evaluator)
+    toolbox.register("map", evaluator.map)
+    hof = tools.HallOfFame(1)
+    population, logbook = deap_algorithms.eaGenerateUpdate(toolbox, ngen=ngen, stats=default_stats(),
+                                                           halloffame=hof, verbose=verbose)
+    best = hof[0]
+    return MergeResult(model=_model_of(adapter, best, prepare), genome=best.genome.clone(),
+                       fitness=best.fitness.values[0], logbook=logbook, halloffame=hof, adapter=adapter,
+                       population=population, toolbox=toolbox)
 
 
 @dataclass

@@ -186,16 +186,23 @@ def test_merge_tree_counts(digits, digit_mlps):
         mega_deap.merge_tree(digit_mlps + digit_mlps[:1], digits["val"])
 
 
-def test_mega_merge_cli(tmp_path, digits, digit_mlps):
-    from mega_deap.cli import main
+def cli_files(folder, digits, digit_mlps):
+    """Two checkpoints of the digits MLPs and a ``defs.py`` with ``model`` and ``data`` functions for
+    ``mega-merge``; returns the checkpoints' paths."""
     from mega_deap.experiments import save_model
-    paths = [str(save_model(m, tmp_path / f"p{i}.safetensors")) for i, m in enumerate(digit_mlps)]
-    torch.save(digit_mlps[1].state_dict(), tmp_path / "p1.pt")
-    torch.save({"val": digits["val"], "test": digits["test"]}, tmp_path / "data.pt")
-    (tmp_path / "defs.py").write_text(
+    paths = [str(save_model(m, folder / f"p{i}.safetensors")) for i, m in enumerate(digit_mlps)]
+    torch.save({"val": digits["val"], "test": digits["test"]}, folder / "data.pt")
+    (folder / "defs.py").write_text(
         "import torch\nfrom torch import nn\n"
         "def model():\n    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n"
-        f"def data():\n    return torch.load({str(tmp_path / 'data.pt')!r}, weights_only=True)\n")
+        f"def data():\n    return torch.load({str(folder / 'data.pt')!r}, weights_only=True)\n")
+    return paths
+
+
+def test_mega_merge_cli(tmp_path, digits, digit_mlps):
+    from mega_deap.cli import main
+    paths = cli_files(tmp_path, digits, digit_mlps)
+    torch.save(digit_mlps[1].state_dict(), tmp_path / "p1.pt")
     out = tmp_path / "out"
     rc = main([paths[0], str(tmp_path / "p1.pt"), "--model", f"{tmp_path / 'defs.py'}:model",
                "--data", f"{tmp_path / 'defs.py'}:data", "--popsize", "6", "--ngen", "2",
@@ -244,13 +251,7 @@ def test_merge_cifar_align_reports_the_aligned_rows_and_repairs_batchnorm(tmp_pa
 
 def test_mega_merge_cli_align_and_coefficients(tmp_path, digits, digit_mlps):
     from mega_deap.cli import main
-    from mega_deap.experiments import save_model
-    paths = [str(save_model(m, tmp_path / f"p{i}.safetensors")) for i, m in enumerate(digit_mlps)]
-    torch.save({"val": digits["val"], "test": digits["test"]}, tmp_path / "data.pt")
-    (tmp_path / "defs.py").write_text(
-        "import torch\nfrom torch import nn\n"
-        "def model():\n    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n"
-        f"def data():\n    return torch.load({str(tmp_path / 'data.pt')!r}, weights_only=True)\n")
+    paths = cli_files(tmp_path, digits, digit_mlps)
     out = tmp_path / "out"
     rc = main(paths + ["--model", f"{tmp_path / 'defs.py'}:model", "--data", f"{tmp_path / 'defs.py'}:data",
                        "--popsize", "6", "--ngen", "2", "--out", str(out), "--quiet", "--align",

@@ -3,7 +3,8 @@ and coefficient genomes (with DEAP's CMA-ES)."""
 from .spec import PermutationSpec, Segment, permutation_spec
 from .matching import weight_matching, match_permutations, apply_permutations
 from .repair import repair_batchnorm, BatchNormRepair, batchnorm_layers
-from .coefficients import CoefficientAdapter, GRANULARITIES, cma_merge
+from .coefficients import CoefficientAdapter, GRANULARITIES
+from ..presets import cma_merge  # a preset: the coefficient genome driven by DEAP's CMA-ES
 
 __all__ = ["PermutationSpec", "Segment", "permutation_spec", "weight_matching", "match_permutations",
            "apply_permutations", "repair_batchnorm", "BatchNormRepair", "batchnorm_layers",

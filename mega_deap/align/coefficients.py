@@ -8,20 +8,16 @@ toolbox, the evaluator and ``eaMeGA`` serve it unchanged, and the population hol
 numbers. Tensor ``t`` of group ``g`` decodes to ``sum_j c[g, j] * parent_j[t]``; parent ``j`` is the
 one-hot genome ``c[:, j] = 1``.
 
-:func:`cma_merge` drives the same genome with DEAP's own CMA-ES (``deap.cma.Strategy`` and
+:func:`mega_deap.cma_merge` drives the same genome with DEAP's own CMA-ES (``deap.cma.Strategy`` and
 ``deap.algorithms.eaGenerateUpdate``).
 """
-import functools
-from typing import Literal, Optional
+from typing import Literal
 
-import numpy as np
 import torch
-from deap import algorithms as deap_algorithms
-from deap import cma, tools
 
 from ..adapters.base import Adapter, LayoutEntry
 
-__all__ = ["CoefficientAdapter", "GRANULARITIES", "cma_merge"]
+__all__ = ["CoefficientAdapter", "GRANULARITIES"]
 
 GRANULARITIES = ("tensor", "layer", "unit")
 
@@ -48,7 +44,6 @@ class CoefficientAdapter(Adapter):
         self.k = parents.shape[0]
         self.dtype, self.device = inner.dtype, inner.device
         self.parents = parents.to(device=inner.device, dtype=inner.dtype)
-        self._pt = self.parents.T.contiguous()  # (D, k)
         names, members = [], {}
         gid = torch.empty(inner.dim, dtype=torch.long)
         if granularity == "unit":
@@ -97,17 +92,28 @@ class CoefficientAdapter(Adapter):
                 f"granularity={self.granularity!r})")
 
     # -- decoding ---------------------------------------------------------------
+    @property
+    def runner(self) -> Adapter:
+        """The parents' adapter: it runs the decoded weights."""
+        return self.inner
+
+    def _decode(self, C: torch.Tensor) -> torch.Tensor:
+        """``(m, G * k)`` coefficient genomes -> ``(m, D)`` weights, a tensor operation per parent."""
+        coef = C.view(C.shape[0], -1, self.k)
+        w = coef[:, :, 0].index_select(1, self.gid) * self.parents[0]
+        for j in range(1, self.k):
+            w += coef[:, :, j].index_select(1, self.gid) * self.parents[j]
+        self.inner.repair_rows_(w, torch.arange(len(w), device=w.device))  # running variances stay positive
+        return w
+
     def decode(self, genome) -> torch.Tensor:
         """The weights a coefficient genome (``(G * k,)``) stands for: a new ``(D,)`` tensor, repaired by
         the inner adapter (running variances kept positive)."""
-        c = self._check_genome(genome)
-        coef = c.view(-1, self.k).index_select(0, self.gid)  # (D, k)
-        w = (coef * self._pt).sum(1)
-        return self.inner.repair_(w)
+        return self._decode(self._check_genome(genome).unsqueeze(0))[0]
 
-    def decode_rows(self, genomes: torch.Tensor) -> torch.Tensor:
-        """:meth:`decode` for ``(m, G * k)`` genomes -> ``(m, D)``."""
-        return torch.stack([self.decode(g) for g in genomes])
+    def decode_many(self, genomes: list) -> list:
+        """:meth:`decode` for a list of genomes, decoded together."""
+        return list(self._decode(torch.stack([self._check_genome(g) for g in genomes])))
 
     # -- the adapter contract ------------------------------------------------------
     def check(self, model) -> None:
@@ -117,7 +123,7 @@ class CoefficientAdapter(Adapter):
         """The coefficients whose decoding is nearest (least squares, per group) to ``model``'s weights
         (default: the template, a copy of parent 0); a parent gets its one-hot genome."""
         w = self.inner.genome(model).to(torch.float64)
-        P = self._pt.to(torch.float64)
+        P = self.parents.T.to(torch.float64)  # (D, k)
         out = torch.empty(len(self.layout), self.k, dtype=torch.float64, device=self.device)
         for g in range(len(self.layout)):
             mask = self.gid == g
@@ -137,71 +143,7 @@ class CoefficientAdapter(Adapter):
         return self.inner.forward(self.decode(genome), x)
 
     def forward_batch(self, genomes: torch.Tensor, x) -> torch.Tensor:
-        return self.inner.forward_batch(self.decode_rows(genomes), x)
+        return self.inner.forward_batch(self._decode(genomes), x)
 
     def eval_mode(self):
         return self.inner.eval_mode()
-
-
-######################################
-# DEAP's CMA-ES over coefficients    #
-######################################
-
-def _individual(icls, device, dtype, values):
-    return icls(torch.as_tensor(np.asarray(values), dtype=dtype, device=device))
-
-
-def cma_merge(models: list, val_data, *, ngen: int = 20, lambda_: Optional[int] = None, sigma: float = 0.3,
-              seed: int = 0, align: bool = True, calibration=None,
-              granularity: Literal["tensor", "layer", "unit"] = "tensor", metric: str = "neg_log_loss",
-              batch_size: Optional[int] = None, device=None, verbose: bool = False):
-    """Merge ``models`` by DEAP's CMA-ES (``deap.cma.Strategy``, ``deap.algorithms.eaGenerateUpdate``)
-    over per-tensor (or per-layer) x per-parent coefficients, starting from the parents' average.
-
-    :param ngen: generations; :param lambda_: offspring per generation (CMA-ES's default
-                 ``4 + 3 ln(G k)`` when ``None``); :param sigma: the initial step size.
-    :param align: weight-match the parents to the first one first (:func:`~mega_deap.align.weight_matching`).
-    :param calibration: inputs to recompute BatchNorm statistics on for every candidate (and the result).
-    :returns: a :class:`~mega_deap.MergeResult`; its ``genome`` is the coefficient genome.
-    Random source: NumPy's global generator (CMA-ES's samples), seeded from ``seed``.
-    """
-    from .. import rng
-    from ..checks import integer, nonnegative
-    from ..presets import MergeResult, _as_xy, default_stats, ensure_creator_classes
-    from ..evaluation import Evaluator, get_metric
-    from .matching import weight_matching
-    from .repair import BatchNormRepair
-    integer("ngen", ngen, 1)
-    integer("seed", seed)
-    nonnegative("sigma", sigma)
-    if lambda_ is not None:
-        integer("lambda_", lambda_, 2)
-    scorer = get_metric(metric)
-    models = list(models)
-    if align:
-        models = weight_matching(models)
-    adapter, genomes = CoefficientAdapter.from_parents(models, device=device, granularity=granularity)
-    prepare = BatchNormRepair(adapter.inner, calibration) if calibration is not None else None
-    X, y = _as_xy(val_data)
-    evaluator = Evaluator(adapter, X, y, scorer, batch_size=batch_size, prepare=prepare)
-    rng.seed(seed)
-    icls = ensure_creator_classes()
-    centroid = genomes.mean(0).double().cpu().numpy()
-    kwargs = {} if lambda_ is None else {"lambda_": lambda_}
-    strategy = cma.Strategy(centroid=centroid, sigma=sigma, **kwargs)
-    toolbox = __import__("deap").base.Toolbox()
-    toolbox.register("generate", strategy.generate,
-                     functools.partial(_individual, icls, adapter.device, adapter.dtype))
-    toolbox.register("update", strategy.update)
-    toolbox.register("evaluate", evaluator)
-    toolbox.register("map", evaluator.map)
-    hof = tools.HallOfFame(1)
-    population, logbook = deap_algorithms.eaGenerateUpdate(toolbox, ngen=ngen, stats=default_stats(),
-                                                           halloffame=hof, verbose=verbose)
-    best = hof[0]
-    weights = adapter.decode(best)
-    if prepare is not None:
-        prepare(weights)
-    return MergeResult(model=adapter.inner.to_model(weights), genome=best.genome.clone(),
-                       fitness=best.fitness.values[0], logbook=logbook, halloffame=hof, adapter=adapter,
-                       population=population, toolbox=toolbox)

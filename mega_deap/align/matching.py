@@ -15,6 +15,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from ..adapters.torch import TorchAdapter
 from ..checks import integer
 from .spec import PermutationSpec, permutation_spec
 
@@ -115,13 +116,8 @@ def weight_matching(models: list, *, reference: int = 0, max_iter: int = 100, se
     for i, m in enumerate(models):
         if not isinstance(m, nn.Module):
             raise TypeError(f"weight_matching aligns torch.nn.Module models; model {i} is a {type(m).__name__}")
+    TorchAdapter(models[reference]).check_all(models)  # one architecture, or the first difference named
     ref_state = models[reference].state_dict()
-    for i, m in enumerate(models):
-        st = m.state_dict()
-        if list(st) != list(ref_state) or any(st[k].shape != ref_state[k].shape for k in st):
-            diff = next((k for k in st if k not in ref_state or st[k].shape != ref_state[k].shape),
-                        next((k for k in ref_state if k not in st), "?"))
-            raise ValueError(f"model {i} does not have the reference's architecture (first difference: {diff!r})")
     spec = permutation_spec(models[reference])
     out = []
     for i, m in enumerate(models):

@@ -20,7 +20,6 @@ layers. Random numbers: a ``torch.Generator`` passed as ``generator`` (default: 
 for gene choices.
 """
 import copy
-import functools
 import math
 import random
 import time
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..evaluation import correct
+from ..evaluation import correct, registered_as
 from .train import cross_entropy_loss, fit
 
 __all__ = ["SPACE", "Candidate", "random_genes", "build_mlp", "adapt", "merge_layers", "cxWeightMerge",
@@ -287,10 +286,7 @@ class TrainEvaluator:
         all-gather the results (fitness, trained weights, the records), so every rank ends where one
         process would: the same candidates, weights, records and torch random state."""
         individuals = list(individuals)
-        target = func
-        while isinstance(target, functools.partial) and not target.args and not target.keywords:
-            target = target.func  # toolbox.evaluate is a partial of this evaluator
-        if target is not self or not distributed.active():
+        if not registered_as(func, self) or not distributed.active():
             return list(map(func, individuals))
         n, base, marks = len(individuals), self._count, len(self.times)
         start, stop = distributed.shares(n)[distributed.rank()]
