@@ -325,3 +325,11 @@ def test_neg_log_loss_is_the_mean_log_likelihood(digit_mlps, digits):
     with torch.no_grad():
         ref = -nn.functional.cross_entropy(digit_mlps[0](X).double(), y)
     assert score == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_merge_tree_passes_the_alignment_keywords_on(digit_mlps, digits):
+    import mega_deap
+    tree = mega_deap.merge_tree(list(digit_mlps) * 2, digits["val"], popsize=4, ngen=1, progress=False,
+                                device="cpu", align=True, genome="coefficients")
+    assert [len(level) for level in tree.levels] == [4, 2, 1]
+    assert all(isinstance(m.adapter, CoefficientAdapter) and m.adapter.dim == 8 for m in tree.merges)

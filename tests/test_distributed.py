@@ -118,3 +118,18 @@ def test_the_hpo_study_shards_its_trainings_with_the_same_result(tmp_path):
     assert calls["hpo-calls-single-rank0.txt"] == len(s["epochs_run"])
     shares = calls["hpo-calls-dist-rank0.txt"], calls["hpo-calls-dist-rank1.txt"]
     assert sum(shares) == len(s["epochs_run"]) and min(shares) > 0  # each rank trained its share only
+
+
+def test_merge_cifar_under_torchrun_reports_what_one_process_reports(tmp_path):
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    script = str(ROOT / "examples" / "merge_cifar.py")
+    quick = ["--epochs", "2", "--popsize", "4", "--ngen", "2", "--quiet"]
+    one = run([sys.executable, script, "--out", str(tmp_path / "one"), *quick])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script,
+               "--out", str(tmp_path / "two"), *quick])
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert a["rows"] == b["rows"] and a["logbook"] == b["logbook"]  # the same parents, merge and report
+    assert two.stdout.count("wrote ") == 1  # rank 0 reports; the other rank only helped evaluate
