@@ -121,6 +121,12 @@ class Adapter(abc.ABC):
         genome runs as it is (a genome of coefficients decodes into another adapter's weights)."""
         return self
 
+    def stacked_forward(self) -> tuple:
+        """``(forward, None)``: a callable that runs a ``(k, D)`` stack of genomes on shared inputs at once
+        (``(k, B, ...)`` out, as ``k`` calls of :meth:`forward`), or ``(None, reason)`` where the model does
+        not allow it. Here: none."""
+        return None, f"{type(self).__name__} has no stacked forward"
+
     def decode_many(self, genomes: list) -> list:
         """The weight genomes (``(D,)`` each, for :attr:`runner`) that ``genomes`` stand for: here the
         genomes themselves (views, no copy)."""

@@ -71,6 +71,7 @@ class TorchAdapter(Adapter):
         self.layout = tuple(layout)
         self.dim = offset
         self._slots = self._build_slots()
+        self._stacked = None  # (StackedForward or None, reason), traced on first use
         self.variance_spans = tuple(
             (e.offset, e.numel) for e in self.layout
             if e.kind == "buffer" and self._is_running_var(e.name))
@@ -198,6 +199,16 @@ class TorchAdapter(Adapter):
     def _forward_rows(self, genome, x):
         return functional_call(self.model, self.tensors(genome), (x,))
 
+    def stacked_forward(self) -> tuple:
+        """For an MLP (``Linear`` layers, element-wise activations): ``(forward, None)``, a callable running
+        a ``(k, D)`` stack of genomes as one batched matrix product per layer (:mod:`mega_deap.adapters.stacked`);
+        else ``(None, reason)``. Traced once, on the first call."""
+        if self._stacked is None:
+            from .stacked import stacked_forward
+            with self.eval_mode():
+                self._stacked = stacked_forward(self)
+        return self._stacked
+
     def forward_batch(self, genomes: torch.Tensor, x) -> torch.Tensor:
         """Outputs for k genomes at once, ``(k, batch, ...)``, with ``torch.func.vmap``."""
         if genomes.dim() != 2 or genomes.shape[1] != self.dim:
@@ -210,14 +221,20 @@ class TorchAdapter(Adapter):
 
 
 class _EvalMode:
+    """``model.eval()`` inside, ``model.train(mode before)`` on exit; a model with no module training (the
+    evaluator's template, every call) is left untouched, without the walk that sets every module."""
+
     def __init__(self, model):
         self.model = model
 
     def __enter__(self):
         self.was_training = self.model.training
-        self.model.eval()
+        self.switched = any(m.training for m in self.model.modules())
+        if self.switched:
+            self.model.eval()
         return self.model
 
     def __exit__(self, *exc):
-        self.model.train(self.was_training)
+        if self.switched:
+            self.model.train(self.was_training)
         return False

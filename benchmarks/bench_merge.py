@@ -184,7 +184,8 @@ def bench_model(name, n_val, N, G, device, repeats, strategy, alternatives=True,
     n_evals = N + G * (N - 1)
     children = G * (N - 1)
     D = TorchAdapter(models[0]).dim
-    common = dict(popsize=N, ngen=G, seed=0, device=device, verbose=False, batch_size=len(X))
+    # accuracy fitness, as the floor, (b) and (c) score (merge's default, the log-likelihood, costs more)
+    common = dict(popsize=N, ngen=G, seed=0, device=device, verbose=False, batch_size=len(X), metric="accuracy")
     variants = {
         "batched": lambda: mega_deap.merge(models, (X, y), strategy=strategy, **common),
         "per_individual": lambda: mega_deap.merge(models, (X, y), strategy=strategy, breeding="per-individual",

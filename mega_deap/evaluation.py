@@ -6,11 +6,14 @@ fitness function (``toolbox.register("evaluate", evaluator)``) and DEAP's parall
 evaluate and scores them in one call, so DEAP's own ``eaSimple`` batches as well as ``eaMeGA``.
 
 Strategies: ``"loop"`` runs the model once per genome (weights read as views of the population row);
-``"vmap"`` runs ``torch.func.vmap`` over a chunk of genomes; ``"measure"`` times both on the first four
-genomes of the first batch it sees and keeps the faster (the loop's scores are kept, so it costs up to
-four extra evaluations, once); ``"auto"`` is the documented rule: ``"loop"`` on CPU (measured on 2 cores:
-a vmapped small CNN or ResNet ran about 3x slower than the loop, a small MLP about 10 % faster) and
-``"measure"`` on CUDA, where the one-off measurement is cheap next to a run.
+``"stacked"`` runs a chunk of genomes through an MLP as one batched matrix product per layer
+(:mod:`mega_deap.adapters.stacked`; models of ``Linear`` layers and element-wise activations only); ``"vmap"`` runs
+``torch.func.vmap`` over a chunk of genomes; ``"measure"`` times them on the first four genomes of the
+first batch it sees and keeps the fastest (the loop's scores are kept, so it costs up to four extra
+evaluations, once); ``"auto"`` is the documented rule: on CPU ``"stacked"`` where the model allows it, else
+``"loop"`` (measured on 2 cores: the stacked digits MLP ran about 25 % faster per genome than the loop; a
+vmapped small CNN or ResNet about 3x slower than the loop), and ``"measure"`` on CUDA, where the one-off
+measurement is cheap next to a run. A rule, never a timing, on CPU: a seed fixes every bit.
 
 The evaluator needs only a model-agnostic ``adapter`` with ``forward(genome, x)``,
 ``forward_batch(genomes, x)``, ``eval_mode()``, ``device`` and ``dtype``.
@@ -29,8 +32,8 @@ from .individual import TensorIndividual
 
 __all__ = ["Evaluator", "registered_as", "Accuracy", "NegLogLoss", "NegMSE", "NegMAE", "METRICS", "get_metric", "correct", "STRATEGIES"]
 
-STRATEGIES = ("auto", "loop", "vmap", "measure")
-Strategy = Literal["auto", "loop", "vmap", "measure"]
+STRATEGIES = ("auto", "loop", "stacked", "vmap", "measure")
+Strategy = Literal["auto", "loop", "stacked", "vmap", "measure"]
 
 
 ######################################
@@ -159,8 +162,10 @@ class Evaluator:
                        measured on 2 CPU cores (BENCHMARKS.md: a small CNN was fastest at 250 of 250 to
                        2,000, the digits MLP at 2,048 of 256 to 2,048). A fixed rule, never a timing, so a
                        seed still fixes every bit of a run.
-    :param strategy: ``"auto"``, ``"loop"``, ``"vmap"`` or ``"measure"``.
-    :param chunk: genomes per vmapped call (all at once when ``None``).
+    :param strategy: ``"auto"``, ``"loop"``, ``"stacked"``, ``"vmap"`` or ``"measure"``.
+    :param chunk: genomes per vmapped or stacked call (``None``: all at once for vmap; for stacked, as many
+                  as keep a layer's activations within 2^20 numbers, 4 MiB of float32: on 2 CPU cores the
+                  digits MLP ran as fast in chunks of 8 as of 4, and slower in chunks of 2 or 16).
     :param autocast: ``None``, ``torch.bfloat16`` or ``torch.float16``: autocast the forward passes
                      (for GPUs; off by default).
     :param channels_last: store 4-D inputs in ``torch.channels_last`` memory format (for convolutional
@@ -173,6 +178,8 @@ class Evaluator:
 
     ``evaluations`` counts the genomes scored so far.
     """
+    STACK_NUMBERS = 2**18  # the loop's stacked outputs per chunk of genomes (see __init__)
+    STACKED_NUMBERS = 2**20  # the widest layer's activations per chunk of the stacked forward (see chunk)
 
     def __init__(self, adapter, X, y, metric=None, *, batch_size: Optional[int] = None, strategy: Strategy = "auto",
                  chunk: Optional[int] = None, autocast: Optional[torch.dtype] = None, channels_last: bool = False,
@@ -199,9 +206,7 @@ class Evaluator:
         self.batch_size = int(batch_size) if batch_size is not None else default_batch_size(self.X)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive number of examples, got {batch_size!r}")
-        if strategy == "auto":
-            strategy = "measure" if self.device.type == "cuda" else "loop"
-        self.strategy = strategy
+        self.strategy = strategy  # "auto" settles after the template check below
         self.chunk = chunk
         self.autocast = autocast
         self.prepare = prepare
@@ -218,10 +223,36 @@ class Evaluator:
             raise TypeError(f"the model returns a {type(out).__name__}, not a tensor of outputs: the evaluator "
                             f"needs forward() to return the logits (or predictions) as one tensor")
         self.metric.check(out, self.y)
+        self._stacked, self.stacked_reason = self._stacked_forward(template, out)
+        if strategy == "stacked" and self._stacked is None:
+            raise ValueError(f"strategy='stacked' needs a model of Linear layers and element-wise activations: "
+                             f"{self.stacked_reason}")
+        if self.strategy == "auto":
+            self.strategy = "measure" if self.device.type == "cuda" else (
+                "stacked" if self._stacked is not None else "loop")
         # genomes whose stacked outputs on one data batch stay within 2^18 numbers (1 MiB of float32): the
         # stack and its scoring stay in cache; measured on 2 CPU cores, 2^24 made them memory-bound
         per_genome = max(1, out[0].numel() * min(self.batch_size, len(self.X)))
-        self._loop_chunk = max(1, 2**18 // per_genome)
+        self._loop_chunk = max(1, self.STACK_NUMBERS // per_genome)
+        self._stack_buf = None
+
+    def _stacked_forward(self, template, out):
+        """The runner's stacked forward and ``None``, or ``None`` and why not; it must give ``forward``'s output
+        on the template (to float tolerance) or it is not used."""
+        get = getattr(self._runner, "stacked_forward", None)
+        if get is None:
+            return None, f"{type(self._runner).__name__} has no stacked forward"
+        plan, why = get()
+        if plan is None:
+            return None, why
+        try:
+            with torch.no_grad(), self.adapter.eval_mode():
+                got = plan(template.unsqueeze(0), self.X[: min(2, len(self.X))])[0]
+        except Exception as err:  # a shape the stacked forward does not take
+            return None, f"{type(err).__name__}: {err}"
+        if got.shape != out.shape or not torch.allclose(got, out, rtol=1e-4, atol=1e-5, equal_nan=True):
+            return None, "its output differed from forward()'s on the template"
+        return plan, None
 
     @property
     def chosen(self) -> Optional[str]:
@@ -286,9 +317,26 @@ class Evaluator:
 
     @staticmethod
     def _nan_count(out):
-        """NaN outputs per genome, ``(k,)``. An inf output is no fault by itself (a -inf logit of a masked
-        class); where it makes the metric itself non-finite, the metric's check catches it."""
-        return out.reshape(out.shape[0], -1).isnan().any(-1).to(torch.float64)
+        """Whether each genome's outputs hold a NaN, ``(k,)`` float64 (0 or 1). An inf output is no fault by
+        itself (a -inf logit of a masked class); where it makes the metric itself non-finite, the metric's
+        check catches it. One sum per genome finds the candidates (a NaN makes it NaN, and so do +inf and -inf
+        together); only those are searched element by element."""
+        flat = out.reshape(out.shape[0], -1)
+        suspect = flat.sum(-1).isnan()
+        if not bool(suspect.any()):
+            return torch.zeros(out.shape[0], dtype=torch.float64, device=out.device)
+        return flat.isnan().any(-1).to(torch.float64)
+
+    def _stack_outputs(self, outs):
+        """``outs`` stacked into a ``(k, B, ...)`` buffer kept between calls: a new tensor of a megabyte per
+        chunk costs more than the copy on CPU (fresh pages); the buffer is only read before the next call."""
+        shape = (len(outs),) + tuple(outs[0].shape)
+        buf = self._stack_buf
+        if (buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0] or buf.dtype != outs[0].dtype
+                or buf.device != outs[0].device):
+            buf = self._stack_buf = torch.empty((max(shape[0], self._loop_chunk),) + shape[1:],
+                                                dtype=outs[0].dtype, device=outs[0].device)
+        return torch.stack(outs, out=buf[:shape[0]])
 
     def _run_loop(self, genomes):
         """One forward pass per genome and data batch; the metric and the validity check run once per data
@@ -299,7 +347,7 @@ class Evaluator:
             chunk = genomes[c:c + self._loop_chunk]
             t = f = None
             for xb, yb in batches:
-                out = torch.stack([self._runner.forward(g, xb) for g in chunk])  # (k, B, ...)
+                out = self._stack_outputs([self._runner.forward(g, xb) for g in chunk])  # (k, B, ...)
                 pt, pf = self.metric.partial(out, yb), self._nan_count(out)
                 t, f = (pt, pf) if t is None else (t + pt, f + pf)
             totals.append(t)
@@ -319,12 +367,35 @@ class Evaluator:
                 totals[c:c + chunk] += self.metric.partial(out, yb)
         return totals, checks == 0
 
+    def _run_stacked(self, genomes):
+        """A chunk of genomes at a time through the stacked forward: one batched product per layer."""
+        chunk = self.chunk or max(1, self.STACKED_NUMBERS // (self._stacked.widest * min(self.batch_size,
+                                                                                        len(self.X))))
+        n = len(genomes)
+        parts = -(-n // chunk)  # as few chunks as that allows, of near-equal sizes (no stray chunk of one)
+        bounds = [i * n // parts for i in range(parts + 1)]
+        totals, checks = [], []
+        batches = list(self._batches())
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            G = torch.stack(genomes[lo:hi])
+            t = f = None
+            for xb, yb in batches:
+                out = self._stacked(G, xb, reuse=True)  # (k, B, ...), overwritten by the next call
+                pt, pf = self.metric.partial(out, yb), self._nan_count(out)
+                t, f = (pt, pf) if t is None else (t + pt, f + pf)
+            totals.append(t)
+            checks.append(f)
+        return torch.cat(totals), torch.cat(checks) == 0
+
+    def _run(self, strategy, genomes):
+        return {"loop": self._run_loop, "stacked": self._run_stacked, "vmap": self._run_vmap}[strategy](genomes)
+
     def _sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def _measure(self, genomes, k=4):
-        """``measure``: time both strategies on the first ``k`` genomes (the loop's scores are kept, so the
+        """``measure``: time the strategies on the first ``k`` genomes (the loop's scores are kept, so the
         measurement costs at most ``k`` extra evaluations, once per evaluator)."""
         sub_g = genomes[:k]
         self._sync()
@@ -332,6 +403,11 @@ class Evaluator:
         result = self._run_loop(sub_g)
         self._sync()
         timings = {"loop": time.perf_counter() - t}
+        if self._stacked is not None:
+            t = time.perf_counter()
+            self._run_stacked(sub_g)
+            self._sync()
+            timings["stacked"] = time.perf_counter() - t
         try:
             t = time.perf_counter()
             self._run_vmap(sub_g)
@@ -366,7 +442,7 @@ class Evaluator:
             if not genomes:
                 totals, finite = head
             else:
-                run = self._run_loop(genomes) if strategy == "loop" else self._run_vmap(genomes)
+                run = self._run(strategy, genomes)
                 totals, finite = run if head is None else (torch.cat([head[0], run[0]]), torch.cat([head[1], run[1]]))
         self.evaluations += totals.shape[0]
         values = self.metric.finish(totals, n)
