@@ -6,7 +6,8 @@
 For the same GA (N individuals, G generations, K=4 winners of size-3 tournaments per child, blend
 crossover, mutation, elitism: N + G (N - 1) evaluations), model and validation set, it times in one run:
 
-  (a) mega_deap   ``mega_deap.merge``: population in one tensor, weights read as views, batched evaluation,
+  (a) mega_deap   ``mega_deap.merge``: population in one tensor, weights read as views, batched evaluation
+                  (on CPU an MLP's genomes run stacked, one batched product per layer for a chunk of them),
                   the paper's per-element mutation, a generation's breeding as tensor operations
                   (``varMeGABatched``); (a0) the same with one operator call per child
                   (``breeding="per-individual"``, the path any custom operator takes); (a2) batched with the
@@ -234,6 +235,29 @@ def bench_batch_size(name, n_val, sizes, device, repeats=5):
     return {"model": name, "val": n_val, "seconds": {b: float(np.median(v)) for b, v in runs.items()}}
 
 
+def bench_strategies(name, n_val, device, k=40, repeats=9):
+    """Microseconds per genome to score ``k`` genomes on ``n_val`` inputs (one batch): the evaluator's loop
+    and stacked strategies against the floor's forward pass and accuracy, interleaved, medians."""
+    models, X, y = workload(name, n_val, device)
+    ad = TorchAdapter(models[0])
+    g = torch.Generator().manual_seed(0)
+    genomes = list(ad.genome() + 0.01 * torch.randn(k, ad.dim, generator=g).to(device))
+    evs = {"loop": mega_deap.Evaluator(ad, X, y, batch_size=len(X), strategy="loop")}
+    auto = mega_deap.Evaluator(ad, X, y, batch_size=len(X))
+    if ad.stacked_forward()[0] is not None:
+        evs["stacked"] = mega_deap.Evaluator(ad, X, y, batch_size=len(X), strategy="stacked")
+    fns = {"floor": lambda: run_floor(models, X, y, k), **{s: (lambda e=e: e.scores(genomes)) for s, e in evs.items()}}
+    for fn in fns.values():
+        fn()
+    runs = {s: [] for s in fns}
+    for _ in range(repeats):
+        for s, fn in fns.items():
+            runs[s].append(timed(fn, device) / k)
+    return {"model": name, "val": n_val, "k": k, "auto": auto.strategy,
+            "chunk": auto._stacked_chunk if auto.strategy == "stacked" else None,
+            "us": {s: 1e6 * float(np.median(v)) for s, v in runs.items()}}
+
+
 # ----------------------------------------------------------------------------- mutation and memory
 def bench_mutation(D, indpb, device, repeats=5):
     g = torch.zeros(D, device=device)
@@ -311,6 +335,7 @@ def main(argv=None):
         mut_D, mem = (200_000, (4, 100_000, 2))
         repeats = args.repeats or 1
         sweep = [("mlp-digits", 64, (32, 64))]
+        strat = [("mlp-digits", 64)]
     elif gpu:  # the paper's protocol for the CNNs; the MLP at N = 20 and 2,000
         names = args.models or ["resnet56-cifar", "mlp-digits"]
         plan = []
@@ -322,6 +347,7 @@ def main(argv=None):
         mut_D, mem = 20_000_000, None
         repeats = args.repeats or 3
         sweep = []
+        strat = []
     else:
         # CPU: validation sets and generations cut so the table takes minutes (a GPU gets the paper's protocol)
         cpu = [("mlp-digits", 1797, 20, 20, True), ("mlp-digits", 1797, 200, 5, False),
@@ -332,6 +358,7 @@ def main(argv=None):
         mut_D, mem = 20_000_000, (20, 20_000_000, 2)
         repeats = args.repeats or 5
         sweep = [("smallcnn-cifar", 2000, (250, 500, 1000, 2000)), ("mlp-digits", 1797, (256, 512, 1024, 2048))]
+        strat = [("mlp-digits", 1797), ("mlp-digits-wide", 1797)]
 
     rows = []
     for name, n_val, N, G, alternatives in plan:
@@ -344,6 +371,10 @@ def main(argv=None):
               + " ".join(f"{k} {v:.3f}s" for k, v in s.items())
               + f" | a/d {r['a/d']:.3f} a0/d {r['a0/d']:.3f} | us/child batched {r['child_us']['batched']:.0f} "
               f"per-individual {r['child_us']['per_individual']:.0f}", flush=True)
+    strategies = [bench_strategies(m, n, device) for m, n in strat]
+    for st in strategies:
+        print(f"strategies, {st['model']} on {st['val']} inputs (us per genome): "
+              + ", ".join(f"{s} {v:.0f}" for s, v in st["us"].items()) + f"; auto picks {st['auto']}", flush=True)
     sizes = [bench_batch_size(m, n, bs, device) for m, n, bs in sweep]
     for sz in sizes:
         print(f"batch size, {sz['model']} on {sz['val']} inputs: "
@@ -359,7 +390,7 @@ def main(argv=None):
     result = {"device": str(device), "machine": platform.platform(), "cpu_count": os.cpu_count(),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-              "quick": args.quick, "rows": rows, "batch_sizes": sizes, "mutation": mut, "memory": memr,
+              "quick": args.quick, "rows": rows, "strategies": strategies, "batch_sizes": sizes, "mutation": mut, "memory": memr,
               "command": " ".join(sys.argv)}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

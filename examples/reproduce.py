@@ -263,6 +263,15 @@ def bench_table(res):
                      + f"{t(r, 'floor')} | **{r['a/d']:.3f}** | {r['a0/d']:.3f} | {r['child_us']['batched']:.0f} | "
                      f"{r['child_us']['per_individual']:.0f} | {ratio(r, 'a2/d')} | {ratio(r, 'b/a', 2)} | "
                      f"{ratio(r, 'c/a', 2)} |")
+    for st in res.get("strategies", []):
+        us = st["us"]
+        parts = [f"loop {us['loop']:.0f} us ({us['loop'] / us['floor']:.2f} of the floor's)"]
+        if "stacked" in us:
+            parts.append(f"stacked {us['stacked']:.0f} us ({us['stacked'] / us['floor']:.2f})")
+        lines += ["", f"Scoring one genome of {st['model']} on {st['val']:,} inputs, median of {st['k']} genomes "
+                  f"x 9 interleaved repeats: floor (`model(X)` and its accuracy) {us['floor']:.0f} us, "
+                  + ", ".join(parts) + f"; `strategy=\"auto\"` picks {st['auto']}"
+                  + (f" (chunks of {st['chunk']})." if st["chunk"] else ".")]
     for sz in res.get("batch_sizes", []):
         best = min(sz["seconds"], key=sz["seconds"].get)
         lines += ["", f"Evaluation time of one genome on {sz['val']:,} inputs of {sz['model']} by batch size "

@@ -106,7 +106,7 @@ def test_a_reduction_over_features_is_refused():
     assert plan is None and ".mean" in why
 
 
-def test_evaluator_picks_stacked_for_mlps_on_cpu_and_scores_as_the_loop(classes, digits, digit_mlps):
+def test_evaluator_picks_stacked_for_mlps_on_cpu_and_scores_as_the_loop(classes, digits, digit_mlps, monkeypatch):
     X, y = digits["val"]
     ad = TorchAdapter(digit_mlps[0])
     G = [ad.genome(m) for m in digit_mlps] + list(genomes(ad, 9))
@@ -124,6 +124,10 @@ def test_evaluator_picks_stacked_for_mlps_on_cpu_and_scores_as_the_loop(classes,
     assert Evaluator(cnn, Xc, torch.zeros(6, dtype=torch.long)).strategy == "loop"
     with pytest.raises(ValueError, match="strategy='stacked'.*conv1"):
         Evaluator(cnn, Xc, torch.zeros(6, dtype=torch.long), strategy="stacked")
+    monkeypatch.setattr(Evaluator, "STACKED_NUMBERS", 64 * 100 * 2 - 1)  # widest 64 x 100 inputs: a chunk of 1
+    assert Evaluator(ad, X, y, batch_size=100).strategy == "loop"  # stacking one genome gains nothing
+    assert Evaluator(ad, X, y, batch_size=50).strategy == "stacked"
+    monkeypatch.undo()
     meas = Evaluator(ad, X, y, NegLogLoss(), strategy="measure", batch_size=100)
     assert meas.scores(G) == pytest.approx(b, rel=1e-6)
     assert set(meas.measured_timings) == {"loop", "stacked", "vmap"}
