@@ -11,7 +11,7 @@ Strategies: ``"loop"`` runs the model once per genome (weights read as views of 
 ``torch.func.vmap`` over a chunk of genomes; ``"measure"`` times them on the first four genomes of the
 first batch it sees and keeps the fastest (the loop's scores are kept, so it costs up to four extra
 evaluations, once); ``"auto"`` is the documented rule: on CPU ``"stacked"`` where the model allows it and
-at least two genomes fit in a chunk, else ``"loop"`` (measured on 2 cores: the stacked digits MLP ran
+at least four genomes fit in a chunk, else ``"loop"`` (measured on 2 cores: the stacked digits MLP ran
 10-25 % faster per genome than the loop, a wide MLP no faster; a vmapped small CNN or ResNet about 3x
 slower than the loop), and ``"measure"`` on CUDA, where the one-off measurement is cheap next to a run. A
 rule, never a timing, on CPU: a seed fixes every bit.
@@ -230,9 +230,9 @@ class Evaluator:
                              f"{self.stacked_reason}")
         self._stacked_chunk = self.chunk or (max(1, self.STACKED_NUMBERS // (
             self._stacked.widest * min(self.batch_size, len(self.X)))) if self._stacked is not None else 1)
-        if self.strategy == "auto":  # stacked where two genomes' activations fit in the chunk (else no gain)
+        if self.strategy == "auto":  # stacked where four genomes' activations fit in a chunk (else no gain)
             self.strategy = "measure" if self.device.type == "cuda" else (
-                "stacked" if self._stacked is not None and self._stacked_chunk >= 2 else "loop")
+                "stacked" if self._stacked is not None and self._stacked_chunk >= 4 else "loop")
         # genomes whose stacked outputs on one data batch stay within 2^18 numbers (1 MiB of float32): the
         # stack and its scoring stay in cache; measured on 2 CPU cores, 2^24 made them memory-bound
         per_genome = max(1, out[0].numel() * min(self.batch_size, len(self.X)))

@@ -124,8 +124,8 @@ def test_evaluator_picks_stacked_for_mlps_on_cpu_and_scores_as_the_loop(classes,
     assert Evaluator(cnn, Xc, torch.zeros(6, dtype=torch.long)).strategy == "loop"
     with pytest.raises(ValueError, match="strategy='stacked'.*conv1"):
         Evaluator(cnn, Xc, torch.zeros(6, dtype=torch.long), strategy="stacked")
-    monkeypatch.setattr(Evaluator, "STACKED_NUMBERS", 64 * 100 * 2 - 1)  # widest 64 x 100 inputs: a chunk of 1
-    assert Evaluator(ad, X, y, batch_size=100).strategy == "loop"  # stacking one genome gains nothing
+    monkeypatch.setattr(Evaluator, "STACKED_NUMBERS", 64 * 100 * 4 - 1)  # widest 64 x 100 inputs: chunks of 3
+    assert Evaluator(ad, X, y, batch_size=100).strategy == "loop"  # fewer than 4 a chunk: no gain measured
     assert Evaluator(ad, X, y, batch_size=50).strategy == "stacked"
     monkeypatch.undo()
     meas = Evaluator(ad, X, y, NegLogLoss(), strategy="measure", batch_size=100)
