@@ -4,8 +4,8 @@ For a model built of ``Linear`` layers, element-wise activations and reshapes of
 forward pass of ``k`` genomes on the same inputs is ``k`` matrix products per layer. :class:`StackedForward`
 runs them as one ``baddbmm`` per layer over ``(k, batch, features)`` activations, the weights read as
 strided views of the stacked genomes: the model's modules are called once per chunk, not once per genome.
-On 2 CPU cores a digits MLP ran about 25 % faster per genome this way than one forward pass per genome
-(BENCHMARKS.md).
+On 2 CPU cores a digits MLP was scored about 20 % faster per genome this way than with one forward pass
+per genome (BENCHMARKS.md); a wide one (256 units) was not.
 
 :func:`stacked_forward` traces the model with ``torch.fx`` and returns ``None`` (with the reason) when the
 graph holds anything else: a convolution, a normalisation layer, an op on the feature axis of a

@@ -12,7 +12,7 @@ Strategies: ``"loop"`` runs the model once per genome (weights read as views of 
 first batch it sees and keeps the fastest (the loop's scores are kept, so it costs up to four extra
 evaluations, once); ``"auto"`` is the documented rule: on CPU ``"stacked"`` where the model allows it and
 at least four genomes fit in a chunk, else ``"loop"`` (measured on 2 cores: the stacked digits MLP ran
-10-25 % faster per genome than the loop, a wide MLP no faster; a vmapped small CNN or ResNet about 3x
+about 20 % faster per genome than the loop, a wide MLP no faster; a vmapped small CNN or ResNet about 3x
 slower than the loop), and ``"measure"`` on CUDA, where the one-off measurement is cheap next to a run. A
 rule, never a timing, on CPU: a seed fixes every bit.
 
