@@ -13,7 +13,6 @@ genome-dependent value. Nodes that depend only on the input (``flatten``, ``view
 they are.
 """
 import operator
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,6 @@ from torch import nn
 
 from mega_deap import Evaluator, NegLogLoss
 from mega_deap.adapters import TorchAdapter
-from mega_deap.adapters.stacked import stacked_forward
 
 from conftest import SmallCNN
 
