@@ -48,18 +48,22 @@ class _Unsupported(Exception):
 class StackedForward:
     """``(genomes, x) -> outputs``: ``genomes`` ``(k, D)`` (rows of genomes in ``adapter``'s layout), ``x``
     ``(B, ...)`` shared by all; returns ``(k, B, ...)``, what ``k`` calls of ``adapter.forward`` return.
-    Build it with :func:`stacked_forward`.
+    Build it with :func:`stacked_forward`, which settles everything below from the graph once.
 
     ``widest``: the most features a layer reads or writes, which sizes the chunks the evaluator runs.
     """
 
-    def __init__(self, adapter, graph: fx.Graph, linears: dict, widest: int, in_place: dict):
+    def __init__(self, adapter, graph: fx.Graph, linears: dict, batched: set, dims: dict, in_place: dict,
+                 widest: int):
         self.adapter = adapter
         self.graph = graph
-        self.linears = linears      # module name -> (weight (offset, shape), bias (offset, numel) or None)
+        self.linears = linears      # Linear node -> (weight (offset, shape), bias (offset, numel) or None)
+        self.batched = batched      # nodes whose value depends on the genome: (k, B, ...)
+        self.dims = dims            # softmax-like node on a batched value -> its dim on the stack
+        self.in_place = in_place    # activation node -> the in-place function that replaces it
         self.widest = widest
-        self.in_place = in_place    # node -> the in-place function that may replace it
-        self._buffers = {}          # node -> its product's buffer, with reuse=True
+        self.modules = dict(adapter.model.named_modules())
+        self._buffers = {}          # Linear node -> its product's buffer, with reuse=True
 
     def __call__(self, genomes: torch.Tensor, x: torch.Tensor, *, reuse: bool = False) -> torch.Tensor:
         """``reuse``: write every layer's products into buffers kept for the next call of the same shapes (no
@@ -77,75 +81,62 @@ class StackedForward:
             buf = self._buffers[node] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
 
-    def _run(self, genomes, x, reuse):
+    def _linear(self, node, h, genomes, reuse):
         k = genomes.shape[0]
-        modules = dict(self.adapter.model.named_modules())
-        env = {}  # node -> (value, batched)
+        (w_off, w_shape), bias = self.linears[node]
+        if node.args[0] not in self.batched:
+            h = h.expand(k, *h.shape)
+        if h.dim() != 3:
+            raise ValueError(f"layer {node.target!r} gets inputs of shape {tuple(h.shape[1:])} per genome; "
+                             "the stacked forward takes (batch, features) only")
+        w = genomes[:, w_off:w_off + w_shape[0] * w_shape[1]].view(k, *w_shape).transpose(1, 2)
+        out = self._out(node, (k, h.shape[1], w_shape[0]), h, reuse)
+        if bias is None:
+            return torch.bmm(h, w, out=out)
+        return torch.baddbmm(genomes[:, bias[0]:bias[0] + bias[1]].unsqueeze(1), h, w, out=out)
+
+    def _run(self, genomes, x, reuse):
+        env = {}
 
         def load(a):
-            return fx.node.map_arg(a, lambda n: env[n][0])
-
-        def batched(a):
-            found = []
-            fx.node.map_arg(a, lambda n: found.append(env[n][1]))
-            return any(found)
+            return fx.node.map_arg(a, env.__getitem__)
 
         for node in self.graph.nodes:
             if node.op == "placeholder":
-                env[node] = (x, False)
+                env[node] = x
             elif node.op == "output":
-                out, b = load(node.args[0]), batched(node.args[0])
-                return out if b else out.unsqueeze(0).expand(k, *out.shape)
-            elif node.op == "call_module" and node.target in self.linears:
-                (w_off, w_shape), bias = self.linears[node.target]
-                h, b = env[node.args[0]]
-                if not b:
-                    h = h.expand(k, *h.shape)
-                if h.dim() != 3:
-                    raise ValueError(f"layer {node.target!r} gets inputs of shape {tuple(h.shape[1:])} per genome; "
-                                     "the stacked forward takes (batch, features) only")
-                w = genomes[:, w_off:w_off + w_shape[0] * w_shape[1]].view(k, *w_shape).transpose(1, 2)
-                out = self._out(node, (k, h.shape[1], w_shape[0]), h, reuse)
-                if bias is None:
-                    env[node] = (torch.bmm(h, w, out=out), True)
-                else:
-                    b = genomes[:, bias[0]:bias[0] + bias[1]].unsqueeze(1)
-                    env[node] = (torch.baddbmm(b, h, w, out=out), True)
+                out = load(node.args[0])
+                return out if node.args[0] in self.batched else out.unsqueeze(0).expand(genomes.shape[0], *out.shape)
+            elif node in self.linears:
+                env[node] = self._linear(node, env[node.args[0]], genomes, reuse)
             elif node in self.in_place:
-                env[node] = (self.in_place[node](env[node.args[0]][0]), True)
+                env[node] = self.in_place[node](env[node.args[0]])
+            elif node in self.dims:  # softmax-like: (x, dim) with the dim moved past the genome axis
+                fn = getattr(env[node.args[0]], node.target) if node.op == "call_method" else node.target
+                kwargs = {k: v for k, v in load(node.kwargs).items() if k != "dim"}
+                env[node] = fn(*load(node.args[:1 if node.op == "call_function" else 0]), dim=self.dims[node], **kwargs)
             else:
                 args, kwargs = load(node.args), load(node.kwargs)
-                fn = {"call_module": lambda: modules[node.target],
-                      "call_function": lambda: node.target,
-                      "call_method": lambda: getattr(args[0], node.target)}[node.op]()
-                if node.op == "call_method":
-                    args = args[1:]
-                dep = batched(node.args) or batched(node.kwargs)
-                if dep and node.target in _ALONG_DIM:  # a per-genome dim d >= 0 is d + 1 of the stack
-                    dim = kwargs.get("dim", args[0] if node.op == "call_method" and args else
-                                     (args[1] if len(args) > 1 else None))
-                    dim = dim + 1 if dim is not None and dim >= 0 else dim
-                    if node.op == "call_method":
-                        args, kwargs = (), {**kwargs, "dim": dim}
-                    else:
-                        args, kwargs = args[:1], {**kwargs, "dim": dim}
-                env[node] = (fn(*args, **kwargs), dep)
+                if node.op == "call_module":
+                    env[node] = self.modules[node.target](*args, **kwargs)
+                elif node.op == "call_method":
+                    env[node] = getattr(args[0], node.target)(*args[1:], **kwargs)
+                else:
+                    env[node] = node.target(*args, **kwargs)
         raise RuntimeError("the traced graph has no output")
 
 
-def _genome_tensors(adapter) -> dict:
-    """id of every tensor the genome holds (tied aliases included) -> its layout entry."""
-    entries = {e.name: e for e in adapter.layout}
-    out = {}
-    for name, t in adapter.model.state_dict(keep_vars=True).items():
-        if name in entries:
-            out[id(t)] = entries[name]
-    return out
+def _dim_of(node):
+    """The ``dim`` a softmax-like call names, or ``None``."""
+    if "dim" in node.kwargs:
+        return node.kwargs["dim"]
+    return node.args[1] if len(node.args) > 1 else None
 
 
 def stacked_forward(adapter) -> tuple:
     """``(StackedForward, None)`` for a ``TorchAdapter`` whose model is an MLP (see the module), else
     ``(None, reason)``."""
+    from .torch import _entries
     model = adapter.model
     if any(hasattr(m, "parametrizations") for m in model.modules()):
         return None, "the model has parametrizations"
@@ -154,16 +145,19 @@ def stacked_forward(adapter) -> tuple:
     except Exception as err:  # data-dependent control flow, ...
         return None, f"torch.fx cannot trace it ({type(err).__name__}: {err})"
     modules = dict(model.named_modules())
-    in_genome = _genome_tensors(adapter)
-    linears, widest, batched = {}, 1, set()
+    in_genome = {id(t): e for (_, t, _), e in zip(_entries(model, adapter.buffers), adapter.layout)}
+    linears, batched, dims, widest = {}, set(), {}, 1
+    allowed = {"call_function": _ELEMENTWISE_FUNCTIONS, "call_method": _ELEMENTWISE_METHODS}
     try:
         for node in graph.nodes:
             deps = []
             fx.node.map_arg((node.args, node.kwargs), lambda n: deps.append(n in batched))
             dep = any(deps)
-            if node.op in ("placeholder", "output"):
-                if node.op == "placeholder" and node.next.op == "placeholder":
+            if node.op == "placeholder":
+                if node.next.op == "placeholder":
                     raise _Unsupported("the model takes more than one input")
+                continue
+            if node.op == "output":
                 continue
             if node.op == "get_attr":
                 raise _Unsupported(f"node {node.name!r} reads the tensor {node.target!r} directly")
@@ -176,27 +170,21 @@ def stacked_forward(adapter) -> tuple:
                     b = in_genome.get(id(mod.bias)) if mod.bias is not None else None
                     if w is None or (mod.bias is not None and b is None):
                         raise _Unsupported(f"the weights of {node.target!r} are not all in the genome")
-                    linears[node.target] = ((w.offset, w.shape), None if b is None else (b.offset, b.numel))
+                    linears[node] = ((w.offset, w.shape), None if b is None else (b.offset, b.numel))
                     widest = max(widest, mod.in_features, mod.out_features)
-                    batched.add(node)
-                    continue
-                if own:
+                    dep = True
+                elif own:
                     raise _Unsupported(f"module {node.target!r} ({type(mod).__name__}) is not a Linear layer")
-                if dep and not isinstance(mod, _ELEMENTWISE_MODULES):
+                elif dep and not isinstance(mod, _ELEMENTWISE_MODULES):
                     raise _Unsupported(f"module {node.target!r} ({type(mod).__name__}) acts on a "
                                        "genome-dependent value and is not element-wise")
-            elif node.op == "call_function":
-                if dep and node.target in _ALONG_DIM and (len(node.args) > 1 or "dim" in node.kwargs):
-                    pass
-                elif dep and node.target not in _ELEMENTWISE_FUNCTIONS:
-                    raise _Unsupported(f"node {node.name!r} ({getattr(node.target, '__name__', node.target)}) "
-                                       "acts on a genome-dependent value and is not element-wise")
-            elif node.op == "call_method":
-                if dep and node.target in _ALONG_DIM and (len(node.args) > 1 or "dim" in node.kwargs):
-                    pass
-                elif dep and node.target not in _ELEMENTWISE_METHODS:
-                    raise _Unsupported(f"node {node.name!r} (.{node.target}) acts on a genome-dependent value "
-                                       "and is not element-wise")
+            elif dep and node.target in _ALONG_DIM and isinstance(_dim_of(node), int):
+                d = _dim_of(node)
+                dims[node] = d + 1 if d >= 0 else d  # a per-genome dim d >= 0 is d + 1 of the stack
+            elif dep and node.target not in allowed[node.op]:
+                what = f".{node.target}" if node.op == "call_method" else getattr(node.target, "__name__", node.target)
+                raise _Unsupported(f"node {node.name!r} ({what}) acts on a genome-dependent value and is not "
+                                   "element-wise")
             if dep:
                 batched.add(node)
     except _Unsupported as err:
@@ -204,14 +192,15 @@ def stacked_forward(adapter) -> tuple:
     if not linears:
         return None, "the model has no Linear layer"
     in_place = {}
-    for node in graph.nodes:  # relu(linear(h)) with nothing else reading linear(h): in place
+    for node in batched:  # act(linear(h)) with nothing else reading linear(h): in place
         source = node.args[0] if node.args else None
-        if (node.op != "call_module" and (node.kwargs or len(node.args) != 1)) or not isinstance(source, fx.Node):
+        if source not in linears or len(source.users) != 1 or len(node.args) != 1 or node.kwargs:
             continue
-        key = type(modules[node.target]) if node.op == "call_module" else node.target
-        if (node.op == "call_module" and getattr(modules[node.target], "inplace", False)) or node.op == "get_attr":
-            continue
-        made_here = source.op == "call_module" and source.target in linears
-        if made_here and len(source.users) == 1 and key in _IN_PLACE:
+        if node.op == "call_module":
+            mod = modules[node.target]
+            key = None if getattr(mod, "inplace", False) else type(mod)
+        else:
+            key = node.target
+        if key in _IN_PLACE:
             in_place[node] = _IN_PLACE[key]
-    return StackedForward(adapter, graph, linears, widest, in_place), None
+    return StackedForward(adapter, graph, linears, batched, dims, in_place, widest), None

@@ -341,53 +341,41 @@ class Evaluator:
                                                 dtype=outs[0].dtype, device=outs[0].device)
         return torch.stack(outs, out=buf[:shape[0]])
 
-    def _run_loop(self, genomes):
-        """One forward pass per genome and data batch; the metric and the validity check run once per data
-        batch for a whole chunk of genomes (their outputs stacked), not once per genome."""
+    def _score(self, chunks, run):
+        """Totals and validity for the genomes of ``chunks`` (in order): ``run(chunk, xb)`` gives a chunk's
+        outputs ``(k, B, ...)`` on a data batch; the metric and the validity check run once per chunk and
+        data batch, not once per genome."""
         totals, checks = [], []
         batches = list(self._batches())
-        for c in range(0, len(genomes), self._loop_chunk):
-            chunk = genomes[c:c + self._loop_chunk]
+        for chunk in chunks:
             t = f = None
             for xb, yb in batches:
-                out = self._stack_outputs([self._runner.forward(g, xb) for g in chunk])  # (k, B, ...)
+                out = run(chunk, xb)
                 pt, pf = self.metric.partial(out, yb), self._nan_count(out)
                 t, f = (pt, pf) if t is None else (t + pt, f + pf)
             totals.append(t)
             checks.append(f)
         return torch.cat(totals), torch.cat(checks) == 0
+
+    def _run_loop(self, genomes):
+        """One forward pass per genome and data batch, the outputs of a chunk stacked for scoring."""
+        c = self._loop_chunk
+        return self._score((genomes[i:i + c] for i in range(0, len(genomes), c)),
+                           lambda chunk, xb: self._stack_outputs([self._runner.forward(g, xb) for g in chunk]))
 
     def _run_vmap(self, genomes):
         stacked = torch.stack(genomes)
-        chunk = self.chunk or stacked.shape[0]
-        totals = torch.zeros(stacked.shape[0], dtype=torch.float64, device=self.device)
-        checks = torch.zeros(stacked.shape[0], dtype=torch.float64, device=self.device)
-        for c in range(0, stacked.shape[0], chunk):
-            G = stacked[c:c + chunk]
-            for xb, yb in self._batches():
-                out = self._runner.forward_batch(G, xb)
-                checks[c:c + chunk] += self._nan_count(out)
-                totals[c:c + chunk] += self.metric.partial(out, yb)
-        return totals, checks == 0
+        c = self.chunk or stacked.shape[0]
+        return self._score((stacked[i:i + c] for i in range(0, stacked.shape[0], c)), self._runner.forward_batch)
 
     def _run_stacked(self, genomes):
-        """A chunk of genomes at a time through the stacked forward: one batched product per layer."""
-        chunk = self._stacked_chunk
+        """A chunk of genomes at a time through the stacked forward: one batched product per layer, in as few
+        chunks as the chunk size allows, of near-equal sizes (no stray chunk of one)."""
         n = len(genomes)
-        parts = -(-n // chunk)  # as few chunks as that allows, of near-equal sizes (no stray chunk of one)
+        parts = -(-n // self._stacked_chunk)
         bounds = [i * n // parts for i in range(parts + 1)]
-        totals, checks = [], []
-        batches = list(self._batches())
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            G = torch.stack(genomes[lo:hi])
-            t = f = None
-            for xb, yb in batches:
-                out = self._stacked(G, xb, reuse=True)  # (k, B, ...), overwritten by the next call
-                pt, pf = self.metric.partial(out, yb), self._nan_count(out)
-                t, f = (pt, pf) if t is None else (t + pt, f + pf)
-            totals.append(t)
-            checks.append(f)
-        return torch.cat(totals), torch.cat(checks) == 0
+        return self._score((torch.stack(genomes[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])),
+                           lambda G, xb: self._stacked(G, xb, reuse=True))  # overwritten by the next call
 
     def _run(self, strategy, genomes):
         return {"loop": self._run_loop, "stacked": self._run_stacked, "vmap": self._run_vmap}[strategy](genomes)
