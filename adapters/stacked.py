@@ -141,7 +141,9 @@ def stacked_forward(adapter) -> tuple:
     if any(hasattr(m, "parametrizations") for m in model.modules()):
         return None, "the model has parametrizations"
     try:
-        graph = fx.Tracer().trace(model)  # the graph only: no GraphModule to compile
+        # the graph only, no GraphModule to compile; no autowrapping of ``math`` (it patches every global of
+        # the model's module, most of a trace's cost): a math call on a traced value is refused
+        graph = fx.Tracer(autowrap_modules=(), autowrap_functions=()).trace(model)
     except Exception as err:  # data-dependent control flow, ...
         return None, f"torch.fx cannot trace it ({type(err).__name__}: {err})"
     modules = dict(model.named_modules())

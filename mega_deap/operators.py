@@ -146,7 +146,7 @@ def sparse_indices(size: int, indpb: float, *, generator: Optional[torch.Generat
     parts, offset = [], 0.0
     while True:
         pos = torch.empty(chunk, dtype=torch.float64, device=device).geometric_(indpb, generator=generator)
-        pos[0] += offset - 1.0  # running sum of the gaps, 0-based: the first hit at gap - 1
+        pos[:1].add_(offset - 1.0)  # running sum of the gaps, 0-based: the first hit at gap - 1
         pos = pos.cumsum_(0)
         parts.append(pos)
         offset = pos[-1].item() + 1.0

@@ -198,6 +198,31 @@ def test_any_other_operator_takes_the_per_individual_path():
         assert torch.equal(results[0], results[1])
 
 
+def test_a_registration_changed_between_generations_is_used():
+    """The plan is kept between generations while the registrations stay the same objects: an operator
+    swapped after a batched generation takes the per-individual path, and new keywords are read."""
+    def halve(a, b):
+        a.genome.mul_(0.5)
+        return a, b
+    mega_deap.seed(11)
+    pop, inds, tb = setup(N=8)
+    batched(inds, tb, 7, 4)               # the plan is made and kept
+    tb.register("mate", halve)            # an ablation from the next generation on
+    assert batched_plan(tb, inds) is None
+    kids = varMeGABatched(inds, tb, 7, 4)
+    assert all(float(k.genome.sum()) == 0.5 for k in kids)  # halve of a basis vector, no blend, no mutation
+    del kids
+    tb.register("mate", cxBlend)
+    batched(inds, tb, 7, 4)
+    tb.register("mutate", mutSparseGaussian, mu=3.0, sigma=0.0, indpb=1.0)  # new keywords: every gene + 3
+    kids = batched(inds, tb, 7, 4)
+    assert all(torch.allclose(k.genome.sum(), torch.tensor(1.0 + 3.0 * 8, dtype=k.genome.dtype)) for k in kids)
+    del kids
+    tb.mutate.keywords["mu"] = -3.0       # the same registration, its keywords edited in place
+    kids = batched(inds, tb, 7, 4)
+    assert all(torch.allclose(k.genome.sum(), torch.tensor(1.0 - 3.0 * 8, dtype=k.genome.dtype)) for k in kids)
+
+
 def test_keep_valid_repairs_batched_children():
     """A decorated mutation that would make BatchNorm variances negative: the batched children are
     repaired like the per-individual ones."""

@@ -34,6 +34,17 @@ class Tied(nn.Module):
         return F.log_softmax(self.out(torch.sigmoid(h)), dim=1)
 
 
+class Scaled(nn.Module):
+    """A math call on a traced value."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) / math.sqrt(x.size(-1))
+
+
 def mlp(seed, *layers):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), *layers).eval()
@@ -86,6 +97,7 @@ def test_a_genomes_outputs_do_not_depend_on_its_chunk():
     (SmallCNN(), "conv1"),
     (mlp(0, nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)), "'2' (BatchNorm1d)"),
     (mlp(0, nn.Linear(64, 8), nn.Softmax(dim=1), nn.Linear(8, 3)), "'2' (Softmax)"),
+    (Scaled(), "torch.fx cannot trace it"),  # math is not autowrapped (a trace's cost)
 ])
 def test_what_it_refuses_is_named(model, named):
     plan, why = TorchAdapter(model).stacked_forward()
