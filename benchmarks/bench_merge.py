@@ -21,7 +21,9 @@ crossover, mutation, elitism: N + G (N - 1) evaluations), model and validation s
 The variants run interleaved, ``--repeats`` times (so drift in the machine's speed hits all alike); each
 time reported is the median, with the spread (min, max) beside it, and the ratios (a)/(d), (a0)/(d),
 (a2)/(d), (b)/(a), (c)/(a) are ratios of medians. The per-child overhead is (merge - floor) / children.
-On CUDA it also times (a) with vmap evaluation and with bf16 autocast. Then: the evaluation time per
+On CUDA it also times (a) with vmap evaluation and with bf16 autocast. Then: where a merge's time goes
+beyond its forward passes (breeding, evaluation, DEAP's statistics and hall of fame, the rest of the loop,
+setup; per generation), the evaluation time per
 batch size (the library's default is the best of these on 2 CPU cores), sparse against dense-mask
 mutation at D = 20 M, and the peak memory of a merge-sized population (N = 20, D = 20 M) against
 (2N + 4) x D x 4 bytes + 1 GB. Writes everything to --json.
@@ -38,6 +40,7 @@ import time
 
 import numpy as np
 import torch
+from deap import tools
 
 import mega_deap
 from mega_deap.adapters import TorchAdapter
@@ -258,6 +261,84 @@ def bench_strategies(name, n_val, device, k=40, repeats=9):
             "us": {s: 1e6 * float(np.median(v)) for s, v in runs.items()}}
 
 
+class _Clock:
+    """Seconds spent inside the callables it wraps, by part."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def wrap(self, part, fn):
+        def timed_call(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - t
+        return timed_call
+
+
+def bench_parts(name, n_val, N, G, device, repeats=7):
+    """Where a merge's time goes beyond its forward passes, per generation, in microseconds (medians of
+    interleaved repeats): the real ``mega_deap.merge`` with its breeding (``toolbox.vary``), evaluation
+    (``toolbox.map``), DEAP's statistics and hall of fame, and ``eaMeGA`` wrapped in timers; the rest of
+    ``eaMeGA``'s loop (elite clones, logbook, replacing the population) and the setup and result outside it
+    (adapter, evaluator, population, the merged model) by difference; against the floor's forward passes per
+    generation (all N + G (N - 1) of them, / G), so the parts add up to merge/floor - 1."""
+    from mega_deap import presets
+    models, X, y = workload(name, n_val, device)
+    n_evals = N + G * (N - 1)
+    clock = _Clock()
+    originals = {k: getattr(presets, k) for k in ("mega_toolbox", "default_stats", "eaMeGA", "tools")}
+
+    def toolbox(*args, **kwargs):
+        tb = originals["mega_toolbox"](*args, **kwargs)
+        tb.register("vary", clock.wrap("breeding", tb.vary))  # registrations of clone/select/mate/mutate unchanged
+        tb.register("map", clock.wrap("evaluation", tb.map))
+        return tb
+
+    def stats():
+        st = originals["default_stats"]()
+        st.compile = clock.wrap("statistics and hall of fame", st.compile)
+        return st
+
+    class HallOfFame(tools.HallOfFame):
+        def update(self, population):
+            return clock.wrap("statistics and hall of fame", super().update)(population)
+
+    class Tools:  # presets.tools with the timed hall of fame
+        def __getattr__(self, attr):
+            return HallOfFame if attr == "HallOfFame" else getattr(tools, attr)
+
+    common = dict(popsize=N, ngen=G, seed=0, device=device, verbose=False, batch_size=len(X), metric="accuracy",
+                  progress=False)
+    runs = {k: [] for k in ("merge", "floor", "breeding", "evaluation", "statistics and hall of fame", "eaMeGA")}
+    presets.mega_toolbox, presets.default_stats = toolbox, stats
+    presets.eaMeGA, presets.tools = clock.wrap("eaMeGA", originals["eaMeGA"]), Tools()
+    try:
+        mega_deap.merge(models, (X, y), **common)  # warm-up
+        run_floor(models, X, y, 3)
+        for _ in range(repeats):
+            clock.seconds = {}
+            runs["merge"].append(timed(lambda: mega_deap.merge(models, (X, y), **common), device))
+            for k, v in clock.seconds.items():
+                runs[k].append(v)
+            runs["floor"].append(timed(lambda: run_floor(models, X, y, n_evals), device))
+    finally:
+        for k, v in originals.items():
+            setattr(presets, k, v)
+    med = {k: float(np.median(v)) for k, v in runs.items()}
+    per_gen = 1e6 / G
+    floor_gen = med["floor"] * per_gen  # all N + G (N - 1) forward passes, per generation
+    parts = {"breeding": med["breeding"] * per_gen,
+             "evaluation beyond the floor": (med["evaluation"] - med["floor"]) * per_gen,
+             "statistics and hall of fame": med["statistics and hall of fame"] * per_gen,
+             "the rest of eaMeGA's loop": (med["eaMeGA"] - med["breeding"] - med["evaluation"]
+                                           - med["statistics and hall of fame"]) * per_gen,
+             "setup and result (per merge / G)": (med["merge"] - med["eaMeGA"]) * per_gen}
+    return {"model": name, "val": n_val, "N": N, "G": G, "repeats": repeats, "floor_per_generation_us": floor_gen,
+            "parts_us": parts, "a/d": med["merge"] / med["floor"], "seconds": med, "runs": runs}
+
+
 # ----------------------------------------------------------------------------- mutation and memory
 def bench_mutation(D, indpb, device, repeats=5):
     g = torch.zeros(D, device=device)
@@ -276,8 +357,6 @@ def bench_mutation(D, indpb, device, repeats=5):
 
 def memory_probe(N, D, G):
     """Runs in a child process: eaMeGA over N x D genomes with a cheap fitness; prints the peak RSS."""
-    from deap import tools
-
     class Cheap:  # fitness = the first gene: no model, so only the GA's own memory shows
         def __call__(self, ind):
             return (float(ind.genome[0]),)
@@ -336,6 +415,7 @@ def main(argv=None):
         repeats = args.repeats or 1
         sweep = [("mlp-digits", 64, (32, 64))]
         strat = [("mlp-digits", 64)]
+        where = [("mlp-digits", 64, 4, 2)]
     elif gpu:  # the paper's protocol for the CNNs; the MLP at N = 20 and 2,000
         names = args.models or ["resnet56-cifar", "mlp-digits"]
         plan = []
@@ -348,6 +428,7 @@ def main(argv=None):
         repeats = args.repeats or 3
         sweep = []
         strat = []
+        where = [("mlp-digits", 1797, 20, 20)]
     else:
         # CPU: validation sets and generations cut so the table takes minutes (a GPU gets the paper's protocol)
         cpu = [("mlp-digits", 1797, 20, 20, True), ("mlp-digits", 1797, 200, 5, False),
@@ -359,6 +440,7 @@ def main(argv=None):
         repeats = args.repeats or 5
         sweep = [("smallcnn-cifar", 2000, (250, 500, 1000, 2000)), ("mlp-digits", 1797, (256, 512, 1024, 2048))]
         strat = [("mlp-digits", 1797), ("mlp-digits-wide", 1797)]
+        where = [("mlp-digits", 1797, 20, 20), ("mlp-digits", 1797, 200, 5)]
 
     rows = []
     for name, n_val, N, G, alternatives in plan:
@@ -375,6 +457,11 @@ def main(argv=None):
     for st in strategies:
         print(f"strategies, {st['model']} on {st['val']} inputs (us per genome): "
               + ", ".join(f"{s} {v:.0f}" for s, v in st["us"].items()) + f"; auto picks {st['auto']}", flush=True)
+    parts = [bench_parts(m, n, N, G, device, repeats=1 if args.quick else 7) for m, n, N, G in where]
+    for pt in parts:
+        print(f"where the time goes, {pt['model']} N={pt['N']} G={pt['G']} (us per generation; floor "
+              f"{pt['floor_per_generation_us']:.0f}): " + ", ".join(f"{k} {v:.0f}" for k, v in pt["parts_us"].items())
+              + f"; merge/floor {pt['a/d']:.3f}", flush=True)
     sizes = [bench_batch_size(m, n, bs, device) for m, n, bs in sweep]
     for sz in sizes:
         print(f"batch size, {sz['model']} on {sz['val']} inputs: "
@@ -390,7 +477,7 @@ def main(argv=None):
     result = {"device": str(device), "machine": platform.platform(), "cpu_count": os.cpu_count(),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-              "quick": args.quick, "rows": rows, "strategies": strategies, "batch_sizes": sizes, "mutation": mut, "memory": memr,
+              "quick": args.quick, "rows": rows, "strategies": strategies, "parts": parts, "batch_sizes": sizes, "mutation": mut, "memory": memr,
               "command": " ".join(sys.argv)}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

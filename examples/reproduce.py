@@ -272,6 +272,21 @@ def bench_table(res):
                   f"x 9 interleaved repeats: floor (`model(X)` and its accuracy) {us['floor']:.0f} us, "
                   + ", ".join(parts) + f"; `strategy=\"auto\"` picks {st['auto']}"
                   + (f" (chunks of {st['chunk']})." if st["chunk"] else ".")]
+    if res.get("parts"):
+        names = list(res["parts"][0]["parts_us"])
+        n = res["parts"][0]["repeats"]
+        lines += ["", "Where a merge's time goes beyond its forward passes, microseconds per generation (the real "
+                  f"`merge` with its parts timed, median{'s' if n > 1 else ''} of {n} repeat{'s' if n > 1 else ''}), "
+                  "and as a share of the floor's forward passes per generation (the floor's N + G(N - 1) passes / "
+                  "G; the shares add up to merge/floor - 1):", "",
+                  "| model | N | G | floor per generation | " + " | ".join(names) + " | all | merge/floor |",
+                  "|---|---:|---:|---:|" + "---:|" * (len(names) + 2)]
+        for pt in res["parts"]:
+            f = pt["floor_per_generation_us"]
+            cells = [f"{v:.0f} ({100 * v / f:.1f} %)" for v in pt["parts_us"].values()]
+            total = sum(pt["parts_us"].values())
+            lines.append(f"| {pt['model']} | {pt['N']} | {pt['G']} | {f:.0f} | " + " | ".join(cells)
+                         + f" | {total:.0f} ({100 * total / f:.1f} %) | {pt['a/d']:.3f} |")
     for sz in res.get("batch_sizes", []):
         best = min(sz["seconds"], key=sz["seconds"].get)
         lines += ["", f"Evaluation time of one genome on {sz['val']:,} inputs of {sz['model']} by batch size "

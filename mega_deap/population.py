@@ -135,8 +135,7 @@ class TensorPopulation:
         if n > len(self._free):
             return None
         rows = [self._free.pop() for _ in range(n)]
-        views = self.rows.unbind(0)  # every row's view in one call
-        individuals = [self._adopt(icls(views[r]), r) for r in rows]
+        individuals = [self._adopt(icls(self.rows[r]), r) for r in rows]
         return individuals, torch.tensor(rows, dtype=torch.long, device=self.device)
 
     def clone(self, individual: TensorIndividual) -> TensorIndividual:

@@ -18,6 +18,12 @@ def test_bench_merge_quick(tmp_path):
         assert all(lo <= r["seconds"][k] <= hi for k, (lo, hi) in r["spread"].items())
         assert set(r["child_us"]) == {"batched", "per_individual"}
     assert res["batch_sizes"] and set(res["batch_sizes"][0]["seconds"]) == {32, 64}
+    pt, = res["parts"]  # the timers saw every part of a real merge, nested as they run, and were removed
+    runs = {k: v[0] for k, v in pt["runs"].items()}
+    assert all(runs[k] > 0 for k in ("breeding", "evaluation", "statistics and hall of fame", "eaMeGA"))
+    assert runs["breeding"] + runs["evaluation"] + runs["statistics and hall of fame"] <= runs["eaMeGA"] <= runs["merge"]
+    from mega_deap import presets, algorithms
+    assert presets.eaMeGA is algorithms.eaMeGA and presets.tools.HallOfFame.__module__.startswith("deap")
     assert res["mutation"]["sparse_s"] > 0 and res["memory"]["budget_bytes"] > 0
 
 
