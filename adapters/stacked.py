@@ -53,8 +53,8 @@ class StackedForward:
     ``widest``: the most features a layer reads or writes, which sizes the chunks the evaluator runs.
     """
 
-    def __init__(self, adapter, graph: fx.Graph, linears: dict, batched: set, dims: dict, in_place: dict,
-                 widest: int):
+    def __init__(self, adapter, graph: fx.Graph, modules: dict, linears: dict, batched: set, dims: dict,
+                 in_place: dict, widest: int):
         self.adapter = adapter
         self.graph = graph
         self.linears = linears      # Linear node -> (weight (offset, shape), bias (offset, numel) or None)
@@ -62,7 +62,7 @@ class StackedForward:
         self.dims = dims            # softmax-like node on a batched value -> its dim on the stack
         self.in_place = in_place    # activation node -> the in-place function that replaces it
         self.widest = widest
-        self.modules = dict(adapter.model.named_modules())
+        self.modules = modules      # the model's named modules, for the nodes that call one
         self._buffers = {}          # Linear node -> its product's buffer, with reuse=True
 
     def __call__(self, genomes: torch.Tensor, x: torch.Tensor, *, reuse: bool = False) -> torch.Tensor:
@@ -205,4 +205,4 @@ def stacked_forward(adapter) -> tuple:
             key = node.target
         if key in _IN_PLACE:
             in_place[node] = _IN_PLACE[key]
-    return StackedForward(adapter, graph, linears, batched, dims, in_place, widest), None
+    return StackedForward(adapter, graph, modules, linears, batched, dims, in_place, widest), None

@@ -279,8 +279,8 @@ class _Clock:
 
 def bench_parts(name, n_val, N, G, device, repeats=7):
     """Where a merge's time goes beyond its forward passes, per generation, in microseconds (medians of
-    interleaved repeats): the real ``mega_deap.merge`` with its breeding (``toolbox.vary``), evaluation
-    (``toolbox.map``), DEAP's statistics and hall of fame, and ``eaMeGA`` wrapped in timers; the rest of
+    interleaved repeats): the real ``mega_deap.merge`` with its breeding (``varMeGABatched``), evaluation
+    (``Evaluator.map``), DEAP's statistics and hall of fame, and ``eaMeGA`` wrapped in timers; the rest of
     ``eaMeGA``'s loop (elite clones, logbook, replacing the population) and the setup and result outside it
     (adapter, evaluator, population, the merged model) by difference; against the floor's forward passes per
     generation (all N + G (N - 1) of them, / G), so the parts add up to merge/floor - 1."""
@@ -288,32 +288,15 @@ def bench_parts(name, n_val, N, G, device, repeats=7):
     models, X, y = workload(name, n_val, device)
     n_evals = N + G * (N - 1)
     clock = _Clock()
-    originals = {k: getattr(presets, k) for k in ("mega_toolbox", "default_stats", "eaMeGA", "tools")}
-
-    def toolbox(*args, **kwargs):
-        tb = originals["mega_toolbox"](*args, **kwargs)
-        tb.register("vary", clock.wrap("breeding", tb.vary))  # registrations of clone/select/mate/mutate unchanged
-        tb.register("map", clock.wrap("evaluation", tb.map))
-        return tb
-
-    def stats():
-        st = originals["default_stats"]()
-        st.compile = clock.wrap("statistics and hall of fame", st.compile)
-        return st
-
-    class HallOfFame(tools.HallOfFame):
-        def update(self, population):
-            return clock.wrap("statistics and hall of fame", super().update)(population)
-
-    class Tools:  # presets.tools with the timed hall of fame
-        def __getattr__(self, attr):
-            return HallOfFame if attr == "HallOfFame" else getattr(tools, attr)
-
+    timed_parts = [(presets, "varMeGABatched", "breeding"), (mega_deap.Evaluator, "map", "evaluation"),
+                   (tools.Statistics, "compile", "statistics and hall of fame"),
+                   (tools.HallOfFame, "update", "statistics and hall of fame"), (presets, "eaMeGA", "eaMeGA")]
+    originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in timed_parts]
     common = dict(popsize=N, ngen=G, seed=0, device=device, verbose=False, batch_size=len(X), metric="accuracy",
                   progress=False)
     runs = {k: [] for k in ("merge", "floor", "breeding", "evaluation", "statistics and hall of fame", "eaMeGA")}
-    presets.mega_toolbox, presets.default_stats = toolbox, stats
-    presets.eaMeGA, presets.tools = clock.wrap("eaMeGA", originals["eaMeGA"]), Tools()
+    for (owner, attr, part), (_, _, fn) in zip(timed_parts, originals):
+        setattr(owner, attr, clock.wrap(part, fn))  # the same functions, timed, for the runs below only
     try:
         mega_deap.merge(models, (X, y), **common)  # warm-up
         run_floor(models, X, y, 3)
@@ -324,8 +307,8 @@ def bench_parts(name, n_val, N, G, device, repeats=7):
                 runs[k].append(v)
             runs["floor"].append(timed(lambda: run_floor(models, X, y, n_evals), device))
     finally:
-        for k, v in originals.items():
-            setattr(presets, k, v)
+        for owner, attr, fn in originals:
+            setattr(owner, attr, fn)
     med = {k: float(np.median(v)) for k, v in runs.items()}
     per_gen = 1e6 / G
     floor_gen = med["floor"] * per_gen  # all N + G (N - 1) forward passes, per generation

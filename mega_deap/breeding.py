@@ -18,7 +18,6 @@ Random numbers: torch's generator of the buffer's device (seeded by :func:`mega_
 differ from the per-individual path (which uses ``random`` for selection), the distributions do not.
 """
 import functools
-import weakref
 from typing import Optional
 
 import torch
@@ -52,13 +51,20 @@ def _peel(f):
     return func, kw, adapters
 
 
-def _toolbox_plan(toolbox: base.Toolbox) -> Optional[dict]:
-    """The toolbox's part of :func:`batched_plan`, settled from its registrations (``None``: fall back)."""
+def batched_plan(toolbox: base.Toolbox, population: list) -> Optional[dict]:
+    """What :func:`varMeGABatched` would do with this toolbox and population, or ``None`` when it must
+    fall back to the per-individual :func:`~mega_deap.varMeGA` (a custom operator, a setting the batch
+    does not cover, several objectives, individuals outside one buffer). Read every generation, so an
+    operator swapped between generations is seen."""
     clone, ckw, crep = _peel(getattr(toolbox, "clone", None))
     if ckw or crep:
         return None
     pop = getattr(clone, "__self__", None)
     if not isinstance(pop, TensorPopulation) or getattr(clone, "__func__", None) is not TensorPopulation.clone:
+        return None
+    if not population or any(pop.row_of(ind) is None for ind in population):
+        return None
+    if len(population[0].fitness.weights) != 1:
         return None
     select, skw, srep = _peel(getattr(toolbox, "select", None))
     mate, mkw, mrep = _peel(getattr(toolbox, "mate", None))
@@ -70,60 +76,13 @@ def _toolbox_plan(toolbox: base.Toolbox) -> Optional[dict]:
     if mate is not cxBlend or mkw.get("per_element", False) or set(mkw) - {"alpha", "per_element"}:
         return None
     if mutate is mutSparseGaussian and set(ukw) == {"mu", "sigma", "indpb"}:
-        mutation = ("sparse", dict(ukw))
+        mutation = ("sparse", ukw)
     elif mutate is mutLayerGaussian and set(ukw) == {"layout", "mu", "sigma", "layerpb"}:
-        mutation = ("layer", dict(ukw))
+        mutation = ("layer", ukw)
     else:
         return None
     return {"pop": pop, "tournsize": int(skw["tournsize"]), "alpha": float(mkw.get("alpha", 0.0)),
             "mutation": mutation, "mate_repairs": mrep, "mutate_repairs": urep}
-
-
-# toolbox -> ((its registrations, their keywords) when the plan was made, the plan): a generation reuses the
-# plan while every registration is the same object with the same keywords
-_plans = weakref.WeakKeyDictionary()
-
-
-def _registrations(toolbox):
-    """The registrations a plan reads, and each one's keywords as ``(name, value)`` pairs."""
-    regs = tuple(getattr(toolbox, name, None) for name in ("clone", "select", "mate", "mutate"))
-    return regs, tuple(tuple((getattr(r, "keywords", None) or {}).items()) for r in regs)
-
-
-def _unchanged(before, now):
-    """Whether ``_registrations`` gave the same objects with the same keyword values (compared by identity:
-    a tensor has no ``==``) before and now."""
-    (regs0, kw0), (regs1, kw1) = before, now
-    if any(r0 is not r1 for r0, r1 in zip(regs0, regs1)):
-        return False
-    return all(len(a) == len(b) and all(ka == kb and va is vb for (ka, va), (kb, vb) in zip(a, b))
-               for a, b in zip(kw0, kw1))
-
-
-def batched_plan(toolbox: base.Toolbox, population: list) -> Optional[dict]:
-    """What :func:`varMeGABatched` would do with this toolbox and population, or ``None`` when it must
-    fall back to the per-individual :func:`~mega_deap.varMeGA` (a custom operator, a setting the batch
-    does not cover, several objectives, individuals outside one buffer)."""
-    return _plan_rows(toolbox, population)[0]
-
-
-def _plan_rows(toolbox, population):
-    """``(plan, the population's row indices)``, or ``(None, None)``: :func:`batched_plan` and the rows the
-    batch reads its parents from."""
-    now = _registrations(toolbox)
-    cached = _plans.get(toolbox)
-    if cached is not None and _unchanged(cached[0], now):
-        plan = cached[1]
-    else:
-        plan = _toolbox_plan(toolbox)
-        _plans[toolbox] = (now, plan)
-    if plan is None or not population or len(population[0].fitness.weights) != 1:
-        return None, None
-    row_of = plan["pop"].row_of
-    src = [row_of(ind) for ind in population]
-    if None in src:
-        return None, None
-    return plan, src
 
 
 def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: int = 4) -> list:
@@ -136,7 +95,7 @@ def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: 
 
     :returns: ``lambda_`` children, views of free rows of the population's buffer, fitness invalid.
     """
-    plan, src = _plan_rows(toolbox, population)
+    plan = batched_plan(toolbox, population)
     if plan is None or lambda_ < 1:
         return varMeGA(population, toolbox, lambda_, npar)
     pop = plan["pop"]
@@ -147,7 +106,7 @@ def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: 
     rows, device, D = pop.rows, pop.device, pop.dim
 
     # 1. every tournament at once: aspirants drawn with replacement, the first best wins (as DEAP's max)
-    src = torch.tensor(src, dtype=torch.long, device=device)
+    src = torch.tensor([pop.row_of(ind) for ind in population], dtype=torch.long, device=device)
     fit = torch.tensor([ind.fitness.wvalues[0] for ind in population], dtype=torch.float64, device=device)
     aspirants = torch.randint(len(population), (lambda_, 2, plan["tournsize"]), device=device)
     best = fit[aspirants].argmax(-1, keepdim=True)
@@ -155,9 +114,7 @@ def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: 
 
     # 2. every blend: child = beta * p1 + (1 - beta) * p2, one beta per child, straight into its row
     alpha = plan["alpha"]
-    beta = torch.rand(lambda_, dtype=torch.float64)
-    if alpha:  # (1 + 2 alpha) u - alpha; with alpha = 0 that is u itself
-        beta = beta * (1.0 + 2.0 * alpha) - alpha
+    beta = torch.rand(lambda_, dtype=torch.float64) * (1.0 + 2.0 * alpha) - alpha
     weight = (1.0 - beta).to(device=device, dtype=rows.dtype).unsqueeze(1)
     step = max(1, _CHUNK_ELEMENTS // (2 * D))
     for c in range(0, lambda_, step):

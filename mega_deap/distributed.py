@@ -110,17 +110,20 @@ def _device_for_collectives(device: torch.device) -> torch.device:
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _checksum(genomes: list) -> torch.Tensor:
+def _checksum(genomes: list, numbers: int = 2**22) -> torch.Tensor:
     """Two int64 numbers per genome: the sum of its values' bit patterns, and that sum weighted by position.
     Integer sums are exact and independent of the order of addition, so ranks on different hardware agree
-    exactly when their genomes are the same bits (and almost surely not otherwise). One genome at a time:
-    no copy of the population."""
+    exactly when their genomes are the same bits (and almost surely not otherwise). A chunk of genomes of at
+    most ``numbers`` values at a time: no copy of the whole population."""
+    D = genomes[0].numel()
+    pos = torch.arange(1, D + 1, dtype=torch.int64, device=genomes[0].device)
+    step = max(1, numbers // D)
     out = []
-    for g in genomes:
-        bits = g.detach().reshape(-1).view(_BITS[g.element_size()]).to(torch.int64)
-        pos = torch.arange(1, bits.numel() + 1, dtype=torch.int64, device=bits.device)
-        out.append(torch.stack([bits.sum(), (bits * pos).sum()]))  # int64 wraps around: still exact
-    return torch.stack(out).reshape(-1)
+    for c in range(0, len(genomes), step):
+        G = torch.stack([g.detach().reshape(-1) for g in genomes[c:c + step]])
+        bits = G.view(_BITS[G.element_size()]).to(torch.int64)
+        out.append(torch.stack([bits.sum(1), (bits * pos).sum(1)], 1))  # int64 wraps around: still exact
+    return torch.cat(out).reshape(-1)
 
 
 class ShardedScores:

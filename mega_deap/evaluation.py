@@ -16,8 +16,10 @@ about 20 % faster per genome than the loop, a wide MLP no faster; a vmapped smal
 slower than the loop), and ``"measure"`` on CUDA, where the one-off measurement is cheap next to a run. A
 rule, never a timing, on CPU: a seed fixes every bit.
 
-The evaluator needs only a model-agnostic ``adapter`` with ``forward(genome, x)``,
-``forward_batch(genomes, x)``, ``eval_mode()``, ``device`` and ``dtype``.
+The evaluator needs only a model-agnostic ``adapter`` (:class:`mega_deap.adapters.Adapter` gives the
+defaults): ``runner`` and ``decode_many`` (which adapter runs the genomes, and what they decode into),
+``forward(genome, x)``, ``forward_batch(genomes, x)``, ``eval_mode()``, ``device`` and ``dtype``, and
+``stacked_forward()`` where it has one.
 """
 import contextlib
 import functools

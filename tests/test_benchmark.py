@@ -22,8 +22,11 @@ def test_bench_merge_quick(tmp_path):
     runs = {k: v[0] for k, v in pt["runs"].items()}
     assert all(runs[k] > 0 for k in ("breeding", "evaluation", "statistics and hall of fame", "eaMeGA"))
     assert runs["breeding"] + runs["evaluation"] + runs["statistics and hall of fame"] <= runs["eaMeGA"] <= runs["merge"]
-    from mega_deap import presets, algorithms
-    assert presets.eaMeGA is algorithms.eaMeGA and presets.tools.HallOfFame.__module__.startswith("deap")
+    from deap import tools
+    from mega_deap import Evaluator, algorithms, breeding, presets
+    assert presets.eaMeGA is algorithms.eaMeGA and presets.varMeGABatched is breeding.varMeGABatched
+    assert [f.__name__ for f in (Evaluator.map, tools.Statistics.compile, tools.HallOfFame.update)] == [
+        "map", "compile", "update"]
     assert res["mutation"]["sparse_s"] > 0 and res["memory"]["budget_bytes"] > 0
 
 

@@ -133,3 +133,19 @@ def test_merge_cifar_under_torchrun_reports_what_one_process_reports(tmp_path):
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     assert a["rows"] == b["rows"] and a["logbook"] == b["logbook"]  # the same parents, merge and report
     assert two.stdout.count("wrote ") == 1  # rank 0 reports; the other rank only helped evaluate
+
+
+def test_checksum_is_per_genome_whatever_the_chunk_and_sees_one_flipped_bit():
+    """The guard's checksum of a genome is an exact integer function of its bits alone: the same in chunks of
+    one and all at once, against a plain int64 computation, and changed by one flipped bit."""
+    from mega_deap.distributed import _checksum
+    g = torch.Generator().manual_seed(0)
+    genomes = list(torch.randn(5, 37, generator=g))
+    bits = torch.stack(genomes).view(torch.int32).to(torch.int64)
+    ref = torch.stack([bits.sum(1), (bits * torch.arange(1, 38)).sum(1)], 1).reshape(-1)
+    assert torch.equal(_checksum(genomes), ref)
+    assert torch.equal(_checksum(genomes, numbers=1), ref) and torch.equal(_checksum(genomes, numbers=80), ref)
+    flipped = [t.clone() for t in genomes]
+    flipped[3].view(torch.int32)[11] ^= 1
+    diff = (_checksum(flipped) != ref).reshape(-1, 2).any(1)
+    assert diff.tolist() == [False, False, False, True, False]
