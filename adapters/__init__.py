@@ -6,10 +6,10 @@ never imports keras.
 """
 from .base import Adapter, KeepValid, LayoutEntry, adapter_for, register_adapter, unregister_adapter
 from .torch import TorchAdapter
-from .fitness import accuracy, neg_log_loss, neg_mse, neg_mae, fitness
+from .fitness import accuracy, accuracy_ll, neg_log_loss, neg_mse, neg_mae, fitness
 
 __all__ = ["Adapter", "adapter_for", "register_adapter", "unregister_adapter", "TorchAdapter", "KerasAdapter", "LayoutEntry",
-           "KeepValid", "accuracy", "neg_log_loss", "neg_mse", "neg_mae", "fitness"]
+           "KeepValid", "accuracy", "accuracy_ll", "neg_log_loss", "neg_mse", "neg_mae", "fitness"]
 
 register_adapter("torch.nn:Module", TorchAdapter)
 register_adapter("keras:Model", "mega_deap.adapters.keras:KerasAdapter")  # a Keras model on the torch

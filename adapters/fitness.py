@@ -8,7 +8,7 @@ from mega_deap.evaluation import Evaluator, get_metric
 
 from .base import Adapter
 
-__all__ = ["fitness", "accuracy", "neg_log_loss", "neg_mse", "neg_mae"]
+__all__ = ["fitness", "accuracy", "accuracy_ll", "neg_log_loss", "neg_mse", "neg_mae"]
 
 
 def fitness(metric: str, adapter: Adapter, X, y, **kwargs) -> Evaluator:
@@ -21,9 +21,15 @@ def accuracy(adapter: Adapter, X, y, **kwargs) -> Evaluator:
     return fitness("accuracy", adapter, X, y, **kwargs)
 
 
+def accuracy_ll(adapter: Adapter, X, y, **kwargs) -> Evaluator:
+    """Validation accuracy, ties broken by the log-likelihood (:class:`mega_deap.evaluation.AccuracyLogLik`);
+    ``merge``'s default fitness."""
+    return fitness("accuracy_ll", adapter, X, y, **kwargs)
+
+
 def neg_log_loss(adapter: Adapter, X, y, **kwargs) -> Evaluator:
     """The validation log-likelihood: minus the mean cross-entropy of the outputs (logits) against integer
-    labels ``y``; ``merge``'s default fitness."""
+    labels ``y``."""
     return fitness("neg_log_loss", adapter, X, y, **kwargs)
 
 

@@ -24,7 +24,7 @@ import time
 import mega_deap
 from mega_deap import Evaluator, distributed
 from mega_deap.adapters import TorchAdapter
-from mega_deap.evaluation import get_metric
+from mega_deap.evaluation import METRICS, get_metric
 from mega_deap.align import batchnorm_layers, repair_batchnorm, weight_matching
 from mega_deap.experiments import (add_data_args, ensemble_accuracy, format_table, load_model_file,
                                    model_accuracy, plot_fitness, save_model, setup, train_or_load,
@@ -57,6 +57,8 @@ def parse_args(argv=None):
                    help="weights (the paper) or per-tensor x per-parent mixing coefficients")
     p.add_argument("--no-parents", action="store_true",
                    help="the paper's initial population: blends only, without the parents themselves")
+    p.add_argument("--metric", choices=sorted(METRICS), default="accuracy_ll",
+                   help="the fitness (accuracy_ll: accuracy, ties broken by the log-likelihood)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="write the GA's state here every generation; re-running with it resumes")
     p.add_argument("--out", default="results/merge_cifar")
@@ -104,7 +106,7 @@ def main(argv=None):
                              npar=args.npar, tournsize=args.tournsize, indpb=args.indpb, sigma=args.sigma,
                              seed=args.seed, device=device, progress=not args.quiet, checkpoint=args.checkpoint,
                              align=args.align, calibration=calibration, genome=args.genome,
-                             include_parents=not args.no_parents)
+                             include_parents=not args.no_parents, metric=args.metric)
     t_merge = time.perf_counter() - t0
 
     if not main_rank:  # the other ranks helped evaluate; rank 0 reports and writes
@@ -123,7 +125,7 @@ def main(argv=None):
         if calibration is not None:
             rows.append({"model": "aligned averaging + BatchNorm repair",
                          **accs(repair_batchnorm(aligned_avg, calibration))})
-    rows.append({"model": "output ensemble (upper bound)",
+    rows.append({"model": "output ensemble",
                  "val_acc": ensemble_accuracy(parents, *splits.val),
                  "test_acc": ensemble_accuracy(parents, *splits.test)})
     rows.append({"model": "MeGA" + (", aligned" if args.align else ""), **accs(result.model)})
@@ -132,9 +134,9 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     merged_path = save_model(result.model, os.path.join(args.out, "merged.safetensors"),
                              metadata={"model": model_name, "dataset": splits.name})
-    fit = Evaluator(TorchAdapter(parents[0]), *splits.val, get_metric("neg_log_loss"))
+    fit = Evaluator(TorchAdapter(parents[0]), *splits.val, get_metric(args.metric))
     png = plot_fitness(result.logbook, os.path.join(args.out, "fitness.png"),
-                       title=f"MeGA on {splits.name}, {model_name}: validation log-likelihood (fitness)",
+                       title=f"MeGA on {splits.name}, {model_name}: validation fitness ({args.metric})",
                        extra={r["model"]: v for r, v in zip(rows, fit.scores([fit.adapter.genome(p) for p in parents]))})
     report = {
         "dataset": splits.name, "model": model_name, "device": str(device),
@@ -142,7 +144,7 @@ def main(argv=None):
         "settings": {k: v for k, v in vars(args).items()} | {"epochs": epochs, "model": model_name},
         "parents": sources, "rows": rows,
         "logbook": [dict(r) for r in result.logbook],
-        "mega_val_fitness": result.fitness,
+        "metric": args.metric, "mega_val_fitness": result.fitness,
         "seconds": {"parents": t_parents, "merge": t_merge},
         "files": {"merged_model": merged_path, "plot": png},
     }

@@ -9,7 +9,7 @@ if _importlib_util.find_spec("mega_deap.adapters") is None:  # adapters/ is inst
 from .individual import TensorIndividual, genome_equal
 from .population import TensorPopulation, default_device
 from .operators import initBlend, cxBlend, mutSparseGaussian, mutLayerGaussian, selElite, selNoElite
-from .evaluation import Evaluator, Accuracy, NegLogLoss, NegMSE, NegMAE, METRICS
+from .evaluation import Evaluator, Accuracy, AccuracyLogLik, NegLogLoss, NegMSE, NegMAE, METRICS
 from .algorithms import eaMeGA, varMeGA, evaluate_invalid
 from .breeding import varMeGABatched
 from .checkpoint import CheckpointError
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "TensorIndividual", "genome_equal", "TensorPopulation", "default_device",
     "initBlend", "cxBlend", "mutSparseGaussian", "mutLayerGaussian", "selElite", "selNoElite",
-    "Evaluator", "Accuracy", "NegLogLoss", "NegMSE", "NegMAE", "METRICS",
+    "Evaluator", "Accuracy", "AccuracyLogLik", "NegLogLoss", "NegMSE", "NegMAE", "METRICS",
     "eaMeGA", "varMeGA", "varMeGABatched", "evaluate_invalid", "CheckpointError",
     "mega_toolbox", "merge", "cma_merge", "merge_tree", "MergeResult", "TreeResult", "default_stats", "seed",
 ]

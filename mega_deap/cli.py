@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a function that returns (X_val, y_val), or {'val': (X, y), 'test': (X, y), "
                         "'calibration': X} (required; with 'calibration', every candidate's BatchNorm "
                         "statistics are recomputed on those inputs before it is scored)")
-    p.add_argument("--metric", choices=sorted(METRICS), default="neg_log_loss",
-                   help="the fitness (accuracy: the paper's; neg_mse or neg_mae for regression)")
+    p.add_argument("--metric", choices=sorted(METRICS), default="accuracy_ll",
+                   help="the fitness (accuracy_ll: accuracy, ties broken by the log-likelihood; accuracy: the "
+                        "paper's; neg_mse or neg_mae for regression)")
     p.add_argument("--popsize", type=int, default=20, help="individuals per generation (N)")
     p.add_argument("--ngen", type=int, default=20, help="generations (G)")
     p.add_argument("--npar", type=int, default=4, help="tournament winners per child (K); the first two mate")
@@ -148,7 +149,7 @@ def run(args) -> list:
     """The merge itself; returns the paths written."""
     import mega_deap
     from mega_deap.checks import writable_file
-    from mega_deap.evaluation import Evaluator, get_metric
+    from mega_deap.evaluation import Accuracy, Evaluator, get_metric
     from mega_deap.experiments import format_table, plot_fitness, save_model, write_json
 
     if len(args.checkpoints) < 2:
@@ -173,7 +174,8 @@ def run(args) -> list:
     names = [os.path.basename(p) for p in args.checkpoints] + ["MeGA"]
     genomes = [ad.genome(m.to(device)) for m in models] + [ad.genome(result.model)]
     rows = [{"model": name} for name in names]
-    reported = [args.metric] + (["accuracy"] if args.metric == "neg_log_loss" else [])
+    classifying = isinstance(get_metric(args.metric), Accuracy)  # every classification metric reports accuracy
+    reported = [args.metric] + (["accuracy"] if classifying and args.metric != "accuracy" else [])
     for metric in reported:
         for split, xy in (("val", val), ("test", test)):
             if xy is not None:

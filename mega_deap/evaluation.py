@@ -33,7 +33,7 @@ from . import distributed
 from .files import tensor_digest
 from .individual import TensorIndividual
 
-__all__ = ["Evaluator", "registered_as", "Accuracy", "NegLogLoss", "NegMSE", "NegMAE", "METRICS", "get_metric", "correct", "STRATEGIES"]
+__all__ = ["Evaluator", "registered_as", "Accuracy", "AccuracyLogLik", "NegLogLoss", "NegLogLossTempered", "NegMSE", "NegMAE", "METRICS", "get_metric", "correct", "STRATEGIES"]
 
 STRATEGIES = ("auto", "loop", "stacked", "vmap", "measure")
 Strategy = Literal["auto", "loop", "stacked", "vmap", "measure"]
@@ -47,6 +47,14 @@ def correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """How many argmax predictions are right: ``out`` ``(..., B, C)`` logits, ``y`` ``(B,)`` class labels ->
     ``(...)`` float64 counts. The one accuracy computation of the package (fitness, reports, studies)."""
     return (out.argmax(-1) == y).sum(-1).to(torch.float64)  # integer counts, exact
+
+
+def log_likelihood(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The summed log-probability of the true labels: ``out`` ``(k, B, C)`` logits, ``y`` ``(B,)`` class
+    labels -> ``(k,)`` float64 (the log-softmax in float64)."""
+    k, b, c = out.shape
+    logp = torch.log_softmax(out.to(torch.float64), -1)
+    return logp.gather(-1, y.view(1, b, 1).expand(k, b, 1)).sum((1, 2))
 
 
 class Accuracy:
@@ -89,9 +97,46 @@ class NegLogLoss(Accuracy):
     name, worst = "neg_log_loss", -math.inf
 
     def partial(self, out, y):
+        return log_likelihood(out, y)
+
+
+class AccuracyLogLik(Accuracy):
+    """Accuracy, ties broken by the log-likelihood: DEAP's lexicographic order of ``(accuracy,
+    log-likelihood)`` as one number, ``(correct + p) / n``, where ``p = exp(mean log-likelihood)`` (the
+    geometric mean of the probabilities given to the true labels) lies in ``[0, 1]``. The tie-break is worth
+    at most one example, so a candidate with more examples right is never below one with fewer, however
+    confident; among candidates with as many right, the better log-likelihood wins. Worst value: 0.
+
+    Why not the log-likelihood alone: networks trained to fit their data are over-confident, so their
+    log-likelihood is poor however accurate they are, and a less confident, less accurate blend beats them.
+    """
+    name, worst = "accuracy_ll", 0.0
+
+    def partial(self, out, y):
+        """``(k, 2)``: per genome, the examples right and the summed log-likelihood of the true labels."""
+        return torch.stack([correct(out, y), log_likelihood(out, y)], -1)
+
+    def finish(self, total, n):
+        return (total[..., 0] + torch.exp(total[..., 1] / n)) / n
+
+
+class NegLogLossTempered(Accuracy):
+    """The log-likelihood after the best temperature for each candidate: ``max_T`` of the mean
+    log-likelihood of ``softmax(out / T)``, over ``T`` in :attr:`TEMPERATURES` (a log-spaced grid from 1/8 to
+    16). Invariant, to the grid's resolution, to how confident a candidate is. Worst value: -inf."""
+    name, worst = "neg_log_loss_tempered", -math.inf
+    TEMPERATURES = tuple(2.0 ** (e / 2) for e in range(-6, 9))
+
+    def partial(self, out, y):
+        """``(k, T)``: per genome and temperature, the summed log-likelihood of the true labels."""
         k, b, c = out.shape
-        logp = torch.log_softmax(out.to(torch.float64), -1)
-        return logp.gather(-1, y.view(1, b, 1).expand(k, b, 1)).sum((1, 2))
+        out = out.to(torch.float64)
+        idx = y.view(1, b, 1).expand(k, b, 1)
+        return torch.stack([torch.log_softmax(out / t, -1).gather(-1, idx).sum((1, 2))
+                            for t in self.TEMPERATURES], -1)
+
+    def finish(self, total, n):
+        return total.max(-1).values / n
 
 
 class NegMSE:
@@ -124,7 +169,8 @@ class NegMAE(NegMSE):
         return self._err(out, y).abs().mean(-1).sum(-1)
 
 
-METRICS = {"accuracy": Accuracy, "neg_log_loss": NegLogLoss, "neg_mse": NegMSE, "neg_mae": NegMAE}
+METRICS = {"accuracy_ll": AccuracyLogLik, "accuracy": Accuracy, "neg_log_loss": NegLogLoss,
+           "neg_log_loss_tempered": NegLogLossTempered, "neg_mse": NegMSE, "neg_mae": NegMAE}
 
 
 def default_batch_size(X: torch.Tensor) -> int:

@@ -1,0 +1,239 @@
+"""Choosing apart from reporting: merge defaults chosen on development tasks, reported on held-out ones.
+
+Every task trains its parents until they fit their training data (over-confident, as trained networks
+are): on a subset of the training split, or with noisy labels, for many epochs. Each task has two
+settings, as the align study: ``same-data`` (two seeds, one training set) and ``different-data`` (each
+parent on a class-biased part, :func:`~mega_deap.experiments.align_study.biased_parts`). Tasks in
+:data:`DEVELOPMENT` choose (the fitness metric, by :func:`choose_metric`); tasks in :data:`HELD_OUT` only
+report. Fitness and every choice inside a merge see the validation split alone; the test split reports.
+"""
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from mega_deap import merge
+from mega_deap.align import batchnorm_layers, cma_merge
+from .align_study import SETTINGS, biased_parts, gap_closed
+from .data import Splits, digits_splits, split_train_val
+from .models import MLP, SmallCNN
+from .report import ensemble_accuracy
+from .train import model_accuracy, train_model
+
+__all__ = ["Task", "DEVELOPMENT", "HELD_OUT", "TASKS", "CANDIDATE_METRICS", "METHODS", "task_splits",
+           "train_parents", "run_task", "summarize", "choose_metric"]
+
+CANDIDATE_METRICS = ("accuracy_ll", "accuracy", "neg_log_loss", "neg_log_loss_tempered")
+METHODS = ("best parent",) + tuple(f"merge, {m}" for m in CANDIDATE_METRICS) + (
+    "MeGA (paper)", "merge(align=True)", "coefficient GA, aligned", "cma_merge", "output ensemble")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A data set, an architecture and a recipe that over-fits: ``"subset"`` (a ``fraction`` of the
+    training split) or ``"noise"`` (that fraction of the training labels replaced by another class)."""
+    name: str
+    data: str
+    model: str
+    recipe: str
+    fraction: float
+    epochs: int
+
+
+DEVELOPMENT = (Task("digits-mlp-subset", "digits", "mlp", "subset", 0.3, 150),
+               Task("digits-cnn-bn-noise", "digits", "smallcnn", "noise", 0.2, 60))
+HELD_OUT = (Task("digits-cnn-noise", "digits", "plaincnn", "noise", 0.2, 60),
+            Task("cancer-mlp-bn-subset", "breast_cancer", "mlp-bn", "subset", 0.3, 150),
+            Task("synthetic-mlp-noise", "synthetic", "mlp", "noise", 0.2, 80))
+TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT}
+
+
+class PlainCNN(nn.Module):
+    """:class:`SmallCNN` without BatchNorm: conv-ReLU x 2 (pooling between), global average pooling, linear."""
+
+    def __init__(self, in_channels=1, num_classes=10, width=16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        return self.fc(F.relu(self.conv2(x)).mean((2, 3)))
+
+
+class BNMLP(nn.Module):
+    """Linear-BatchNorm-ReLU, then a linear classifier."""
+
+    def __init__(self, in_features, num_classes, hidden=64):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.bn1 = nn.BatchNorm1d(hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.bn1(self.fc1(x.flatten(1)))))
+
+
+def _tabular(name):
+    from sklearn import datasets
+    if name == "breast_cancer":
+        X, y = datasets.load_breast_cancer(return_X_y=True)
+    elif name == "synthetic":
+        X, y = datasets.make_classification(n_samples=3000, n_features=40, n_informative=20, n_redundant=5,
+                                            n_classes=10, n_clusters_per_class=2, class_sep=1.5, random_state=7)
+    else:
+        raise ValueError(f"unknown data set {name!r}")
+    return torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
+
+
+def task_splits(task: Task, seed: int) -> Splits:
+    """The task's splits for ``seed``: digits as :func:`~mega_deap.experiments.digits_splits`; a tabular set
+    with a fixed test fifth and a seeded validation fifth, standardised with the training split's mean and
+    sd."""
+    if task.data == "digits":
+        return digits_splits(seed=seed)
+    X, y = _tabular(task.data)
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(12345))  # the test split never moves
+    te, rest = perm[:len(X) // 5], perm[len(X) // 5:]
+    tr, va = split_train_val(len(rest), len(X) // 5, seed)
+    tr, va = rest[tr], rest[va]
+    mean, sd = X[tr].mean(0), X[tr].std(0).clamp_min(1e-6)
+    norm = lambda t: (t - mean) / sd  # noqa: E731
+    return Splits(task.data, (norm(X[tr]), y[tr]), (norm(X[va]), y[va]), (norm(X[te]), y[te]), X.shape[1],
+                  int(y.max()) + 1, 1)
+
+
+def build(task: Task, splits: Splits) -> nn.Module:
+    features = splits.in_channels * splits.image_size ** 2
+    if task.model == "mlp":
+        return MLP(features, splits.num_classes, hidden=(128,))
+    if task.model == "mlp-bn":
+        return BNMLP(features, splits.num_classes)
+    if task.model == "smallcnn":
+        return SmallCNN(splits.in_channels, splits.num_classes)
+    if task.model == "plaincnn":
+        return PlainCNN(splits.in_channels, splits.num_classes)
+    raise ValueError(f"unknown model {task.model!r}")
+
+
+def _overfit_data(task: Task, X, y, seed):
+    """The part of ``(X, y)`` a parent trains on under the task's recipe (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    if task.recipe == "subset":
+        keep = torch.randperm(len(X), generator=g)[:max(2, int(task.fraction * len(X)))]
+        return X[keep], y[keep]
+    noisy = torch.rand(len(y), generator=g) < task.fraction
+    classes = int(y.max()) + 1
+    shift = torch.randint(1, classes, (len(y),), generator=g)
+    return X, torch.where(noisy, (y + shift) % classes, y)
+
+
+def train_parents(task: Task, splits: Splits, setting: str, seed: int) -> list:
+    """The two parents of ``seed``, trained until they fit their (sub-sampled or noisy) training data, and
+    that data: ``(parents, [(X, y), (X, y)])``."""
+    X, y = splits.train
+    if setting == "same-data":
+        parts = [(X, y), (X, y)]
+    else:
+        ia, ib = biased_parts(y, favoured=splits.num_classes // 2, seed=seed)
+        parts = [(X[ia], y[ia]), (X[ib], y[ib])]
+    parents, seen = [], []
+    for j, (Xp, yp) in enumerate(parts):
+        torch.manual_seed(1000 * seed + j)
+        model = build(task, splits)
+        data = _overfit_data(task, Xp, yp, 1000 * seed + j + 7)
+        parents.append(train_model(model, data, epochs=task.epochs, lr=0.01, batch_size=64,
+                                   seed=1000 * seed + j, progress=False))
+        seen.append(data)
+    return parents, seen
+
+
+def run_task(task: Task, setting: str, seed: int, *, popsize=20, ngen=20, calibration_size=512,
+             methods=METHODS, say=None) -> dict:
+    """``{method: (val_acc, test_acc, seconds)}`` for one seed of one setting of ``task``, and the
+    parents' training accuracy and confidence under ``"parents"``."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+    splits = task_splits(task, seed)
+    parents, seen = train_parents(task, splits, setting, seed)
+    calib = None
+    if batchnorm_layers(parents[0]):  # what README tells a user with BatchNorm models to pass
+        order = torch.randperm(len(splits.train[0]), generator=torch.Generator().manual_seed(seed))
+        calib = splits.train[0][order[:calibration_size]]
+    out = {}
+
+    def accs(model):
+        return model_accuracy(model, *splits.val), model_accuracy(model, *splits.test)
+
+    def timed(name, fn):
+        if name not in methods:
+            return
+        t = time.perf_counter()
+        model = fn()
+        out[name] = (*accs(model), time.perf_counter() - t)
+        if say:
+            say(f"  {task.name} {setting} seed {seed} {name}: val {out[name][0]:.4f} test {out[name][1]:.4f}")
+
+    parent_accs = [accs(p) for p in parents]
+    best = max(range(2), key=lambda i: parent_accs[i][1])  # the harder baseline: the better one on test
+    out["best parent"] = (*parent_accs[best], 0.0)
+    out["best parent by validation"] = max(parent_accs)
+    with torch.no_grad():
+        conf = [float(torch.softmax(p(splits.val[0]), -1).max(-1).values.mean()) for p in parents]
+    out["parents"] = {"train_acc": [model_accuracy(p, *data) for p, data in zip(parents, seen)],
+                      "val_acc": [a[0] for a in parent_accs], "mean_confidence": conf}
+    common = dict(popsize=popsize, ngen=ngen, seed=seed, progress=False, device="cpu")
+    for metric in CANDIDATE_METRICS:
+        timed(f"merge, {metric}", lambda: merge(parents, splits.val, metric=metric, **common).model)
+    timed("MeGA (paper)", lambda: merge(parents, splits.val, include_parents=False, metric="accuracy",
+                                        **common).model)
+    timed("merge(align=True)", lambda: merge(parents, splits.val, align=True, calibration=calib, **common).model)
+    timed("coefficient GA, aligned", lambda: merge(parents, splits.val, align=True, calibration=calib,
+                                                   genome="coefficients", **common).model)
+    timed("cma_merge", lambda: cma_merge(parents, splits.val, ngen=ngen, lambda_=popsize, seed=seed,
+                                         calibration=calib, device="cpu").model)
+    if "output ensemble" in methods:
+        out["output ensemble"] = (ensemble_accuracy(parents, *splits.val),
+                                  ensemble_accuracy(parents, *splits.test), 0.0)
+    return out
+
+
+def summarize(runs: list) -> list:
+    """Rows ``{method, val, val_sd, test, test_sd, delta, delta_sd, delta_min, gap, below_val}`` over seeds:
+    means and sds of the accuracies; ``delta``: test accuracy minus the best parent's (mean, sd, and the
+    worst seed); ``gap``: the fraction of the test gap from the best parent to the output ensemble closed
+    (from the means); ``below_val``: the seeds whose validation accuracy is below the parent with the better
+    validation accuracy (what the guarantee rules out)."""
+    rows = []
+    for name in METHODS:
+        used = [r for r in runs if name in r]
+        if not used:
+            continue
+        v = np.array([r[name][0] for r in used])
+        t = np.array([r[name][1] for r in used])
+        d = t - np.array([r["best parent"][1] for r in used])
+        below = int(sum(r[name][0] < r["best parent by validation"][0] for r in used))
+        gap = gap_closed(float(t.mean()), float(np.mean([r["best parent"][1] for r in used])),
+                         float(np.mean([r["output ensemble"][1] for r in used])))
+        sd = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0)
+        rows.append({"method": name, "val": float(v.mean()), "val_sd": sd(v), "test": float(t.mean()),
+                     "test_sd": sd(t), "delta": float(d.mean()), "delta_sd": sd(d), "delta_min": float(d.min()),
+                     "gap": gap, "below_val": below, "seconds": float(np.mean([r[name][2] for r in used]))})
+    return rows
+
+
+def choose_metric(tables: dict) -> tuple:
+    """The rule that chose ``merge``'s default fitness, applied to development tables only
+    (``{table name: summarize(...) rows}``): the candidate metric whose worst table (the lowest mean test
+    accuracy minus the best parent's) is highest; ties by the mean over tables. Returns ``(metric, scores)``
+    with ``scores[metric] = (worst, mean)``."""
+    scores = {}
+    for metric in CANDIDATE_METRICS:
+        deltas = [row["delta"] for rows in tables.values() for row in rows if row["method"] == f"merge, {metric}"]
+        if deltas:
+            scores[metric] = (min(deltas), float(np.mean(deltas)))
+    return max(scores, key=scores.get), scores
