@@ -6,7 +6,7 @@
 
 Trains (or loads from the cache) two parents with the paper's recipe, merges them with the paper's GA
 preset (N=20, G=20, K=4, tournament 3, mutation 0.02), and reports validation and test accuracy of each
-parent, of weight averaging, of the output ensemble (the upper bound a single model is measured against)
+parent, of weight averaging, of the output ensemble (two models run together, a reference, not a bound: a merge can beat it)
 and of MeGA. Fitness is validation accuracy only: the test split never feeds the GA. With --align the
 parents' hidden units are weight-matched first, every candidate's BatchNorm statistics are recomputed on
 --calibration training images before it is scored, and the report adds the aligned average (with and

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SECTIONS = ("merge", "hierarchical", "keras", "align", "hpo", "ablation", "bench", "bench-dist", "bench-gpu")
+SECTIONS = ("merge", "hierarchical", "keras", "align", "heldout", "hpo", "ablation", "bench", "bench-dist", "bench-gpu")
 DOC = {"bench": "BENCHMARKS.md", "bench-dist": "BENCHMARKS.md", "bench-gpu": "BENCHMARKS.md"}  # every other section lives in README.md
 # the GPU table: no GPU here, so it is rendered from the JSON files that bench_merge.py wrote on one
 GPU_RESULTS = ("benchmarks/results_gpu_resnet56.json", "benchmarks/results_gpu_mlp.json")
@@ -160,6 +160,23 @@ def section_align(out, quick):
             f"parent); p: one-sided paired Wilcoxon test that the method beats the best "
             f"parent on test, Holm-corrected over the methods of a table.")
     return head, ex.table(results), {"results": results}
+
+
+def section_heldout(out, quick):
+    """Merge defaults chosen on development tasks, reported on held-out ones (``examples/heldout_study.py``)."""
+    ex = load("heldout_study")
+    argv = ["--out", str(out / "heldout"), "--quiet"]
+    if quick:
+        argv += ["--tasks", "digits-mlp-subset", "cancer-mlp-bn-subset", "--seeds", "2", "--popsize", "4",
+                 "--ngen", "2"]
+    res = ex.main(argv)
+    seeds = len(next(iter(res["results"].values()))["runs"])
+    head = (f"{seeds} seeds per task and setting, N={4 if quick else 20}, G={2 if quick else 20}; accuracies in % "
+            f"(mean ± sd over seeds); test − best parent: the method's test accuracy minus the better parent's "
+            f"on test (mean ± sd over seeds, and the worst seed); gap closed: of the gap from the best parent's "
+            f"test accuracy to the output ensemble's, from the means; the last column but one counts the seeds "
+            f"whose validation accuracy is below the parent with the better validation accuracy.")
+    return head, ex.table(res["results"], res["choices"]), res
 
 
 def section_hpo(out, quick):

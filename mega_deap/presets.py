@@ -6,7 +6,7 @@ registry, the population, the toolbox and a hall of fame, and runs :func:`mega_d
 """
 import functools
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -134,7 +134,7 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
           indpb: Optional[float] = None, layerpb: float = 0.02, alpha: float = 0.0, metric: str = "accuracy_ll",
           batch_size: Optional[int] = None, strategy: str = "auto", buffers: bool = True, verbose: bool = False,
           progress: bool = True, checkpoint: Optional[str] = None, breeding: str = "batched",
-          autocast: Optional[torch.dtype] = None, align: bool = False, calibration=None,
+          autocast: Optional[torch.dtype] = None, align: Union[bool, str] = False, calibration=None,
           genome: Literal["weights", "coefficients"] = "weights", granularity: str = "tensor",
           include_parents: bool = True, selection: float = 0.0, hof_size: int = 10,
           shares: str = "equal") -> MergeResult:
@@ -164,11 +164,20 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
                     terminal only; never in a log file).
     :param breeding: ``"batched"`` (a generation's variation as tensor operations) or ``"per-individual"``.
     :param batch_size, strategy, autocast: how the evaluator runs (:class:`~mega_deap.Evaluator`).
-    :param align: weight-match every parent's hidden units to the first parent's before merging
-                  (:func:`mega_deap.align.weight_matching`; PyTorch models).
-    :param calibration: inputs (or ``(X, y)``) on which every candidate's BatchNorm statistics are
-                        recomputed before it is scored (:class:`mega_deap.align.BatchNormRepair`); the
-                        returned model carries repaired statistics. Labels are never used.
+    :param align: align every parent's hidden units to the first parent's before merging (PyTorch models):
+                  ``"activations"`` (:func:`mega_deap.align.activation_matching`: units matched by the
+                  correlation of their activations on the calibration inputs, or on the validation inputs
+                  when none are given; labels are never read), ``"weights"``
+                  (:func:`mega_deap.align.weight_matching`), ``True`` (the default matching,
+                  ``"activations"``, chosen on the development tasks of the held-out study, see README) or
+                  ``False``. With alignment the first population also holds the aligned parents' average,
+                  and for networks without BatchNorm (weight genomes) that average with REPAIR
+                  (:func:`mega_deap.align.repair_interpolation`, on the same inputs).
+    :param calibration: inputs (or ``(X, y)``; labels are never used). For models with BatchNorm, every
+                        candidate's statistics are recomputed on them before it is scored
+                        (:class:`mega_deap.align.BatchNormRepair`), and the returned model carries repaired
+                        statistics; with ``align``, activation matching and REPAIR read them. Refused where
+                        neither applies.
     :param genome: ``"weights"`` (an individual is all D weights, the paper) or ``"coefficients"`` (per-tensor,
                    or with ``granularity="layer"`` per-layer, x per-parent mixing coefficients:
                    :class:`mega_deap.align.CoefficientAdapter`).
@@ -204,15 +213,18 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     choice("mutation", mutation, MUTATIONS)
     choice("breeding", breeding, BREEDINGS)
     choice("shares", shares, ("equal", "throughput"))
-    if not isinstance(align, bool) or not isinstance(include_parents, bool):
-        raise TypeError(f"align and include_parents must be True or False, got {align!r} and {include_parents!r}")
+    matching = _matching(align)
+    if not isinstance(include_parents, bool):
+        raise TypeError(f"include_parents must be True or False, got {include_parents!r}")
     if isinstance(selection, bool) or not isinstance(selection, (int, float)) or not 0 <= selection < 1:
         raise ValueError(f"selection must be a fraction of the validation set in [0, 1), got {selection!r}")
     integer("hof_size", hof_size, 1)
-    seeds = len(models) + (1 if align else 0)
+    rescale = _check_calibration(models, matching, calibration) and genome == "weights"
+    seeds = len(models) + (1 if matching else 0) + (1 if rescale else 0)
     if include_parents and popsize < seeds:
         raise ValueError(f"popsize={popsize} cannot hold the {len(models)} parents"
-                         + (" and their average" if align else "") + " (include_parents=True)")
+                         + (" and their average" if matching else "")
+                         + (" and its REPAIRed copy" if rescale else "") + " (include_parents=True)")
     if batch_size is not None:
         integer("batch_size", batch_size, 1)
     if checkpoint is not None:
@@ -221,7 +233,7 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     select_data = None
     if selection:
         (X, y), select_data = _holdout(X, y, selection, seed)
-    adapter, genomes, evaluator, prepare = _build(models, X, y, evaluator_metric, align=align, genome=genome,
+    adapter, genomes, evaluator, prepare = _build(models, X, y, evaluator_metric, align=matching, genome=genome,
                                                   granularity=granularity, calibration=calibration,
                                                   device=device, buffers=buffers, batch_size=batch_size,
                                                   strategy=strategy, autocast=autocast, shares=shares)
@@ -235,7 +247,10 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
                            breeding=breeding)
     individuals = initBlend(pop.individuals(icls), genomes)
     if include_parents:
-        starts = list(genomes) + ([genomes.mean(0)] if align else [])
+        starts = list(genomes) + ([genomes.mean(0)] if matching else [])
+        if rescale:  # REPAIR: the average's units get the parents' mean statistics back
+            starts.append(_repaired_average(adapter, genomes,
+                                            calibration if calibration is not None else torch.as_tensor(X)))
         for ind, g in zip(individuals, starts):
             ind.genome.copy_(g)
     for ind in individuals:
@@ -259,6 +274,42 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
                        adapter=adapter, population=individuals, toolbox=toolbox)
 
 
+MATCHINGS = ("weights", "activations")
+DEFAULT_MATCHING = "activations"  # align=True; chosen on the held-out study's development tasks (README)
+
+
+def _matching(align) -> Optional[str]:
+    """``align`` as a matching method's name, or ``None`` (no alignment)."""
+    if align is False:
+        return None
+    if align is True:
+        return DEFAULT_MATCHING
+    if align in MATCHINGS:
+        return align
+    raise ValueError(f"align must be True, False or one of {MATCHINGS}, got {align!r}")
+
+
+def _check_calibration(models, matching, calibration) -> bool:
+    """Whether the merge REPAIRs the aligned average (aligned PyTorch models without BatchNorm); refuses
+    calibration inputs that nothing would read."""
+    from .align import batchnorm_layers
+    torch_models = isinstance(models[0], torch.nn.Module)
+    has_bn = torch_models and bool(batchnorm_layers(models[0]))
+    if calibration is not None and not has_bn and not matching:
+        raise ValueError("calibration inputs were given, but they serve BatchNorm repair (the model has no "
+                         "BatchNorm layer) or, with align, activation matching and REPAIR (align=False)")
+    return bool(matching) and torch_models and not has_bn
+
+
+def _repaired_average(adapter, genomes, data) -> torch.Tensor:
+    """The (aligned) parents' average with REPAIR (:func:`mega_deap.align.repair_interpolation`) on ``data``'s
+    inputs, as a genome."""
+    from .align import repair_interpolation
+    parents = [adapter.to_model(g) for g in genomes]
+    average = repair_interpolation(adapter.to_model(genomes.mean(0)), parents, data)
+    return adapter.genome(average)
+
+
 def _build(models, X, y, metric, *, align, genome, granularity, calibration, device, buffers, batch_size=None,
            strategy="auto", autocast=None, shares="equal") -> tuple:
     """What a merge evaluates with: ``(adapter, parents' genomes, evaluator, prepare)``. The parents are
@@ -267,15 +318,18 @@ def _build(models, X, y, metric, *, align, genome, granularity, calibration, dev
     every candidate (``None`` otherwise)."""
     from mega_deap.adapters import adapter_for
     from . import align as alignment
-    if align:
+    if align == "weights":
         models = alignment.weight_matching(models)
+    elif align == "activations":
+        models = alignment.activation_matching(models, calibration if calibration is not None else torch.as_tensor(X))
     if genome == "weights":
         adapter, genomes = adapter_for(models[0]).from_parents(models, device=device, buffers=buffers)
         adapter.fix_nonfinite(genomes)  # refuses NaN/inf parents; keeps shared inf buffer entries as they are
     else:
         adapter, genomes = alignment.CoefficientAdapter.from_parents(models, device=device, buffers=buffers,
                                                                     granularity=granularity)
-    prepare = alignment.BatchNormRepair(adapter.runner, calibration) if calibration is not None else None
+    has_bn = isinstance(models[0], torch.nn.Module) and bool(alignment.batchnorm_layers(models[0]))
+    prepare = alignment.BatchNormRepair(adapter.runner, calibration) if calibration is not None and has_bn else None
     evaluator = Evaluator(adapter, X, y, metric, batch_size=batch_size, strategy=strategy, autocast=autocast,
                           prepare=prepare, shares=shares)
     return adapter, genomes, evaluator, prepare
@@ -310,7 +364,7 @@ def _cma_individual(icls, device, dtype, values):
 
 
 def cma_merge(models: list, val_data, *, ngen: int = 20, lambda_: Optional[int] = None, sigma: float = 0.3,
-              seed: int = 0, align: bool = True, calibration=None, granularity: str = "tensor",
+              seed: int = 0, align: Union[bool, str] = True, calibration=None, granularity: str = "tensor",
               metric: str = "accuracy_ll", batch_size: Optional[int] = None, device=None,
               include_parents: bool = True, verbose: bool = False) -> MergeResult:
     """Merge ``models`` by DEAP's CMA-ES (``deap.cma.Strategy``, ``deap.algorithms.eaGenerateUpdate``) over
@@ -318,7 +372,7 @@ def cma_merge(models: list, val_data, *, ngen: int = 20, lambda_: Optional[int] 
 
     :param ngen: generations; :param lambda_: offspring per generation (CMA-ES's default
                  ``4 + 3 ln(G k)`` when ``None``); :param sigma: the initial step size.
-    :param align: weight-match the parents to the first one first (:func:`~mega_deap.align.weight_matching`).
+    :param align: align the parents' hidden units to the first parent's first, as :func:`merge`'s.
     :param calibration: inputs to recompute BatchNorm statistics on for every candidate (and the result).
     :param metric: the fitness, as :func:`merge`'s.
     :param include_parents: the parents (one-hot coefficient genomes) and their average, CMA-ES's first
@@ -341,7 +395,9 @@ def cma_merge(models: list, val_data, *, ngen: int = 20, lambda_: Optional[int] 
     choice("granularity", granularity, ("tensor", "layer", "unit"))
     scorer = get_metric(metric)
     X, y = _as_xy(val_data)
-    adapter, genomes, evaluator, prepare = _build(models, X, y, scorer, align=align, genome="coefficients",
+    matching = _matching(align)
+    _check_calibration(models, matching, calibration)
+    adapter, genomes, evaluator, prepare = _build(models, X, y, scorer, align=matching, genome="coefficients",
                                                   granularity=granularity, calibration=calibration,
                                                   device=device, buffers=True, batch_size=batch_size)
     rng.seed(seed)

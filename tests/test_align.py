@@ -285,7 +285,7 @@ def test_with_parents_in_the_population_the_merge_is_never_worse_than_the_best_p
     # the rows after the parents are the paper's blends, drawn identically
     assert all(torch.equal(x.genome, y.genome) for x, y in zip(r.population[2:], paper.population[2:]))
     aligned = mega_deap.merge(digit_mlps, digits["val"], popsize=6, ngen=0, seed=0, progress=False,
-                              device="cpu", align=True)
+                              device="cpu", align="weights")
     a, b = weight_matching(list(digit_mlps))
     average = (aligned.adapter.genome(a) + aligned.adapter.genome(b)) / 2
     assert torch.equal(aligned.population[2].genome, average)

@@ -37,9 +37,13 @@ class Segment:
 @dataclass
 class PermutationSpec:
     """``sizes[g]``: units of free group ``g``; ``axes[name]``: ``{axis: (Segment, ...)}`` for every
-    state-dict tensor that a permutation touches (other tensors are left as they are)."""
+    state-dict tensor that a permutation touches (other tensors are left as they are); ``taps[node]``:
+    ``((Segment, ...), activation)`` for every node of the traced graph whose output carries free groups on
+    its feature axis (dim 1, not flattened), ``activation`` true after an element-wise nonlinearity (where
+    activation matching reads the units)."""
     sizes: dict = field(default_factory=dict)
     axes: dict = field(default_factory=dict)
+    taps: dict = field(default_factory=dict)
 
     def groups_of(self, g):
         """``[(name, axis, segment)]``: where group ``g`` acts."""
@@ -76,6 +80,7 @@ class _Tracer:
         self.alias = {}        # group -> tuple of groups it was found to equal (side by side)
         self.reads = []        # (tensor name, axis, value it reads on that axis, flattened, total features)
         self.writes = []       # (tensor name, axis, groups it holds side by side)
+        self.taps = []         # (node name, groups on its feature axis, after a nonlinearity)
 
     # -- groups -----------------------------------------------------------------
     def new(self, n):
@@ -314,14 +319,28 @@ class _Tracer:
                     env[node] = self.call_function(node, env)
                 else:
                     env[node] = self.call_method(node, env)
-            elif node.op == "output":
+            value = env.get(node)
+            if isinstance(value, tuple) and not value[1] and node.op != "placeholder":
+                self.taps.append((node.name, value[0], self.nonlinear(node)))
+            if node.op == "output":
                 outs = node.args[0] if isinstance(node.args[0], (tuple, list)) else (node.args[0],)
                 for o in outs:
                     if isinstance(o, fx.Node):
                         self.fix(env[o])
-            else:
+            elif node.op not in ("placeholder", "call_module", "call_function", "call_method"):
                 self.unsupported(node, f"op {node.op}")
         return self.build()
+
+    _NONLINEAR_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid,
+                          nn.Hardswish, nn.Hardtanh, nn.Softplus, nn.Mish)
+    _NONLINEAR = {F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, F.hardswish, F.hardtanh, F.softplus,
+                  F.mish, torch.relu, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, "relu", "relu_", "sigmoid",
+                  "tanh"}
+
+    def nonlinear(self, node):
+        if node.op == "call_module":
+            return isinstance(self.modules[node.target], self._NONLINEAR_MODULES)
+        return node.op in ("call_function", "call_method") and node.target in self._NONLINEAR
 
     def build(self):
         axes = {}
@@ -347,6 +366,14 @@ class _Tracer:
                 start += self.size[g] * repeat
             axes.setdefault(name, {})[axis] = tuple(segs)
         spec = PermutationSpec()
+        for name, groups, nonlinear in self.taps:
+            segs, start = [], 0
+            for g in self.expand(groups):
+                if not self.fixed[g]:
+                    segs.append(Segment(g, start))
+                start += self.size[g]
+            if segs:
+                spec.taps[name] = (tuple(segs), nonlinear)
         for name, ax in axes.items():
             keep = {a: tuple(s for s in segs if not self.fixed[s.group]) for a, segs in ax.items()}
             keep = {a: segs for a, segs in keep.items() if segs}

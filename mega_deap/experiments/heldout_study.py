@@ -23,12 +23,14 @@ from .models import MLP, SmallCNN
 from .report import ensemble_accuracy
 from .train import model_accuracy, train_model
 
-__all__ = ["Task", "DEVELOPMENT", "HELD_OUT", "TASKS", "CANDIDATE_METRICS", "METHODS", "task_splits",
-           "train_parents", "run_task", "summarize", "choose_metric"]
+__all__ = ["Task", "DEVELOPMENT", "HELD_OUT", "TASKS", "CANDIDATE_METRICS", "CANDIDATE_MATCHINGS", "METHODS",
+           "task_splits", "train_parents", "run_task", "summarize", "choose", "choose_metric", "choose_matching"]
 
 CANDIDATE_METRICS = ("accuracy_ll", "accuracy", "neg_log_loss", "neg_log_loss_tempered")
+CANDIDATE_MATCHINGS = ("weights", "activations")
 METHODS = ("best parent",) + tuple(f"merge, {m}" for m in CANDIDATE_METRICS) + (
-    "MeGA (paper)", "merge(align=True)", "coefficient GA, aligned", "cma_merge", "output ensemble")
+    "MeGA (paper)",) + tuple(f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS) + (
+    "coefficient GA, aligned", "cma_merge", "output ensemble")
 
 
 @dataclass(frozen=True)
@@ -44,15 +46,17 @@ class Task:
 
 
 DEVELOPMENT = (Task("digits-mlp-subset", "digits", "mlp", "subset", 0.3, 150),
-               Task("digits-cnn-bn-noise", "digits", "smallcnn", "noise", 0.2, 60))
-HELD_OUT = (Task("digits-cnn-noise", "digits", "plaincnn", "noise", 0.2, 60),
+               Task("digits-cnn-bn-noise", "digits", "smallcnn", "noise", 0.2, 60),
+               Task("digits-cnn-noise", "digits", "plaincnn", "noise", 0.2, 60))
+HELD_OUT = (Task("digits-widecnn-subset", "digits", "widecnn", "subset", 0.3, 150),
             Task("cancer-mlp-bn-subset", "breast_cancer", "mlp-bn", "subset", 0.3, 150),
-            Task("synthetic-mlp-noise", "synthetic", "mlp", "noise", 0.2, 80))
+            Task("synthetic-deepmlp-noise", "synthetic", "deepmlp", "noise", 0.2, 80))
 TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT}
 
 
 class PlainCNN(nn.Module):
-    """:class:`SmallCNN` without BatchNorm: conv-ReLU x 2 (pooling between), global average pooling, linear."""
+    """:class:`SmallCNN` without BatchNorm (convolutions with biases): conv-ReLU x 2 (pooling between), global
+    average pooling, linear."""
 
     def __init__(self, in_channels=1, num_classes=10, width=16):
         super().__init__()
@@ -117,6 +121,10 @@ def build(task: Task, splits: Splits) -> nn.Module:
         return SmallCNN(splits.in_channels, splits.num_classes)
     if task.model == "plaincnn":
         return PlainCNN(splits.in_channels, splits.num_classes)
+    if task.model == "widecnn":
+        return PlainCNN(splits.in_channels, splits.num_classes, width=32)
+    if task.model == "deepmlp":
+        return MLP(features, splits.num_classes, hidden=(128, 64))
     raise ValueError(f"unknown model {task.model!r}")
 
 
@@ -191,7 +199,9 @@ def run_task(task: Task, setting: str, seed: int, *, popsize=20, ngen=20, calibr
         timed(f"merge, {metric}", lambda: merge(parents, splits.val, metric=metric, **common).model)
     timed("MeGA (paper)", lambda: merge(parents, splits.val, include_parents=False, metric="accuracy",
                                         **common).model)
-    timed("merge(align=True)", lambda: merge(parents, splits.val, align=True, calibration=calib, **common).model)
+    for how in CANDIDATE_MATCHINGS:
+        timed(f"merge(align={how!r})", lambda: merge(parents, splits.val, align=how, calibration=calib,
+                                                     **common).model)
     timed("coefficient GA, aligned", lambda: merge(parents, splits.val, align=True, calibration=calib,
                                                    genome="coefficients", **common).model)
     timed("cma_merge", lambda: cma_merge(parents, splits.val, ngen=ngen, lambda_=popsize, seed=seed,
@@ -226,14 +236,24 @@ def summarize(runs: list) -> list:
     return rows
 
 
-def choose_metric(tables: dict) -> tuple:
-    """The rule that chose ``merge``'s default fitness, applied to development tables only
-    (``{table name: summarize(...) rows}``): the candidate metric whose worst table (the lowest mean test
-    accuracy minus the best parent's) is highest; ties by the mean over tables. Returns ``(metric, scores)``
-    with ``scores[metric] = (worst, mean)``."""
+def choose(tables: dict, methods: dict) -> tuple:
+    """The rule that chose ``merge``'s defaults, applied to development tables only (``{table name:
+    summarize(...) rows}``): of ``methods`` (``{candidate: the method row it names}``), the one whose worst
+    table (the lowest mean test accuracy minus the best parent's) is highest; ties by the mean over tables.
+    Returns ``(candidate, scores)`` with ``scores[candidate] = (worst, mean)``."""
     scores = {}
-    for metric in CANDIDATE_METRICS:
-        deltas = [row["delta"] for rows in tables.values() for row in rows if row["method"] == f"merge, {metric}"]
+    for candidate, method in methods.items():
+        deltas = [row["delta"] for rows in tables.values() for row in rows if row["method"] == method]
         if deltas:
-            scores[metric] = (min(deltas), float(np.mean(deltas)))
+            scores[candidate] = (min(deltas), float(np.mean(deltas)))
     return max(scores, key=scores.get), scores
+
+
+def choose_metric(tables: dict) -> tuple:
+    """:func:`choose` over the candidate fitness metrics (merge without alignment)."""
+    return choose(tables, {m: f"merge, {m}" for m in CANDIDATE_METRICS})
+
+
+def choose_matching(tables: dict) -> tuple:
+    """:func:`choose` over the candidate matchings of ``merge(align=...)`` (with the default fitness)."""
+    return choose(tables, {m: f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS})
