@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "mixing coefficients")
     p.add_argument("--no-parents", action="store_true",
                    help="start from blends only, as the paper (default: the parents are in the first population)")
-    p.add_argument("--selection", type=float, default=0.0,
+    p.add_argument("--holdout", type=float, default=0.0,
                    help="fraction of the validation data held out of the fitness to choose among the hall of fame")
     p.add_argument("--seed", type=int, default=0, help="fixes every random draw")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -169,7 +169,7 @@ def run(args) -> list:
                              tournsize=args.tournsize, mutation=args.mutation, sigma=args.sigma, indpb=args.indpb,
                              metric=args.metric, seed=args.seed, device=device, progress=not args.quiet,
                              align=args.align, genome=args.genome, include_parents=not args.no_parents,
-                             selection=args.selection, calibration=calibration)
+                             holdout=args.holdout, calibration=calibration)
     ad = result.adapter.runner  # score the weights (what a coefficient genome decodes into)
     names = [os.path.basename(p) for p in args.checkpoints] + ["MeGA"]
     genomes = [ad.genome(m.to(device)) for m in models] + [ad.genome(result.model)]

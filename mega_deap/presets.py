@@ -118,12 +118,18 @@ GENOMES = ("weights", "coefficients")
 DEFAULT_MUTATION = {"weights": (0.01, 0.02), "coefficients": (0.05, 0.2)}  # (sigma, indpb)
 
 
+def _belongs(name, value, mode, setting, wanted) -> None:
+    """Refuse ``name`` given (not ``None``) where ``mode`` is not ``wanted``: a setting that would be ignored."""
+    if value is not None and setting != wanted:
+        raise ValueError(f"{name}={value!r} belongs to {mode}={wanted!r}, but {mode}={setting!r}")
+
+
 def _holdout(X, y, fraction, seed):
-    """``(fitness part, selection part)`` of the validation set: a seeded split, ``fraction`` held out."""
+    """``(fitness part, held-out part)`` of the validation set: a seeded split, ``fraction`` held out."""
     n = len(y)
     m = int(round(fraction * n))
     if not 0 < m < n:
-        raise ValueError(f"selection={fraction} holds out {m} of {n} validation examples; it must leave "
+        raise ValueError(f"holdout={fraction} holds out {m} of {n} validation examples; it must leave "
                          "at least one on each side")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return (X[perm[m:]], y[perm[m:]]), (X[perm[:m]], y[perm[:m]])
@@ -131,12 +137,13 @@ def _holdout(X, y, fraction, seed):
 
 def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: int = 4, tournsize: int = 3,
           seed: int = 0, device=None, mutation: str = "sparse", sigma: Optional[float] = None,
-          indpb: Optional[float] = None, layerpb: float = 0.02, alpha: float = 0.0, metric: str = "accuracy_ll",
+          indpb: Optional[float] = None, layerpb: Optional[float] = None, alpha: float = 0.0,
+          metric: str = "accuracy_ll",
           batch_size: Optional[int] = None, strategy: str = "auto", buffers: bool = True, verbose: bool = False,
           progress: bool = True, checkpoint: Optional[str] = None, breeding: str = "batched",
           autocast: Optional[torch.dtype] = None, align: Union[bool, str] = False, calibration=None,
-          genome: Literal["weights", "coefficients"] = "weights", granularity: str = "tensor",
-          include_parents: bool = True, selection: float = 0.0, hof_size: int = 10,
+          genome: Literal["weights", "coefficients"] = "weights", granularity: Optional[str] = None,
+          include_parents: bool = True, holdout: float = 0.0, hof_size: Optional[int] = None,
           shares: str = "equal") -> MergeResult:
     """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`.
 
@@ -150,8 +157,10 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     :param seed: fixes every random draw of the run.
     :param device: where the population and the evaluation live (``cuda`` when available by default).
     :param mutation: ``"sparse"`` (each gene with ``indpb`` gets N(0, sigma^2)) or ``"layer"``
-                     (each tensor with ``layerpb``, as the reference code). ``sigma`` and ``indpb`` default
-                     to 0.01 and 0.02 for weight genomes (the paper), 0.05 and 0.2 for coefficient genomes.
+                     (each tensor with ``layerpb``, default 0.02, as the reference code). ``sigma`` and
+                     ``indpb`` default to 0.01 and 0.02 for weight genomes (the paper), 0.05 and 0.2 for
+                     coefficient genomes. ``indpb`` with ``mutation="layer"``, or ``layerpb`` without it, is
+                     refused.
     :param metric: the fitness, a name in :data:`mega_deap.evaluation.METRICS`: ``"accuracy_ll"`` (the
                    default: validation accuracy, ties broken by the log-likelihood, so with the parents in
                    the first population the result is never less accurate than the best of them; chosen on
@@ -178,18 +187,20 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
                         (:class:`mega_deap.align.BatchNormRepair`), and the returned model carries repaired
                         statistics; with ``align``, activation matching and REPAIR read them. Refused where
                         neither applies.
-    :param genome: ``"weights"`` (an individual is all D weights, the paper) or ``"coefficients"`` (per-tensor,
-                   or with ``granularity="layer"`` per-layer, x per-parent mixing coefficients:
-                   :class:`mega_deap.align.CoefficientAdapter`).
+    :param genome: ``"weights"`` (an individual is all D weights, the paper) or ``"coefficients"`` (per-tensor
+                   x per-parent mixing coefficients: :class:`mega_deap.align.CoefficientAdapter`).
+    :param granularity: with ``genome="coefficients"`` only: ``"tensor"`` (the default), ``"layer"`` or
+                        ``"unit"``.
     :param include_parents: the parents (with ``align``, the aligned parents and their average) are
                             individuals of the initial population, so with elitism the result is never worse
                             than the best parent on the fitness data, in the fitness's own order (with the
                             default metric: in accuracy). ``False``: the paper's initialisation (blends only).
     :param shares: in a ``torch.distributed`` process group, how each generation's evaluations are cut
                    between the ranks: ``"equal"`` or ``"throughput"`` (:mod:`mega_deap.distributed`).
-    :param selection: a fraction of ``val_data`` held out of the fitness (a seeded split); the merge returns
-                      the member of the hall of fame (``hof_size`` best) that scores best on it. 0: the
-                      fitness's best, as in the paper.
+    :param holdout: a fraction of ``val_data`` held out of the fitness (a seeded split); the merge returns
+                    the member of the hall of fame (the ``hof_size`` best, default 10) that scores best on
+                    it. 0 (the default): the fitness's best, as in the paper; ``hof_size`` is then refused.
+                    With a hold-out the accuracy guarantee holds on the fitness part only.
     """
     models = list(models)
     if len(models) < 2:
@@ -203,21 +214,32 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     if popsize < max(npar, tournsize, 2):
         raise ValueError(f"popsize={popsize} is smaller than npar={npar} or tournsize={tournsize}")
     choice("genome", genome, GENOMES)
+    choice("mutation", mutation, MUTATIONS)
+    _belongs("granularity", granularity, "genome", genome, "coefficients")
+    _belongs("layerpb", layerpb, "mutation", mutation, "layer")
+    if indpb is not None and mutation == "layer":
+        raise ValueError(f"indpb={indpb!r} is the per-gene rate of mutation='sparse'; mutation='layer' mutates "
+                         "whole tensors at rate layerpb")
+    granularity = "tensor" if granularity is None else granularity
     choice("granularity", granularity, ("tensor", "layer", "unit"))
+    layerpb = 0.02 if layerpb is None else layerpb
     sigma = DEFAULT_MUTATION[genome][0] if sigma is None else sigma
     indpb = DEFAULT_MUTATION[genome][1] if indpb is None else indpb
     nonnegative("sigma", sigma)
     nonnegative("alpha", alpha)
     probability("indpb", indpb)
     probability("layerpb", layerpb)
-    choice("mutation", mutation, MUTATIONS)
     choice("breeding", breeding, BREEDINGS)
     choice("shares", shares, ("equal", "throughput"))
     matching = _matching(align)
     if not isinstance(include_parents, bool):
         raise TypeError(f"include_parents must be True or False, got {include_parents!r}")
-    if isinstance(selection, bool) or not isinstance(selection, (int, float)) or not 0 <= selection < 1:
-        raise ValueError(f"selection must be a fraction of the validation set in [0, 1), got {selection!r}")
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be a fraction of the validation set in [0, 1), got {holdout!r}")
+    if hof_size is not None and not holdout:
+        raise ValueError(f"hof_size={hof_size!r} is the hall of fame that holdout chooses from; without a "
+                         "holdout fraction the merge keeps the one best")
+    hof_size = 10 if hof_size is None else hof_size
     integer("hof_size", hof_size, 1)
     rescale = _check_calibration(models, matching, calibration) and genome == "weights"
     seeds = len(models) + (1 if matching else 0) + (1 if rescale else 0)
@@ -231,8 +253,8 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
         writable_file("checkpoint", checkpoint)
     X, y = _as_xy(val_data)
     select_data = None
-    if selection:
-        (X, y), select_data = _holdout(X, y, selection, seed)
+    if holdout:
+        (X, y), select_data = _holdout(X, y, holdout, seed)
     adapter, genomes, evaluator, prepare = _build(models, X, y, evaluator_metric, align=matching, genome=genome,
                                                   granularity=granularity, calibration=calibration,
                                                   device=device, buffers=buffers, batch_size=batch_size,
@@ -257,18 +279,18 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
         adapter.repair_(ind)
 
     # 3. the run
-    hof = tools.HallOfFame(hof_size if selection else 1, similar=genome_equal)
+    hof = tools.HallOfFame(hof_size if holdout else 1, similar=genome_equal)
     individuals, logbook = eaMeGA(individuals, toolbox, ngen, npar=npar, stats=default_stats(),
                                   halloffame=hof, verbose=verbose, checkpoint=checkpoint, progress=progress)
 
-    # 4. the result: the fitness's best, or the hall of fame's best on the held-out selection data
+    # 4. the result: the fitness's best, or the hall of fame's best on the held-out data
     best = hof[0]
     if select_data is not None:
         judge = Evaluator(adapter, *select_data, get_metric(metric), batch_size=batch_size, strategy=strategy,
                           autocast=autocast, prepare=prepare)
         held = judge.scores(list(hof))
         best = hof[max(range(len(hof)), key=lambda i: (held[i], -i))]
-    model, genome_, fitness = _result(adapter, best, prepare, genomes if include_parents and not selection
+    model, genome_, fitness = _result(adapter, best, prepare, genomes if include_parents and not holdout
                                       else None, X, y, evaluator.metric, batch_size)
     return MergeResult(model=model, genome=genome_, fitness=fitness, logbook=logbook, halloffame=hof,
                        adapter=adapter, population=individuals, toolbox=toolbox)

@@ -300,7 +300,7 @@ def test_selection_split_chooses_among_the_hall_of_fame_on_held_out_data(digit_m
         split = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))  # merge's held-out split
         held = (X[split[:m]], y[split[:m]])
         r = mega_deap.merge(digit_mlps, (X, y), popsize=8, ngen=3, seed=seed, progress=False, device="cpu",
-                            selection=0.5, hof_size=5)
+                            holdout=0.5, hof_size=5)
         assert len(r.halloffame) == 5
         assert len(r.toolbox.evaluate.y) == len(y) - m  # the held-out half never feeds the fitness
         scores = [_accuracy_ll(r.adapter.to_model(h), *held) for h in r.halloffame]
@@ -309,8 +309,8 @@ def test_selection_split_chooses_among_the_hall_of_fame_on_held_out_data(digit_m
         assert r.fitness == r.halloffame[best].fitness.values[0]
         chosen.append(best)
     assert any(b != 0 for b in chosen), chosen  # the held-out choice is not just the fitness's best
-    with pytest.raises(ValueError, match="selection"):
-        mega_deap.merge(digit_mlps, (X, y), selection=1.0)
+    with pytest.raises(ValueError, match="holdout"):
+        mega_deap.merge(digit_mlps, (X, y), holdout=1.0)
 
 
 def test_merge_refuses_bad_alignment_settings_before_any_work(digit_mlps, digits):

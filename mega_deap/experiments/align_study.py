@@ -101,7 +101,7 @@ def run_setting(splits, model_name, setting, seed, *, epochs=30, popsize=20, nge
     timed("MeGA, aligned parents, accuracy fitness",
           lambda: merge(parents, splits.val, align=True, calibration=calib, metric="accuracy", **common).model)
     timed("MeGA, aligned parents, selection split",
-          lambda: merge(parents, splits.val, align=True, calibration=calib, selection=0.3, **ll).model)
+          lambda: merge(parents, splits.val, align=True, calibration=calib, holdout=0.3, **ll).model)
     timed("coefficient GA, aligned", lambda: merge(parents, splits.val, align=True, calibration=calib,
                                                    genome="coefficients", **ll).model)
     timed("CMA-ES, coefficients", lambda: cma_merge(parents, splits.val, ngen=ngen, lambda_=popsize, seed=seed,
