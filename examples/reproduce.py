@@ -1,4 +1,5 @@
-"""Regenerate every table in README.md and BENCHMARKS.md, with the environment printed beside each.
+"""Regenerate every table of the documentation (docs/studies/ and docs/benchmarks.md), with the environment
+printed beside each.
 
     python examples/reproduce.py --out results/                      # everything (about an hour and a half, 2 cores)
     python examples/reproduce.py --out results/ --only merge keras   # some sections
@@ -7,7 +8,7 @@
 Each section runs its example over several seeds and writes ``<out>/<section>.md`` (the table, the command
 and the environment) beside the example's own files. Unless ``--quick`` or ``--no-docs`` is given, the
 table also replaces the block between ``<!-- reproduce:<section> -->`` and ``<!-- /reproduce:<section> -->``
-in README.md or BENCHMARKS.md, so the numbers there are always this command's.
+in the page ``DOC`` names, so the numbers there are always this command's.
 
 Same seed, same machine, same thread count: the same bits. Across thread counts CPU reductions add in
 another order, so the last digits of losses and some accuracies can differ.
@@ -25,7 +26,10 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECTIONS = ("merge", "hierarchical", "keras", "align", "heldout", "hpo", "ablation", "bench", "bench-dist", "bench-gpu")
-DOC = {"bench": "BENCHMARKS.md", "bench-dist": "BENCHMARKS.md", "bench-gpu": "BENCHMARKS.md"}  # every other section lives in README.md
+DOC = {"merge": "docs/studies/merge.md", "hierarchical": "docs/studies/merge.md", "keras": "docs/studies/keras.md",
+       "align": "docs/studies/alignment.md", "heldout": "docs/studies/alignment.md", "hpo": "docs/studies/hpo.md",
+       "ablation": "docs/studies/ablation.md", "bench": "docs/benchmarks.md", "bench-dist": "docs/benchmarks.md",
+       "bench-gpu": "docs/benchmarks.md"}  # the page each section's table is written into
 # the GPU table: no GPU here, so it is rendered from the JSON files that bench_merge.py wrote on one
 GPU_RESULTS = ("benchmarks/results_gpu_resnet56.json", "benchmarks/results_gpu_mlp.json")
 
@@ -337,7 +341,7 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, metavar="SECTION",
                    help=f"run these sections only (of {', '.join(SECTIONS)})")
     p.add_argument("--quick", action="store_true", help="tiny settings; never written into the docs")
-    p.add_argument("--no-docs", action="store_true", help="leave README.md and BENCHMARKS.md as they are")
+    p.add_argument("--no-docs", action="store_true", help="leave the documentation pages as they are")
     args = p.parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -352,7 +356,7 @@ def main(argv=None):
         (out / f"{section}.md").write_text(text + "\n")
         written[section] = {"head": head, "table": table, "seconds": time.perf_counter() - t0}
         if not (args.quick or args.no_docs) and table:
-            update_doc(ROOT / DOC.get(section, "README.md"), section, text)
+            update_doc(ROOT / DOC[section], section, text)
         print(text + "\n", flush=True)
     print(f"[reproduce] {env}", file=sys.stderr)
     return written

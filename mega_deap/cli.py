@@ -124,9 +124,13 @@ def _read_checkpoint(make_model, path):
         if "weights_only" in text or "Weights only load failed" in text:
             raise UsageError(f"checkpoint {path!r} holds a pickled object, not a state dict: save it with "
                              f"torch.save(model.state_dict(), path) or as safetensors") from None
-        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        first = lines[0] if lines else type(err).__name__
         if isinstance(err, RuntimeError) and "state_dict" in text:
-            raise UsageError(f"checkpoint {path!r} does not fit the --model architecture: {first}") from None
+            # torch's first line only says "Error(s) in loading state_dict for X:"; the next names the tensor
+            detail = " ".join(lines[1:2])
+            raise UsageError(f"checkpoint {path!r} does not fit the --model architecture: {first} "
+                             f"{detail}".rstrip()) from None
         raise UsageError(f"checkpoint {path!r} could not be read: {type(err).__name__}: {first}") from None
 
 
@@ -184,7 +188,10 @@ def run(args) -> list:
     os.makedirs(args.out, exist_ok=True)
     written = [save_model(result.model, os.path.join(args.out, "merged.safetensors"))]
     try:
-        written.append(plot_fitness(result.logbook, os.path.join(args.out, "fitness.png")))
+        parents_fitness = Evaluator(ad, *val, get_metric(args.metric)).scores(genomes[:-1])
+        written.append(plot_fitness(result.logbook, os.path.join(args.out, "fitness.png"),
+                                    title=f"MeGA: validation fitness ({args.metric}) per generation",
+                                    extra=dict(zip(names[:-1], parents_fitness))))
     except ImportError:
         print("matplotlib is not installed: no fitness.png (pip install matplotlib)", file=sys.stderr)
     columns = ["model"] + [f"{split}_{m}" for m in reported for split in ("val", "test")

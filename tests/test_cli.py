@@ -52,7 +52,9 @@ def test_module_in_the_current_folder_and_files_listed_even_quiet(folder):
 @pytest.mark.parametrize("args,needles", [
     (["a.safetensors", "missing.pt"], ["checkpoint 'missing.pt'", "no such file"]),
     (["a.safetensors", "whole.pt"], ["'whole.pt' holds a pickled object, not a state dict", "state_dict()"]),
-    (["a.safetensors", "b.pt", "--model", "mynets:wide_net"], ["'a.safetensors' does not fit the --model"]),
+    (["a.safetensors", "b.pt", "--model", "mynets:wide_net"],
+     ["'a.safetensors' does not fit the --model", "size mismatch for 0.weight",
+      "torch.Size([32, 64])", "torch.Size([48, 64])"]),
     (["a.safetensors", "b.pt", "--model", "mynets:nope"], ["--model 'mynets:nope'", "no function 'nope'"]),
     (["a.safetensors", "b.pt", "--model", "notthere:make_net"], ["no module named 'notthere'"]),
     (["a.safetensors", "b.pt", "--model", "make_net"], ["expected 'module:function'"]),

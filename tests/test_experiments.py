@@ -130,7 +130,10 @@ def test_merge_cifar_example_on_digits(tmp_path):
         logits = m(s.val[0]).double()
         loglik = float(-nn.functional.cross_entropy(logits, s.val[1]))
         right = int((logits.argmax(1) == s.val[1]).sum())
-    assert saved["metric"] == "accuracy_ll"
+    assert saved["metric"] == "accuracy_ll" and "cifar_model" not in saved["settings"]
+    better = max(saved["rows"][:2], key=lambda r: r["val_acc"])
+    assert saved["mega_minus_better_parent"]["test_acc"] == saved["rows"][-1]["test_acc"] - better["test_acc"]
+    assert saved["mega_minus_better_parent"]["val_acc"] >= 0  # the guarantee, in accuracy
     assert saved["mega_val_fitness"] == pytest.approx((right + math.exp(loglik)) / len(s.val[1]), rel=1e-9)
     # a re-run takes the parents from the cache
     again = load_example("merge_cifar").main(argv)
@@ -267,3 +270,28 @@ def test_mega_merge_cli_align_and_coefficients(tmp_path, digits, digit_mlps):
     assert merged["val_accuracy"] >= max(p["val_accuracy"] for p in parents)
     m = load_model_file(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), out / "merged.safetensors")
     assert model_accuracy(m, *digits["test"]) == merged["test_accuracy"]
+
+
+def test_fit_skips_a_last_batch_of_one_for_batchnorm_models():
+    """65 examples in batches of 64 leave one: BatchNorm cannot normalise it in training mode."""
+    from mega_deap.experiments.heldout_study import BNMLP
+    from mega_deap.experiments.train import fit
+    torch.manual_seed(0)
+    X, y = torch.randn(65, 5), torch.randint(0, 3, (65,))
+    model = BNMLP(5, 3, hidden=8)
+    assert fit(model, (X, y), epochs=2, lr=0.01, batch_size=64, generator=torch.Generator().manual_seed(0)) == 2
+
+
+def test_fitness_plot_follows_the_best_curve_not_an_outlying_mean(monkeypatch, tmp_path):
+    from deap import tools
+    from mega_deap.experiments import report
+    seen = {}
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: seen.setdefault("fig", fig) and path)
+    log = tools.Logbook()
+    for g, (best, mean) in enumerate([(0.95, 0.90), (0.96, 0.05), (0.97, 0.93)]):  # one collapsed blend
+        log.record(gen=g, max=best, avg=mean)
+    report.plot_fitness(log, tmp_path / "f.png", extra={"parent 1": 0.94})
+    ax = seen["fig"].axes[0]
+    low, high = ax.get_ylim()
+    assert 0.5 < low < 0.94 and high > 0.97
+    assert "below the axis" in ax.get_legend().get_texts()[1].get_text()

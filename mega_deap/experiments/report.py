@@ -1,4 +1,5 @@
 """The report of a merge: baselines, a table like the paper's, a JSON of every number, the fitness plot."""
+import math
 import json
 import os
 
@@ -51,10 +52,19 @@ def plot_fitness(logbook, path, title="MeGA: validation fitness per generation",
     plt = pyplot()
     gens = logbook.select("gen")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(gens, logbook.select("max"), marker="o", label="best")
-    ax.plot(gens, logbook.select("avg"), marker=".", label="mean")
+    best, mean = logbook.select("max"), logbook.select("avg")
+    # the axis follows the best curve and the reference lines: one collapsed blend drags the mean far down,
+    # and an axis that showed it would flatten the curve the plot is for (the mean is clipped, and says so)
+    shown = [v for v in list(best) + list((extra or {}).values()) if math.isfinite(v)]
+    lo, hi = min(shown), max(shown)
+    span = (hi - lo) or max(abs(hi), 1.0) * 1e-3
+    bottom = lo - 0.5 * span
+    clipped = any(v < bottom for v in mean)
+    ax.plot(gens, best, marker="o", label="best")
+    ax.plot(gens, mean, marker=".", label="mean (below the axis where it leaves it)" if clipped else "mean")
     for i, (label, value) in enumerate((extra or {}).items()):
         ax.axhline(value, linestyle="--", linewidth=1, label=label, color=f"C{i + 2}")
+    ax.set_ylim(bottom, hi + 0.25 * span)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("generation")
     ax.set_ylabel("validation fitness")

@@ -38,7 +38,8 @@ def cross_entropy_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> to
 def fit(model: nn.Module, train: tuple, *, epochs: int, lr: float, batch_size: int, generator: torch.Generator,
         loss: Callable = cross_entropy_loss, device="cpu", held_out: Optional[tuple] = None,
         patience: Optional[int] = None, bar=None) -> int:
-    """The one training loop: Adam on ``train = (X, y)``, shuffled by ``generator`` each epoch, in place.
+    """The one training loop: Adam on ``train = (X, y)``, shuffled by ``generator`` each epoch, in place (a
+    last batch of one example is skipped for a model with BatchNorm, which cannot normalise it).
 
     Early stopping: with ``held_out = (X, y)`` and ``patience``, the held-out loss is measured after each
     epoch; training stops once it has not improved for ``patience`` epochs, and the model gets back the
@@ -49,10 +50,14 @@ def fit(model: nn.Module, train: tuple, *, epochs: int, lr: float, batch_size: i
     X, y = train
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     best, best_state, since, done = math.inf, None, 0, 0
+    # BatchNorm in training mode cannot normalise a batch of one example: such a last batch is skipped
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     for _ in range(epochs):
         perm = torch.randperm(len(X), generator=generator)
         for i in range(0, len(X), batch_size):
             idx = perm[i:i + batch_size]
+            if batchnorm and len(idx) == 1 and model.training:
+                continue
             opt.zero_grad(set_to_none=True)
             value = loss(model, X[idx].to(device), y[idx].to(device))
             value.backward()
