@@ -7,6 +7,7 @@ adapter has; a subclass implements the abstract methods. :func:`adapter_for` pic
 registered for a model's type (the most specific one in the model's class hierarchy); adding a framework
 is one :class:`Adapter` subclass and one :func:`register_adapter` call.
 """
+
 import abc
 import importlib
 import sys
@@ -50,6 +51,7 @@ class _Repaired:
 ######################################
 # The contract                       #
 ######################################
+
 
 class Adapter(abc.ABC):
     """A model as a flat genome.
@@ -156,7 +158,7 @@ class Adapter(abc.ABC):
     def tensors(self, genome) -> dict:
         """``{name: view}`` for every genome tensor: views of ``genome`` (``(D,)``), no copy."""
         genome = self._check_genome(genome)
-        return {e.name: genome[e.offset:e.offset + e.numel].view(e.shape) for e in self.layout}
+        return {e.name: genome[e.offset : e.offset + e.numel].view(e.shape) for e in self.layout}
 
     def fix_nonfinite(self, genomes: torch.Tensor, names: Optional[list] = None) -> int:
         """Check the parents' genomes (``(k, D)``) for inf and NaN before a merge. An inf in a buffer that
@@ -171,15 +173,17 @@ class Adapter(abc.ABC):
         kind = torch.zeros(self.dim, dtype=torch.bool, device=genomes.device)
         for e in self.layout:
             if e.kind == "buffer":
-                kind[e.offset:e.offset + e.numel] = True
+                kind[e.offset : e.offset + e.numel] = True
         refused = bad & ~(shared & kind)
         if bool(refused.any()):
             model, pos = (int(v) for v in refused.nonzero()[0])
             entry = next(e for e in self.layout if e.offset <= pos < e.offset + e.numel)
             value = float(genomes[model, pos])
             who = names[model] if names else f"model {model}"
-            raise ValueError(f"{who} has {value} in tensor {entry.name!r} (element {pos - entry.offset}): "
-                             f"parents must be finite, except buffer entries that are the same inf in every parent")
+            raise ValueError(
+                f"{who} has {value} in tensor {entry.name!r} (element {pos - entry.offset}): "
+                f"parents must be finite, except buffer entries that are the same inf in every parent"
+            )
         positions = shared.nonzero().flatten()
         self._fixed = (positions, genomes[0, positions].clone())
         return int(positions.numel())
@@ -190,7 +194,7 @@ class Adapter(abc.ABC):
         Returns the genome."""
         g = self._check_genome(genome)
         for off, n in self.variance_spans:
-            g[off:off + n].clamp_(min=self.var_floor)
+            g[off : off + n].clamp_(min=self.var_floor)
         if self._fixed is not None:
             pos, val = self._fixed
             g[pos.to(g.device)] = val.to(device=g.device, dtype=g.dtype)
@@ -199,12 +203,13 @@ class Adapter(abc.ABC):
     def repair_rows_(self, rows: torch.Tensor, index: torch.Tensor) -> None:
         """:meth:`repair_` for the rows ``index`` of a ``(R, D)`` buffer at once (the batched breeding step)."""
         for off, n in self.variance_spans:
-            rows[index, off:off + n] = rows[index, off:off + n].clamp_(min=self.var_floor)
+            rows[index, off : off + n] = rows[index, off : off + n].clamp_(min=self.var_floor)
         if self._fixed is not None:
             pos, val = self._fixed
             pos = pos.to(rows.device)
             rows[index.unsqueeze(1), pos.unsqueeze(0)] = val.to(device=rows.device, dtype=rows.dtype).expand(
-                len(index), -1)
+                len(index), -1
+            )
 
     def keep_valid(self) -> KeepValid:
         """A DEAP decorator for ``toolbox.decorate("mate", ...)`` / ``("mutate", ...)``: see :meth:`repair_`."""
@@ -215,7 +220,7 @@ class Adapter(abc.ABC):
 # The registry                       #
 ######################################
 
-_REGISTRY = []  # [(model type or "module:Name", adapter class or "module:Name")], in registration order
+_REGISTRY: list = []  # [(model type or "module:Name", adapter class or "module:Name")], in registration order
 
 
 def _resolve(spec, *, imported_only):
@@ -258,6 +263,8 @@ def adapter_for(model) -> type:
             best = (rank, adapter)
     if best is None:
         known = ", ".join(t if isinstance(t, str) else f"{t.__module__}:{t.__qualname__}" for t, _ in _REGISTRY)
-        raise TypeError(f"no adapter is registered for {type(model).__module__}.{type(model).__qualname__} "
-                        f"(registered: {known}); register one with mega_deap.adapters.register_adapter")
+        raise TypeError(
+            f"no adapter is registered for {type(model).__module__}.{type(model).__qualname__} "
+            f"(registered: {known}); register one with mega_deap.adapters.register_adapter"
+        )
     return _resolve(best[1], imported_only=False)

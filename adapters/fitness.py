@@ -4,6 +4,7 @@ Each returns a :class:`mega_deap.Evaluator`: register it as ``toolbox.evaluate``
 ``toolbox.map``. Keyword arguments (``batch_size``, ``strategy``, ``chunk``, ``autocast``) go to the
 evaluator. The metrics come from the one registry, :data:`mega_deap.evaluation.METRICS`.
 """
+
 from mega_deap.evaluation import Evaluator, get_metric
 
 from .base import Adapter

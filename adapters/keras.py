@@ -9,9 +9,12 @@ TensorFlow each slice goes through NumPy once per call, which Keras requires the
 Importing this module imports keras; ``mega_deap.adapters`` imports it only on first use of
 ``KerasAdapter``.
 """
+
 import contextlib
 import re
 from collections import OrderedDict
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +26,7 @@ __all__ = ["KerasAdapter"]
 
 def _keras():
     import keras
+
     return keras
 
 
@@ -55,6 +59,8 @@ class KerasAdapter(Adapter):
     :param var_floor: the smallest moving variance :meth:`repair_` lets through.
     """
 
+    model: Any  # a keras.Model (Keras is imported only when a Keras model is adapted)
+
     def __init__(self, model, *, buffers: bool = True, var_floor: float = 1e-5):
         keras = _keras()
         if not isinstance(model, keras.Model):
@@ -84,8 +90,10 @@ class KerasAdapter(Adapter):
         self._targets = [("t", pos_t[id(v)]) if id(v) in pos_t else ("n", pos_n[id(v)]) for v, _ in weights]
         self._fixed_nt = list(model.non_trainable_variables)  # values for non-genome non-trainables
         self.variance_spans = tuple(
-            (e.offset, e.numel) for (v, _), e in zip(weights, self.layout)
-            if e.kind == "buffer" and v.path.endswith("moving_variance"))
+            (e.offset, e.numel)
+            for (v, _), e in zip(weights, self.layout)
+            if e.kind == "buffer" and v.path.endswith("moving_variance")
+        )
 
     @classmethod
     def from_parents(cls, models: list, *, device=None, buffers: bool = True) -> tuple:
@@ -95,8 +103,10 @@ class KerasAdapter(Adapter):
         return adapter, adapter.genomes(models).to(adapter.device)
 
     def __repr__(self):
-        return (f"KerasAdapter({type(self.model).__name__}, D={self.dim}, tensors={len(self.layout)}, "
-                f"backend={self.backend}, device={self.device})")
+        return (
+            f"KerasAdapter({type(self.model).__name__}, D={self.dim}, tensors={len(self.layout)}, "
+            f"backend={self.backend}, device={self.device})"
+        )
 
     # -- checks -----------------------------------------------------------------
     def check(self, model) -> None:
@@ -108,15 +118,23 @@ class KerasAdapter(Adapter):
         for i, (e, (v, kind)) in enumerate(zip(self.layout, theirs)):
             shape = tuple(int(s) for s in v.shape)
             if e.shape != shape or e.kind != kind:
-                raise ValueError(f"{model.name} differs from the template at weight {i}: expected {e.name!r} "
-                                 f"of shape {e.shape}, got {v.path!r} of shape {shape}")
+                raise ValueError(
+                    f"{model.name} differs from the template at weight {i}: expected {e.name!r} "
+                    f"of shape {e.shape}, got {v.path!r} of shape {shape}"
+                )
             if _generic(e.name) != _generic(v.path):
-                raise ValueError(f"{model.name} differs from the template at weight {i}: expected a weight named "
-                                 f"like {e.name!r}, got {v.path!r} (same shape, another layer)")
+                raise ValueError(
+                    f"{model.name} differs from the template at weight {i}: expected a weight named "
+                    f"like {e.name!r}, got {v.path!r} (same shape, another layer)"
+                )
         if len(theirs) != len(self.layout):
-            first = self.layout[len(theirs)].name if len(theirs) < len(self.layout) else theirs[len(self.layout)][0].path
-            raise ValueError(f"{model.name} has {len(theirs)} genome weights, the template has {len(self.layout)}; "
-                             f"first unmatched: {first!r}")
+            first = (
+                self.layout[len(theirs)].name if len(theirs) < len(self.layout) else theirs[len(self.layout)][0].path
+            )
+            raise ValueError(
+                f"{model.name} has {len(theirs)} genome weights, the template has {len(self.layout)}; "
+                f"first unmatched: {first!r}"
+            )
 
     # -- genome <-> model -----------------------------------------------------------
     def genome(self, model=None) -> torch.Tensor:
@@ -125,8 +143,9 @@ class KerasAdapter(Adapter):
         model = self.model if model is None else model
         if model is not self.model:
             self.check(model)
-        parts = [np.asarray(keras.ops.convert_to_numpy(v.value)).reshape(-1)
-                 for v, _ in _float_weights(model, self.buffers)]
+        parts = [
+            np.asarray(keras.ops.convert_to_numpy(v.value)).reshape(-1) for v, _ in _float_weights(model, self.buffers)
+        ]
         return torch.from_numpy(np.concatenate(parts)).to(device=self.device, dtype=self.dtype)
 
     def load(self, genome, model=None) -> object:
@@ -136,7 +155,7 @@ class KerasAdapter(Adapter):
         if model is not self.model:
             self.check(model)
         for (v, _), e in zip(_float_weights(model, self.buffers), self.layout):
-            v.assign(genome[e.offset:e.offset + e.numel].reshape(e.shape).numpy())
+            v.assign(genome[e.offset : e.offset + e.numel].reshape(e.shape).numpy())
         return model
 
     def to_model(self, genome) -> object:
@@ -154,8 +173,11 @@ class KerasAdapter(Adapter):
         keras = _keras()
         out = OrderedDict()
         for v in self.model.weights:
-            out[v.path] = (views[v.path].detach().cpu().numpy().copy() if v.path in views
-                           else np.asarray(keras.ops.convert_to_numpy(v.value)).copy())
+            out[v.path] = (
+                views[v.path].detach().cpu().numpy().copy()
+                if v.path in views
+                else np.asarray(keras.ops.convert_to_numpy(v.value)).copy()
+            )
         return out
 
     def get_weights(self, genome):
@@ -164,7 +186,7 @@ class KerasAdapter(Adapter):
 
     # -- forward --------------------------------------------------------------------------
     def _backend_values(self, genome):
-        views = [genome[e.offset:e.offset + e.numel].view(e.shape) for e in self.layout]
+        views = [genome[e.offset : e.offset + e.numel].view(e.shape) for e in self.layout]
         if self.backend == "torch":
             return views  # torch tensors: the genome row itself, no copy
         keras = _keras()

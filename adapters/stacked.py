@@ -12,6 +12,7 @@ graph holds anything else: a convolution, a normalisation layer, an op on the fe
 genome-dependent value. Nodes that depend only on the input (``flatten``, ``view``, ``x.size(0)``) run as
 they are.
 """
+
 import operator
 
 import torch
@@ -20,25 +21,91 @@ from torch import fx, nn
 
 __all__ = ["StackedForward", "stacked_forward"]
 
-_ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.CELU, nn.SELU, nn.Tanh,
-                        nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Mish,
-                        nn.Identity, nn.Dropout, nn.AlphaDropout)
-_ELEMENTWISE_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, F.celu, F.selu, F.hardswish,
-                          F.hardsigmoid, F.hardtanh, F.softplus, F.mish, F.dropout, F.sigmoid, F.tanh,
-                          torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg,
-                          operator.add, operator.sub, operator.mul, operator.truediv, operator.neg,
-                          torch.add, torch.sub, torch.mul}
-_ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "exp", "abs", "neg", "contiguous", "clone", "float",
-                        "add", "sub", "mul"}
+_ELEMENTWISE_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Mish,
+    nn.Identity,
+    nn.Dropout,
+    nn.AlphaDropout,
+)
+_ELEMENTWISE_FUNCTIONS = {
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.gelu,
+    F.silu,
+    F.elu,
+    F.celu,
+    F.selu,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.softplus,
+    F.mish,
+    F.dropout,
+    F.sigmoid,
+    F.tanh,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.exp,
+    torch.abs,
+    torch.neg,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.neg,
+    torch.add,
+    torch.sub,
+    torch.mul,
+}
+_ELEMENTWISE_METHODS = {
+    "relu",
+    "sigmoid",
+    "tanh",
+    "exp",
+    "abs",
+    "neg",
+    "contiguous",
+    "clone",
+    "float",
+    "add",
+    "sub",
+    "mul",
+}
 _ALONG_DIM = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "softmax", "log_softmax"}  # (x, dim)
 
 
 # in-place forms, for an activation whose input is a product this forward made and nothing else reads
 # (a new tensor of (k, batch, features) per activation costs more than the activation on CPU: fresh pages)
-_IN_PLACE = {nn.ReLU: torch.relu_, F.relu: torch.relu_, torch.relu: torch.relu_, "relu": torch.relu_,
-             nn.Tanh: torch.tanh_, F.tanh: torch.tanh_, torch.tanh: torch.tanh_, "tanh": torch.tanh_,
-             nn.Sigmoid: torch.sigmoid_, F.sigmoid: torch.sigmoid_, torch.sigmoid: torch.sigmoid_,
-             "sigmoid": torch.sigmoid_}
+_IN_PLACE = {
+    nn.ReLU: torch.relu_,
+    F.relu: torch.relu_,
+    torch.relu: torch.relu_,
+    "relu": torch.relu_,
+    nn.Tanh: torch.tanh_,
+    F.tanh: torch.tanh_,
+    torch.tanh: torch.tanh_,
+    "tanh": torch.tanh_,
+    nn.Sigmoid: torch.sigmoid_,
+    F.sigmoid: torch.sigmoid_,
+    torch.sigmoid: torch.sigmoid_,
+    "sigmoid": torch.sigmoid_,
+}
 
 
 class _Unsupported(Exception):
@@ -53,17 +120,26 @@ class StackedForward:
     ``widest``: the most features a layer reads or writes, which sizes the chunks the evaluator runs.
     """
 
-    def __init__(self, adapter, graph: fx.Graph, modules: dict, linears: dict, batched: set, dims: dict,
-                 in_place: dict, widest: int):
+    def __init__(
+        self,
+        adapter,
+        graph: fx.Graph,
+        modules: dict,
+        linears: dict,
+        batched: set,
+        dims: dict,
+        in_place: dict,
+        widest: int,
+    ):
         self.adapter = adapter
         self.graph = graph
-        self.linears = linears      # Linear node -> (weight (offset, shape), bias (offset, numel) or None)
-        self.batched = batched      # nodes whose value depends on the genome: (k, B, ...)
-        self.dims = dims            # softmax-like node on a batched value -> its dim on the stack
-        self.in_place = in_place    # activation node -> the in-place function that replaces it
+        self.linears = linears  # Linear node -> (weight (offset, shape), bias (offset, numel) or None)
+        self.batched = batched  # nodes whose value depends on the genome: (k, B, ...)
+        self.dims = dims  # softmax-like node on a batched value -> its dim on the stack
+        self.in_place = in_place  # activation node -> the in-place function that replaces it
         self.widest = widest
-        self.modules = modules      # the model's named modules, for the nodes that call one
-        self._buffers = {}          # Linear node -> its product's buffer, with reuse=True
+        self.modules = modules  # the model's named modules, for the nodes that call one
+        self._buffers: dict = {}  # Linear node -> its product's buffer, with reuse=True
 
     def __call__(self, genomes: torch.Tensor, x: torch.Tensor, *, reuse: bool = False) -> torch.Tensor:
         """``reuse``: write every layer's products into buffers kept for the next call of the same shapes (no
@@ -87,13 +163,15 @@ class StackedForward:
         if node.args[0] not in self.batched:
             h = h.expand(k, *h.shape)
         if h.dim() != 3:
-            raise ValueError(f"layer {node.target!r} gets inputs of shape {tuple(h.shape[1:])} per genome; "
-                             "the stacked forward takes (batch, features) only")
-        w = genomes[:, w_off:w_off + w_shape[0] * w_shape[1]].view(k, *w_shape).transpose(1, 2)
+            raise ValueError(
+                f"layer {node.target!r} gets inputs of shape {tuple(h.shape[1:])} per genome; "
+                "the stacked forward takes (batch, features) only"
+            )
+        w = genomes[:, w_off : w_off + w_shape[0] * w_shape[1]].view(k, *w_shape).transpose(1, 2)
         out = self._out(node, (k, h.shape[1], w_shape[0]), h, reuse)
         if bias is None:
             return torch.bmm(h, w, out=out)
-        return torch.baddbmm(genomes[:, bias[0]:bias[0] + bias[1]].unsqueeze(1), h, w, out=out)
+        return torch.baddbmm(genomes[:, bias[0] : bias[0] + bias[1]].unsqueeze(1), h, w, out=out)
 
     def _run(self, genomes, x, reuse):
         env = {}
@@ -114,7 +192,9 @@ class StackedForward:
             elif node in self.dims:  # softmax-like: (x, dim) with the dim moved past the genome axis
                 fn = getattr(env[node.args[0]], node.target) if node.op == "call_method" else node.target
                 kwargs = {k: v for k, v in load(node.kwargs).items() if k != "dim"}
-                env[node] = fn(*load(node.args[:1 if node.op == "call_function" else 0]), dim=self.dims[node], **kwargs)
+                env[node] = fn(
+                    *load(node.args[: 1 if node.op == "call_function" else 0]), dim=self.dims[node], **kwargs
+                )
             else:
                 args, kwargs = load(node.args), load(node.kwargs)
                 if node.op == "call_module":
@@ -137,24 +217,26 @@ def stacked_forward(adapter) -> tuple:
     """``(StackedForward, None)`` for a ``TorchAdapter`` whose model is an MLP (see the module), else
     ``(None, reason)``."""
     from .torch import _entries
+
     model = adapter.model
     if any(hasattr(m, "parametrizations") for m in model.modules()):
         return None, "the model has parametrizations"
     try:
         # the graph only, no GraphModule to compile; no autowrapping of ``math`` (it patches every global of
         # the model's module, most of a trace's cost): a math call on a traced value is refused
-        graph = fx.Tracer(autowrap_modules=(), autowrap_functions=()).trace(model)
+        graph = fx.Tracer(autowrap_modules=(), autowrap_functions=()).trace(model)  # type: ignore[arg-type]
     except Exception as err:  # data-dependent control flow, ...
         return None, f"torch.fx cannot trace it ({type(err).__name__}: {err})"
     modules = dict(model.named_modules())
     in_genome = {id(t): e for (_, t, _), e in zip(_entries(model, adapter.buffers), adapter.layout)}
-    linears, batched, dims, widest = {}, set(), {}, 1
-    allowed = {"call_function": _ELEMENTWISE_FUNCTIONS, "call_method": _ELEMENTWISE_METHODS}
+    linears: dict = {}
+    batched: set = set()
+    dims: dict = {}
+    widest = 1
+    allowed: dict[str, set] = {"call_function": set(_ELEMENTWISE_FUNCTIONS), "call_method": set(_ELEMENTWISE_METHODS)}
     try:
         for node in graph.nodes:
-            deps = []
-            fx.node.map_arg((node.args, node.kwargs), lambda n: deps.append(n in batched))
-            dep = any(deps)
+            dep = any(n in batched for n in node.all_input_nodes)
             if node.op == "placeholder":
                 if node.next.op == "placeholder":
                     raise _Unsupported("the model takes more than one input")
@@ -165,8 +247,11 @@ def stacked_forward(adapter) -> tuple:
                 raise _Unsupported(f"node {node.name!r} reads the tensor {node.target!r} directly")
             if node.op == "call_module":
                 mod = modules[node.target]
-                own = [t for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
-                       if id(t) in in_genome]
+                own = [
+                    t
+                    for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False))
+                    if id(t) in in_genome
+                ]
                 if type(mod) is nn.Linear:
                     w = in_genome.get(id(mod.weight))
                     b = in_genome.get(id(mod.bias)) if mod.bias is not None else None
@@ -178,15 +263,18 @@ def stacked_forward(adapter) -> tuple:
                 elif own:
                     raise _Unsupported(f"module {node.target!r} ({type(mod).__name__}) is not a Linear layer")
                 elif dep and not isinstance(mod, _ELEMENTWISE_MODULES):
-                    raise _Unsupported(f"module {node.target!r} ({type(mod).__name__}) acts on a "
-                                       "genome-dependent value and is not element-wise")
+                    raise _Unsupported(
+                        f"module {node.target!r} ({type(mod).__name__}) acts on a "
+                        "genome-dependent value and is not element-wise"
+                    )
             elif dep and node.target in _ALONG_DIM and isinstance(_dim_of(node), int):
                 d = _dim_of(node)
                 dims[node] = d + 1 if d >= 0 else d  # a per-genome dim d >= 0 is d + 1 of the stack
             elif dep and node.target not in allowed[node.op]:
                 what = f".{node.target}" if node.op == "call_method" else getattr(node.target, "__name__", node.target)
-                raise _Unsupported(f"node {node.name!r} ({what}) acts on a genome-dependent value and is not "
-                                   "element-wise")
+                raise _Unsupported(
+                    f"node {node.name!r} ({what}) acts on a genome-dependent value and is not element-wise"
+                )
             if dep:
                 batched.add(node)
     except _Unsupported as err:
@@ -196,7 +284,13 @@ def stacked_forward(adapter) -> tuple:
     in_place = {}
     for node in batched:  # act(linear(h)) with nothing else reading linear(h): in place
         source = node.args[0] if node.args else None
-        if source not in linears or len(source.users) != 1 or len(node.args) != 1 or node.kwargs:
+        if (
+            not isinstance(source, fx.Node)
+            or source not in linears
+            or len(source.users) != 1
+            or len(node.args) != 1
+            or node.kwargs
+        ):
             continue
         if node.op == "call_module":
             mod = modules[node.target]

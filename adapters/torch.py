@@ -9,8 +9,11 @@ BatchNorm: float running statistics are part of the genome by default (``buffers
 buffers such as ``num_batches_tracked`` never are. ``repair_`` keeps running variances positive, and
 ``keep_valid()`` is a DEAP decorator that applies it after ``mate`` and ``mutate``.
 """
+
 import copy
 from collections import OrderedDict
+
+from typing import Optional
 
 import torch
 from torch import nn
@@ -35,9 +38,11 @@ def _entries(model, buffers):
             out.append((name, t, "buffer"))
     return out
 
+
 ######################################
 # The adapter                        #
 ######################################
+
 
 class TorchAdapter(Adapter):
     """Expose ``model`` (an ``nn.Module``) as a flat genome.
@@ -47,6 +52,8 @@ class TorchAdapter(Adapter):
     :param buffers: put float buffers (BatchNorm running mean and variance) in the genome.
     :param var_floor: the smallest running variance :meth:`repair_` lets through.
     """
+
+    model: nn.Module
 
     def __init__(self, model, *, buffers: bool = True, var_floor: float = 1e-5):
         if not isinstance(model, nn.Module):
@@ -60,8 +67,10 @@ class TorchAdapter(Adapter):
         dtypes = {t.dtype for _, t, _ in entries}
         if len(dtypes) > 1:
             first = {t.dtype: n for n, t, _ in reversed(entries)}
-            raise ValueError("all tensors of the genome must share one dtype, found "
-                             + ", ".join(f"{d} (e.g. {first[d]!r})" for d in dtypes))
+            raise ValueError(
+                "all tensors of the genome must share one dtype, found "
+                + ", ".join(f"{d} (e.g. {first[d]!r})" for d in dtypes)
+            )
         self.dtype = dtypes.pop()
         self.device = entries[0][1].device
         layout, offset = [], 0
@@ -71,10 +80,10 @@ class TorchAdapter(Adapter):
         self.layout = tuple(layout)
         self.dim = offset
         self._slots = self._build_slots()
-        self._stacked = None  # (StackedForward or None, reason), traced on first use
+        self._stacked: Optional[tuple] = None  # (StackedForward or None, reason), traced on first use
         self.variance_spans = tuple(
-            (e.offset, e.numel) for e in self.layout
-            if e.kind == "buffer" and self._is_running_var(e.name))
+            (e.offset, e.numel) for e in self.layout if e.kind == "buffer" and self._is_running_var(e.name)
+        )
 
     def _build_slots(self):
         """For the in-place forward: (owner dict getter, leaf name, layout index) for every state-dict name
@@ -84,7 +93,7 @@ class TorchAdapter(Adapter):
             return None
         index = {}
         entries = _entries(self.model, self.buffers)
-        for i, (name, t, _) in enumerate(entries):
+        for i, (_, t, _) in enumerate(entries):
             index[id(t)] = i
         slots = []
         for name, t in self.model.state_dict(keep_vars=True).items():
@@ -108,14 +117,17 @@ class TorchAdapter(Adapter):
         """An adapter over a copy of ``models[0]`` on ``device`` (``cuda`` when available by default), in
         eval mode, so the merge's forward passes never touch the user's modules; and the parents' genomes."""
         from mega_deap.population import default_device
+
         device = torch.device(device) if device is not None else default_device()
         genomes = cls(models[0], buffers=buffers).genomes(models)  # read where the parents live
         adapter = cls(copy.deepcopy(models[0]).to(device).eval(), buffers=buffers)
         return adapter, genomes.to(device)
 
     def __repr__(self):
-        return (f"TorchAdapter({type(self.model).__name__}, D={self.dim}, tensors={len(self.layout)}, "
-                f"dtype={self.dtype}, device={self.device})")
+        return (
+            f"TorchAdapter({type(self.model).__name__}, D={self.dim}, tensors={len(self.layout)}, "
+            f"dtype={self.dtype}, device={self.device})"
+        )
 
     # -- checks -----------------------------------------------------------
     def check(self, model) -> None:
@@ -123,20 +135,23 @@ class TorchAdapter(Adapter):
         if not isinstance(model, nn.Module):
             raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
         theirs = _entries(model, self.buffers)
-        for i, (e, (name, t, kind)) in enumerate(zip(self.layout, theirs)):
+        for i, (e, (name, t, _kind)) in enumerate(zip(self.layout, theirs)):
             if e.name != name or e.shape != tuple(t.shape):
                 raise ValueError(
                     f"{type(model).__name__} differs from the template at tensor {i}: expected "
-                    f"{e.name!r} of shape {e.shape}, got {name!r} of shape {tuple(t.shape)}")
+                    f"{e.name!r} of shape {e.shape}, got {name!r} of shape {tuple(t.shape)}"
+                )
             if t.dtype != self.dtype:
                 raise ValueError(f"tensor {name!r} has dtype {t.dtype}, the template has {self.dtype}")
             if t.device != self.device:
                 raise ValueError(f"tensor {name!r} is on {t.device}, the template is on {self.device}")
         if len(theirs) != len(self.layout):
-            extra = self.layout[len(theirs):] or [n for n, _, _ in theirs[len(self.layout):]]
+            extra = self.layout[len(theirs) :] or [n for n, _, _ in theirs[len(self.layout) :]]
             first = extra[0].name if isinstance(extra[0], LayoutEntry) else extra[0]
-            raise ValueError(f"{type(model).__name__} has {len(theirs)} genome tensors, the template has "
-                             f"{len(self.layout)}; first unmatched: {first!r}")
+            raise ValueError(
+                f"{type(model).__name__} has {len(theirs)} genome tensors, the template has "
+                f"{len(self.layout)}; first unmatched: {first!r}"
+            )
 
     # -- genome <-> model ---------------------------------------------------
     def genome(self, model=None) -> torch.Tensor:
@@ -154,7 +169,7 @@ class TorchAdapter(Adapter):
         views = self.tensors(genome)
         if model is not self.model:
             self.check(model)
-        for (name, t, _), e in zip(_entries(model, self.buffers), self.layout):
+        for (_, t, _), e in zip(_entries(model, self.buffers), self.layout):
             t.copy_(views[e.name])
         return model
 
@@ -167,7 +182,7 @@ class TorchAdapter(Adapter):
         """The template's state dict with ``genome``'s tensors (independent copies); a tied weight's every
         name gets the genome's tensor."""
         views = self.tensors(genome)
-        first = {}
+        first: dict[int, str] = {}
         out = OrderedDict()
         for name, t in self.model.state_dict(keep_vars=True).items():
             owner = first.setdefault(id(t), name)  # tied: the name the genome knows it by
@@ -186,7 +201,7 @@ class TorchAdapter(Adapter):
         genome = self._check_genome(genome)
         if self._slots is None:
             return functional_call(self.model, self.tensors(genome), (x,))
-        views = [genome[e.offset:e.offset + e.numel].view(e.shape) for e in self.layout]
+        views = [genome[e.offset : e.offset + e.numel].view(e.shape) for e in self.layout]
         saved = [(table, leaf, table[leaf]) for table, leaf, _ in self._slots]
         try:
             for table, leaf, i in self._slots:
@@ -205,6 +220,7 @@ class TorchAdapter(Adapter):
         else ``(None, reason)``. Traced once, on the first call."""
         if self._stacked is None:
             from .stacked import stacked_forward
+
             with self.eval_mode():
                 self._stacked = stacked_forward(self)
         return self._stacked

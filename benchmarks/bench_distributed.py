@@ -8,6 +8,7 @@ The merge is one whose forward passes dominate: two small CNNs on 32x32x3 inputs
 phases of a shared machine hit both. Reported: the merge's wall time (median and [min, max] over the
 repeats) and the speed-up, and whether the P-process run gave the single process's best genome bit for bit.
 """
+
 import argparse
 import json
 import os
@@ -27,6 +28,7 @@ def worker(out, quick=False):
     from mega_deap import distributed
     from mega_deap.experiments import SmallCNN
     from mega_deap.files import tensor_digest
+
     distributed.init_from_env()
     g = torch.Generator().manual_seed(0)
     n = 100 if quick else 1000
@@ -40,8 +42,9 @@ def worker(out, quick=False):
     seconds = time.perf_counter() - t0
     if distributed.is_main():
         with open(out, "w") as f:
-            json.dump({"seconds": seconds, "genome_sha256": tensor_digest(r.genome),
-                       "world": distributed.world_size()}, f)
+            json.dump(
+                {"seconds": seconds, "genome_sha256": tensor_digest(r.genome), "world": distributed.world_size()}, f
+            )
     distributed.shutdown()
 
 
@@ -51,8 +54,17 @@ def run_once(procs, out, quick=False):
     if procs == 1:
         cmd = [sys.executable, me, "--worker", out] + (["--quick"] if quick else [])
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), me,
-               "--worker", out] + (["--quick"] if quick else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(procs),
+            me,
+            "--worker",
+            out,
+        ] + (["--quick"] if quick else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise SystemExit(f"bench_distributed: the {procs}-process run failed:\n{proc.stderr[-2000:]}")
@@ -81,9 +93,15 @@ def main(argv=None):
                 times[n].append(r["seconds"])
                 digests[n].add(r["genome_sha256"])
     med = {n: statistics.median(v) for n, v in times.items()}
-    res = {"procs": args.procs, "repeats": args.repeats, "seconds": times, "median": med,
-           "speedup": med[1] / med[args.procs], "same_bits": digests[1] == digests[args.procs] and len(digests[1]) == 1,
-           "cpus": os.cpu_count()}
+    res = {
+        "procs": args.procs,
+        "repeats": args.repeats,
+        "seconds": times,
+        "median": med,
+        "speedup": med[1] / med[args.procs],
+        "same_bits": digests[1] == digests[args.procs] and len(digests[1]) == 1,
+        "cpus": os.cpu_count(),
+    }
     print(table(res))
     if args.json:
         with open(args.json, "w") as f:
@@ -93,13 +111,17 @@ def main(argv=None):
 
 def table(res) -> str:
     p = res["procs"]
-    lines = ["| processes (1 thread each) | merge seconds, median [min, max] | speed-up | best genome |",
-             "|---|---|---|---|"]
+    lines = [
+        "| processes (1 thread each) | merge seconds, median [min, max] | speed-up | best genome |",
+        "|---|---|---|---|",
+    ]
     for n in (1, p):
         v = res["seconds"][n] if n in res["seconds"] else res["seconds"][str(n)]
-        lines.append(f"| {n} | {statistics.median(v):.2f} [{min(v):.2f}, {max(v):.2f}] | "
-                     f"{(res['median'][1] if 1 in res['median'] else res['median']['1']) / statistics.median(v):.2f}x | "
-                     f"{'the same bits' if res['same_bits'] else 'differs'} |")
+        lines.append(
+            f"| {n} | {statistics.median(v):.2f} [{min(v):.2f}, {max(v):.2f}] | "
+            f"{(res['median'][1] if 1 in res['median'] else res['median']['1']) / statistics.median(v):.2f}x | "
+            f"{'the same bits' if res['same_bits'] else 'differs'} |"
+        )
     return "\n".join(lines)
 
 

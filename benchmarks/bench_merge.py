@@ -28,6 +28,7 @@ batch size (the library's default is the best of these on 2 CPU cores), sparse a
 mutation at D = 20 M, and the peak memory of a merge-sized population (N = 20, D = 20 M) against
 (2N + 4) x D x 4 bytes + 1 GB. Writes everything to --json.
 """
+
 import argparse
 import json
 import os
@@ -53,15 +54,18 @@ def workload(name, n_val, device):
     g = torch.Generator().manual_seed(0)
     if name.startswith("mlp-digits"):
         from mega_deap.experiments import load_digits_images
+
         X, y = load_digits_images()
         X, y = X[:n_val], y[:n_val]
         hidden = (256, 256) if name == "mlp-digits-wide" else (64,)
         make = lambda: MLP(64, 10, hidden=hidden)  # noqa: E731
     else:
         X, y = torch.randn(n_val, 3, 32, 32, generator=g), torch.randint(0, 10, (n_val,), generator=g)
-        make = {"smallcnn-cifar": lambda: SmallCNN(3, 10),
-                "resnet20-cifar": lambda: resnet_cifar(20),
-                "resnet56-cifar": lambda: resnet_cifar(56)}[name]
+        make = {
+            "smallcnn-cifar": lambda: SmallCNN(3, 10),
+            "resnet20-cifar": lambda: resnet_cifar(20),
+            "resnet56-cifar": lambda: resnet_cifar(56),
+        }[name]
     models = []
     for s in (1, 2):
         torch.manual_seed(s)
@@ -81,8 +85,15 @@ def sync(device):
 # ----------------------------------------------------------------------------- (b) and (c): the GA written
 # the way those codes write it, the same selection, blend and elitism as (a)
 def tournament(fits, k=4, size=3):
-    return [max(random.sample(range(len(fits)), size) if size <= len(fits) else
-                [random.randrange(len(fits)) for _ in range(size)], key=lambda i: fits[i]) for _ in range(k)]
+    return [
+        max(
+            random.sample(range(len(fits)), size)
+            if size <= len(fits)
+            else [random.randrange(len(fits)) for _ in range(size)],
+            key=lambda i: fits[i],
+        )
+        for _ in range(k)
+    ]
 
 
 def run_reference(models, X, y, N, G, sigma=0.1, p=0.02):
@@ -94,7 +105,7 @@ def run_reference(models, X, y, N, G, sigma=0.1, p=0.02):
 
     def evaluate(ind):
         with torch.no_grad():
-            for n, w in zip(names, ind):   # set_weights, tensor by tensor
+            for n, w in zip(names, ind):  # set_weights, tensor by tensor
                 sd[n].copy_(w)
             return (model(X).argmax(1) == y).float().mean().item()
 
@@ -123,22 +134,30 @@ def run_torchga(models, X, y, N, G, sigma=0.01, p=0.02):
     model = models[0]
     sd0 = model.state_dict()
     keys = list(sd0.keys())
-    parents = [np.concatenate([m.state_dict()[k].detach().cpu().numpy().astype(np.float64).ravel()
-                               for k in keys if sd0[k].is_floating_point()]) for m in models]
+    parents = [
+        np.concatenate(
+            [
+                m.state_dict()[k].detach().cpu().numpy().astype(np.float64).ravel()
+                for k in keys
+                if sd0[k].is_floating_point()
+            ]
+        )
+        for m in models
+    ]
     rng = np.random.default_rng(0)
     dev = X.device
 
     def evaluate(vec):
         state, start = {}, 0
-        for k in keys:   # torchga.model_weights_as_dict
+        for k in keys:  # torchga.model_weights_as_dict
             t = sd0[k]
             if t.is_floating_point():
-                state[k] = torch.from_numpy(vec[start:start + t.numel()].reshape(t.shape)).to(dev, torch.float32)
+                state[k] = torch.from_numpy(vec[start : start + t.numel()].reshape(t.shape)).to(dev, torch.float32)
                 start += t.numel()
             else:
                 state[k] = t
         model.load_state_dict(state)
-        with torch.no_grad():   # torchga.predict
+        with torch.no_grad():  # torchga.predict
             pred = model(X)
         return (pred.argmax(1) == y).float().mean().item()
 
@@ -192,39 +211,57 @@ def bench_model(name, n_val, N, G, device, repeats, strategy, alternatives=True,
     common = dict(popsize=N, ngen=G, seed=0, device=device, verbose=False, batch_size=len(X), metric="accuracy")
     variants = {
         "batched": lambda: mega_deap.merge(models, (X, y), strategy=strategy, **common),
-        "per_individual": lambda: mega_deap.merge(models, (X, y), strategy=strategy, breeding="per-individual",
-                                                  **common),
+        "per_individual": lambda: mega_deap.merge(
+            models, (X, y), strategy=strategy, breeding="per-individual", **common
+        ),
     }
     if alternatives:
-        variants["layer"] = lambda: mega_deap.merge(models, (X, y), strategy=strategy, mutation="layer", sigma=0.1,
-                                                    **common)
+        variants["layer"] = lambda: mega_deap.merge(
+            models, (X, y), strategy=strategy, mutation="layer", sigma=0.1, **common
+        )
         variants["reference"] = lambda: run_reference(models, X, y, N, G)
         variants["torchga"] = lambda: run_torchga(models, X, y, N, G)
     if gpu_variants:
         variants["vmap"] = lambda: mega_deap.merge(models, (X, y), strategy="vmap", **common)
-        variants["bf16"] = lambda: mega_deap.merge(models, (X, y), strategy=strategy, autocast=torch.bfloat16,
-                                                   **common)
+        variants["bf16"] = lambda: mega_deap.merge(models, (X, y), strategy=strategy, autocast=torch.bfloat16, **common)
     variants["floor"] = lambda: run_floor(models, X, y, n_evals)
     run_floor(models, X, y, 3)  # warm-up
-    variants["batched"]()       # warm-up of the merge path (first calls allocate)
+    variants["batched"]()  # warm-up of the merge path (first calls allocate)
     runs = {k: [] for k in variants}
     for _ in range(repeats):  # interleaved, so drift in the machine's speed hits every variant alike
         for k, fn in variants.items():
             runs[k].append(timed(fn, device))
     med = {k: float(np.median(v)) for k, v in runs.items()}
-    row = {"model": name, "D": D, "val": n_val, "N": N, "G": G, "evals": n_evals, "repeats": repeats,
-           "seconds": med, "spread": {k: [min(v), max(v)] for k, v in runs.items()}, "runs": runs,
-           "a/d": med["batched"] / med["floor"], "a0/d": med["per_individual"] / med["floor"],
-           "child_us": {k: 1e6 * (med[k] - med["floor"]) / children for k in ("batched", "per_individual")}}
+    row = {
+        "model": name,
+        "D": D,
+        "val": n_val,
+        "N": N,
+        "G": G,
+        "evals": n_evals,
+        "repeats": repeats,
+        "seconds": med,
+        "spread": {k: [min(v), max(v)] for k, v in runs.items()},
+        "runs": runs,
+        "a/d": med["batched"] / med["floor"],
+        "a0/d": med["per_individual"] / med["floor"],
+        "child_us": {k: 1e6 * (med[k] - med["floor"]) / children for k in ("batched", "per_individual")},
+    }
     if alternatives:
-        row.update({"a2/d": med["layer"] / med["floor"], "b/a": med["reference"] / med["batched"],
-                    "c/a": med["torchga"] / med["batched"]})
+        row.update(
+            {
+                "a2/d": med["layer"] / med["floor"],
+                "b/a": med["reference"] / med["batched"],
+                "c/a": med["torchga"] / med["batched"],
+            }
+        )
     return row
 
 
 def bench_batch_size(name, n_val, sizes, device, repeats=5):
     """Seconds to score one genome on ``n_val`` inputs at each evaluation batch size (median of repeats)."""
     from mega_deap.adapters import accuracy
+
     models, X, y = workload(name, n_val, device)
     ad = TorchAdapter(models[0])
     g = ad.genome()
@@ -234,7 +271,7 @@ def bench_batch_size(name, n_val, sizes, device, repeats=5):
     runs = {b: [] for b in sizes}
     for _ in range(repeats):
         for b, ev in evs.items():
-            runs[b].append(timed(lambda: ev.scores([g] * 10), device) / 10)
+            runs[b].append(timed(lambda ev=ev: ev.scores([g] * 10), device) / 10)
     return {"model": name, "val": n_val, "seconds": {b: float(np.median(v)) for b, v in runs.items()}}
 
 
@@ -256,9 +293,14 @@ def bench_strategies(name, n_val, device, k=40, repeats=9):
     for _ in range(repeats):
         for s, fn in fns.items():
             runs[s].append(timed(fn, device) / k)
-    return {"model": name, "val": n_val, "k": k, "auto": auto.strategy,
-            "chunk": auto._stacked_chunk if auto.strategy == "stacked" else None,
-            "us": {s: 1e6 * float(np.median(v)) for s, v in runs.items()}}
+    return {
+        "model": name,
+        "val": n_val,
+        "k": k,
+        "auto": auto.strategy,
+        "chunk": auto._stacked_chunk if auto.strategy == "stacked" else None,
+        "us": {s: 1e6 * float(np.median(v)) for s, v in runs.items()},
+    }
 
 
 class _Clock:
@@ -274,6 +316,7 @@ class _Clock:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - t
+
         return timed_call
 
 
@@ -285,15 +328,21 @@ def bench_parts(name, n_val, N, G, device, repeats=7):
     (adapter, evaluator, population, the merged model) by difference; against the floor's forward passes per
     generation (all N + G (N - 1) of them, / G), so the parts add up to merge/floor - 1."""
     from mega_deap import presets
+
     models, X, y = workload(name, n_val, device)
     n_evals = N + G * (N - 1)
     clock = _Clock()
-    timed_parts = [(presets, "varMeGABatched", "breeding"), (mega_deap.Evaluator, "map", "evaluation"),
-                   (tools.Statistics, "compile", "statistics and hall of fame"),
-                   (tools.HallOfFame, "update", "statistics and hall of fame"), (presets, "eaMeGA", "eaMeGA")]
+    timed_parts = [
+        (presets, "varMeGABatched", "breeding"),
+        (mega_deap.Evaluator, "map", "evaluation"),
+        (tools.Statistics, "compile", "statistics and hall of fame"),
+        (tools.HallOfFame, "update", "statistics and hall of fame"),
+        (presets, "eaMeGA", "eaMeGA"),
+    ]
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in timed_parts]
-    common = dict(popsize=N, ngen=G, seed=0, device=device, verbose=False, batch_size=len(X), metric="accuracy",
-                  progress=False)
+    common = dict(
+        popsize=N, ngen=G, seed=0, device=device, verbose=False, batch_size=len(X), metric="accuracy", progress=False
+    )
     runs = {k: [] for k in ("merge", "floor", "breeding", "evaluation", "statistics and hall of fame", "eaMeGA")}
     for (owner, attr, part), (_, _, fn) in zip(timed_parts, originals):
         setattr(owner, attr, clock.wrap(part, fn))  # the same functions, timed, for the runs below only
@@ -312,14 +361,28 @@ def bench_parts(name, n_val, N, G, device, repeats=7):
     med = {k: float(np.median(v)) for k, v in runs.items()}
     per_gen = 1e6 / G
     floor_gen = med["floor"] * per_gen  # all N + G (N - 1) forward passes, per generation
-    parts = {"breeding": med["breeding"] * per_gen,
-             "evaluation beyond the floor": (med["evaluation"] - med["floor"]) * per_gen,
-             "statistics and hall of fame": med["statistics and hall of fame"] * per_gen,
-             "the rest of eaMeGA's loop": (med["eaMeGA"] - med["breeding"] - med["evaluation"]
-                                           - med["statistics and hall of fame"]) * per_gen,
-             "setup and result (per merge / G)": (med["merge"] - med["eaMeGA"]) * per_gen}
-    return {"model": name, "val": n_val, "N": N, "G": G, "repeats": repeats, "floor_per_generation_us": floor_gen,
-            "parts_us": parts, "a/d": med["merge"] / med["floor"], "seconds": med, "runs": runs}
+    parts = {
+        "breeding": med["breeding"] * per_gen,
+        "evaluation beyond the floor": (med["evaluation"] - med["floor"]) * per_gen,
+        "statistics and hall of fame": med["statistics and hall of fame"] * per_gen,
+        "the rest of eaMeGA's loop": (
+            med["eaMeGA"] - med["breeding"] - med["evaluation"] - med["statistics and hall of fame"]
+        )
+        * per_gen,
+        "setup and result (per merge / G)": (med["merge"] - med["eaMeGA"]) * per_gen,
+    }
+    return {
+        "model": name,
+        "val": n_val,
+        "N": N,
+        "G": G,
+        "repeats": repeats,
+        "floor_per_generation_us": floor_gen,
+        "parts_us": parts,
+        "a/d": med["merge"] / med["floor"],
+        "seconds": med,
+        "runs": runs,
+    }
 
 
 # ----------------------------------------------------------------------------- mutation and memory
@@ -340,6 +403,7 @@ def bench_mutation(D, indpb, device, repeats=5):
 
 def memory_probe(N, D, G):
     """Runs in a child process: eaMeGA over N x D genomes with a cheap fitness; prints the peak RSS."""
+
     class Cheap:  # fitness = the first gene: no model, so only the GA's own memory shows
         def __call__(self, ind):
             return (float(ind.genome[0]),)
@@ -361,13 +425,20 @@ def memory_probe(N, D, G):
 
 
 def bench_memory(N, D, G):
-    out = subprocess.run([sys.executable, __file__, "--memory-probe", str(N), str(D), str(G)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-probe", str(N), str(D), str(G)], capture_output=True, text=True, check=True
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     budget = (2 * N + 4) * D * 4 + 2**30
     used = r["peak_bytes"] - r["baseline_bytes"]
-    return {"N": N, "D": D, "G": G, "peak_above_baseline_bytes": used, "budget_bytes": budget,
-            "within_budget": used <= budget}
+    return {
+        "N": N,
+        "D": D,
+        "G": G,
+        "peak_above_baseline_bytes": used,
+        "budget_bytes": budget,
+        "within_budget": used <= budget,
+    }
 
 
 # ----------------------------------------------------------------------------- main
@@ -392,8 +463,10 @@ def main(argv=None):
     random.seed(0)
     gpu = device.type == "cuda"
     if args.quick:
-        plan = [(m, args.val or 64, args.popsize or 4, args.ngen or 2, True)
-                for m in (args.models or ["mlp-digits", "smallcnn-cifar"])]
+        plan = [
+            (m, args.val or 64, args.popsize or 4, args.ngen or 2, True)
+            for m in (args.models or ["mlp-digits", "smallcnn-cifar"])
+        ]
         mut_D, mem = (200_000, (4, 100_000, 2))
         repeats = args.repeats or 1
         sweep = [("mlp-digits", 64, (32, 64))]
@@ -414,9 +487,14 @@ def main(argv=None):
         where = [("mlp-digits", 1797, 20, 20)]
     else:
         # CPU: validation sets and generations cut so the table takes minutes (a GPU gets the paper's protocol)
-        cpu = [("mlp-digits", 1797, 20, 20, True), ("mlp-digits", 1797, 200, 5, False),
-               ("mlp-digits", 1797, 2000, 2, False), ("mlp-digits-wide", 1797, 20, 20, True),
-               ("smallcnn-cifar", 500, 20, 5, True), ("resnet20-cifar", 200, 20, 3, False)]
+        cpu = [
+            ("mlp-digits", 1797, 20, 20, True),
+            ("mlp-digits", 1797, 200, 5, False),
+            ("mlp-digits", 1797, 2000, 2, False),
+            ("mlp-digits-wide", 1797, 20, 20, True),
+            ("smallcnn-cifar", 500, 20, 5, True),
+            ("resnet20-cifar", 200, 20, 3, False),
+        ]
         plan = [p for p in cpu if args.models is None or p[0] in args.models]
         plan = [(m, args.val or v, args.popsize or n, args.ngen or g, alt) for m, v, n, g, alt in plan]
         mut_D, mem = 20_000_000, (20, 20_000_000, 2)
@@ -428,40 +506,69 @@ def main(argv=None):
     rows = []
     for name, n_val, N, G, alternatives in plan:
         reps = repeats if "resnet" not in name or gpu else min(repeats, 3)
-        r = bench_model(name, n_val, N, G, device, reps, args.strategy, alternatives=alternatives,
-                        gpu_variants=gpu)
+        r = bench_model(name, n_val, N, G, device, reps, args.strategy, alternatives=alternatives, gpu_variants=gpu)
         rows.append(r)
         s = r["seconds"]
-        print(f"{name:16s} D={r['D']:>9,d} val={n_val:>5d} N={N} G={G} evals={r['evals']:>5d} | "
-              + " ".join(f"{k} {v:.3f}s" for k, v in s.items())
-              + f" | a/d {r['a/d']:.3f} a0/d {r['a0/d']:.3f} | us/child batched {r['child_us']['batched']:.0f} "
-              f"per-individual {r['child_us']['per_individual']:.0f}", flush=True)
+        print(
+            f"{name:16s} D={r['D']:>9,d} val={n_val:>5d} N={N} G={G} evals={r['evals']:>5d} | "
+            + " ".join(f"{k} {v:.3f}s" for k, v in s.items())
+            + f" | a/d {r['a/d']:.3f} a0/d {r['a0/d']:.3f} | us/child batched {r['child_us']['batched']:.0f} "
+            f"per-individual {r['child_us']['per_individual']:.0f}",
+            flush=True,
+        )
     strategies = [bench_strategies(m, n, device) for m, n in strat]
     for st in strategies:
-        print(f"strategies, {st['model']} on {st['val']} inputs (us per genome): "
-              + ", ".join(f"{s} {v:.0f}" for s, v in st["us"].items()) + f"; auto picks {st['auto']}", flush=True)
+        print(
+            f"strategies, {st['model']} on {st['val']} inputs (us per genome): "
+            + ", ".join(f"{s} {v:.0f}" for s, v in st["us"].items())
+            + f"; auto picks {st['auto']}",
+            flush=True,
+        )
     parts = [bench_parts(m, n, N, G, device, repeats=1 if args.quick else 7) for m, n, N, G in where]
     for pt in parts:
-        print(f"where the time goes, {pt['model']} N={pt['N']} G={pt['G']} (us per generation; floor "
-              f"{pt['floor_per_generation_us']:.0f}): " + ", ".join(f"{k} {v:.0f}" for k, v in pt["parts_us"].items())
-              + f"; merge/floor {pt['a/d']:.3f}", flush=True)
+        print(
+            f"where the time goes, {pt['model']} N={pt['N']} G={pt['G']} (us per generation; floor "
+            f"{pt['floor_per_generation_us']:.0f}): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in pt["parts_us"].items())
+            + f"; merge/floor {pt['a/d']:.3f}",
+            flush=True,
+        )
     sizes = [bench_batch_size(m, n, bs, device) for m, n, bs in sweep]
     for sz in sizes:
-        print(f"batch size, {sz['model']} on {sz['val']} inputs: "
-              + ", ".join(f"{b}: {t * 1e3:.2f} ms" for b, t in sz["seconds"].items()), flush=True)
+        print(
+            f"batch size, {sz['model']} on {sz['val']} inputs: "
+            + ", ".join(f"{b}: {t * 1e3:.2f} ms" for b, t in sz["seconds"].items()),
+            flush=True,
+        )
     mut = bench_mutation(mut_D, 0.02, device)
-    print(f"mutation D={mut['D']:,} indpb=0.02: sparse {mut['sparse_s'] * 1e3:.2f} ms, dense mask "
-          f"{mut['dense_s'] * 1e3:.2f} ms, sparse is {mut['speedup']:.1f}x faster", flush=True)
+    print(
+        f"mutation D={mut['D']:,} indpb=0.02: sparse {mut['sparse_s'] * 1e3:.2f} ms, dense mask "
+        f"{mut['dense_s'] * 1e3:.2f} ms, sparse is {mut['speedup']:.1f}x faster",
+        flush=True,
+    )
     memr = bench_memory(*mem) if mem and device.type == "cpu" else None
     if memr:
-        print(f"memory N={memr['N']} D={memr['D']:,}: peak {memr['peak_above_baseline_bytes'] / 2**30:.2f} GiB above "
-              f"baseline, budget (2N+4)xDx4 + 1 GiB = {memr['budget_bytes'] / 2**30:.2f} GiB: "
-              f"{'within' if memr['within_budget'] else 'OVER'}")
-    result = {"device": str(device), "machine": platform.platform(), "cpu_count": os.cpu_count(),
-              "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-              "quick": args.quick, "rows": rows, "strategies": strategies, "parts": parts, "batch_sizes": sizes, "mutation": mut, "memory": memr,
-              "command": " ".join(sys.argv)}
+        print(
+            f"memory N={memr['N']} D={memr['D']:,}: peak {memr['peak_above_baseline_bytes'] / 2**30:.2f} GiB above "
+            f"baseline, budget (2N+4)xDx4 + 1 GiB = {memr['budget_bytes'] / 2**30:.2f} GiB: "
+            f"{'within' if memr['within_budget'] else 'OVER'}"
+        )
+    result = {
+        "device": str(device),
+        "machine": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "quick": args.quick,
+        "rows": rows,
+        "strategies": strategies,
+        "parts": parts,
+        "batch_sizes": sizes,
+        "mutation": mut,
+        "memory": memr,
+        "command": " ".join(sys.argv),
+    }
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -23,6 +23,7 @@ Fitness and every choice use the validation split; the test split only reports. 
 the gap from the best parent's test accuracy to the ensemble's that a method closes (of the means over
 seeds; "no gap" where the ensemble is less than a point above the best parent).
 """
+
 import argparse
 import os
 import sys
@@ -39,8 +40,9 @@ MODELS = {"mlp": ("digits", "mlp"), "cnn": ("digits", "smallcnn"), "cifar-format
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
     p.add_argument("--settings", nargs="+", choices=study.SETTINGS, default=list(study.SETTINGS))
     p.add_argument("--seeds", type=int, default=5)
@@ -64,6 +66,7 @@ def cifar_format_splits(seed):
     def as_cifar(images):
         big = images.repeat_interleave(4, 2).repeat_interleave(4, 3).expand(-1, 3, -1, -1)
         return (big * 255).round().to(torch.uint8)
+
     train_X = torch.cat([full.train[0], full.val[0]])
     train_y = torch.cat([full.train[1], full.val[1]])
     with tempfile.TemporaryDirectory() as d:
@@ -81,13 +84,18 @@ def main(argv=None):
             runs = []
             for seed in range(args.seeds):
                 splits = digits_splits(seed=seed) if source == "digits" else cifar_format_splits(seed)
-                runs.append(study.run_setting(splits, model_name, setting, seed, epochs=args.epochs,
-                                              popsize=args.popsize, ngen=args.ngen))
+                runs.append(
+                    study.run_setting(
+                        splits, model_name, setting, seed, epochs=args.epochs, popsize=args.popsize, ngen=args.ngen
+                    )
+                )
                 say(f"{key} {setting} seed {seed}: " + ", ".join(f"{m} {v[1]:.3f}" for m, v in runs[-1].items()))
             results[f"{key}/{setting}"] = {"runs": runs, "rows": study.summarize(runs)}
     os.makedirs(args.out, exist_ok=True)
-    write_json({"settings": vars(args), "results": results, "seconds": time.perf_counter() - t0},
-               os.path.join(args.out, "results.json"))
+    write_json(
+        {"settings": vars(args), "results": results, "seconds": time.perf_counter() - t0},
+        os.path.join(args.out, "results.json"),
+    )
     text = table(results)
     say(text)
     print(f"wrote {os.path.join(args.out, 'results.json')}")
@@ -104,12 +112,17 @@ def table(results) -> str:
         out.append("| method | val % | test % | gap closed | p (Holm), test > best parent | s a run |")
         out.append("|---|---|---|---|---|---|")
         for r in res["rows"]:
-            gap = "" if r["method"] in ("best parent", "output ensemble") else (
-                "no gap" if r["gap"] != r["gap"] else f"{100 * r['gap']:.0f} %")
+            gap = (
+                ""
+                if r["method"] in ("best parent", "output ensemble")
+                else ("no gap" if r["gap"] != r["gap"] else f"{100 * r['gap']:.0f} %")
+            )
             p = "" if r["p_holm"] != r["p_holm"] else f"{r['p_holm']:.3g}"
-            out.append(f"| {r['method']} | {100 * r['val']:.2f} ± {100 * r['val_sd']:.2f} | "
-                       f"{100 * r['test']:.2f} ± {100 * r['test_sd']:.2f} | {gap} | {p} | "
-                       f"{r['seconds']:.1f} |")
+            out.append(
+                f"| {r['method']} | {100 * r['val']:.2f} ± {100 * r['val_sd']:.2f} | "
+                f"{100 * r['test']:.2f} ± {100 * r['test_sd']:.2f} | {gap} | {p} | "
+                f"{r['seconds']:.1f} |"
+            )
         out.append("")
     return "\n".join(out)
 

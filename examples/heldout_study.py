@@ -12,6 +12,7 @@ Each task in two settings: same-data parents (two seeds) and different-data pare
 parts). The rule (:func:`~mega_deap.experiments.heldout_study.choose_metric`) reads the development tables
 only; the held-out tables are printed beside it, never used by it.
 """
+
 import argparse
 import os
 import sys
@@ -23,8 +24,9 @@ from mega_deap.experiments.align_study import SETTINGS
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--tasks", nargs="+", choices=tuple(study.TASKS), default=list(study.TASKS))
     p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     p.add_argument("--seeds", type=int, default=5)
@@ -49,15 +51,22 @@ def main(argv=None):
             runs = []
             for seed in range(args.seeds):
                 runs.append(study.run_task(task, setting, seed, popsize=args.popsize, ngen=args.ngen))
-                say(f"{name} {setting} seed {seed}: " + ", ".join(
-                    f"{m} {v[1]:.3f}" for m, v in runs[-1].items() if m in study.METHODS))
-            results[f"{name}/{setting}"] = {"runs": runs, "rows": study.summarize(runs),
-                                            "held_out": task not in study.DEVELOPMENT}
+                say(
+                    f"{name} {setting} seed {seed}: "
+                    + ", ".join(f"{m} {v[1]:.3f}" for m, v in runs[-1].items() if m in study.METHODS)
+                )
+            results[f"{name}/{setting}"] = {
+                "runs": runs,
+                "rows": study.summarize(runs),
+                "held_out": task not in study.DEVELOPMENT,
+            }
     dev = {k: r["rows"] for k, r in results.items() if not r["held_out"]}
     choices = {"fitness": study.choose_metric(dev), "matching": study.choose_matching(dev)} if dev else {}
     os.makedirs(args.out, exist_ok=True)
-    write_json({"settings": vars(args), "results": results, "choices": choices,
-                "seconds": time.perf_counter() - t0}, os.path.join(args.out, "results.json"))
+    write_json(
+        {"settings": vars(args), "results": results, "choices": choices, "seconds": time.perf_counter() - t0},
+        os.path.join(args.out, "results.json"),
+    )
     say(table(results, choices))
     print(f"wrote {os.path.join(args.out, 'results.json')}")
     return {"results": results, "choices": choices}
@@ -67,21 +76,27 @@ def table(results, choices) -> str:
     """The rule's choices, then one Markdown table per task and setting, development first."""
     out = []
     for what, (chosen, scores) in choices.items():
-        out.append(f"Development tables only, each candidate {what}'s worst and mean test accuracy minus the best "
-                   "parent's (points): " + "; ".join(f"`{m}` {100 * w:+.2f} / {100 * a:+.2f}"
-                                                      for m, (w, a) in scores.items())
-                   + f". The rule (the highest worst case) chooses **`{chosen}`**.\n")
+        out.append(
+            f"Development tables only, each candidate {what}'s worst and mean test accuracy minus the best "
+            "parent's (points): "
+            + "; ".join(f"`{m}` {100 * w:+.2f} / {100 * a:+.2f}" for m, (w, a) in scores.items())
+            + f". The rule (the highest worst case) chooses **`{chosen}`**.\n"
+        )
     for held in (False, True):
         for key, res in results.items():
             if res["held_out"] != held:
                 continue
             parents = res["runs"][0]["parents"]
-            out.append(f"**{key}** ({'held out' if held else 'development'}, {len(res['runs'])} seeds; seed 0's "
-                       f"parents: training accuracy {', '.join(f'{100 * a:.0f} %' for a in parents['train_acc'])}, "
-                       f"mean confidence on validation {', '.join(f'{100 * c:.0f} %' for c in parents['mean_confidence'])}, "
-                       f"validation accuracy {', '.join(f'{100 * a:.0f} %' for a in parents['val_acc'])})\n")
-            out.append("| method | val % | test % | test − best parent (points) | worst seed | gap closed | "
-                       "seeds below the better parent on val | s a run |")
+            out.append(
+                f"**{key}** ({'held out' if held else 'development'}, {len(res['runs'])} seeds; seed 0's "
+                f"parents: training accuracy {', '.join(f'{100 * a:.0f} %' for a in parents['train_acc'])}, "
+                f"mean confidence on validation {', '.join(f'{100 * c:.0f} %' for c in parents['mean_confidence'])}, "
+                f"validation accuracy {', '.join(f'{100 * a:.0f} %' for a in parents['val_acc'])})\n"
+            )
+            out.append(
+                "| method | val % | test % | test − best parent (points) | worst seed | gap closed | "
+                "seeds below the better parent on val | s a run |"
+            )
             out.append("|---|---|---|---|---|---|---|---|")
             for r in res["rows"]:
                 plain = r["method"] in ("best parent", "output ensemble")
@@ -89,9 +104,11 @@ def table(results, choices) -> str:
                 delta = "" if plain else f"{100 * r['delta']:+.2f} ± {100 * r['delta_sd']:.2f}"
                 worst = "" if plain else f"{100 * r['delta_min']:+.2f}"
                 below = "" if plain else str(r["below_val"])
-                out.append(f"| {r['method']} | {100 * r['val']:.2f} ± {100 * r['val_sd']:.2f} | "
-                           f"{100 * r['test']:.2f} ± {100 * r['test_sd']:.2f} | {delta} | {worst} | {gap} | "
-                           f"{below} | {r['seconds']:.1f} |")
+                out.append(
+                    f"| {r['method']} | {100 * r['val']:.2f} ± {100 * r['val_sd']:.2f} | "
+                    f"{100 * r['test']:.2f} ± {100 * r['test_sd']:.2f} | {delta} | {worst} | {gap} | "
+                    f"{below} | {r['seconds']:.1f} |"
+                )
             out.append("")
     return "\n".join(out)
 

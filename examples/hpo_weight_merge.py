@@ -15,6 +15,7 @@ its test score; the total duration; the median training loss networks start from
 timed fitness function); and the study's stopping rule "until accepted": generations and seconds until the
 best validation score reaches the accepted value. Writes results.json, times_hist.png and durations.png to --out.
 """
+
 import argparse
 import os
 import random
@@ -30,7 +31,16 @@ import mega_deap
 from mega_deap import distributed
 from mega_deap.experiments.ablation import holm
 from mega_deap.experiments import pyplot, save_figure, write_json
-from mega_deap.experiments.hpo import SPACE, Candidate, TrainEvaluator, cxScratch, cxWeightMerge, eaUntil, mutGenes, random_genes
+from mega_deap.experiments.hpo import (
+    SPACE,
+    Candidate,
+    TrainEvaluator,
+    cxScratch,
+    cxWeightMerge,
+    eaUntil,
+    mutGenes,
+    random_genes,
+)
 
 DATASETS = {"digits": "classification", "diabetes": "regression", "wine": "classification"}
 ACCEPT = {"digits": 0.975, "diabetes": 42.0, "wine": 0.99}
@@ -41,11 +51,12 @@ STUDY_SPACE = dict(SPACE, epochs=(10, 20, 40))
 def load(name, seed=0):
     """Standardised features; 60 / 20 / 20 train / validation / test with a fixed seed."""
     from sklearn import datasets
+
     X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
     X = torch.tensor(X, dtype=torch.float32)
     perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(1000 + seed))
     n_tr, n_va = int(0.6 * len(X)), int(0.2 * len(X))
-    tr, va, te = perm[:n_tr], perm[n_tr:n_tr + n_va], perm[n_tr + n_va:]
+    tr, va, te = perm[:n_tr], perm[n_tr : n_tr + n_va], perm[n_tr + n_va :]
     mean, std = X[tr].mean(0), X[tr].std(0).clamp_min(1e-8)
     X = (X - mean) / std
     y = torch.tensor(y, dtype=torch.long if DATASETS[name] == "classification" else torch.float32)
@@ -87,10 +98,20 @@ def run(name, mode, seed, popsize, ngen, accept=None, patience=3):
     _, log = eaUntil(pop, tb, cxpb=0.6, mutpb=0.3, ngen=ngen, accept=accept, halloffame=hof)
     total = time.perf_counter() - t0
     best = hof[0]
-    return {"dataset": name, "mode": mode, "seed": seed, "times": ev.times, "total": total,
-            "val": best.fitness.values[0], "test": ev.test_score(best, *test), "genes": best.genes,
-            "generations": log.select("gen")[-1], "initial_losses": ev.initial_losses,
-            "epochs_run": ev.epochs_run, "warm": ev.warm}
+    return {
+        "dataset": name,
+        "mode": mode,
+        "seed": seed,
+        "times": ev.times,
+        "total": total,
+        "val": best.fitness.values[0],
+        "test": ev.test_score(best, *test),
+        "genes": best.genes,
+        "generations": log.select("gen")[-1],
+        "initial_losses": ev.initial_losses,
+        "epochs_run": ev.epochs_run,
+        "warm": ev.warm,
+    }
 
 
 def summarize(runs, datasets=DATASETS):
@@ -99,8 +120,10 @@ def summarize(runs, datasets=DATASETS):
         row = {"dataset": name, "metric": "accuracy" if DATASETS[name] == "classification" else "MAE"}
         per_seed = {}
         for mode in ("basic", "merge"):
-            rs = sorted((r for r in runs if r["dataset"] == name and r["mode"] == mode and not r.get("until")),
-                        key=lambda r: r["seed"])
+            rs = sorted(
+                (r for r in runs if r["dataset"] == name and r["mode"] == mode and not r.get("until")),
+                key=lambda r: r["seed"],
+            )
             if not rs:
                 continue
             times = np.concatenate([r["times"] for r in rs])
@@ -136,16 +159,21 @@ def summarize(runs, datasets=DATASETS):
 
 
 def table(summary):
-    lines = ["| data set | metric | fitness time mean basic / merge (s) | saving | p (Holm) | median basic / merge (s) | "
-             "skewness basic / merge | epochs trained basic / merge | evaluations from weights basic / merge | "
-             "median starting train loss basic / merge | best val basic / merge | test basic / merge | "
-             "until accepted: s (gens) basic / merge |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data set | metric | fitness time mean basic / merge (s) | saving | p (Holm) | median basic / merge (s) | "
+        "skewness basic / merge | epochs trained basic / merge | evaluations from weights basic / merge | "
+        "median starting train loss basic / merge | best val basic / merge | test basic / merge | "
+        "until accepted: s (gens) basic / merge |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in summary.values():
         f = (lambda v: f"{v:.4f}") if r["metric"] == "accuracy" else (lambda v: f"{v:.2f}")
-        until = (f"{r['basic_until_seconds']:.1f} ({r['basic_until_generations']:.1f}) / "
-                 f"{r['merge_until_seconds']:.1f} ({r['merge_until_generations']:.1f})"
-                 if "merge_until_seconds" in r else "")
+        until = (
+            f"{r['basic_until_seconds']:.1f} ({r['basic_until_generations']:.1f}) / "
+            f"{r['merge_until_seconds']:.1f} ({r['merge_until_generations']:.1f})"
+            if "merge_until_seconds" in r
+            else ""
+        )
         lines.append(
             f"| {r['dataset']} | {r['metric']} | {r['basic_time_mean']:.3f} ± {r['basic_time_seed_sd']:.3f} / "
             f"{r['merge_time_mean']:.3f} ± {r['merge_time_seed_sd']:.3f} | {100 * r['time_saving']:.0f}% | "
@@ -155,7 +183,9 @@ def table(summary):
             f"{100 * r['basic_warm_share']:.0f}% / {100 * r['merge_warm_share']:.0f}% | "
             f"{r['basic_start_loss']:.3g} / {r['merge_start_loss']:.3g} | "
             f"{f(r['basic_val'])} ± {f(r['basic_val_sd'])} / {f(r['merge_val'])} ± {f(r['merge_val_sd'])} | "
-            f"{f(r['basic_test'])} ± {f(r['basic_test_sd'])} / {f(r['merge_test'])} ± {f(r['merge_test_sd'])} | {until} |")
+            f"{f(r['basic_test'])} ± {f(r['basic_test_sd'])} / {f(r['merge_test'])} ± {f(r['merge_test_sd'])} | "
+            f"{until} |"
+        )
     return "\n".join(lines)
 
 
@@ -163,8 +193,13 @@ def plots(runs, out, datasets=DATASETS):
     plt = pyplot()
     fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.5), dpi=110)
     for ax, name in zip(np.atleast_1d(axes), datasets):
-        times = {mode: np.concatenate([r["times"] for r in runs if r["dataset"] == name and r["mode"] == mode
-                                       and not r.get("until")] or [np.zeros(0)]) for mode in ("basic", "merge")}
+        times = {
+            mode: np.concatenate(
+                [r["times"] for r in runs if r["dataset"] == name and r["mode"] == mode and not r.get("until")]
+                or [np.zeros(0)]
+            )
+            for mode in ("basic", "merge")
+        }
         bins = np.histogram_bin_edges(np.concatenate(list(times.values())), bins=25)  # shared: comparable bars
         for mode, color in (("basic", "C0"), ("merge", "C1")):
             ax.hist(times[mode], bins=bins, alpha=0.55, color=color, label=f"{mode} ({len(times[mode])})")
@@ -177,8 +212,10 @@ def plots(runs, out, datasets=DATASETS):
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     x = np.arange(len(datasets))
     for k, (mode, color) in enumerate((("basic", "C0"), ("merge", "C1"))):
-        vals = [np.mean([r["total"] for r in runs if r["dataset"] == n and r["mode"] == mode and not r.get("until")]
-                        or [0]) for n in datasets]
+        vals = [
+            np.mean([r["total"] for r in runs if r["dataset"] == n and r["mode"] == mode and not r.get("until")] or [0])
+            for n in datasets
+        ]
         ax.bar(x + (k - 0.5) * 0.38, vals, width=0.38, color=color, label=mode)
     ax.set_xticks(x, list(datasets))
     ax.set_ylabel("total duration (s)")
@@ -191,8 +228,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--patience", type=int, default=3,
-                   help="early stopping: epochs without improvement on the held-out split")
+    p.add_argument(
+        "--patience", type=int, default=3, help="early stopping: epochs without improvement on the held-out split"
+    )
     p.add_argument("--popsize", type=int, default=10)
     p.add_argument("--ngen", type=int, default=6)
     p.add_argument("--no-until", action="store_true", help="skip the 'until accepted accuracy' runs")
@@ -210,8 +248,7 @@ def main(argv=None):
         runs.append(run(name, mode, seed, args.popsize, args.ngen, patience=args.patience))
         best = runs[-1]["val"]
         if not args.no_until:
-            r = run(name, mode, seed, args.popsize, 3 * args.ngen, accept=ACCEPT[name],
-                    patience=args.patience)
+            r = run(name, mode, seed, args.popsize, 3 * args.ngen, accept=ACCEPT[name], patience=args.patience)
             runs.append(r | {"until": True})
         if not quiet:
             tqdm.write(f"{name} {mode} seed {seed}: best validation {best:.4f}")
@@ -220,8 +257,16 @@ def main(argv=None):
         return summary, runs
     os.makedirs(args.out, exist_ok=True)
     hist, bars = plots(runs, args.out, datasets)
-    write_json({"settings": vars(args), "summary": summary, "runs": runs, "accept": ACCEPT,
-                "files": {"histogram": hist, "durations": bars}}, os.path.join(args.out, "results.json"))
+    write_json(
+        {
+            "settings": vars(args),
+            "summary": summary,
+            "runs": runs,
+            "accept": ACCEPT,
+            "files": {"histogram": hist, "durations": bars},
+        },
+        os.path.join(args.out, "results.json"),
+    )
     if not quiet:
         print()
         print(table(summary))

@@ -6,9 +6,10 @@
 
 Trains (or loads from the cache) two parents with the paper's recipe, merges them with the paper's GA
 preset (N=20, G=20, K=4, tournament 3, mutation 0.02), and reports validation and test accuracy of each
-parent, of weight averaging, of the output ensemble (two models run together, a reference, not a bound: a merge can beat it)
-and of MeGA. Fitness is validation accuracy only: the test split never feeds the GA. With --align the
-parents' hidden units are weight-matched first, every candidate's BatchNorm statistics are recomputed on
+parent, of weight averaging, of the output ensemble (two models run together: a reference, not a bound,
+since a merge can beat it) and of MeGA. Fitness is validation accuracy (ties broken by the log-likelihood)
+only: the test split never feeds the GA. With --align the parents' hidden units are aligned first
+(activation matching), every candidate's BatchNorm statistics are recomputed on
 --calibration training images before it is scored, and the report adds the aligned average (with and
 without that repair).
 
@@ -16,6 +17,7 @@ Writes to --out: results.json (every number and setting), fitness.png (best and 
 generation), merged.safetensors (load it with mega_deap.experiments.load_model_file) and the parents'
 cache in parents/.
 """
+
 import argparse
 import os
 import sys
@@ -26,17 +28,33 @@ from mega_deap import Evaluator, distributed
 from mega_deap.adapters import TorchAdapter
 from mega_deap.evaluation import METRICS, get_metric
 from mega_deap.align import batchnorm_layers, repair_batchnorm, weight_matching
-from mega_deap.experiments import (add_data_args, ensemble_accuracy, format_table, load_model_file,
-                                   model_accuracy, plot_fitness, save_model, setup, train_or_load,
-                                   weight_average, write_json)
+from mega_deap.experiments import (
+    add_data_args,
+    ensemble_accuracy,
+    format_table,
+    load_model_file,
+    model_accuracy,
+    plot_fitness,
+    save_model,
+    setup,
+    train_or_load,
+    weight_average,
+    write_json,
+)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_data_args(p, cifar_model="resnet56")
-    p.add_argument("--parents", nargs="*", default=None, metavar="CKPT",
-                   help="use these checkpoints (.safetensors or torch state dicts) as parents instead of training")
+    p.add_argument(
+        "--parents",
+        nargs="*",
+        default=None,
+        metavar="CKPT",
+        help="use these checkpoints (.safetensors or torch state dicts) as parents instead of training",
+    )
     p.add_argument("--parent-seeds", type=int, nargs="+", default=[56, 57])
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=256)
@@ -44,23 +62,54 @@ def parse_args(argv=None):
     p.add_argument("--ngen", type=int, default=20)
     p.add_argument("--npar", type=int, default=4, help="tournament winners per child (K)")
     p.add_argument("--tournsize", type=int, default=3)
-    p.add_argument("--indpb", type=float, default=None,
-                   help="per-gene mutation probability (default: 0.02 for weights, 0.2 for coefficients)")
-    p.add_argument("--sigma", type=float, default=None,
-                   help="mutation noise standard deviation (default: 0.01 for weights, 0.05 for coefficients)")
+    p.add_argument(
+        "--indpb",
+        type=float,
+        default=None,
+        help="per-gene mutation probability (default: 0.02 for weights, 0.2 for coefficients)",
+    )
+    p.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help="mutation noise standard deviation (default: 0.01 for weights, 0.05 for coefficients)",
+    )
     p.add_argument("--seed", type=int, default=0, help="fixes the validation split and every GA draw")
-    p.add_argument("--align", action="store_true",
-                   help="weight-match the parents first and repair BatchNorm statistics of every candidate")
-    p.add_argument("--calibration", type=int, default=1024, metavar="N",
-                   help="with --align: training images for BatchNorm repair (0: no repair)")
-    p.add_argument("--genome", choices=("weights", "coefficients"), default="weights",
-                   help="weights (the paper) or per-tensor x per-parent mixing coefficients")
-    p.add_argument("--no-parents", action="store_true",
-                   help="the paper's initial population: blends only, without the parents themselves")
-    p.add_argument("--metric", choices=sorted(METRICS), default="accuracy_ll",
-                   help="the fitness (accuracy_ll: accuracy, ties broken by the log-likelihood)")
-    p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="write the GA's state here every generation; re-running with it resumes")
+    p.add_argument(
+        "--align",
+        action="store_true",
+        help="weight-match the parents first and repair BatchNorm statistics of every candidate",
+    )
+    p.add_argument(
+        "--calibration",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="with --align: training images for BatchNorm repair (0: no repair)",
+    )
+    p.add_argument(
+        "--genome",
+        choices=("weights", "coefficients"),
+        default="weights",
+        help="weights (the paper) or per-tensor x per-parent mixing coefficients",
+    )
+    p.add_argument(
+        "--no-parents",
+        action="store_true",
+        help="the paper's initial population: blends only, without the parents themselves",
+    )
+    p.add_argument(
+        "--metric",
+        choices=sorted(METRICS),
+        default="accuracy_ll",
+        help="the fitness (accuracy_ll: accuracy, ties broken by the log-likelihood)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="write the GA's state here every generation; re-running with it resumes",
+    )
     p.add_argument("--out", default="results/merge_cifar")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -71,8 +120,9 @@ def main(argv=None):
     distributed.init_from_env()  # launched by torchrun: evaluations sharded over the ranks
     main_rank = distributed.is_main()  # rank 0 (or the only process) prints and writes
     say = (lambda *a: None) if args.quiet or not main_rank else print
-    device, splits, model_name, epochs, factory = setup(args, seed=args.seed,
-                                                        say=print if main_rank else (lambda *a: None))
+    device, splits, model_name, epochs, factory = setup(
+        args, seed=args.seed, say=print if main_rank else (lambda *a: None)
+    )
     device = distributed.local_device(device)
 
     # 1. parents: given checkpoints, or trained with the paper's recipe and cached
@@ -84,14 +134,21 @@ def main(argv=None):
             sources.append(path)
     else:
         # in a process group rank 0 trains and caches the parents first; the others then load the same bits
-        for turn in ((0, 1) if distributed.active() else (0,)):
+        for turn in (0, 1) if distributed.active() else (0,):
             if (turn == 0) == main_rank:
                 for s in args.parent_seeds:
-                    m, path, cached = train_or_load(factory, splits.train,
-                                                    cache_dir=os.path.join(args.out, "parents"),
-                                                    tag=f"{model_name}-{splits.name}", seed=s, epochs=epochs,
-                                                    lr=args.lr, batch_size=args.batch_size, device=device,
-                                                    progress=not args.quiet and main_rank)
+                    m, path, cached = train_or_load(
+                        factory,
+                        splits.train,
+                        cache_dir=os.path.join(args.out, "parents"),
+                        tag=f"{model_name}-{splits.name}",
+                        seed=s,
+                        epochs=epochs,
+                        lr=args.lr,
+                        batch_size=args.batch_size,
+                        device=device,
+                        progress=not args.quiet and main_rank,
+                    )
                     parents.append(m)
                     sources.append(path + (" (cached)" if cached else ""))
             distributed.barrier()
@@ -100,13 +157,27 @@ def main(argv=None):
     # 2. the merge: fitness on the validation split only
     calibration = None
     if args.align and args.calibration > 0 and batchnorm_layers(parents[0]):
-        calibration = splits.train[0][:args.calibration]  # inputs only: labels are never used
+        calibration = splits.train[0][: args.calibration]  # inputs only: labels are never used
     t0 = time.perf_counter()
-    result = mega_deap.merge(parents, splits.val, popsize=args.popsize, ngen=args.ngen,
-                             npar=args.npar, tournsize=args.tournsize, indpb=args.indpb, sigma=args.sigma,
-                             seed=args.seed, device=device, progress=not args.quiet, checkpoint=args.checkpoint,
-                             align=args.align, calibration=calibration, genome=args.genome,
-                             include_parents=not args.no_parents, metric=args.metric)
+    result = mega_deap.merge(
+        parents,
+        splits.val,
+        popsize=args.popsize,
+        ngen=args.ngen,
+        npar=args.npar,
+        tournsize=args.tournsize,
+        indpb=args.indpb,
+        sigma=args.sigma,
+        seed=args.seed,
+        device=device,
+        progress=not args.quiet,
+        checkpoint=args.checkpoint,
+        align=args.align,
+        calibration=calibration,
+        genome=args.genome,
+        include_parents=not args.no_parents,
+        metric=args.metric,
+    )
     t_merge = time.perf_counter() - t0
 
     if not main_rank:  # the other ranks helped evaluate; rank 0 reports and writes
@@ -116,48 +187,70 @@ def main(argv=None):
     def accs(model):
         return {"val_acc": model_accuracy(model, *splits.val), "test_acc": model_accuracy(model, *splits.test)}
 
-    rows = [{"model": f"parent {i + 1} (seed {s})" if not args.parents else f"parent {i + 1}", **accs(m)}
-            for i, (m, s) in enumerate(zip(parents, args.parent_seeds if not args.parents else sources))]
+    rows = [
+        {"model": f"parent {i + 1} (seed {s})" if not args.parents else f"parent {i + 1}", **accs(m)}
+        for i, (m, s) in enumerate(zip(parents, args.parent_seeds if not args.parents else sources))
+    ]
     rows.append({"model": "weight averaging", **accs(weight_average(parents))})
     if args.align:
         aligned_avg = weight_average(weight_matching(parents))
         rows.append({"model": "aligned weight averaging", **accs(aligned_avg)})
         if calibration is not None:
-            rows.append({"model": "aligned averaging + BatchNorm repair",
-                         **accs(repair_batchnorm(aligned_avg, calibration))})
-    rows.append({"model": "output ensemble",
-                 "val_acc": ensemble_accuracy(parents, *splits.val),
-                 "test_acc": ensemble_accuracy(parents, *splits.test)})
+            rows.append(
+                {"model": "aligned averaging + BatchNorm repair", **accs(repair_batchnorm(aligned_avg, calibration))}
+            )
+    rows.append(
+        {
+            "model": "output ensemble",
+            "val_acc": ensemble_accuracy(parents, *splits.val),
+            "test_acc": ensemble_accuracy(parents, *splits.test),
+        }
+    )
     rows.append({"model": "MeGA" + (", aligned" if args.align else ""), **accs(result.model)})
     table = format_table(rows)
-    better = max(rows[:len(parents)], key=lambda r: r["val_acc"])  # the parent one would pick without the test split
+    better = max(rows[: len(parents)], key=lambda r: r["val_acc"])  # the parent one would pick without the test split
     gain = {k: rows[-1][k] - better[k] for k in ("val_acc", "test_acc")}
 
     os.makedirs(args.out, exist_ok=True)
-    merged_path = save_model(result.model, os.path.join(args.out, "merged.safetensors"),
-                             metadata={"model": model_name, "dataset": splits.name})
+    merged_path = save_model(
+        result.model,
+        os.path.join(args.out, "merged.safetensors"),
+        metadata={"model": model_name, "dataset": splits.name},
+    )
     fit = Evaluator(TorchAdapter(parents[0]), *splits.val, get_metric(args.metric))
-    png = plot_fitness(result.logbook, os.path.join(args.out, "fitness.png"),
-                       title=f"MeGA on {splits.name}, {model_name}: validation fitness ({args.metric})",
-                       extra={r["model"]: v for r, v in zip(rows, fit.scores([fit.adapter.genome(p) for p in parents]))})
+    png = plot_fitness(
+        result.logbook,
+        os.path.join(args.out, "fitness.png"),
+        title=f"MeGA on {splits.name}, {model_name}: validation fitness ({args.metric})",
+        extra={r["model"]: v for r, v in zip(rows, fit.scores([fit.adapter.genome(p) for p in parents]))},
+    )
     report = {
-        "dataset": splits.name, "model": model_name, "device": str(device),
+        "dataset": splits.name,
+        "model": model_name,
+        "device": str(device),
         "sizes": {"train": len(splits.train[1]), "val": len(splits.val[1]), "test": len(splits.test[1])},
         # the model that ran, not the CIFAR-10 default that did not apply
-        "settings": {k: v for k, v in vars(args).items() if k != "cifar_model"} | {"epochs": epochs,
-                                                                                 "model": model_name},
-        "parents": sources, "rows": rows,
+        "settings": {k: v for k, v in vars(args).items() if k != "cifar_model"}
+        | {"epochs": epochs, "model": model_name},
+        "parents": sources,
+        "rows": rows,
         "logbook": [dict(r) for r in result.logbook],
-        "metric": args.metric, "mega_val_fitness": result.fitness, "mega_minus_better_parent": gain,
+        "metric": args.metric,
+        "mega_val_fitness": result.fitness,
+        "mega_minus_better_parent": gain,
         "seconds": {"parents": t_parents, "merge": t_merge},
         "files": {"merged_model": merged_path, "plot": png},
     }
     write_json(report, os.path.join(args.out, "results.json"))
-    say(f"\n{splits.name}, {model_name}: {len(splits.train[1])} train / {len(splits.val[1])} validation "
-        f"(fitness) / {len(splits.test[1])} test images; parents {t_parents:.1f} s, merge {t_merge:.1f} s\n")
+    say(
+        f"\n{splits.name}, {model_name}: {len(splits.train[1])} train / {len(splits.val[1])} validation "
+        f"(fitness) / {len(splits.test[1])} test images; parents {t_parents:.1f} s, merge {t_merge:.1f} s\n"
+    )
     say(table)
-    say(f"\nMeGA minus the parent with the better validation accuracy ({better['model']}): validation "
-        f"{100 * gain['val_acc']:+.2f} points, test {100 * gain['test_acc']:+.2f} points")
+    say(
+        f"\nMeGA minus the parent with the better validation accuracy ({better['model']}): validation "
+        f"{100 * gain['val_acc']:+.2f} points, test {100 * gain['test_acc']:+.2f} points"
+    )
     print(f"\nwrote {os.path.join(args.out, 'results.json')}, {png}, {merged_path}")  # even with --quiet
     return report
 

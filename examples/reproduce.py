@@ -13,6 +13,7 @@ in the page ``DOC`` names, so the numbers there are always this command's.
 Same seed, same machine, same thread count: the same bits. Across thread counts CPU reductions add in
 another order, so the last digits of losses and some accuracies can differ.
 """
+
 import argparse
 import importlib.util
 import os
@@ -26,10 +27,18 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECTIONS = ("merge", "hierarchical", "keras", "align", "heldout", "hpo", "ablation", "bench", "bench-dist", "bench-gpu")
-DOC = {"merge": "docs/studies/merge.md", "hierarchical": "docs/studies/merge.md", "keras": "docs/studies/keras.md",
-       "align": "docs/studies/alignment.md", "heldout": "docs/studies/alignment.md", "hpo": "docs/studies/hpo.md",
-       "ablation": "docs/studies/ablation.md", "bench": "docs/benchmarks.md", "bench-dist": "docs/benchmarks.md",
-       "bench-gpu": "docs/benchmarks.md"}  # the page each section's table is written into
+DOC = {
+    "merge": "docs/studies/merge.md",
+    "hierarchical": "docs/studies/merge.md",
+    "keras": "docs/studies/keras.md",
+    "align": "docs/studies/alignment.md",
+    "heldout": "docs/studies/alignment.md",
+    "hpo": "docs/studies/hpo.md",
+    "ablation": "docs/studies/ablation.md",
+    "bench": "docs/benchmarks.md",
+    "bench-dist": "docs/benchmarks.md",
+    "bench-gpu": "docs/benchmarks.md",
+}  # the page each section's table is written into
 # the GPU table: no GPU here, so it is rendered from the JSON files that bench_merge.py wrote on one
 GPU_RESULTS = ("benchmarks/results_gpu_resnet56.json", "benchmarks/results_gpu_mlp.json")
 
@@ -45,6 +54,7 @@ def environment():
     """One line: versions, threads and the CPU, so a rerun can tell whether it ran on the same kind of
     machine."""
     import torch
+
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
     os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 imports only with a backend it can load
     for name, module in (("scipy", "scipy"), ("scikit-learn", "sklearn"), ("deap", "deap"), ("keras", "keras")):
@@ -58,8 +68,10 @@ def environment():
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return (", ".join(f"{k} {v}" for k, v in versions.items())
-            + f"; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs ({cpu}), {platform.system()}")
+    return (
+        ", ".join(f"{k} {v}" for k, v in versions.items())
+        + f"; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs ({cpu}), {platform.system()}"
+    )
 
 
 def ms(values, scale=100.0, digits=2):
@@ -73,29 +85,40 @@ def ms(values, scale=100.0, digits=2):
 # Sections                           #
 ######################################
 
+
 def section_merge(out, quick):
     """README's main command over seeds: each seed cuts another validation split, trains its parents on the
     rest and runs the GA."""
     seeds = range(2 if quick else 5)
     quick_args = ["--epochs", "2", "--popsize", "4", "--ngen", "1"] if quick else []
     ex = load("merge_cifar")
-    reports = [ex.main(["--dataset", "digits", "--seed", str(s), "--out", str(out / "merge" / f"seed{s}"),
-                        "--quiet", *quick_args]) for s in seeds]
+    reports = [
+        ex.main(
+            ["--dataset", "digits", "--seed", str(s), "--out", str(out / "merge" / f"seed{s}"), "--quiet", *quick_args]
+        )
+        for s in seeds
+    ]
     names = [r["model"].split(" (")[0] for r in reports[0]["rows"]]
     lines = ["| model | val_acc (mean ± sd) | test_acc (mean ± sd) |", "|---|---|---|"]
     for i, name in enumerate(names):
-        lines.append(f"| {name} | {ms([r['rows'][i]['val_acc'] for r in reports])} | "
-                     f"{ms([r['rows'][i]['test_acc'] for r in reports])} |")
+        lines.append(
+            f"| {name} | {ms([r['rows'][i]['val_acc'] for r in reports])} | "
+            f"{ms([r['rows'][i]['test_acc'] for r in reports])} |"
+        )
     mega = [r["rows"][-1] for r in reports]
     best_val = [max(r["rows"][:2], key=lambda x: x["val_acc"]) for r in reports]  # chosen without the test split
-    lines.append(f"| MeGA − the parent with the better validation accuracy | "
-                 f"{ms([m['val_acc'] - b['val_acc'] for m, b in zip(mega, best_val)])} | "
-                 f"{ms([m['test_acc'] - b['test_acc'] for m, b in zip(mega, best_val)])} |")
+    lines.append(
+        f"| MeGA − the parent with the better validation accuracy | "
+        f"{ms([m['val_acc'] - b['val_acc'] for m, b in zip(mega, best_val)])} | "
+        f"{ms([m['test_acc'] - b['test_acc'] for m, b in zip(mega, best_val)])} |"
+    )
     secs = [r["seconds"]["parents"] + r["seconds"]["merge"] for r in reports]
     s = reports[0]["sizes"]
-    head = (f"digits, small CNN, {len(reports)} seeds (validation split and GA seed {seeds[0]}..{seeds[-1]}); "
-            f"{s['train']:,} train / {s['val']} validation (fitness) / {s['test']} test images; "
-            f"parents and merge {np.mean(secs):.1f} s a seed.")
+    head = (
+        f"digits, small CNN, {len(reports)} seeds (validation split and GA seed {seeds[0]}..{seeds[-1]}); "
+        f"{s['train']:,} train / {s['val']} validation (fitness) / {s['test']} test images; "
+        f"parents and merge {np.mean(secs):.1f} s a seed."
+    )
     return head, "\n".join(lines), {"reports": reports}
 
 
@@ -103,11 +126,27 @@ def section_hierarchical(out, quick):
     seeds = range(1 if quick else 3)
     quick_args = ["--epochs", "2", "--popsize", "4", "--ngen", "1", "--leaves", "4"] if quick else []
     ex = load("merge_hierarchical")
-    reports = [ex.main(["--dataset", "digits", "--seed", str(s), "--out", str(out / "hierarchical" / f"seed{s}"),
-                        "--quiet", *quick_args]) for s in seeds]
+    reports = [
+        ex.main(
+            [
+                "--dataset",
+                "digits",
+                "--seed",
+                str(s),
+                "--out",
+                str(out / "hierarchical" / f"seed{s}"),
+                "--quiet",
+                *quick_args,
+            ]
+        )
+        for s in seeds
+    ]
     levels = sorted({r["level"] for r in reports[0]["rows"]})
-    lines = ["| level | models | val_acc (mean ± sd over seeds of the level's mean) | test_acc (same) | "
-             "merges below the better input on test |", "|---|---|---|---|---|"]
+    lines = [
+        "| level | models | val_acc (mean ± sd over seeds of the level's mean) | test_acc (same) | "
+        "merges below the better input on test |",
+        "|---|---|---|---|---|",
+    ]
     for lvl in levels:
         per = [[x for x in r["rows"] if x["level"] == lvl] for r in reports]
         worse = ""
@@ -119,11 +158,15 @@ def section_hierarchical(out, quick):
                     total += 1
                     below += x["test_acc"] < max(prev[2 * j]["test_acc"], prev[2 * j + 1]["test_acc"])
             worse = f"{below} of {total}"
-        lines.append(f"| {lvl} | {len(per[0])} | {ms([np.mean([x['val_acc'] for x in p]) for p in per])} | "
-                     f"{ms([np.mean([x['test_acc'] for x in p]) for p in per])} | {worse} |")
+        lines.append(
+            f"| {lvl} | {len(per[0])} | {ms([np.mean([x['val_acc'] for x in p]) for p in per])} | "
+            f"{ms([np.mean([x['test_acc'] for x in p]) for p in per])} | {worse} |"
+        )
     n = len(reports[0]["rows"]) - sum(1 for x in reports[0]["rows"] if x["level"] > 0)
-    head = (f"digits, {n} small CNNs merged pairwise, {len(reports)} seeds (validation split and GA seeds); "
-            f"{np.mean([r['seconds']['parents'] + r['seconds']['merge'] for r in reports]):.1f} s a seed.")
+    head = (
+        f"digits, {n} small CNNs merged pairwise, {len(reports)} seeds (validation split and GA seeds); "
+        f"{np.mean([r['seconds']['parents'] + r['seconds']['merge'] for r in reports]):.1f} s a seed."
+    )
     return head, "\n".join(lines), {"reports": reports}
 
 
@@ -141,11 +184,15 @@ def section_keras(out, quick):
     for i, (name, _, _) in enumerate(runs[0]["rows"]):
         lines.append(f"| {name} | {ms([r['rows'][i][1] for r in runs])} | {ms([r['rows'][i][2] for r in runs])} |")
     best = [max(r["rows"][:2], key=lambda x: x[1]) for r in runs]
-    lines.append(f"| MeGA − the parent with the better validation accuracy | "
-                 f"{ms([r['rows'][-1][1] - b[1] for r, b in zip(runs, best)])} | "
-                 f"{ms([r['rows'][-1][2] - b[2] for r, b in zip(runs, best)])} |")
-    head = (f"two Keras MLPs with BatchNormalization on digits, torch backend, {len(runs)} seeds "
-            f"(validation split and GA seed).")
+    lines.append(
+        f"| MeGA − the parent with the better validation accuracy | "
+        f"{ms([r['rows'][-1][1] - b[1] for r, b in zip(runs, best)])} | "
+        f"{ms([r['rows'][-1][2] - b[2] for r, b in zip(runs, best)])} |"
+    )
+    head = (
+        f"two Keras MLPs with BatchNormalization on digits, torch backend, {len(runs)} seeds "
+        f"(validation split and GA seed)."
+    )
     return head, "\n".join(lines), {"runs": [{"rows": r["rows"], "fitness": r["fitness"]} for r in runs]}
 
 
@@ -158,11 +205,13 @@ def section_align(out, quick):
         argv += ["--models", "mlp", "--seeds", "2", "--epochs", "2", "--popsize", "4", "--ngen", "2"]
     results = ex.main(argv)
     seeds = len(next(iter(results.values()))["runs"])
-    head = (f"{seeds} seeds per model and setting, N={4 if quick else 20}, G={2 if quick else 20}; accuracies in % "
-            f"(mean ± sd over seeds); gap closed: of the gap from the best parent's test accuracy to the output "
-            f"ensemble's, from the means over seeds (\"no gap\": the ensemble is less than a point above the best "
-            f"parent); p: one-sided paired Wilcoxon test that the method beats the best "
-            f"parent on test, Holm-corrected over the methods of a table.")
+    head = (
+        f"{seeds} seeds per model and setting, N={4 if quick else 20}, G={2 if quick else 20}; accuracies in % "
+        f"(mean ± sd over seeds); gap closed: of the gap from the best parent's test accuracy to the output "
+        f'ensemble\'s, from the means over seeds ("no gap": the ensemble is less than a point above the best '
+        f"parent); p: one-sided paired Wilcoxon test that the method beats the best "
+        f"parent on test, Holm-corrected over the methods of a table."
+    )
     return head, ex.table(results), {"results": results}
 
 
@@ -171,15 +220,26 @@ def section_heldout(out, quick):
     ex = load("heldout_study")
     argv = ["--out", str(out / "heldout"), "--quiet"]
     if quick:
-        argv += ["--tasks", "digits-mlp-subset", "cancer-mlp-bn-subset", "--seeds", "2", "--popsize", "4",
-                 "--ngen", "2"]
+        argv += [
+            "--tasks",
+            "digits-mlp-subset",
+            "cancer-mlp-bn-subset",
+            "--seeds",
+            "2",
+            "--popsize",
+            "4",
+            "--ngen",
+            "2",
+        ]
     res = ex.main(argv)
     seeds = len(next(iter(res["results"].values()))["runs"])
-    head = (f"{seeds} seeds per task and setting, N={4 if quick else 20}, G={2 if quick else 20}; accuracies in % "
-            f"(mean ± sd over seeds); test − best parent: the method's test accuracy minus the better parent's "
-            f"on test (mean ± sd over seeds, and the worst seed); gap closed: of the gap from the best parent's "
-            f"test accuracy to the output ensemble's, from the means; the last column but one counts the seeds "
-            f"whose validation accuracy is below the parent with the better validation accuracy.")
+    head = (
+        f"{seeds} seeds per task and setting, N={4 if quick else 20}, G={2 if quick else 20}; accuracies in % "
+        f"(mean ± sd over seeds); test − best parent: the method's test accuracy minus the better parent's "
+        f"on test (mean ± sd over seeds, and the worst seed); gap closed: of the gap from the best parent's "
+        f"test accuracy to the output ensemble's, from the means; the last column but one counts the seeds "
+        f"whose validation accuracy is below the parent with the better validation accuracy."
+    )
     return head, ex.table(res["results"], res["choices"]), res
 
 
@@ -190,11 +250,13 @@ def section_hpo(out, quick):
         argv += ["--datasets", "wine", "--seeds", "2", "--popsize", "4", "--ngen", "1", "--no-until"]
     summary, runs = ex.main(argv)
     seeds = len({r["seed"] for r in runs})
-    head = (f"{seeds} seeds per data set, population {4 if quick else 10}, {1 if quick else 6} generations, "
-            f"early stopping with patience 3 on 15 % of the training split; time values are per fitness "
-            f"evaluation (mean ± sd over seeds of the per-seed mean), scores mean ± sd over seeds of the best "
-            f"individual; p compares the per-seed mean times of the two modes (paired t-test over seeds, Holm "
-            f"over the data sets).")
+    head = (
+        f"{seeds} seeds per data set, population {4 if quick else 10}, {1 if quick else 6} generations, "
+        f"early stopping with patience 3 on 15 % of the training split; time values are per fitness "
+        f"evaluation (mean ± sd over seeds of the per-seed mean), scores mean ± sd over seeds of the best "
+        f"individual; p compares the per-seed mean times of the two modes (paired t-test over seeds, Holm "
+        f"over the data sets)."
+    )
     return head, ex.table(summary), {"summary": summary}
 
 
@@ -202,13 +264,27 @@ def section_ablation(out, quick):
     ex = load("ablation")
     argv = ["--dataset", "digits", "--out", str(out / "ablation"), "--quiet"]
     if quick:
-        argv += ["--epochs", "2", "--seeds", "2", "--popsize", "4", "--ngen", "2",
-                 "--variants", "paper", "no-mutation", "no-elitism"]
+        argv += [
+            "--epochs",
+            "2",
+            "--seeds",
+            "2",
+            "--popsize",
+            "4",
+            "--ngen",
+            "2",
+            "--variants",
+            "paper",
+            "no-mutation",
+            "no-elitism",
+        ]
     rows, results = ex.main(argv)
     seeds = len(next(iter(results.values())))
-    head = (f"digits, two small CNNs, {seeds} seeds, N={4 if quick else 20}, G={2 if quick else 20}; accuracies "
-            f"in %; Δ is the paired difference against the paper's variant, p its paired t-test and p (Holm) "
-            f"that p corrected for the {len(rows) - 1} comparisons.")
+    head = (
+        f"digits, two small CNNs, {seeds} seeds, N={4 if quick else 20}, G={2 if quick else 20}; accuracies "
+        f"in %; Δ is the paired difference against the paper's variant, p its paired t-test and p (Holm) "
+        f"that p corrected for the {len(rows) - 1} comparisons."
+    )
     return head, ex.table(rows), {"rows": rows}
 
 
@@ -218,27 +294,38 @@ def section_bench(out, quick):
     res = bench.main(argv)
     lines = bench_table(res)
     m = res["mutation"]
-    lines += ["", "| other measurement | result |", "|---|---|",
-              f"| mutation, D = {m['D']:,}, indpb = {m['indpb']}: `mutSparseGaussian` against a dense random mask | "
-              f"{m['sparse_s'] * 1e3:.1f} ms against {m['dense_s'] * 1e3:.1f} ms: {m['speedup']:.1f}x faster |"]
+    lines += [
+        "",
+        "| other measurement | result |",
+        "|---|---|",
+        f"| mutation, D = {m['D']:,}, indpb = {m['indpb']}: `mutSparseGaussian` against a dense random mask | "
+        f"{m['sparse_s'] * 1e3:.1f} ms against {m['dense_s'] * 1e3:.1f} ms: {m['speedup']:.1f}x faster |",
+    ]
     if res.get("memory"):
         mem = res["memory"]
-        lines.append(f"| peak memory of `eaMeGA`, N = {mem['N']}, D = {mem['D']:,}, above the process's baseline | "
-                     f"{mem['peak_above_baseline_bytes'] / 2**30:.2f} GiB (budget (2N + 4) x D x 4 bytes + 1 GiB = "
-                     f"{mem['budget_bytes'] / 2**30:.2f} GiB) |")
-    head = (f"CPU, float32; each time is the median of {res['rows'][0]['repeats']} interleaved repeats, "
-            f"[min, max] beside it; ratios are ratios of medians.")
+        lines.append(
+            f"| peak memory of `eaMeGA`, N = {mem['N']}, D = {mem['D']:,}, above the process's baseline | "
+            f"{mem['peak_above_baseline_bytes'] / 2**30:.2f} GiB (budget (2N + 4) x D x 4 bytes + 1 GiB = "
+            f"{mem['budget_bytes'] / 2**30:.2f} GiB) |"
+        )
+    head = (
+        f"CPU, float32; each time is the median of {res['rows'][0]['repeats']} interleaved repeats, "
+        f"[min, max] beside it; ratios are ratios of medians."
+    )
     return head, "\n".join(lines), {"bench": res}
 
 
 def section_bench_dist(out, quick):
     """Sharded evaluation on CPU: the same merge in 1 process and in 2 (torchrun, gloo, one thread each)."""
     bench = load("bench_distributed", "benchmarks")
-    res = bench.main(["--repeats", "1" if quick else "5", "--json", str(out / "bench_dist.json")]
-                     + (["--quick"] if quick else []))
-    head = (f"two small CNNs on {100 if quick else 1000} random 32x32x3 inputs, N=20, G={1 if quick else 5}, "
-            f"{res['repeats']} interleaved repeats; `python benchmarks/bench_distributed.py"
-            f"{' --quick' if quick else ''} --repeats {res['repeats']}`.")
+    res = bench.main(
+        ["--repeats", "1" if quick else "5", "--json", str(out / "bench_dist.json")] + (["--quick"] if quick else [])
+    )
+    head = (
+        f"two small CNNs on {100 if quick else 1000} random 32x32x3 inputs, N=20, G={1 if quick else 5}, "
+        f"{res['repeats']} interleaved repeats; `python benchmarks/bench_distributed.py"
+        f"{' --quick' if quick else ''} --repeats {res['repeats']}`."
+    )
     return head, bench.table(res), {"result": res}
 
 
@@ -246,6 +333,7 @@ def section_bench_gpu(out, quick):
     """The GPU table from the JSON files ``benchmarks/bench_merge.py --device cuda`` wrote (their commands
     and machine are printed with it); nothing is run."""
     import json
+
     parts = [json.loads((ROOT / f).read_text()) for f in GPU_RESULTS if (ROOT / f).exists()]
     if not parts:
         return "No GPU results in benchmarks/.", "", {}
@@ -253,17 +341,22 @@ def section_bench_gpu(out, quick):
     lines = bench_table(res)
     lines += ["", "| other measurement | result |", "|---|---|"]
     m = parts[0]["mutation"]
-    lines.append(f"| mutation, D = {m['D']:,}, indpb = {m['indpb']}: `mutSparseGaussian` against a dense random "
-                 f"mask | {m['sparse_s'] * 1e3:.2f} ms against {m['dense_s'] * 1e3:.2f} ms: {m['speedup']:.1f}x faster |")
+    lines.append(
+        f"| mutation, D = {m['D']:,}, indpb = {m['indpb']}: `mutSparseGaussian` against a dense random "
+        f"mask | {m['sparse_s'] * 1e3:.2f} ms against {m['dense_s'] * 1e3:.2f} ms: {m['speedup']:.1f}x faster |"
+    )
     commands = "; ".join(f"`python {p['command'].split(' --json')[0]}`" for p in parts)
-    head = (f"{parts[0]['gpu']}, torch {parts[0]['torch']}, float32 unless bf16; each time is the median of "
-            f"{res['rows'][0]['repeats']} interleaved repeats, [min, max] beside it. Produced by {commands} "
-            f"(JSON in {', '.join(GPU_RESULTS)}), rendered here from those files.")
+    head = (
+        f"{parts[0]['gpu']}, torch {parts[0]['torch']}, float32 unless bf16; each time is the median of "
+        f"{res['rows'][0]['repeats']} interleaved repeats, [min, max] beside it. Produced by {commands} "
+        f"(JSON in {', '.join(GPU_RESULTS)}), rendered here from those files."
+    )
     return head, "\n".join(lines), {"bench": res}
 
 
 def bench_table(res):
     """The benchmark's rows as Markdown lines (shared by the CPU and GPU tables)."""
+
     def t(r, k):
         if k not in r["seconds"]:
             return ""
@@ -274,45 +367,65 @@ def bench_table(res):
         return f"{r[k]:.{digits}f}" if k in r else ""
 
     extra = [k for k in ("vmap", "bf16") if any(k in r["seconds"] for r in res["rows"])]
-    lines = ["| model | D | val | N | G | evals | (a) batched s | (a0) per-individual s | "
-             + "".join(f"(a) {k} s | " for k in extra)
-             + "(d) floor s | (a)/(d) | (a0)/(d) | us/child (a) | us/child (a0) | (a2)/(d) | (b)/(a) | (c)/(a) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extra) + "---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | D | val | N | G | evals | (a) batched s | (a0) per-individual s | "
+        + "".join(f"(a) {k} s | " for k in extra)
+        + "(d) floor s | (a)/(d) | (a0)/(d) | us/child (a) | us/child (a0) | (a2)/(d) | (b)/(a) | (c)/(a) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extra) + "---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in res["rows"]:
-        lines.append(f"| {r['model']} | {r['D']:,} | {r['val']:,} | {r['N']} | {r['G']} | {r['evals']:,} | "
-                     f"{t(r, 'batched')} | {t(r, 'per_individual')} | " + "".join(f"{t(r, k)} | " for k in extra)
-                     + f"{t(r, 'floor')} | **{r['a/d']:.3f}** | {r['a0/d']:.3f} | {r['child_us']['batched']:.0f} | "
-                     f"{r['child_us']['per_individual']:.0f} | {ratio(r, 'a2/d')} | {ratio(r, 'b/a', 2)} | "
-                     f"{ratio(r, 'c/a', 2)} |")
+        lines.append(
+            f"| {r['model']} | {r['D']:,} | {r['val']:,} | {r['N']} | {r['G']} | {r['evals']:,} | "
+            f"{t(r, 'batched')} | {t(r, 'per_individual')} | "
+            + "".join(f"{t(r, k)} | " for k in extra)
+            + f"{t(r, 'floor')} | **{r['a/d']:.3f}** | {r['a0/d']:.3f} | {r['child_us']['batched']:.0f} | "
+            f"{r['child_us']['per_individual']:.0f} | {ratio(r, 'a2/d')} | {ratio(r, 'b/a', 2)} | "
+            f"{ratio(r, 'c/a', 2)} |"
+        )
     for st in res.get("strategies", []):
         us = st["us"]
         parts = [f"loop {us['loop']:.0f} us ({us['loop'] / us['floor']:.2f} of the floor's)"]
         if "stacked" in us:
             parts.append(f"stacked {us['stacked']:.0f} us ({us['stacked'] / us['floor']:.2f})")
-        lines += ["", f"Scoring one genome of {st['model']} on {st['val']:,} inputs, median of {st['k']} genomes "
-                  f"x 9 interleaved repeats: floor (`model(X)` and its accuracy) {us['floor']:.0f} us, "
-                  + ", ".join(parts) + f"; `strategy=\"auto\"` picks {st['auto']}"
-                  + (f" (chunks of {st['chunk']})." if st["chunk"] else ".")]
+        lines += [
+            "",
+            f"Scoring one genome of {st['model']} on {st['val']:,} inputs, median of {st['k']} genomes "
+            f"x 9 interleaved repeats: floor (`model(X)` and its accuracy) {us['floor']:.0f} us, "
+            + ", ".join(parts)
+            + f'; `strategy="auto"` picks {st["auto"]}'
+            + (f" (chunks of {st['chunk']})." if st["chunk"] else "."),
+        ]
     if res.get("parts"):
         names = list(res["parts"][0]["parts_us"])
         n = res["parts"][0]["repeats"]
-        lines += ["", "Where a merge's time goes beyond its forward passes, microseconds per generation (the real "
-                  f"`merge` with its parts timed, median{'s' if n > 1 else ''} of {n} repeat{'s' if n > 1 else ''}), "
-                  "and as a share of the floor's forward passes per generation (the floor's N + G(N - 1) passes / "
-                  "G; the shares add up to merge/floor - 1):", "",
-                  "| model | N | G | floor per generation | " + " | ".join(names) + " | all | merge/floor |",
-                  "|---|---:|---:|---:|" + "---:|" * (len(names) + 2)]
+        lines += [
+            "",
+            "Where a merge's time goes beyond its forward passes, microseconds per generation (the real "
+            f"`merge` with its parts timed, median{'s' if n > 1 else ''} of {n} repeat{'s' if n > 1 else ''}), "
+            "and as a share of the floor's forward passes per generation (the floor's N + G(N - 1) passes / "
+            "G; the shares add up to merge/floor - 1):",
+            "",
+            "| model | N | G | floor per generation | " + " | ".join(names) + " | all | merge/floor |",
+            "|---|---:|---:|---:|" + "---:|" * (len(names) + 2),
+        ]
         for pt in res["parts"]:
             f = pt["floor_per_generation_us"]
             cells = [f"{v:.0f} ({100 * v / f:.1f} %)" for v in pt["parts_us"].values()]
             total = sum(pt["parts_us"].values())
-            lines.append(f"| {pt['model']} | {pt['N']} | {pt['G']} | {f:.0f} | " + " | ".join(cells)
-                         + f" | {total:.0f} ({100 * total / f:.1f} %) | {pt['a/d']:.3f} |")
+            lines.append(
+                f"| {pt['model']} | {pt['N']} | {pt['G']} | {f:.0f} | "
+                + " | ".join(cells)
+                + f" | {total:.0f} ({100 * total / f:.1f} %) | {pt['a/d']:.3f} |"
+            )
     for sz in res.get("batch_sizes", []):
         best = min(sz["seconds"], key=sz["seconds"].get)
-        lines += ["", f"Evaluation time of one genome on {sz['val']:,} inputs of {sz['model']} by batch size "
-                  f"(median of 5): " + ", ".join(f"{b}: {1e3 * s:.2f} ms" for b, s in sz["seconds"].items())
-                  + f"; fastest: {best}."]
+        lines += [
+            "",
+            f"Evaluation time of one genome on {sz['val']:,} inputs of {sz['model']} by batch size "
+            f"(median of 5): "
+            + ", ".join(f"{b}: {1e3 * s:.2f} ms" for b, s in sz["seconds"].items())
+            + f"; fastest: {best}.",
+        ]
     return lines
 
 
@@ -320,10 +433,13 @@ def bench_table(res):
 # Writing                            #
 ######################################
 
+
 def block(section, head, table, env, command):
     where = "rendered with" if section == "bench-gpu" else "ran with"
-    return (f"<!-- reproduce:{section} -->\n*{head}*\n\n{table}\n\n"
-            f"<sub>`{command}` {where}: {env}</sub>\n<!-- /reproduce:{section} -->")
+    return (
+        f"<!-- reproduce:{section} -->\n*{head}*\n\n{table}\n\n"
+        f"<sub>`{command}` {where}: {env}</sub>\n<!-- /reproduce:{section} -->"
+    )
 
 
 def update_doc(path, section, text):
@@ -338,8 +454,14 @@ def update_doc(path, section, text):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results", help="folder for every section's files")
-    p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, metavar="SECTION",
-                   help=f"run these sections only (of {', '.join(SECTIONS)})")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        default=None,
+        metavar="SECTION",
+        help=f"run these sections only (of {', '.join(SECTIONS)})",
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings; never written into the docs")
     p.add_argument("--no-docs", action="store_true", help="leave the documentation pages as they are")
     args = p.parse_args(argv)

@@ -1,10 +1,13 @@
 """mega_deap: DEAP genetic algorithms over neural-network weight spaces, with individuals that are
 views into one population tensor."""
+
 import importlib.util as _importlib_util
 
 if _importlib_util.find_spec("mega_deap.adapters") is None:  # adapters/ is installed as mega_deap.adapters
-    raise ImportError("mega_deap is not installed: its adapters/ folder becomes mega_deap.adapters only when "
-                      "the package is installed. From the repository root run: pip install -e .")
+    raise ImportError(
+        "mega_deap is not installed: its adapters/ folder becomes mega_deap.adapters only when "
+        "the package is installed. From the repository root run: pip install -e ."
+    )
 
 from .individual import TensorIndividual, genome_equal
 from .population import TensorPopulation, default_device
@@ -19,9 +22,34 @@ from .rng import seed
 __version__ = "0.1.0"
 
 __all__ = [
-    "TensorIndividual", "genome_equal", "TensorPopulation", "default_device",
-    "initBlend", "cxBlend", "mutSparseGaussian", "mutLayerGaussian", "selElite", "selNoElite",
-    "Evaluator", "Accuracy", "AccuracyLogLik", "NegLogLoss", "NegMSE", "NegMAE", "METRICS",
-    "eaMeGA", "varMeGA", "varMeGABatched", "evaluate_invalid", "CheckpointError",
-    "mega_toolbox", "merge", "cma_merge", "merge_tree", "MergeResult", "TreeResult", "default_stats", "seed",
+    "TensorIndividual",
+    "genome_equal",
+    "TensorPopulation",
+    "default_device",
+    "initBlend",
+    "cxBlend",
+    "mutSparseGaussian",
+    "mutLayerGaussian",
+    "selElite",
+    "selNoElite",
+    "Evaluator",
+    "Accuracy",
+    "AccuracyLogLik",
+    "NegLogLoss",
+    "NegMSE",
+    "NegMAE",
+    "METRICS",
+    "eaMeGA",
+    "varMeGA",
+    "varMeGABatched",
+    "evaluate_invalid",
+    "CheckpointError",
+    "mega_toolbox",
+    "merge",
+    "cma_merge",
+    "merge_tree",
+    "MergeResult",
+    "TreeResult",
+    "default_stats",
+    "seed",
 ]

@@ -4,6 +4,7 @@
 :func:`varMeGA` (as ``eaSimple``'s is ``varAnd``) and its evaluation step :func:`evaluate_invalid`. The
 paper's toolbox and the one-call ``merge`` are in :mod:`mega_deap.presets`.
 """
+
 import os
 from typing import Optional
 
@@ -43,7 +44,7 @@ def varMeGA(population: list, toolbox: base.Toolbox, lambda_: int, npar: int = 4
         winners = toolbox.select(population, npar)
         child, other = toolbox.clone(winners[0]), toolbox.clone(winners[1])
         child, other = toolbox.mate(child, other)
-        child, = toolbox.mutate(child)
+        (child,) = toolbox.mutate(child)
         del child.fitness.values
         offspring.append(child)
         del winners, other  # free the second child's row now
@@ -73,15 +74,23 @@ def _save(path, main, **state):
     distributed.barrier()
 
 
-def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
-           stats: Optional[tools.Statistics] = None, halloffame: Optional[tools.HallOfFame] = None,
-           verbose: bool = __debug__, checkpoint: Optional[str] = None,
-           progress: Optional[bool] = None) -> tuple:
+def eaMeGA(
+    population: list,
+    toolbox: base.Toolbox,
+    ngen: int,
+    npar: int = 4,
+    stats: Optional[tools.Statistics] = None,
+    halloffame: Optional[tools.HallOfFame] = None,
+    verbose: bool = __debug__,
+    checkpoint: Optional[str] = None,
+    progress: Optional[bool] = None,
+) -> tuple:
     """The MeGA generational loop.
 
     Generation 0 evaluates the initial population. Then each generation: (1) breed ``N - E`` children with
     ``toolbox.vary`` when one is registered (the preset registers the batched
-    :func:`~mega_deap.breeding.varMeGABatched`), else :func:`varMeGA`; (2) put clones of the ``E`` individuals ``toolbox.elite(halloffame)`` returns back
+    :func:`~mega_deap.breeding.varMeGABatched`), else :func:`varMeGA`; (2) put clones of the ``E`` individuals
+    ``toolbox.elite(halloffame)`` returns back
     (elitism; by default :func:`~mega_deap.operators.selElite`: the hall of fame's best, so ``E = 1`` with a
     hall of fame and 0 without); (3) evaluate the children (:func:`evaluate_invalid`) and update the hall
     of fame; (4) replace the population and record the statistics.
@@ -113,6 +122,7 @@ def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
 
     settings = run_settings(toolbox, npar, population) if checkpoint is not None else None
     if checkpoint is not None and os.path.exists(checkpoint):
+        assert settings is not None
         start = resume(checkpoint, population, toolbox, halloffame, logbook, settings, ngen)
         if verbose:
             tqdm.write(f"resuming from {checkpoint} after generation {start - 1}")
@@ -123,14 +133,21 @@ def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
             halloffame.update(population)
         logbook.record(gen=0, nevals=nevals, **(stats.compile(population) if stats else {}))
         if checkpoint is not None:
-            _save(checkpoint, main, gen=0, population=population, halloffame=halloffame, logbook=logbook,
-                  extra=settings)
+            _save(
+                checkpoint, main, gen=0, population=population, halloffame=halloffame, logbook=logbook, extra=settings
+            )
         start = 1
         if verbose:
             tqdm.write(logbook.stream)
 
-    bar = tqdm(range(start, ngen + 1), desc="eaMeGA", disable=None if progress else True, leave=False,
-               initial=start - 1, total=ngen)  # disable=None: a bar on a terminal, nothing in a log file
+    bar = tqdm(
+        range(start, ngen + 1),
+        desc="eaMeGA",
+        disable=None if progress else True,
+        leave=False,
+        initial=start - 1,
+        total=ngen,
+    )  # disable=None: a bar on a terminal, nothing in a log file
     for gen in bar:
         # 1. breed: npar tournament winners per child, the first two mate, the first child is kept
         elite = getattr(toolbox, "elite", selElite)(halloffame)
@@ -147,8 +164,9 @@ def eaMeGA(population: list, toolbox: base.Toolbox, ngen: int, npar: int = 4,
         record = stats.compile(population) if stats else {}
         logbook.record(gen=gen, nevals=nevals, **record)
         if checkpoint is not None:
-            _save(checkpoint, main, gen=gen, population=population, halloffame=halloffame, logbook=logbook,
-                  extra=settings)
+            _save(
+                checkpoint, main, gen=gen, population=population, halloffame=halloffame, logbook=logbook, extra=settings
+            )
         if verbose:
             tqdm.write(logbook.stream)
         if progress and "max" in record:

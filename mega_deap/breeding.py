@@ -17,6 +17,7 @@ for anything else it calls :func:`~mega_deap.varMeGA`, so swapping an operator f
 Random numbers: torch's generator of the buffer's device (seeded by :func:`mega_deap.seed`); the draws
 differ from the per-individual path (which uses ``random`` for selection), the distributions do not.
 """
+
 import functools
 from typing import Optional
 
@@ -30,7 +31,9 @@ from .resume import unwrap
 
 __all__ = ["varMeGABatched", "batched_plan"]
 
-_CHUNK_ELEMENTS = 2**20  # genes blended per tensor operation: 4 MiB temporaries (fresh pages cost more than the blend on CPU)
+_CHUNK_ELEMENTS = (
+    2**20
+)  # genes blended per tensor operation: 4 MiB temporaries (fresh pages cost more than the blend on CPU)
 
 
 def _peel(f):
@@ -81,8 +84,14 @@ def batched_plan(toolbox: base.Toolbox, population: list) -> Optional[dict]:
         mutation = ("layer", ukw)
     else:
         return None
-    return {"pop": pop, "tournsize": int(skw["tournsize"]), "alpha": float(mkw.get("alpha", 0.0)),
-            "mutation": mutation, "mate_repairs": mrep, "mutate_repairs": urep}
+    return {
+        "pop": pop,
+        "tournsize": int(skw["tournsize"]),
+        "alpha": float(mkw.get("alpha", 0.0)),
+        "mutation": mutation,
+        "mate_repairs": mrep,
+        "mutate_repairs": urep,
+    }
 
 
 def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: int = 4) -> list:
@@ -110,7 +119,7 @@ def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: 
     fit = torch.tensor([ind.fitness.wvalues[0] for ind in population], dtype=torch.float64, device=device)
     aspirants = torch.randint(len(population), (lambda_, 2, plan["tournsize"]), device=device)
     best = fit[aspirants].argmax(-1, keepdim=True)
-    parents = src[aspirants.gather(-1, best).squeeze(-1)]                      # (children, 2) rows
+    parents = src[aspirants.gather(-1, best).squeeze(-1)]  # (children, 2) rows
 
     # 2. every blend: child = beta * p1 + (1 - beta) * p2, one beta per child, straight into its row
     alpha = plan["alpha"]
@@ -140,7 +149,7 @@ def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: 
         dest_rows = dest.tolist()
         for child, tensor in struck.nonzero().tolist():
             off, n = spans[tensor]
-            seg = rows[dest_rows[child], off:off + n]  # a view of the child's row
+            seg = rows[dest_rows[child], off : off + n]  # a view of the child's row
             seg.add_(torch.randn(n, dtype=rows.dtype, device=device).mul_(kw["sigma"]).add_(kw["mu"]))
     for adapter in plan["mutate_repairs"]:
         adapter.repair_rows_(rows, dest)

@@ -7,6 +7,7 @@ fsync, then one rename; the checkpoint it replaces is kept as ``<path>.prev`` (a
 rename), so at every instant ``<path>`` is a complete checkpoint. Reading checks the format
 and the checksums, and names the file and the fallback when anything is off. Nothing is unpickled.
 """
+
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ class CheckpointError(ValueError):
 # Files                              #
 ######################################
 
+
 def _fitness_list(individuals):
     return [list(ind.fitness.values) if ind.fitness.valid else None for ind in individuals]
 
@@ -47,8 +49,9 @@ def _jsonable(x):
     return x
 
 
-def save_checkpoint(path, *, gen: int, population: list, halloffame=None, logbook=None,
-                    extra: Optional[dict] = None) -> str:
+def save_checkpoint(
+    path, *, gen: int, population: list, halloffame=None, logbook=None, extra: Optional[dict] = None
+) -> str:
     """Write the state of a run after generation ``gen`` to ``path`` (atomically).
 
     :param population: the individuals, genomes ``(D,)`` each.
@@ -57,6 +60,7 @@ def save_checkpoint(path, *, gen: int, population: list, halloffame=None, logboo
     :param extra: more JSON-able settings to keep (checked on resume by the caller).
     """
     from safetensors.torch import save_file
+
     rng_meta, rng_tensors = rng_state()
     tensors = {"population": torch.stack([ind.genome for ind in population]).cpu().contiguous()}
     hof = list(halloffame) if halloffame is not None else []
@@ -64,12 +68,15 @@ def save_checkpoint(path, *, gen: int, population: list, halloffame=None, logboo
         tensors["halloffame"] = torch.stack([ind.genome for ind in hof]).cpu().contiguous()
     tensors.update({k: v.cpu().contiguous() for k, v in rng_tensors.items()})
     meta = {
-        "format": FORMAT, "gen": int(gen),
-        "fitness": _fitness_list(population), "halloffame_fitness": _fitness_list(hof),
+        "format": FORMAT,
+        "gen": int(gen),
+        "fitness": _fitness_list(population),
+        "halloffame_fitness": _fitness_list(hof),
         "halloffame_maxsize": getattr(halloffame, "maxsize", None),
         "logbook": _jsonable([dict(r) for r in logbook]) if logbook is not None else [],
         "logbook_header": list(getattr(logbook, "header", None) or []),
-        "rng": rng_meta, "extra": _jsonable(extra or {}),
+        "rng": rng_meta,
+        "extra": _jsonable(extra or {}),
         "sha256": {k: tensor_digest(v) for k, v in tensors.items()},
     }
     path = os.fspath(path)
@@ -84,6 +91,7 @@ def _keep_previous(path):
     """``path`` -> ``path.prev`` without removing ``path``: a hard link (a copy where links are not
     supported) under a temporary name, then one rename onto ``.prev``."""
     import shutil
+
     tmp = f"{path}.prev.tmp"
     if os.path.lexists(tmp):
         os.remove(tmp)
@@ -96,13 +104,21 @@ def _keep_previous(path):
 
 def _check_fields(meta, tensors):
     """The reason ``meta`` and ``tensors`` do not make a checkpoint, or ``None``."""
+
     def is_fitness(v):
         return v is None or (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v))
+
     gen = meta.get("gen")
     if not isinstance(gen, int) or isinstance(gen, bool) or gen < 0:
         return f"its generation is {gen!r}, not a non-negative integer"
-    for key, kind in (("fitness", list), ("halloffame_fitness", list), ("logbook", list), ("rng", dict),
-                      ("extra", dict), ("sha256", dict)):
+    for key, kind in (
+        ("fitness", list),
+        ("halloffame_fitness", list),
+        ("logbook", list),
+        ("rng", dict),
+        ("extra", dict),
+        ("sha256", dict),
+    ):
         if not isinstance(meta.get(key), kind):
             return f"its field {key!r} is missing or not a {kind.__name__}"
     for name in ("population", "rng.torch"):
@@ -114,8 +130,9 @@ def _check_fields(meta, tensors):
     if len(meta["fitness"]) != pop.shape[0] or not all(is_fitness(v) for v in meta["fitness"]):
         return f"it has {len(meta['fitness'])} fitness entries for {pop.shape[0]} individuals"
     hof = tensors.get("halloffame")
-    if len(meta["halloffame_fitness"]) != (0 if hof is None else hof.shape[0]) or \
-            not all(isinstance(v, list) for v in meta["halloffame_fitness"]):
+    if len(meta["halloffame_fitness"]) != (0 if hof is None else hof.shape[0]) or not all(
+        isinstance(v, list) for v in meta["halloffame_fitness"]
+    ):
         return "its hall of fame's fitness entries do not match its genomes"
     if hof is not None and (hof.dim() != 2 or hof.shape[1] != pop.shape[1]):
         return f"its hall of fame has shape {tuple(hof.shape)}, the population {tuple(pop.shape)}"
@@ -143,12 +160,14 @@ def load_checkpoint(path) -> tuple:
             _load(fallback)
         except Exception:
             raise err from None
-        raise CheckpointError(f"{err}; the previous checkpoint {fallback!r} is intact: resume from it by "
-                              f"renaming it to {path!r}") from None
+        raise CheckpointError(
+            f"{err}; the previous checkpoint {fallback!r} is intact: resume from it by renaming it to {path!r}"
+        ) from None
 
 
 def _load(path):
     from safetensors import safe_open
+
     try:
         with safe_open(path, framework="pt") as f:
             header = f.metadata() or {}

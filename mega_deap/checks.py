@@ -1,12 +1,12 @@
 """Settings checked before any work: each failure is a ValueError or TypeError naming the setting, the
 value it got and what was expected."""
+
 import math
 import numbers
 import os
 from typing import Optional
 
-__all__ = ["integer", "run_sizes", "choice", "probability", "nonnegative", "writable_file",
-           "check_toolbox_settings"]
+__all__ = ["integer", "run_sizes", "choice", "probability", "nonnegative", "writable_file", "check_toolbox_settings"]
 
 
 def integer(name: str, value, minimum: Optional[int] = None) -> int:
@@ -61,15 +61,23 @@ def writable_file(name: str, path) -> str:
 
 
 # keyword -> check, by DEAP's own names, so DEAP's operators are checked as ours are
-_KEYWORDS = {"indpb": probability, "layerpb": probability, "cxpb": probability, "mutpb": probability,
-             "sigma": nonnegative, "alpha": nonnegative,
-             "tournsize": lambda n, v: integer(n, v, 1), "k": lambda n, v: integer(n, v, 0)}
+_KEYWORDS = {
+    "indpb": probability,
+    "layerpb": probability,
+    "cxpb": probability,
+    "mutpb": probability,
+    "sigma": nonnegative,
+    "alpha": nonnegative,
+    "tournsize": lambda n, v: integer(n, v, 1),
+    "k": lambda n, v: integer(n, v, 0),
+}
 
 
 def check_toolbox_settings(toolbox) -> None:
     """Check the keyword settings the toolbox's registrations bind (``sigma``, ``indpb``, ``tournsize``,
     ...), naming the alias: a bad one fails here, before generation 0, not in generation 1."""
     from .resume import unwrap
+
     for alias in ("select", "mate", "mutate", "vary", "elite", "evaluate"):
         f = getattr(toolbox, alias, None)
         if f is None:

@@ -9,6 +9,7 @@ a module is looked for in the current folder first. Checkpoints are safetensors 
 dicts (read with ``weights_only=True``). Writes ``merged.safetensors``, ``results.json`` and
 ``fitness.png`` to ``--out``. A mistake in the command ends in one line naming what is wrong (exit 2).
 """
+
 import argparse
 import importlib
 import importlib.util
@@ -21,10 +22,14 @@ from mega_deap.evaluation import METRICS
 
 __all__ = ["main", "build_parser", "load_callable", "UsageError"]
 
-DESCRIPTION = ("Merge two or more checkpoints of one architecture with MeGA (a genetic algorithm over "
-               "blends of their weights); fitness is the log-likelihood (or accuracy, or another metric) of your validation data.")
-EPILOG = ("example: mega-merge a.safetensors b.pt --model mynets:make_net --data mynets:validation "
-          "--out merged/   (mynets.py in the current folder; see README.md)")
+DESCRIPTION = (
+    "Merge two or more checkpoints of one architecture with MeGA (a genetic algorithm over "
+    "blends of their weights); fitness is the log-likelihood (or accuracy, or another metric) of your validation data."
+)
+EPILOG = (
+    "example: mega-merge a.safetensors b.pt --model mynets:make_net --data mynets:validation "
+    "--out merged/   (mynets.py in the current folder; see README.md)"
+)
 
 
 class UsageError(Exception):
@@ -43,6 +48,8 @@ def load_callable(spec: str, what: str):
                 raise UsageError(f"{what} {spec!r}: no such file {target!r}")
             mod_name = "_mega_merge_" + os.path.splitext(os.path.basename(target))[0]
             module_spec = importlib.util.spec_from_file_location(mod_name, target)
+            if module_spec is None or module_spec.loader is None:
+                raise UsageError(f"{what} {spec!r}: {target!r} cannot be imported")
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
@@ -52,8 +59,9 @@ def load_callable(spec: str, what: str):
     except UsageError:
         raise
     except ModuleNotFoundError as err:
-        raise UsageError(f"{what} {spec!r}: no module named {err.name!r} (looked in {os.getcwd()!r} and the "
-                         f"installed packages)") from None
+        raise UsageError(
+            f"{what} {spec!r}: no module named {err.name!r} (looked in {os.getcwd()!r} and the installed packages)"
+        ) from None
     except Exception as err:
         raise UsageError(f"{what} {spec!r}: importing {target!r} failed: {type(err).__name__}: {err}") from None
     if not callable(getattr(module, name, None)):
@@ -66,46 +74,89 @@ class _Formatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text \
-                and action.option_strings:
+        if (
+            action.default not in (None, False, argparse.SUPPRESS)
+            and "%(default)" not in text
+            and action.option_strings
+        ):
             text += " (default: %(default)s)"
         return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mega-merge`` command line."""
-    p = argparse.ArgumentParser(prog="mega-merge", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=_Formatter)
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
-                   help="two or more checkpoint files of one architecture (.safetensors, or torch state dicts)")
-    p.add_argument("--model", required=True, metavar="MODULE:FUNCTION",
-                   help="a function that returns an untrained model of the checkpoints' architecture (required)")
-    p.add_argument("--data", required=True, metavar="MODULE:FUNCTION",
-                   help="a function that returns (X_val, y_val), or {'val': (X, y), 'test': (X, y), "
-                        "'calibration': X} (required; with 'calibration', every candidate's BatchNorm "
-                        "statistics are recomputed on those inputs before it is scored)")
-    p.add_argument("--metric", choices=sorted(METRICS), default="accuracy_ll",
-                   help="the fitness (accuracy_ll: accuracy, ties broken by the log-likelihood; accuracy: the "
-                        "paper's; neg_mse or neg_mae for regression)")
+    p = argparse.ArgumentParser(prog="mega-merge", description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter)
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="two or more checkpoint files of one architecture (.safetensors, or torch state dicts)",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="MODULE:FUNCTION",
+        help="a function that returns an untrained model of the checkpoints' architecture (required)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="MODULE:FUNCTION",
+        help="a function that returns (X_val, y_val), or {'val': (X, y), 'test': (X, y), "
+        "'calibration': X} (required; with 'calibration', every candidate's BatchNorm "
+        "statistics are recomputed on those inputs before it is scored)",
+    )
+    p.add_argument(
+        "--metric",
+        choices=sorted(METRICS),
+        default="accuracy_ll",
+        help="the fitness (accuracy_ll: accuracy, ties broken by the log-likelihood; accuracy: the "
+        "paper's; neg_mse or neg_mae for regression)",
+    )
     p.add_argument("--popsize", type=int, default=20, help="individuals per generation (N)")
     p.add_argument("--ngen", type=int, default=20, help="generations (G)")
     p.add_argument("--npar", type=int, default=4, help="tournament winners per child (K); the first two mate")
     p.add_argument("--tournsize", type=int, default=3, help="tournament size")
-    p.add_argument("--mutation", choices=("sparse", "layer"), default="sparse",
-                   help="sparse: each weight with --indpb; layer: each tensor (the reference code's)")
-    p.add_argument("--sigma", type=float, default=None,
-                   help="mutation noise standard deviation (default: 0.01 for weights, 0.05 for coefficients)")
-    p.add_argument("--indpb", type=float, default=None,
-                   help="per-gene mutation probability (default: 0.02 for weights, 0.2 for coefficients)")
-    p.add_argument("--align", action="store_true",
-                   help="weight-match the parents' hidden units to the first checkpoint's before merging")
-    p.add_argument("--genome", choices=("weights", "coefficients"), default="weights",
-                   help="weights: every weight is a gene (the paper); coefficients: per-tensor x per-parent "
-                        "mixing coefficients")
-    p.add_argument("--no-parents", action="store_true",
-                   help="start from blends only, as the paper (default: the parents are in the first population)")
-    p.add_argument("--holdout", type=float, default=0.0,
-                   help="fraction of the validation data held out of the fitness to choose among the hall of fame")
+    p.add_argument(
+        "--mutation",
+        choices=("sparse", "layer"),
+        default="sparse",
+        help="sparse: each weight with --indpb; layer: each tensor (the reference code's)",
+    )
+    p.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help="mutation noise standard deviation (default: 0.01 for weights, 0.05 for coefficients)",
+    )
+    p.add_argument(
+        "--indpb",
+        type=float,
+        default=None,
+        help="per-gene mutation probability (default: 0.02 for weights, 0.2 for coefficients)",
+    )
+    p.add_argument(
+        "--align",
+        action="store_true",
+        help="weight-match the parents' hidden units to the first checkpoint's before merging",
+    )
+    p.add_argument(
+        "--genome",
+        choices=("weights", "coefficients"),
+        default="weights",
+        help="weights: every weight is a gene (the paper); coefficients: per-tensor x per-parent mixing coefficients",
+    )
+    p.add_argument(
+        "--no-parents",
+        action="store_true",
+        help="start from blends only, as the paper (default: the parents are in the first population)",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="fraction of the validation data held out of the fitness to choose among the hall of fame",
+    )
     p.add_argument("--seed", type=int, default=0, help="fixes every random draw")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--out", default="merged", help="the folder to write to")
@@ -115,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _read_checkpoint(make_model, path):
     from mega_deap.experiments import load_model_file
+
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint {path!r}: no such file")
     try:
@@ -122,15 +174,18 @@ def _read_checkpoint(make_model, path):
     except Exception as err:
         text = str(err)
         if "weights_only" in text or "Weights only load failed" in text:
-            raise UsageError(f"checkpoint {path!r} holds a pickled object, not a state dict: save it with "
-                             f"torch.save(model.state_dict(), path) or as safetensors") from None
+            raise UsageError(
+                f"checkpoint {path!r} holds a pickled object, not a state dict: save it with "
+                f"torch.save(model.state_dict(), path) or as safetensors"
+            ) from None
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
         first = lines[0] if lines else type(err).__name__
         if isinstance(err, RuntimeError) and "state_dict" in text:
             # torch's first line only says "Error(s) in loading state_dict for X:"; the next names the tensor
             detail = " ".join(lines[1:2])
-            raise UsageError(f"checkpoint {path!r} does not fit the --model architecture: {first} "
-                             f"{detail}".rstrip()) from None
+            raise UsageError(
+                f"checkpoint {path!r} does not fit the --model architecture: {first} {detail}".rstrip()
+            ) from None
         raise UsageError(f"checkpoint {path!r} could not be read: {type(err).__name__}: {first}") from None
 
 
@@ -169,11 +224,26 @@ def run(args) -> list:
         raise UsageError(f"--device {args.device!r}: {err}") from None
     models = [_read_checkpoint(make_model, p).to(device) for p in args.checkpoints]
     val, test, calibration = _validation(make_data)
-    result = mega_deap.merge(models, val, popsize=args.popsize, ngen=args.ngen, npar=args.npar,
-                             tournsize=args.tournsize, mutation=args.mutation, sigma=args.sigma, indpb=args.indpb,
-                             metric=args.metric, seed=args.seed, device=device, progress=not args.quiet,
-                             align=args.align, genome=args.genome, include_parents=not args.no_parents,
-                             holdout=args.holdout, calibration=calibration)
+    result = mega_deap.merge(
+        models,
+        val,
+        popsize=args.popsize,
+        ngen=args.ngen,
+        npar=args.npar,
+        tournsize=args.tournsize,
+        mutation=args.mutation,
+        sigma=args.sigma,
+        indpb=args.indpb,
+        metric=args.metric,
+        seed=args.seed,
+        device=device,
+        progress=not args.quiet,
+        align=args.align,
+        genome=args.genome,
+        include_parents=not args.no_parents,
+        holdout=args.holdout,
+        calibration=calibration,
+    )
     ad = result.adapter.runner  # score the weights (what a coefficient genome decodes into)
     names = [os.path.basename(p) for p in args.checkpoints] + ["MeGA"]
     genomes = [ad.genome(m.to(device)) for m in models] + [ad.genome(result.model)]
@@ -183,21 +253,31 @@ def run(args) -> list:
     for metric in reported:
         for split, xy in (("val", val), ("test", test)):
             if xy is not None:
-                for row, score in zip(rows, Evaluator(ad, *xy, get_metric(metric)).scores(genomes)):
+                for row, score in zip(rows, Evaluator(ad, xy[0], xy[1], get_metric(metric)).scores(genomes)):
                     row[f"{split}_{metric}"] = score
     os.makedirs(args.out, exist_ok=True)
     written = [save_model(result.model, os.path.join(args.out, "merged.safetensors"))]
     try:
-        parents_fitness = Evaluator(ad, *val, get_metric(args.metric)).scores(genomes[:-1])
-        written.append(plot_fitness(result.logbook, os.path.join(args.out, "fitness.png"),
-                                    title=f"MeGA: validation fitness ({args.metric}) per generation",
-                                    extra=dict(zip(names[:-1], parents_fitness))))
+        parents_fitness = Evaluator(ad, val[0], val[1], get_metric(args.metric)).scores(genomes[:-1])
+        written.append(
+            plot_fitness(
+                result.logbook,
+                os.path.join(args.out, "fitness.png"),
+                title=f"MeGA: validation fitness ({args.metric}) per generation",
+                extra=dict(zip(names[:-1], parents_fitness)),
+            )
+        )
     except ImportError:
         print("matplotlib is not installed: no fitness.png (pip install matplotlib)", file=sys.stderr)
-    columns = ["model"] + [f"{split}_{m}" for m in reported for split in ("val", "test")
-                           if split == "val" or test is not None]
-    written.append(write_json({"settings": vars(args), "rows": rows, "logbook": [dict(r) for r in result.logbook],
-                               "files": written[:]}, os.path.join(args.out, "results.json")))
+    columns = ["model"] + [
+        f"{split}_{m}" for m in reported for split in ("val", "test") if split == "val" or test is not None
+    ]
+    written.append(
+        write_json(
+            {"settings": vars(args), "rows": rows, "logbook": [dict(r) for r in result.logbook], "files": written[:]},
+            os.path.join(args.out, "results.json"),
+        )
+    )
     if not args.quiet:
         print(format_table(rows, columns=columns))
     return written

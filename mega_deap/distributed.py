@@ -11,13 +11,26 @@ A guard keeps that promise honest: before each sharded evaluation, the ranks com
 genomes they are about to score; a mismatch stops every rank with :class:`DivergedError` instead of
 letting them drift apart silently.
 """
+
 import time
 from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["init_from_env", "local_device", "active", "rank", "world_size", "is_main", "barrier", "shutdown", "shares", "ShardedScores", "DivergedError",
-           "SHARES"]
+__all__ = [
+    "init_from_env",
+    "local_device",
+    "active",
+    "rank",
+    "world_size",
+    "is_main",
+    "barrier",
+    "shutdown",
+    "shares",
+    "ShardedScores",
+    "DivergedError",
+    "SHARES",
+]
 
 SHARES = ("equal", "throughput")
 
@@ -31,9 +44,14 @@ def init_from_env() -> bool:
     ``WORLD_SIZE`` in the environment, more than one process): NCCL when CUDA is available, else gloo.
     Returns :func:`active`. Launched any other way it does nothing."""
     import os
+
     dist = torch.distributed
-    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1 \
-            and "RANK" in os.environ:
+    if (
+        dist.is_available()
+        and not dist.is_initialized()
+        and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        and "RANK" in os.environ
+    ):
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -44,6 +62,7 @@ def init_from_env() -> bool:
 def local_device(device: torch.device) -> torch.device:
     """``device`` for this rank: with CUDA, the GPU of this rank's ``LOCAL_RANK`` (one rank per GPU)."""
     import os
+
     if active() and device.type == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
@@ -93,7 +112,7 @@ def shares(n: int, weights: Optional[Sequence[float]] = None) -> list:
         total = float(sum(weights))
         raw = [n * w / total for w in weights]
         sizes = [int(x) for x in raw]
-        for r in sorted(range(p), key=lambda r: raw[r] - sizes[r], reverse=True)[:n - sum(sizes)]:
+        for r in sorted(range(p), key=lambda r: raw[r] - sizes[r], reverse=True)[: n - sum(sizes)]:
             sizes[r] += 1
     out, start = [], 0
     for s in sizes:
@@ -120,7 +139,7 @@ def _checksum(genomes: list, numbers: int = 2**22) -> torch.Tensor:
     step = max(1, numbers // D)
     out = []
     for c in range(0, len(genomes), step):
-        G = torch.stack([g.detach().reshape(-1) for g in genomes[c:c + step]])
+        G = torch.stack([g.detach().reshape(-1) for g in genomes[c : c + step]])
         bits = G.view(_BITS[G.element_size()]).to(torch.int64)
         out.append(torch.stack([bits.sum(1), (bits * pos).sum(1)], 1))  # int64 wraps around: still exact
     return torch.cat(out).reshape(-1)
@@ -137,7 +156,7 @@ class ShardedScores:
             raise ValueError(f"shares must be one of {SHARES}, got {shares!r}")
         self.mode = shares
         self.rate = None  # this rank's genomes per second, last call
-        self.weights = None
+        self.weights: Optional[list] = None
 
     def __call__(self, genomes: list, score) -> list:
         dist = torch.distributed
@@ -151,17 +170,21 @@ class ShardedScores:
         all_sizes = [torch.zeros_like(sizes) for _ in range(p)]
         dist.all_gather(all_sizes, sizes)
         if len({int(s) for s in all_sizes}) != 1:
-            raise DivergedError(f"rank {me}: the ranks are evaluating different numbers of individuals "
-                                f"({[int(s) // 2 for s in all_sizes]}): they no longer run the same program "
-                                "with the same seed")
+            raise DivergedError(
+                f"rank {me}: the ranks are evaluating different numbers of individuals "
+                f"({[int(s) // 2 for s in all_sizes]}): they no longer run the same program "
+                "with the same seed"
+            )
         theirs = [torch.empty_like(mine) for _ in range(p)]
         dist.all_gather(theirs, mine)
         for r, t in enumerate(theirs):
             if not torch.equal(t, theirs[0]):
                 bad = int((t != theirs[0]).reshape(-1, 2).any(1).nonzero()[0])
-                raise DivergedError(f"rank {me}: rank {r}'s population differs from rank 0's (first at "
-                                    f"individual {bad} of {n}): every rank must run the same program with the "
-                                    "same seed, data and settings")
+                raise DivergedError(
+                    f"rank {me}: rank {r}'s population differs from rank 0's (first at "
+                    f"individual {bad} of {n}): every rank must run the same program with the "
+                    "same seed, data and settings"
+                )
         # 2. this rank's share
         cuts = shares(n, self.weights if self.mode == "throughput" else None)
         start, stop = cuts[me]
@@ -171,13 +194,13 @@ class ShardedScores:
         # 3. everyone's scores, in order
         width = max(b - a for a, b in cuts)
         buf = torch.full((width + 1,), float("nan"), dtype=torch.float64, device=device)
-        buf[:len(local)] = torch.tensor(local, dtype=torch.float64, device=device)
+        buf[: len(local)] = torch.tensor(local, dtype=torch.float64, device=device)
         buf[width] = (stop - start) / took if took > 0 and stop > start else 0.0
         gathered = [torch.empty_like(buf) for _ in range(p)]
         dist.all_gather(gathered, buf)
-        out = []
+        out: list[float] = []
         for (a, b), t in zip(cuts, gathered):
-            out.extend(float(v) for v in t[:b - a].tolist())
+            out.extend(float(v) for v in t[: b - a].tolist())
         rates = [float(t[width]) for t in gathered]
         if all(r > 0 for r in rates):
             self.weights = rates

@@ -21,6 +21,7 @@ defaults): ``runner`` and ``decode_many`` (which adapter runs the genomes, and w
 ``forward(genome, x)``, ``forward_batch(genomes, x)``, ``eval_mode()``, ``device`` and ``dtype``, and
 ``stacked_forward()`` where it has one.
 """
+
 import contextlib
 import functools
 import math
@@ -33,7 +34,20 @@ from . import distributed
 from .files import tensor_digest
 from .individual import TensorIndividual
 
-__all__ = ["Evaluator", "registered_as", "Accuracy", "AccuracyLogLik", "NegLogLoss", "NegLogLossTempered", "NegMSE", "NegMAE", "METRICS", "get_metric", "correct", "STRATEGIES"]
+__all__ = [
+    "Evaluator",
+    "registered_as",
+    "Accuracy",
+    "AccuracyLogLik",
+    "NegLogLoss",
+    "NegLogLossTempered",
+    "NegMSE",
+    "NegMAE",
+    "METRICS",
+    "get_metric",
+    "correct",
+    "STRATEGIES",
+]
 
 STRATEGIES = ("auto", "loop", "stacked", "vmap", "measure")
 Strategy = Literal["auto", "loop", "stacked", "vmap", "measure"]
@@ -42,6 +56,7 @@ Strategy = Literal["auto", "loop", "stacked", "vmap", "measure"]
 ######################################
 # Metrics                            #
 ######################################
+
 
 def correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """How many argmax predictions are right: ``out`` ``(..., B, C)`` logits, ``y`` ``(B,)`` class labels ->
@@ -59,29 +74,39 @@ def log_likelihood(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 class Accuracy:
     """Fraction of correct argmax predictions. Worst value: 0."""
+
     name, worst = "accuracy", 0.0
 
     def check(self, out, y):
         """``out``: one model's output on a few examples, ``(b, C)``; ``y``: all labels, ``(n,)``."""
         if y.dim() == 2 and y.shape[1] == 1:
-            raise ValueError(f"validation labels have shape {tuple(y.shape)}: {self.name} needs class indices of "
-                             f"shape (n,) (y.squeeze(1))")
+            raise ValueError(
+                f"validation labels have shape {tuple(y.shape)}: {self.name} needs class indices of "
+                f"shape (n,) (y.squeeze(1))"
+            )
         if y.dim() == 2:
-            raise ValueError(f"validation labels have shape {tuple(y.shape)}, one-hot or scores: {self.name} needs "
-                             f"class indices of shape (n,) (y.argmax(1))")
+            raise ValueError(
+                f"validation labels have shape {tuple(y.shape)}, one-hot or scores: {self.name} needs "
+                f"class indices of shape (n,) (y.argmax(1))"
+            )
         if y.dim() != 1:
             raise ValueError(f"validation labels must have shape (n,), got {tuple(y.shape)}")
         if y.dtype == torch.bool or y.dtype.is_floating_point or y.dtype.is_complex:
-            raise ValueError(f"{self.name} needs integer class labels, got dtype {y.dtype} (for regression "
-                             "targets use metric='neg_mse' or 'neg_mae')")
+            raise ValueError(
+                f"{self.name} needs integer class labels, got dtype {y.dtype} (for regression "
+                "targets use metric='neg_mse' or 'neg_mae')"
+            )
         if out.dim() != 2:
-            raise ValueError(f"{self.name} needs logits of shape (batch, classes) from the model, got "
-                             f"{tuple(out.shape)}")
+            raise ValueError(
+                f"{self.name} needs logits of shape (batch, classes) from the model, got {tuple(out.shape)}"
+            )
         classes = out.shape[-1]
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= classes:
-            raise ValueError(f"validation labels span [{lo}, {hi}] but the model outputs {classes} classes "
-                             f"(labels must lie in [0, {classes - 1}])")
+            raise ValueError(
+                f"validation labels span [{lo}, {hi}] but the model outputs {classes} classes "
+                f"(labels must lie in [0, {classes - 1}])"
+            )
 
     def partial(self, out, y):
         """Per-genome sums over a data batch; ``out`` is ``(k, B, C)``."""
@@ -94,6 +119,7 @@ class Accuracy:
 class NegLogLoss(Accuracy):
     """Negative mean cross-entropy of the logits against class labels (maximise it). Worst value: -inf.
     Smoother than accuracy: it tells apart candidates that get the same examples right."""
+
     name, worst = "neg_log_loss", -math.inf
 
     def partial(self, out, y):
@@ -110,6 +136,7 @@ class AccuracyLogLik(Accuracy):
     Why not the log-likelihood alone: networks trained to fit their data are over-confident, so their
     log-likelihood is poor however accurate they are, and a less confident, less accurate blend beats them.
     """
+
     name, worst = "accuracy_ll", 0.0
 
     def partial(self, out, y):
@@ -124,6 +151,7 @@ class NegLogLossTempered(Accuracy):
     """The log-likelihood after the best temperature for each candidate: ``max_T`` of the mean
     log-likelihood of ``softmax(out / T)``, over ``T`` in :attr:`TEMPERATURES` (a log-spaced grid from 1/8 to
     16). Invariant, to the grid's resolution, to how confident a candidate is. Worst value: -inf."""
+
     name, worst = "neg_log_loss_tempered", -math.inf
     TEMPERATURES = tuple(2.0 ** (e / 2) for e in range(-6, 9))
 
@@ -132,8 +160,7 @@ class NegLogLossTempered(Accuracy):
         k, b, c = out.shape
         out = out.to(torch.float64)
         idx = y.view(1, b, 1).expand(k, b, 1)
-        return torch.stack([torch.log_softmax(out / t, -1).gather(-1, idx).sum((1, 2))
-                            for t in self.TEMPERATURES], -1)
+        return torch.stack([torch.log_softmax(out / t, -1).gather(-1, idx).sum((1, 2)) for t in self.TEMPERATURES], -1)
 
     def finish(self, total, n):
         return total.max(-1).values / n
@@ -141,17 +168,19 @@ class NegLogLossTempered(Accuracy):
 
 class NegMSE:
     """Negative mean squared error (maximise it). Worst value: -inf."""
+
     name, worst = "neg_mse", -math.inf
 
     def check(self, out, y):
         """``out``: one model's output on a few examples, ``(b, ...)``; ``y``: all targets."""
         if out[0].numel() != y[0].numel():
-            raise ValueError(f"the model outputs {tuple(out.shape[1:])} per example but the targets are "
-                             f"{tuple(y.shape[1:])} per example")
+            raise ValueError(
+                f"the model outputs {tuple(out.shape[1:])} per example but the targets are "
+                f"{tuple(y.shape[1:])} per example"
+            )
 
     def _err(self, out, y):
-        return (out.reshape(out.shape[0], y.shape[0], -1).to(torch.float64)
-                - y.reshape(y.shape[0], -1).to(torch.float64))
+        return out.reshape(out.shape[0], y.shape[0], -1).to(torch.float64) - y.reshape(y.shape[0], -1).to(torch.float64)
 
     def partial(self, out, y):
         e = self._err(out, y)
@@ -163,14 +192,21 @@ class NegMSE:
 
 class NegMAE(NegMSE):
     """Negative mean absolute error (maximise it). Worst value: -inf."""
+
     name = "neg_mae"
 
     def partial(self, out, y):
         return self._err(out, y).abs().mean(-1).sum(-1)
 
 
-METRICS = {"accuracy_ll": AccuracyLogLik, "accuracy": Accuracy, "neg_log_loss": NegLogLoss,
-           "neg_log_loss_tempered": NegLogLossTempered, "neg_mse": NegMSE, "neg_mae": NegMAE}
+METRICS = {
+    "accuracy_ll": AccuracyLogLik,
+    "accuracy": Accuracy,
+    "neg_log_loss": NegLogLoss,
+    "neg_log_loss_tempered": NegLogLossTempered,
+    "neg_mse": NegMSE,
+    "neg_mae": NegMAE,
+}
 
 
 def default_batch_size(X: torch.Tensor) -> int:
@@ -190,6 +226,7 @@ def get_metric(name: str):
 ######################################
 # The evaluator                      #
 ######################################
+
 
 def registered_as(func, obj) -> bool:
     """True when ``func`` is ``obj`` itself, or ``obj`` registered in a DEAP toolbox (a ``functools.partial``
@@ -227,12 +264,25 @@ class Evaluator:
 
     ``evaluations`` counts the genomes scored so far.
     """
+
     STACK_NUMBERS = 2**18  # the loop's stacked outputs per chunk of genomes (see __init__)
     STACKED_NUMBERS = 2**20  # the widest layer's activations per chunk of the stacked forward (see chunk)
 
-    def __init__(self, adapter, X, y, metric=None, *, batch_size: Optional[int] = None, strategy: Strategy = "auto",
-                 chunk: Optional[int] = None, autocast: Optional[torch.dtype] = None, channels_last: bool = False,
-                 prepare=None, shares: str = "equal"):
+    def __init__(
+        self,
+        adapter,
+        X,
+        y,
+        metric=None,
+        *,
+        batch_size: Optional[int] = None,
+        strategy: Strategy = "auto",
+        chunk: Optional[int] = None,
+        autocast: Optional[torch.dtype] = None,
+        channels_last: bool = False,
+        prepare=None,
+        shares: str = "equal",
+    ):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.adapter = adapter
@@ -261,26 +311,35 @@ class Evaluator:
         self.prepare = prepare
         self._sharded = distributed.ShardedScores(shares)
         self._runner = adapter.runner  # what runs the forward passes (the parents' adapter for coefficients)
-        self._chosen = None          # what "measure" settled on
+        self._chosen = None  # what "measure" settled on
         self.measured_timings = None
         self.evaluations = 0
-        self._fingerprint = None
+        self._fingerprint: Optional[dict] = None
         with torch.no_grad(), adapter.eval_mode():
             template = self._runner.genome()
             out = self._runner.forward(template, self.X[: min(2, len(self.X))])
         if not isinstance(out, torch.Tensor):
-            raise TypeError(f"the model returns a {type(out).__name__}, not a tensor of outputs: the evaluator "
-                            f"needs forward() to return the logits (or predictions) as one tensor")
+            raise TypeError(
+                f"the model returns a {type(out).__name__}, not a tensor of outputs: the evaluator "
+                f"needs forward() to return the logits (or predictions) as one tensor"
+            )
         self.metric.check(out, self.y)
         self._stacked, self.stacked_reason = self._stacked_forward(template, out)
         if strategy == "stacked" and self._stacked is None:
-            raise ValueError(f"strategy='stacked' needs a model of Linear layers and element-wise activations: "
-                             f"{self.stacked_reason}")
-        self._stacked_chunk = self.chunk or (max(1, self.STACKED_NUMBERS // (
-            self._stacked.widest * min(self.batch_size, len(self.X)))) if self._stacked is not None else 1)
+            raise ValueError(
+                f"strategy='stacked' needs a model of Linear layers and element-wise activations: {self.stacked_reason}"
+            )
+        self._stacked_chunk = self.chunk or (
+            max(1, self.STACKED_NUMBERS // (self._stacked.widest * min(self.batch_size, len(self.X))))
+            if self._stacked is not None
+            else 1
+        )
         if self.strategy == "auto":  # stacked where four genomes' activations fit in a chunk (else no gain)
-            self.strategy = "measure" if self.device.type == "cuda" else (
-                "stacked" if self._stacked is not None and self._stacked_chunk >= 4 else "loop")
+            self.strategy = (
+                "measure"
+                if self.device.type == "cuda"
+                else ("stacked" if self._stacked is not None and self._stacked_chunk >= 4 else "loop")
+            )
         # genomes whose stacked outputs on one data batch stay within 2^18 numbers (1 MiB of float32): the
         # stack and its scoring stay in cache; measured on 2 CPU cores, 2^24 made them memory-bound
         per_genome = max(1, out[0].numel() * min(self.batch_size, len(self.X)))
@@ -314,8 +373,10 @@ class Evaluator:
         """What identifies this evaluation in a checkpoint: the metric and a SHA-256 of the validation
         inputs and targets."""
         if self._fingerprint is None:
-            self._fingerprint = {"metric": getattr(self.metric, "name", type(self.metric).__name__),
-                                 "validation_sha256": tensor_digest(self.X, self.y)}
+            self._fingerprint = {
+                "metric": getattr(self.metric, "name", type(self.metric).__name__),
+                "validation_sha256": tensor_digest(self.X, self.y),
+            }
             if self.prepare is not None:
                 fp = getattr(self.prepare, "fingerprint", None)
                 self._fingerprint["prepare"] = fp() if callable(fp) else type(self.prepare).__name__
@@ -336,8 +397,7 @@ class Evaluator:
     def evaluate(self, individuals) -> list:
         """Fitness tuples for ``individuals``; those whose fitness is already valid are not re-run."""
         individuals = list(individuals)
-        todo = [i for i, ind in enumerate(individuals)
-                if not (hasattr(ind, "fitness") and ind.fitness.valid)]
+        todo = [i for i, ind in enumerate(individuals) if not (hasattr(ind, "fitness") and ind.fitness.valid)]
         pending = set(todo)
         results = [None if i in pending else tuple(ind.fitness.values) for i, ind in enumerate(individuals)]
         if todo:
@@ -364,7 +424,7 @@ class Evaluator:
     def _batches(self):
         n = self.X.shape[0]
         for s in range(0, n, self.batch_size):
-            yield self.X[s:s + self.batch_size], self.y[s:s + self.batch_size]
+            yield self.X[s : s + self.batch_size], self.y[s : s + self.batch_size]
 
     @staticmethod
     def _nan_count(out):
@@ -383,11 +443,17 @@ class Evaluator:
         chunk costs more than the copy on CPU (fresh pages); the buffer is only read before the next call."""
         shape = (len(outs),) + tuple(outs[0].shape)
         buf = self._stack_buf
-        if (buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0] or buf.dtype != outs[0].dtype
-                or buf.device != outs[0].device):
-            buf = self._stack_buf = torch.empty((max(shape[0], self._loop_chunk),) + shape[1:],
-                                                dtype=outs[0].dtype, device=outs[0].device)
-        return torch.stack(outs, out=buf[:shape[0]])
+        if (
+            buf is None
+            or buf.shape[1:] != shape[1:]
+            or buf.shape[0] < shape[0]
+            or buf.dtype != outs[0].dtype
+            or buf.device != outs[0].device
+        ):
+            buf = self._stack_buf = torch.empty(
+                (max(shape[0], self._loop_chunk),) + shape[1:], dtype=outs[0].dtype, device=outs[0].device
+            )
+        return torch.stack(outs, out=buf[: shape[0]])
 
     def _score(self, chunks, run):
         """Totals and validity for the genomes of ``chunks`` (in order): ``run(chunk, xb)`` gives a chunk's
@@ -408,13 +474,15 @@ class Evaluator:
     def _run_loop(self, genomes):
         """One forward pass per genome and data batch, the outputs of a chunk stacked for scoring."""
         c = self._loop_chunk
-        return self._score((genomes[i:i + c] for i in range(0, len(genomes), c)),
-                           lambda chunk, xb: self._stack_outputs([self._runner.forward(g, xb) for g in chunk]))
+        return self._score(
+            (genomes[i : i + c] for i in range(0, len(genomes), c)),
+            lambda chunk, xb: self._stack_outputs([self._runner.forward(g, xb) for g in chunk]),
+        )
 
     def _run_vmap(self, genomes):
         stacked = torch.stack(genomes)
         c = self.chunk or stacked.shape[0]
-        return self._score((stacked[i:i + c] for i in range(0, stacked.shape[0], c)), self._runner.forward_batch)
+        return self._score((stacked[i : i + c] for i in range(0, stacked.shape[0], c)), self._runner.forward_batch)
 
     def _run_stacked(self, genomes):
         """A chunk of genomes at a time through the stacked forward: one batched product per layer, in as few
@@ -422,8 +490,10 @@ class Evaluator:
         n = len(genomes)
         parts = -(-n // self._stacked_chunk)
         bounds = [i * n // parts for i in range(parts + 1)]
-        return self._score((torch.stack(genomes[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])),
-                           lambda G, xb: self._stacked(G, xb, reuse=True))  # overwritten by the next call
+        return self._score(
+            (torch.stack(genomes[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])),
+            lambda G, xb: self._stacked(G, xb, reuse=True),
+        )  # overwritten by the next call
 
     def _run(self, strategy, genomes):
         return {"loop": self._run_loop, "stacked": self._run_stacked, "vmap": self._run_vmap}[strategy](genomes)
@@ -471,19 +541,22 @@ class Evaluator:
                 self.prepare(g)
         n = self.X.shape[0]
         with self.adapter.eval_mode(), self._autocast():
-            head = None
+            head: Optional[tuple] = None
             if self.strategy == "measure" and self._chosen is None and len(genomes) >= 4:
                 head = self._measure(genomes)
-                genomes = genomes[len(head[0]):]
-            strategy = self.strategy if self.strategy != "measure" else (
-                self._chosen or ("vmap" if self.device.type == "cuda" else "loop"))
+                genomes = genomes[len(head[0]) :]
+            strategy = (
+                self.strategy
+                if self.strategy != "measure"
+                else (self._chosen or ("vmap" if self.device.type == "cuda" else "loop"))
+            )
             if not genomes:
+                assert head is not None  # every genome went into the measurement
                 totals, finite = head
             else:
                 run = self._run(strategy, genomes)
                 totals, finite = run if head is None else (torch.cat([head[0], run[0]]), torch.cat([head[1], run[1]]))
         self.evaluations += totals.shape[0]
         values = self.metric.finish(totals, n)
-        values = torch.where(finite & torch.isfinite(values), values,
-                             torch.full_like(values, self.metric.worst))
+        values = torch.where(finite & torch.isfinite(values), values, torch.full_like(values, self.metric.worst))
         return [float(v) for v in values.tolist()]

@@ -3,6 +3,7 @@
 A reader (or a run resumed after a kill at any instant) sees either the old file or the new one, never a
 half-written one.
 """
+
 import hashlib
 import os
 from typing import Callable
@@ -20,7 +21,7 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
         t = t.detach().cpu().contiguous()
         h.update(f"{tuple(t.shape)}{t.dtype}".encode())
         if t.numel():
-            h.update(t.view(torch.uint8).numpy())
+            h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

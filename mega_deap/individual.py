@@ -7,6 +7,7 @@ of the sequence protocol that DEAP's tools touch: ``len``, integer indexing, sli
 independent copies, so DEAP's slice-swapping crossovers stay correct), iteration, equality, copying and
 pickling. Copies and pickles hold one row only, never the storage of the whole population.
 """
+
 import copy
 
 import torch
@@ -18,6 +19,7 @@ __all__ = ["TensorIndividual", "genome_equal"]
 # The individual                     #
 ######################################
 
+
 class TensorIndividual:
     """Base class for ``creator.create("Individual", TensorIndividual, fitness=...)``.
 
@@ -26,7 +28,7 @@ class TensorIndividual:
                  float32 tensor.
     """
 
-    __hash__ = None  # equality is by value, as for DEAP's list individuals
+    __hash__ = None  # type: ignore[assignment]  # equality is by value, as for DEAP's list individuals
 
     def __init__(self, data=()):
         if not isinstance(data, torch.Tensor):

@@ -8,6 +8,7 @@ fitness is the algorithm's job, not the operator's.
 Random numbers: every operator draws from the ``torch.Generator`` passed as ``generator``, or, when it
 is ``None``, from torch's default generator of the genome's device (seeded by :func:`mega_deap.seed`).
 """
+
 import math
 from typing import Optional, Sequence
 
@@ -15,8 +16,16 @@ import torch
 
 from .individual import TensorIndividual
 
-__all__ = ["initBlend", "cxBlend", "mutSparseGaussian", "mutLayerGaussian", "sparse_indices", "layout_spans",
-           "selElite", "selNoElite"]
+__all__ = [
+    "initBlend",
+    "cxBlend",
+    "mutSparseGaussian",
+    "mutLayerGaussian",
+    "sparse_indices",
+    "layout_spans",
+    "selElite",
+    "selNoElite",
+]
 
 
 def _genome(ind):
@@ -29,13 +38,15 @@ def _genome(ind):
 
 def _uniform(generator):
     """One U(0, 1) number as a Python float, from ``generator`` (CPU default generator when ``None``)."""
-    return torch.rand((), generator=generator, dtype=torch.float64,
-                      device=generator.device if generator is not None else "cpu").item()
+    return torch.rand(
+        (), generator=generator, dtype=torch.float64, device=generator.device if generator is not None else "cpu"
+    ).item()
 
 
 ######################################
 # Initialisation                     #
 ######################################
+
 
 def initBlend(individuals: Sequence, parents, *, generator: Optional[torch.Generator] = None) -> Sequence:
     """Fill each individual with a blend of the parents' genomes, in place.
@@ -84,8 +95,10 @@ def initBlend(individuals: Sequence, parents, *, generator: Optional[torch.Gener
 # Crossover                          #
 ######################################
 
-def cxBlend(ind1, ind2, alpha: float = 0.0, per_element: bool = False, *,
-            generator: Optional[torch.Generator] = None) -> tuple:
+
+def cxBlend(
+    ind1, ind2, alpha: float = 0.0, per_element: bool = False, *, generator: Optional[torch.Generator] = None
+) -> tuple:
     """Blend two genomes in place.
 
     By default one ``beta`` is drawn for the whole genome and
@@ -115,8 +128,8 @@ def cxBlend(ind1, ind2, alpha: float = 0.0, per_element: bool = False, *,
         b.copy_(new_b)
     else:
         beta = (1.0 + 2.0 * alpha) * _uniform(generator) - alpha
-        new_b = torch.lerp(a, b, beta)      # (1 - beta) * a + beta * b
-        a.lerp_(b, 1.0 - beta)              # beta * a + (1 - beta) * b
+        new_b = torch.lerp(a, b, beta)  # (1 - beta) * a + beta * b
+        a.lerp_(b, 1.0 - beta)  # beta * a + (1 - beta) * b
         b.copy_(new_b)
     return ind1, ind2
 
@@ -125,8 +138,10 @@ def cxBlend(ind1, ind2, alpha: float = 0.0, per_element: bool = False, *,
 # Mutation                           #
 ######################################
 
-def sparse_indices(size: int, indpb: float, *, generator: Optional[torch.Generator] = None,
-                   device="cpu") -> torch.Tensor:
+
+def sparse_indices(
+    size: int, indpb: float, *, generator: Optional[torch.Generator] = None, device="cpu"
+) -> torch.Tensor:
     """The positions of a Bernoulli(indpb) process over ``range(size)``, drawn in O(k) for k hits.
 
     The gaps between successive hits are Geometric(indpb); their running sum gives the positions, so
@@ -157,15 +172,17 @@ def sparse_indices(size: int, indpb: float, *, generator: Optional[torch.Generat
     return pos[:k].to(torch.long)
 
 
-def mutSparseGaussian(individual, mu: float, sigma: float, indpb: float, *,
-                      generator: Optional[torch.Generator] = None) -> tuple:
+def mutSparseGaussian(
+    individual, mu: float, sigma: float, indpb: float, *, generator: Optional[torch.Generator] = None
+) -> tuple:
     """Add N(mu, sigma^2) noise to each gene independently with probability ``indpb``, in place.
 
     The number of mutated genes follows Binomial(D, indpb); the cost grows with that number, never
     with D (no D-sized random mask). Same meaning as DEAP's ``tools.mutGaussian``.
 
     :param individual: genome ``(D,)``.
-    :param mu, sigma: mean and standard deviation of the noise.
+    :param mu: mean of the noise.
+    :param sigma: standard deviation of the noise.
     :param indpb: the probability for each gene to mutate.
     :param generator: torch.Generator of the genome's device (default generator if ``None``).
     :returns: ``(individual,)``.
@@ -175,8 +192,7 @@ def mutSparseGaussian(individual, mu: float, sigma: float, indpb: float, *,
     g = _genome(individual)
     idx = sparse_indices(g.shape[0], indpb, generator=generator, device=g.device)
     if idx.numel():
-        noise = torch.normal(float(mu), float(sigma), idx.shape, generator=generator, dtype=g.dtype,
-                             device=g.device)
+        noise = torch.normal(float(mu), float(sigma), idx.shape, generator=generator, dtype=g.dtype, device=g.device)
         g.index_add_(0, idx, noise)
     return (individual,)
 
@@ -186,8 +202,15 @@ def layout_spans(layout: Sequence) -> list:
     return [(e.offset, e.numel) if hasattr(e, "offset") else (int(e[0]), int(e[1])) for e in layout]
 
 
-def mutLayerGaussian(individual, layout: Sequence, mu: float, sigma: float, layerpb: float, *,
-                     generator: Optional[torch.Generator] = None) -> tuple:
+def mutLayerGaussian(
+    individual,
+    layout: Sequence,
+    mu: float,
+    sigma: float,
+    layerpb: float,
+    *,
+    generator: Optional[torch.Generator] = None,
+) -> tuple:
     """With probability ``layerpb`` per tensor, add N(mu, sigma^2) noise to the whole tensor, in place.
 
     The MeGA reference code's mutation (whole tensors, p=0.02, sigma=0.1).
@@ -210,7 +233,7 @@ def mutLayerGaussian(individual, layout: Sequence, mu: float, sigma: float, laye
     hits = torch.rand(len(spans), generator=generator, dtype=torch.float64, device=g.device) < layerpb
     for (off, n), hit in zip(spans, hits.tolist()):
         if hit:
-            seg = g[off:off + n]
+            seg = g[off : off + n]
             seg.add_(torch.randn(seg.shape, generator=generator, dtype=g.dtype, device=g.device).mul_(sigma).add_(mu))
     return (individual,)
 
@@ -218,6 +241,7 @@ def mutLayerGaussian(individual, layout: Sequence, mu: float, sigma: float, laye
 ######################################
 # Elitism                            #
 ######################################
+
 
 def selElite(halloffame) -> list:
     """Elitism (the default of :func:`mega_deap.eaMeGA`): the hall of fame's best goes back into the

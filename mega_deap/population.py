@@ -9,6 +9,7 @@ the population), so DEAP's ``eaSimple`` and our ``eaMeGA`` both cycle between th
 ever copying more than one row per clone. If every row is taken (someone keeps old individuals alive),
 ``clone`` falls back to a stand-alone copy of the row and warns once.
 """
+
 import os
 import warnings
 import weakref
@@ -47,6 +48,7 @@ def _available_bytes(device):
 # The population buffer              #
 ######################################
 
+
 class TensorPopulation:
     """A population of ``size`` genomes of ``dim`` numbers in one tensor.
 
@@ -76,10 +78,11 @@ class TensorPopulation:
             raise MemoryError(
                 f"TensorPopulation(size={size}, dim={dim}, dtype={dtype}) needs {need / 2**30:.2f} GiB on "
                 f"{self.device} (population, offspring and 2 scratch rows of {dim}), but only "
-                f"{have / 2**30:.2f} GiB is free; use fewer individuals, a smaller genome or another device")
+                f"{have / 2**30:.2f} GiB is free; use fewer individuals, a smaller genome or another device"
+            )
         self.rows = torch.zeros(2 * size + 2, dim, device=self.device, dtype=dtype)
-        self._refs = {}                                    # row -> weakref to the individual holding it
-        self._free = list(range(2 * size + 1, -1, -1))     # a stack: row 0 is handed out first
+        self._refs: dict = {}  # row -> weakref to the individual holding it
+        self._free = list(range(2 * size + 1, -1, -1))  # a stack: row 0 is handed out first
         self._warned = False
 
     @property
@@ -90,7 +93,7 @@ class TensorPopulation:
     @property
     def offspring_buffer(self):
         """The offspring half, ``(N, D)``."""
-        return self.rows[self.size:2 * self.size]
+        return self.rows[self.size : 2 * self.size]
 
     @property
     def free_rows(self):
@@ -105,8 +108,10 @@ class TensorPopulation:
 
     def _adopt(self, ind, row):
         ind._owner = (self, row)
-        self._refs[row] = weakref.ref(ind, lambda ref, row=row, pop=weakref.ref(self): (
-            pop() is not None and pop()._release(row, ref)))
+        owner = weakref.ref(self)
+        self._refs[row] = weakref.ref(
+            ind, lambda ref, row=row, pop=owner: pop() is not None and pop()._release(row, ref)
+        )
         return ind
 
     def individuals(self, icls: type, n: Optional[int] = None) -> list:
@@ -119,8 +124,10 @@ class TensorPopulation:
         if not (isinstance(icls, type) and issubclass(icls, TensorIndividual)):
             raise TypeError(f"icls must be a TensorIndividual subclass, got {icls!r}")
         if n > len(self._free):
-            raise ValueError(f"asked for {n} individuals but only {len(self._free)} of the population's "
-                             f"{self.rows.shape[0]} rows are free")
+            raise ValueError(
+                f"asked for {n} individuals but only {len(self._free)} of the population's "
+                f"{self.rows.shape[0]} rows are free"
+            )
         out = []
         for _ in range(n):
             row = self._free.pop()
@@ -128,7 +135,7 @@ class TensorPopulation:
             out.append(self._adopt(icls(self.rows[row]), row))
         return out
 
-    def take_rows(self, icls: type, n: int) -> tuple:
+    def take_rows(self, icls: type, n: int) -> Optional[tuple]:
         """``n`` new individuals of class ``icls`` on free rows whose contents are left as they are (the
         caller fills them), and their row indices as a ``(n,)`` int64 tensor on the buffer's device; ``None``
         when fewer than ``n`` rows are free. The batched breeding step writes children into these rows."""
@@ -146,13 +153,17 @@ class TensorPopulation:
         if not isinstance(individual, TensorIndividual):
             raise TypeError(f"TensorPopulation.clone takes a TensorIndividual, got {type(individual).__name__}")
         if individual.genome.shape != (self.dim,):
-            raise ValueError(f"individual has genome shape {tuple(individual.genome.shape)}, "
-                             f"the population holds ({self.dim},)")
+            raise ValueError(
+                f"individual has genome shape {tuple(individual.genome.shape)}, the population holds ({self.dim},)"
+            )
         if not self._free:
             if not self._warned:
-                warnings.warn("all 2N + 2 rows of the TensorPopulation are held by live individuals; clone() "
-                              "falls back to stand-alone copies (are old generations kept alive?)",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    "all 2N + 2 rows of the TensorPopulation are held by live individuals; clone() "
+                    "falls back to stand-alone copies (are old generations kept alive?)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 self._warned = True
             return individual._copy_with(individual.genome.clone())
         row = self._free.pop()
@@ -168,5 +179,7 @@ class TensorPopulation:
         return None
 
     def __repr__(self):
-        return (f"TensorPopulation(size={self.size}, dim={self.dim}, dtype={self.dtype}, device={self.device}, "
-                f"free_rows={self.free_rows})")
+        return (
+            f"TensorPopulation(size={self.size}, dim={self.dim}, dtype={self.dtype}, device={self.device}, "
+            f"free_rows={self.free_rows})"
+        )

@@ -4,9 +4,10 @@
 the adapter for the parents (:func:`mega_deap.adapters.adapter_for`), builds the evaluator from the metric
 registry, the population, the toolbox and a hall of fame, and runs :func:`mega_deap.eaMeGA`.
 """
+
 import functools
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from . import rng
 from .algorithms import eaMeGA, varMeGA
 from .breeding import varMeGABatched
 from .checks import choice, integer, nonnegative, probability, run_sizes, writable_file
-from .evaluation import Evaluator, get_metric
+from .evaluation import Evaluator, Strategy, get_metric
 from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian, selElite
 from .population import TensorPopulation
@@ -24,8 +25,16 @@ from .population import TensorPopulation
 MUTATIONS = ("sparse", "layer")
 BREEDINGS = ("batched", "per-individual")
 
-__all__ = ["ensure_creator_classes", "default_stats", "mega_toolbox", "merge", "cma_merge", "merge_tree",
-           "MergeResult", "TreeResult"]
+__all__ = [
+    "ensure_creator_classes",
+    "default_stats",
+    "mega_toolbox",
+    "merge",
+    "cma_merge",
+    "merge_tree",
+    "MergeResult",
+    "TreeResult",
+]
 
 
 def ensure_creator_classes() -> type:
@@ -52,10 +61,21 @@ def default_stats() -> tools.Statistics:
     return stats
 
 
-def mega_toolbox(pop: TensorPopulation, evaluator: Evaluator, *, tournsize: int = 3, mutation: str = "sparse",
-                 mu: float = 0.0, sigma: float = 0.01, indpb: float = 0.02, layerpb: float = 0.02,
-                 alpha: float = 0.0, layout=None, repair=None,
-                 breeding: Literal["batched", "per-individual"] = "batched") -> base.Toolbox:
+def mega_toolbox(
+    pop: TensorPopulation,
+    evaluator: Evaluator,
+    *,
+    tournsize: int = 3,
+    mutation: str = "sparse",
+    mu: float = 0.0,
+    sigma: float = 0.01,
+    indpb: float = 0.02,
+    layerpb: float = 0.02,
+    alpha: float = 0.0,
+    layout=None,
+    repair=None,
+    breeding: Literal["batched", "per-individual"] = "batched",
+) -> base.Toolbox:
     """The paper's toolbox: registrations only.
 
     ``clone``: :meth:`TensorPopulation.clone`; ``select``: ``tools.selTournament(tournsize)``;
@@ -94,14 +114,15 @@ def mega_toolbox(pop: TensorPopulation, evaluator: Evaluator, *, tournsize: int 
 @dataclass
 class MergeResult:
     """What :func:`merge` returns."""
-    model: object                 # the merged model (a new module)
-    genome: torch.Tensor          # its genome, (D,)
-    fitness: float                # its validation fitness
+
+    model: Any  # the merged model (a new module)
+    genome: torch.Tensor  # its genome, (D,)
+    fitness: float  # its validation fitness
     logbook: tools.Logbook
     halloffame: tools.HallOfFame
-    adapter: object
-    population: list = field(repr=False, default=None)
-    toolbox: base.Toolbox = field(repr=False, default=None)
+    adapter: Any  # the adapter the genome belongs to (a CoefficientAdapter for coefficient genomes)
+    population: Optional[list] = field(repr=False, default=None)
+    toolbox: Optional[base.Toolbox] = field(repr=False, default=None)
 
 
 def _as_xy(val_data):
@@ -110,8 +131,7 @@ def _as_xy(val_data):
     if hasattr(val_data, "__iter__"):  # a DataLoader or any iterable of (x, y) batches
         xs, ys = zip(*[(x, y) for x, y in val_data])
         return torch.cat([torch.as_tensor(x) for x in xs]), torch.cat([torch.as_tensor(y) for y in ys])
-    raise TypeError("val_data must be (X, y) or an iterable of (x, y) batches, "
-                    f"got {type(val_data).__name__}")
+    raise TypeError(f"val_data must be (X, y) or an iterable of (x, y) batches, got {type(val_data).__name__}")
 
 
 GENOMES = ("weights", "coefficients")
@@ -129,30 +149,55 @@ def _holdout(X, y, fraction, seed):
     n = len(y)
     m = int(round(fraction * n))
     if not 0 < m < n:
-        raise ValueError(f"holdout={fraction} holds out {m} of {n} validation examples; it must leave "
-                         "at least one on each side")
+        raise ValueError(
+            f"holdout={fraction} holds out {m} of {n} validation examples; it must leave at least one on each side"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return (X[perm[m:]], y[perm[m:]]), (X[perm[:m]], y[perm[:m]])
 
 
-def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: int = 4, tournsize: int = 3,
-          seed: int = 0, device=None, mutation: str = "sparse", sigma: Optional[float] = None,
-          indpb: Optional[float] = None, layerpb: Optional[float] = None, alpha: float = 0.0,
-          metric: str = "accuracy_ll",
-          batch_size: Optional[int] = None, strategy: str = "auto", buffers: bool = True, verbose: bool = False,
-          progress: bool = True, checkpoint: Optional[str] = None, breeding: str = "batched",
-          autocast: Optional[torch.dtype] = None, align: Union[bool, str] = False, calibration=None,
-          genome: Literal["weights", "coefficients"] = "weights", granularity: Optional[str] = None,
-          include_parents: bool = True, holdout: float = 0.0, hof_size: Optional[int] = None,
-          shares: str = "equal") -> MergeResult:
+def merge(
+    models: list,
+    val_data,
+    *,
+    popsize: int = 20,
+    ngen: int = 20,
+    npar: int = 4,
+    tournsize: int = 3,
+    seed: int = 0,
+    device=None,
+    mutation: str = "sparse",
+    sigma: Optional[float] = None,
+    indpb: Optional[float] = None,
+    layerpb: Optional[float] = None,
+    alpha: float = 0.0,
+    metric: str = "accuracy_ll",
+    batch_size: Optional[int] = None,
+    strategy: Strategy = "auto",
+    buffers: bool = True,
+    verbose: bool = False,
+    progress: bool = True,
+    checkpoint: Optional[str] = None,
+    breeding: Literal["batched", "per-individual"] = "batched",
+    autocast: Optional[torch.dtype] = None,
+    align: Union[bool, str] = False,
+    calibration=None,
+    genome: Literal["weights", "coefficients"] = "weights",
+    granularity: Optional[str] = None,
+    include_parents: bool = True,
+    holdout: float = 0.0,
+    hof_size: Optional[int] = None,
+    shares: str = "equal",
+) -> MergeResult:
     """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`.
 
     :param models: two or more models of one architecture (parents): ``nn.Module``, Keras 3 models, or any
                    type with a registered adapter (:func:`mega_deap.adapters.register_adapter`).
     :param val_data: the validation set: ``(X, y)`` or an iterable of ``(x, y)`` batches. Fitness is
                      computed on it alone; keep the test split out.
-    :param popsize: N, individuals per generation; :param ngen: G, generations; :param npar: K, tournament
-                    winners per child (the first two mate).
+    :param popsize: N, individuals per generation.
+    :param ngen: G, generations.
+    :param npar: K, tournament winners per child (the first two mate).
     :param tournsize: tournament size of ``tools.selTournament``.
     :param seed: fixes every random draw of the run.
     :param device: where the population and the evaluation live (``cuda`` when available by default).
@@ -169,10 +214,12 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
                    and over-confident parents lose to less accurate blends), ``"neg_log_loss_tempered"``,
                    ``"neg_mse"`` or ``"neg_mae"`` (regression).
     :param checkpoint: a file to write after every generation and to resume from when it exists.
-    :param verbose: print the logbook, a line per generation; :param progress: a progress bar (on a
-                    terminal only; never in a log file).
+    :param verbose: print the logbook, a line per generation.
+    :param progress: a progress bar (on a terminal only; never in a log file).
     :param breeding: ``"batched"`` (a generation's variation as tensor operations) or ``"per-individual"``.
-    :param batch_size, strategy, autocast: how the evaluator runs (:class:`~mega_deap.Evaluator`).
+    :param batch_size: validation examples per forward pass (:class:`~mega_deap.Evaluator`).
+    :param strategy: how the evaluator runs the genomes (:class:`~mega_deap.Evaluator`).
+    :param autocast: a dtype to autocast evaluation to, for GPUs (:class:`~mega_deap.Evaluator`).
     :param align: align every parent's hidden units to the first parent's before merging (PyTorch models):
                   ``"activations"`` (:func:`mega_deap.align.activation_matching`: units matched by the
                   correlation of their activations on the calibration inputs, or on the validation inputs
@@ -218,8 +265,10 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     _belongs("granularity", granularity, "genome", genome, "coefficients")
     _belongs("layerpb", layerpb, "mutation", mutation, "layer")
     if indpb is not None and mutation == "layer":
-        raise ValueError(f"indpb={indpb!r} is the per-gene rate of mutation='sparse'; mutation='layer' mutates "
-                         "whole tensors at rate layerpb")
+        raise ValueError(
+            f"indpb={indpb!r} is the per-gene rate of mutation='sparse'; mutation='layer' mutates "
+            "whole tensors at rate layerpb"
+        )
     granularity = "tensor" if granularity is None else granularity
     choice("granularity", granularity, ("tensor", "layer", "unit"))
     layerpb = 0.02 if layerpb is None else layerpb
@@ -237,16 +286,21 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
         raise ValueError(f"holdout must be a fraction of the validation set in [0, 1), got {holdout!r}")
     if hof_size is not None and not holdout:
-        raise ValueError(f"hof_size={hof_size!r} is the hall of fame that holdout chooses from; without a "
-                         "holdout fraction the merge keeps the one best")
+        raise ValueError(
+            f"hof_size={hof_size!r} is the hall of fame that holdout chooses from; without a "
+            "holdout fraction the merge keeps the one best"
+        )
     hof_size = 10 if hof_size is None else hof_size
     integer("hof_size", hof_size, 1)
     rescale = _check_calibration(models, matching, calibration) and genome == "weights"
     seeds = len(models) + (1 if matching else 0) + (1 if rescale else 0)
     if include_parents and popsize < seeds:
-        raise ValueError(f"popsize={popsize} cannot hold the {len(models)} parents"
-                         + (" and their average" if matching else "")
-                         + (" and its REPAIRed copy" if rescale else "") + " (include_parents=True)")
+        raise ValueError(
+            f"popsize={popsize} cannot hold the {len(models)} parents"
+            + (" and their average" if matching else "")
+            + (" and its REPAIRed copy" if rescale else "")
+            + " (include_parents=True)"
+        )
     if batch_size is not None:
         integer("batch_size", batch_size, 1)
     if checkpoint is not None:
@@ -255,24 +309,47 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
     select_data = None
     if holdout:
         (X, y), select_data = _holdout(X, y, holdout, seed)
-    adapter, genomes, evaluator, prepare = _build(models, X, y, evaluator_metric, align=matching, genome=genome,
-                                                  granularity=granularity, calibration=calibration,
-                                                  device=device, buffers=buffers, batch_size=batch_size,
-                                                  strategy=strategy, autocast=autocast, shares=shares)
+    adapter, genomes, evaluator, prepare = _build(
+        models,
+        X,
+        y,
+        evaluator_metric,
+        align=matching,
+        genome=genome,
+        granularity=granularity,
+        calibration=calibration,
+        device=device,
+        buffers=buffers,
+        batch_size=batch_size,
+        strategy=strategy,
+        autocast=autocast,
+        shares=shares,
+    )
     pop = TensorPopulation(popsize, adapter.dim, device=adapter.device, dtype=adapter.dtype)
 
     # 2. the initial population: blends (the paper), and the parents themselves (include_parents)
     rng.seed(seed)
     icls = ensure_creator_classes()
-    toolbox = mega_toolbox(pop, evaluator, tournsize=tournsize, mutation=mutation, sigma=sigma,
-                           indpb=indpb, layerpb=layerpb, alpha=alpha, layout=adapter.layout, repair=adapter,
-                           breeding=breeding)
-    individuals = initBlend(pop.individuals(icls), genomes)
+    toolbox = mega_toolbox(
+        pop,
+        evaluator,
+        tournsize=tournsize,
+        mutation=mutation,
+        sigma=sigma,
+        indpb=indpb,
+        layerpb=layerpb,
+        alpha=alpha,
+        layout=adapter.layout,
+        repair=adapter,
+        breeding=breeding,
+    )
+    individuals = list(initBlend(pop.individuals(icls), genomes))
     if include_parents:
         starts = list(genomes) + ([genomes.mean(0)] if matching else [])
         if rescale:  # REPAIR: the average's units get the parents' mean statistics back
-            starts.append(_repaired_average(adapter, genomes,
-                                            calibration if calibration is not None else torch.as_tensor(X)))
+            starts.append(
+                _repaired_average(adapter, genomes, calibration if calibration is not None else torch.as_tensor(X))
+            )
         for ind, g in zip(individuals, starts):
             ind.genome.copy_(g)
     for ind in individuals:
@@ -280,20 +357,46 @@ def merge(models: list, val_data, *, popsize: int = 20, ngen: int = 20, npar: in
 
     # 3. the run
     hof = tools.HallOfFame(hof_size if holdout else 1, similar=genome_equal)
-    individuals, logbook = eaMeGA(individuals, toolbox, ngen, npar=npar, stats=default_stats(),
-                                  halloffame=hof, verbose=verbose, checkpoint=checkpoint, progress=progress)
+    individuals, logbook = eaMeGA(
+        individuals,
+        toolbox,
+        ngen,
+        npar=npar,
+        stats=default_stats(),
+        halloffame=hof,
+        verbose=verbose,
+        checkpoint=checkpoint,
+        progress=progress,
+    )
 
     # 4. the result: the fitness's best, or the hall of fame's best on the held-out data
     best = hof[0]
     if select_data is not None:
-        judge = Evaluator(adapter, *select_data, get_metric(metric), batch_size=batch_size, strategy=strategy,
-                          autocast=autocast, prepare=prepare)
+        judge = Evaluator(
+            adapter,
+            select_data[0],
+            select_data[1],
+            get_metric(metric),
+            batch_size=batch_size,
+            strategy=strategy,
+            autocast=autocast,
+            prepare=prepare,
+        )
         held = judge.scores(list(hof))
         best = hof[max(range(len(hof)), key=lambda i: (held[i], -i))]
-    model, genome_, fitness = _result(adapter, best, prepare, genomes if include_parents and not holdout
-                                      else None, X, y, evaluator.metric, batch_size)
-    return MergeResult(model=model, genome=genome_, fitness=fitness, logbook=logbook, halloffame=hof,
-                       adapter=adapter, population=individuals, toolbox=toolbox)
+    model, genome_, fitness = _result(
+        adapter, best, prepare, genomes if include_parents and not holdout else None, X, y, evaluator.metric, batch_size
+    )
+    return MergeResult(
+        model=model,
+        genome=genome_,
+        fitness=fitness,
+        logbook=logbook,
+        halloffame=hof,
+        adapter=adapter,
+        population=individuals,
+        toolbox=toolbox,
+    )
 
 
 MATCHINGS = ("weights", "activations")
@@ -315,11 +418,14 @@ def _check_calibration(models, matching, calibration) -> bool:
     """Whether the merge REPAIRs the aligned average (aligned PyTorch models without BatchNorm); refuses
     calibration inputs that nothing would read."""
     from .align import batchnorm_layers
+
     torch_models = isinstance(models[0], torch.nn.Module)
     has_bn = torch_models and bool(batchnorm_layers(models[0]))
     if calibration is not None and not has_bn and not matching:
-        raise ValueError("calibration inputs were given, but they serve BatchNorm repair (the model has no "
-                         "BatchNorm layer) or, with align, activation matching and REPAIR (align=False)")
+        raise ValueError(
+            "calibration inputs were given, but they serve BatchNorm repair (the model has no "
+            "BatchNorm layer) or, with align, activation matching and REPAIR (align=False)"
+        )
     return bool(matching) and torch_models and not has_bn
 
 
@@ -327,19 +433,36 @@ def _repaired_average(adapter, genomes, data) -> torch.Tensor:
     """The (aligned) parents' average with REPAIR (:func:`mega_deap.align.repair_interpolation`) on ``data``'s
     inputs, as a genome."""
     from .align import repair_interpolation
+
     parents = [adapter.to_model(g) for g in genomes]
     average = repair_interpolation(adapter.to_model(genomes.mean(0)), parents, data)
     return adapter.genome(average)
 
 
-def _build(models, X, y, metric, *, align, genome, granularity, calibration, device, buffers, batch_size=None,
-           strategy="auto", autocast=None, shares="equal") -> tuple:
+def _build(
+    models,
+    X,
+    y,
+    metric,
+    *,
+    align,
+    genome,
+    granularity,
+    calibration,
+    device,
+    buffers,
+    batch_size=None,
+    strategy="auto",
+    autocast=None,
+    shares="equal",
+) -> tuple:
     """What a merge evaluates with: ``(adapter, parents' genomes, evaluator, prepare)``. The parents are
     weight-matched first with ``align``; ``genome="coefficients"`` wraps their adapter in a
     :class:`~mega_deap.align.CoefficientAdapter`; ``calibration`` makes ``prepare`` a BatchNorm repair of
     every candidate (``None`` otherwise)."""
     from mega_deap.adapters import adapter_for
     from . import align as alignment
+
     if align == "weights":
         models = alignment.weight_matching(models)
     elif align == "activations":
@@ -348,12 +471,22 @@ def _build(models, X, y, metric, *, align, genome, granularity, calibration, dev
         adapter, genomes = adapter_for(models[0]).from_parents(models, device=device, buffers=buffers)
         adapter.fix_nonfinite(genomes)  # refuses NaN/inf parents; keeps shared inf buffer entries as they are
     else:
-        adapter, genomes = alignment.CoefficientAdapter.from_parents(models, device=device, buffers=buffers,
-                                                                    granularity=granularity)
+        adapter, genomes = alignment.CoefficientAdapter.from_parents(
+            models, device=device, buffers=buffers, granularity=granularity
+        )
     has_bn = isinstance(models[0], torch.nn.Module) and bool(alignment.batchnorm_layers(models[0]))
     prepare = alignment.BatchNormRepair(adapter.runner, calibration) if calibration is not None and has_bn else None
-    evaluator = Evaluator(adapter, X, y, metric, batch_size=batch_size, strategy=strategy, autocast=autocast,
-                          prepare=prepare, shares=shares)
+    evaluator = Evaluator(
+        adapter,
+        X,
+        y,
+        metric,
+        batch_size=batch_size,
+        strategy=strategy,
+        autocast=autocast,
+        prepare=prepare,
+        shares=shares,
+    )
     return adapter, genomes, evaluator, prepare
 
 
@@ -385,15 +518,29 @@ def _cma_individual(icls, device, dtype, values):
     return icls(torch.as_tensor(np.asarray(values), dtype=dtype, device=device))
 
 
-def cma_merge(models: list, val_data, *, ngen: int = 20, lambda_: Optional[int] = None, sigma: float = 0.3,
-              seed: int = 0, align: Union[bool, str] = True, calibration=None, granularity: str = "tensor",
-              metric: str = "accuracy_ll", batch_size: Optional[int] = None, device=None,
-              include_parents: bool = True, verbose: bool = False) -> MergeResult:
+def cma_merge(
+    models: list,
+    val_data,
+    *,
+    ngen: int = 20,
+    lambda_: Optional[int] = None,
+    sigma: float = 0.3,
+    seed: int = 0,
+    align: Union[bool, str] = True,
+    calibration=None,
+    granularity: str = "tensor",
+    metric: str = "accuracy_ll",
+    batch_size: Optional[int] = None,
+    device=None,
+    include_parents: bool = True,
+    verbose: bool = False,
+) -> MergeResult:
     """Merge ``models`` by DEAP's CMA-ES (``deap.cma.Strategy``, ``deap.algorithms.eaGenerateUpdate``) over
     per-tensor (or per-layer, per-unit) x per-parent coefficients, starting from the parents' average.
 
-    :param ngen: generations; :param lambda_: offspring per generation (CMA-ES's default
-                 ``4 + 3 ln(G k)`` when ``None``); :param sigma: the initial step size.
+    :param ngen: generations.
+    :param lambda_: offspring per generation (CMA-ES's default ``4 + 3 ln(G k)`` when ``None``).
+    :param sigma: the initial step size.
     :param align: align the parents' hidden units to the first parent's first, as :func:`merge`'s.
     :param calibration: inputs to recompute BatchNorm statistics on for every candidate (and the result).
     :param metric: the fitness, as :func:`merge`'s.
@@ -404,6 +551,7 @@ def cma_merge(models: list, val_data, *, ngen: int = 20, lambda_: Optional[int] 
     Random source: NumPy's global generator (CMA-ES's samples), seeded from ``seed``.
     """
     from deap import algorithms as deap_algorithms, cma
+
     models = list(models)
     if len(models) < 2:
         raise ValueError(f"cma_merge needs at least two models, got {len(models)}")
@@ -419,16 +567,30 @@ def cma_merge(models: list, val_data, *, ngen: int = 20, lambda_: Optional[int] 
     X, y = _as_xy(val_data)
     matching = _matching(align)
     _check_calibration(models, matching, calibration)
-    adapter, genomes, evaluator, prepare = _build(models, X, y, scorer, align=matching, genome="coefficients",
-                                                  granularity=granularity, calibration=calibration,
-                                                  device=device, buffers=True, batch_size=batch_size)
+    adapter, genomes, evaluator, prepare = _build(
+        models,
+        X,
+        y,
+        scorer,
+        align=matching,
+        genome="coefficients",
+        granularity=granularity,
+        calibration=calibration,
+        device=device,
+        buffers=True,
+        batch_size=batch_size,
+    )
     rng.seed(seed)
     icls = ensure_creator_classes()
-    strategy = cma.Strategy(centroid=genomes.mean(0).double().cpu().numpy(), sigma=sigma,
-                            **({} if lambda_ is None else {"lambda_": lambda_}))
+    strategy = cma.Strategy(
+        centroid=genomes.mean(0).double().cpu().numpy(),
+        sigma=sigma,
+        **({} if lambda_ is None else {"lambda_": lambda_}),
+    )
     toolbox = base.Toolbox()
-    toolbox.register("generate", strategy.generate, functools.partial(_cma_individual, icls, adapter.device,
-                                                                      adapter.dtype))
+    toolbox.register(
+        "generate", strategy.generate, functools.partial(_cma_individual, icls, adapter.device, adapter.dtype)
+    )
     toolbox.register("update", strategy.update)
     toolbox.register("evaluate", evaluator)
     toolbox.register("map", evaluator.map)
@@ -438,17 +600,28 @@ def cma_merge(models: list, val_data, *, ngen: int = 20, lambda_: Optional[int] 
         for ind, fit in zip(starts, toolbox.map(toolbox.evaluate, starts)):
             ind.fitness.values = fit
         hof.update(starts)
-    population, logbook = deap_algorithms.eaGenerateUpdate(toolbox, ngen=ngen, stats=default_stats(),
-                                                           halloffame=hof, verbose=verbose)
-    model, genome_, fitness = _result(adapter, hof[0], prepare, genomes if include_parents else None, X, y,
-                                      scorer, batch_size)
-    return MergeResult(model=model, genome=genome_, fitness=fitness, logbook=logbook, halloffame=hof,
-                       adapter=adapter, population=population, toolbox=toolbox)
+    population, logbook = deap_algorithms.eaGenerateUpdate(
+        toolbox, ngen=ngen, stats=default_stats(), halloffame=hof, verbose=verbose
+    )
+    model, genome_, fitness = _result(
+        adapter, hof[0], prepare, genomes if include_parents else None, X, y, scorer, batch_size
+    )
+    return MergeResult(
+        model=model,
+        genome=genome_,
+        fitness=fitness,
+        logbook=logbook,
+        halloffame=hof,
+        adapter=adapter,
+        population=population,
+        toolbox=toolbox,
+    )
 
 
 @dataclass
 class TreeResult:
     """What :func:`merge_tree` returns: ``levels[0]`` the inputs, ``levels[-1]`` the one merged model."""
+
     model: object
     levels: list
     merges: list
@@ -463,12 +636,13 @@ def merge_tree(models: list, val_data, *, seed: int = 0, **kwargs) -> TreeResult
     n = len(models)
     if n < 2 or n & (n - 1):
         raise ValueError(f"merge_tree merges a power of two of models (2, 4, 8, ...), got {n}")
-    levels, merges = [models], []
+    levels: list = [models]
+    merges: list = []
     while len(levels[-1]) > 1:
         level = levels[-1]
         nxt = []
         for i in range(0, len(level), 2):
-            r = merge(level[i:i + 2], val_data, seed=seed + len(merges), **kwargs)
+            r = merge(level[i : i + 2], val_data, seed=seed + len(merges), **kwargs)
             merges.append(r)
             nxt.append(r.model)
         levels.append(nxt)

@@ -4,6 +4,7 @@
 checkpoint written with other settings, naming the first difference, and otherwise restores the
 population (in order), the hall of fame, the logbook and every random source.
 """
+
 import functools
 from typing import Optional
 
@@ -22,7 +23,7 @@ def unwrap(f, layers: Optional[list] = None) -> tuple:
     """``(function, keywords)``: the function a toolbox registration calls, under DEAP's partials and any
     decorators, and the keywords the partials bind. ``layers``, when given, receives every partial and
     decorator passed through, outermost first."""
-    kw = {}
+    kw: dict = {}
     while True:
         if isinstance(f, functools.partial):
             if layers is not None:
@@ -47,8 +48,10 @@ def toolbox_fingerprint(tb: base.Toolbox, aliases=ALIASES) -> dict:
         if f is None:
             continue
         base_f, kw = unwrap(f)
-        out[alias] = [getattr(base_f, "__qualname__", type(base_f).__qualname__),
-                      sorted([k, "layout" if k == "layout" else repr(v)] for k, v in kw.items())]
+        out[alias] = [
+            getattr(base_f, "__qualname__", type(base_f).__qualname__),
+            sorted([k, "layout" if k == "layout" else repr(v)] for k, v in kw.items()),
+        ]
     return out
 
 
@@ -62,20 +65,26 @@ def run_settings(toolbox: base.Toolbox, npar: int, population: list) -> dict:
     """What identifies a run's job, recorded in its checkpoint and compared on resume: ``npar``, the
     registered operators and their settings, a digest of the initial population (parents, layout, seed),
     and the evaluation (metric and a digest of the validation data) when the evaluator can say."""
-    settings = {"npar": npar, "toolbox": toolbox_fingerprint(toolbox),
-                "initial_population": population_digest(population)}
+    settings = {
+        "npar": npar,
+        "toolbox": toolbox_fingerprint(toolbox),
+        "initial_population": population_digest(population),
+    }
     evaluate, _ = unwrap(getattr(toolbox, "evaluate", None))
     if hasattr(evaluate, "fingerprint"):
         settings["evaluation"] = evaluate.fingerprint()
     return settings
 
 
-_WHAT = {"initial_population": "initial population (other parents, another layout or another seed)",
-         "evaluation": "evaluation (another metric or other validation data)"}
+_WHAT = {
+    "initial_population": "initial population (other parents, another layout or another seed)",
+    "evaluation": "evaluation (another metric or other validation data)",
+}
 
 
-def resume(path, population: list, toolbox: base.Toolbox, halloffame, logbook: tools.Logbook,
-           settings: dict, ngen: int) -> int:
+def resume(
+    path, population: list, toolbox: base.Toolbox, halloffame, logbook: tools.Logbook, settings: dict, ngen: int
+) -> int:
     """Restore a run from ``path`` into ``population`` (in order), the hall of fame, the logbook and every
     random source; returns the first generation still to run. A checkpoint of another job (other
     ``settings``: operators, ``npar``, initial population, evaluation) or past ``ngen`` is refused, naming
@@ -84,26 +93,34 @@ def resume(path, population: list, toolbox: base.Toolbox, halloffame, logbook: t
     saved = meta.get("extra", {})
     for key in sorted(set(saved) | set(settings)):
         if key in _WHAT and saved.get(key) != settings.get(key):
-            raise ValueError(f"checkpoint {path!r} belongs to another job: its {_WHAT[key]} differs from this "
-                             f"run's ({saved.get(key)!r} there, {settings.get(key)!r} here); start a new "
-                             f"checkpoint or resume the run that wrote it")
+            raise ValueError(
+                f"checkpoint {path!r} belongs to another job: its {_WHAT[key]} differs from this "
+                f"run's ({saved.get(key)!r} there, {settings.get(key)!r} here); start a new "
+                f"checkpoint or resume the run that wrote it"
+            )
         if key == "toolbox":
             old, new = saved.get(key, {}), settings[key]
             for alias in sorted(set(old) | set(new)):
                 if old.get(alias) != new.get(alias):
-                    raise ValueError(f"checkpoint {path!r} was written with toolbox.{alias} = {old.get(alias)}, "
-                                     f"this run registers {new.get(alias)}; resume with the same toolbox or "
-                                     f"start a new checkpoint")
+                    raise ValueError(
+                        f"checkpoint {path!r} was written with toolbox.{alias} = {old.get(alias)}, "
+                        f"this run registers {new.get(alias)}; resume with the same toolbox or "
+                        f"start a new checkpoint"
+                    )
         elif saved.get(key) != settings.get(key):
-            raise ValueError(f"checkpoint {path!r} was written with {key}={saved.get(key)!r}, this run has "
-                             f"{key}={settings.get(key)!r}")
+            raise ValueError(
+                f"checkpoint {path!r} was written with {key}={saved.get(key)!r}, this run has "
+                f"{key}={settings.get(key)!r}"
+            )
     if meta["gen"] > ngen:
         raise ValueError(f"checkpoint {path!r} is at generation {meta['gen']}, past this run's ngen={ngen}")
     G = tensors["population"]
     D = len(population[0])
     if G.shape != (len(population), D):
-        raise ValueError(f"checkpoint {path!r} holds a population of {G.shape[0]} x {G.shape[1]}, this run has "
-                         f"{len(population)} x {D}")
+        raise ValueError(
+            f"checkpoint {path!r} holds a population of {G.shape[0]} x {G.shape[1]}, this run has "
+            f"{len(population)} x {D}"
+        )
     for ind, g, fit in zip(population, G, meta["fitness"]):
         ind.genome.copy_(g.to(device=ind.genome.device, dtype=ind.genome.dtype))
         if fit is None:

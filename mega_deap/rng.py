@@ -4,6 +4,7 @@ A run draws from ``random`` (DEAP's selection), NumPy, and torch's CPU and CUDA 
 operators). :func:`seed` seeds them all from one integer; :func:`rng_state` and :func:`set_rng_state`
 capture and restore them as JSON-able data plus uint8 tensors, so a resumed run continues the same draws.
 """
+
 import random
 
 import numpy as np
@@ -24,8 +25,10 @@ def rng_state() -> tuple:
     """Every random source a run draws from: ``(json-able dict, {name: uint8 tensor})``."""
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    meta = {"random": [version, list(internal), gauss],
-            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    meta = {
+        "random": [version, list(internal), gauss],
+        "numpy": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
+    }
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):

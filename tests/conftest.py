@@ -17,6 +17,7 @@ def _create(name, *args, **kwargs):
 def classes():
     """creator classes shared by the tests: tensor and list individuals with the same fitness."""
     from mega_deap import TensorIndividual
+
     _create("FitMax", base.Fitness, weights=(1.0,))
     return {
         "tensor": _create("TInd", TensorIndividual, fitness=creator.FitMax),
@@ -28,6 +29,7 @@ def classes():
 def digits():
     """scikit-learn's digits, split 1,000 train / 397 validation / 400 test with a fixed seed."""
     from sklearn.datasets import load_digits
+
     X, y = load_digits(return_X_y=True)
     X = torch.tensor(X / 16.0, dtype=torch.float32)
     y = torch.tensor(y, dtype=torch.long)
@@ -45,7 +47,7 @@ def train_mlp(train, seed, hidden=32, epochs=15):
     for _ in range(epochs):
         perm = torch.randperm(len(X), generator=g)
         for i in range(0, len(X), 100):
-            idx = perm[i:i + 100]
+            idx = perm[i : i + 100]
             opt.zero_grad()
             nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
             opt.step()

@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py, once without a process group and once under torchrun: a merge whose
 result rank 0 writes to OUT (safetensors + JSON). MODE: "single", "dist", or "diverge" (rank 1 uses
 another seed, which the guard must catch)."""
+
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ def main(mode, out):
     from conftest import SmallCNN, train_mlp
     from safetensors.torch import save_file
     from sklearn.datasets import load_digits
+
     if mode != "single":
         torch.distributed.init_process_group("gloo")
     X, y = load_digits(return_X_y=True)
@@ -27,38 +29,58 @@ def main(mode, out):
     mlps = [train_mlp(train, 1, epochs=3), train_mlp(train, 2, epochs=3)]
     seed = 1 if mode == "diverge" and distributed.rank() == 1 else 0
     import mega_deap.algorithms as algorithms
+
     save = algorithms.save_checkpoint
 
     def recorded_save(path, **state):  # which rank writes checkpoints
         with open(os.path.join(out, f"saves-{mode}-rank{distributed.rank()}.txt"), "a") as f:
             f.write(f"{state['gen']}\n")
         return save(path, **state)
+
     algorithms.save_checkpoint = recorded_save
     ckpt = os.path.join(out, f"run-{mode}.ckpt")
-    a = mega_deap.merge(mlps, val, popsize=10, ngen=3, seed=seed, progress=False, device="cpu", checkpoint=ckpt,
-                        verbose=True)
+    a = mega_deap.merge(
+        mlps, val, popsize=10, ngen=3, seed=seed, progress=False, device="cpu", checkpoint=ckpt, verbose=True
+    )
     # a CNN with BatchNorm repaired inside the fitness: the repair writes into the individuals on every rank
     torch.manual_seed(0)
     cnns = [SmallCNN().eval() for _ in range(2)]
     img = (val[0].reshape(-1, 1, 8, 8), val[1])
-    b = mega_deap.merge(cnns, img, popsize=6, ngen=2, seed=seed, progress=False, device="cpu", align=True,
-                        calibration=train[0][:128].reshape(-1, 1, 8, 8), shares="throughput")
+    b = mega_deap.merge(
+        cnns,
+        img,
+        popsize=6,
+        ngen=2,
+        seed=seed,
+        progress=False,
+        device="cpu",
+        align=True,
+        calibration=train[0][:128].reshape(-1, 1, 8, 8),
+        shares="throughput",
+    )
     if distributed.is_main():
         save_file({"a": a.genome, "b": b.genome}, os.path.join(out, f"{mode}.safetensors"))
         with open(os.path.join(out, f"{mode}.json"), "w") as f:
-            json.dump({"a": [dict(r) for r in a.logbook], "b": [dict(r) for r in b.logbook],
-                       "world": distributed.world_size(), "ckpt_exists": os.path.exists(ckpt)}, f)
+            json.dump(
+                {
+                    "a": [dict(r) for r in a.logbook],
+                    "b": [dict(r) for r in b.logbook],
+                    "world": distributed.world_size(),
+                    "ckpt_exists": os.path.exists(ckpt),
+                },
+                f,
+            )
     distributed.shutdown()
-
-
 
 
 def hpo(mode, out):
     """The HPO study's run, sharded: rank 0 writes what it found."""
     import importlib.util
     from mega_deap import distributed
-    spec = importlib.util.spec_from_file_location("hpo_example", os.path.join(os.path.dirname(CHILD_DIR),
-                                                                              "examples", "hpo_weight_merge.py"))
+
+    spec = importlib.util.spec_from_file_location(
+        "hpo_example", os.path.join(os.path.dirname(CHILD_DIR), "examples", "hpo_weight_merge.py")
+    )
     ex = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ex)
     if mode != "single":
@@ -69,6 +91,7 @@ def hpo(mode, out):
     def counted(self, ind):  # how many trainings this rank ran
         calls.append(1)
         return train(self, ind)
+
     ex.TrainEvaluator.__call__ = counted
     r = ex.run("wine", "merge", 0, 6, 2, patience=2)
     with open(os.path.join(out, f"hpo-calls-{mode}-rank{distributed.rank()}.txt"), "w") as f:

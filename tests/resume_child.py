@@ -1,5 +1,6 @@
 """Child process for test_checkpoint: a digits merge with a checkpoint; with --hang-at G it stops dead in
 the middle of generation G (after the first evaluation batch started) until the parent SIGKILLs it."""
+
 import json
 import os
 import sys
@@ -33,11 +34,16 @@ def scores(self, individuals):
 
 
 Evaluator.scores = scores
-r = mega_deap.merge(models, data["val"], popsize=8, ngen=6, seed=3, device="cpu", verbose=False,
-                    checkpoint=ckpt)
+r = mega_deap.merge(models, data["val"], popsize=8, ngen=6, seed=3, device="cpu", verbose=False, checkpoint=ckpt)
 with open(out, "w") as f:
-    json.dump({"genome": r.genome.tolist(), "logbook": [dict(x) for x in r.logbook],
-               "population": [ind.genome.tolist() for ind in r.population],
-               "fitness": [list(ind.fitness.values) for ind in r.population],
-               "halloffame": [[ind.genome.tolist(), list(ind.fitness.values)] for ind in r.halloffame]},
-              f, default=float)
+    json.dump(
+        {
+            "genome": r.genome.tolist(),
+            "logbook": [dict(x) for x in r.logbook],
+            "population": [ind.genome.tolist() for ind in r.population],
+            "fitness": [list(ind.fitness.values) for ind in r.population],
+            "halloffame": [[ind.genome.tolist(), list(ind.fitness.values)] for ind in r.halloffame],
+        },
+        f,
+        default=float,
+    )

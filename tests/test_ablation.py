@@ -22,7 +22,7 @@ def test_variants_register_different_toolboxes(digits, digit_mlps):
         prints[name] = repr(sorted(toolbox_fingerprint(tb).items(), key=lambda kv: kv[0]))
     names = list(prints)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert prints[a] != prints[b], f"variants {a!r} and {b!r} register identical toolboxes"
     # adding a variant is one line, and a duplicate of the paper is caught by the fingerprint
     same = build_toolbox([("mate", cxBlend, {"alpha": 0.0})], TensorPopulation(4, ad.dim, device="cpu"), ev, ad)
@@ -33,10 +33,11 @@ def test_statistics_on_known_numbers():
     mean, sd, half = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
     assert mean == 3.0 and sd == pytest.approx(math.sqrt(2.5))
     assert half == pytest.approx(2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5))  # t(0.975, 4)
-    d, h, p = paired([2.0, 3.0, 5.0, 4.0], [1.0, 1.0, 2.0, 2.0])   # differences 1, 2, 3, 2
+    d, h, p = paired([2.0, 3.0, 5.0, 4.0], [1.0, 1.0, 2.0, 2.0])  # differences 1, 2, 3, 2
     assert d == 2.0 and h == pytest.approx(3.182446305284263 * math.sqrt(2 / 3) / 2)  # t(0.975, 3)
     t = 2.0 / (math.sqrt(2 / 3) / 2)
     from scipy import stats
+
     assert p == pytest.approx(2 * stats.t.sf(t, 3))
     assert paired([1.0, 2.0], [1.0, 2.0])[2] == 1.0
 
@@ -53,10 +54,19 @@ def test_no_elitism_and_selection_variants_change_the_run(digits, digit_mlps):
     ad = TorchAdapter(digit_mlps[0])
     g = ad.genomes(digit_mlps)
     variants = {k: VARIANTS[k] for k in ("paper", "no-elitism", "random-selection")}
-    res = run_ablation(ad, g, accuracy(ad, *digits["val"]), accuracy(ad, *digits["test"]), variants=variants,
-                       seeds=[0, 1], popsize=6, ngen=3, progress=False)
+    res = run_ablation(
+        ad,
+        g,
+        accuracy(ad, *digits["val"]),
+        accuracy(ad, *digits["test"]),
+        variants=variants,
+        seeds=[0, 1],
+        popsize=6,
+        ngen=3,
+        progress=False,
+    )
     paper = res["paper"][0]["curve"]
-    assert all(b >= a for a, b in zip(paper, paper[1:]))   # elitism: monotone
+    assert all(b >= a for a, b in zip(paper, paper[1:]))  # elitism: monotone
     assert res["no-elitism"][0]["curve"] != paper or res["random-selection"][0]["curve"] != paper
     rows = summarize(res)
     assert [r["variant"] for r in rows] == list(variants)
@@ -70,9 +80,27 @@ def test_ablation_example_tiny(tmp_path):
     spec = importlib.util.spec_from_file_location("ex_ablation", ROOT / "examples" / "ablation.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    rows, results = mod.main(["--dataset", "digits", "--epochs", "2", "--seeds", "2", "--popsize", "4",
-                              "--ngen", "2", "--variants", "paper", "no-mutation", "tournament-2",
-                              "--out", str(tmp_path), "--quiet"])
+    rows, results = mod.main(
+        [
+            "--dataset",
+            "digits",
+            "--epochs",
+            "2",
+            "--seeds",
+            "2",
+            "--popsize",
+            "4",
+            "--ngen",
+            "2",
+            "--variants",
+            "paper",
+            "no-mutation",
+            "tournament-2",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     assert [r["variant"] for r in rows] == ["paper", "no-mutation", "tournament-2"]
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert saved["rows"][1]["test_mean"] == rows[1]["test_mean"]

@@ -1,5 +1,6 @@
 """Activation matching and REPAIR, against independent references: a known permutation recovered, the
 statistics REPAIR promises measured with forward hooks in float64, and merge's use of both."""
+
 import copy
 
 import numpy as np
@@ -9,8 +10,13 @@ from torch import nn
 
 import mega_deap
 from mega_deap.adapters import TorchAdapter
-from mega_deap.align import (activation_matching, apply_permutations, permutation_spec, repair_interpolation,
-                             weight_matching)
+from mega_deap.align import (
+    activation_matching,
+    apply_permutations,
+    permutation_spec,
+    repair_interpolation,
+    weight_matching,
+)
 from mega_deap.experiments.heldout_study import PlainCNN
 from mega_deap.experiments.models import MLP, SmallCNN, resnet_cifar
 from mega_deap.experiments.report import weight_average
@@ -64,6 +70,7 @@ def test_activation_matching_aligns_independent_networks_better_than_none(digits
     """On two independently trained MLPs the matched average keeps more accuracy than the naive one."""
     from conftest import train_mlp
     from mega_deap.experiments import model_accuracy
+
     models = [train_mlp(digits["train"], s, hidden=64) for s in (1, 2)]
     X, y = digits["val"]
     aligned = activation_matching(models, digits["train"])
@@ -86,9 +93,11 @@ def _preactivation_stats(model, X):
     stats, hooks = {}, []
     for name, m in model.named_modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
+
             def save(_, __, out, name=name):
                 rows = out.detach().double().movedim(1, -1).reshape(-1, out.shape[1])
                 stats[name] = (rows.mean(0), rows.std(0, unbiased=False))
+
             hooks.append(m.register_forward_hook(save))
     with torch.no_grad():
         model(X)
@@ -105,8 +114,9 @@ def test_repair_sets_each_hidden_unit_to_the_interpolated_statistics(name):
     X = torch.randn(300, *shape, generator=torch.Generator().manual_seed(4))
     w = (0.3, 0.7)
     merged = make().eval()
-    merged.load_state_dict({k: w[0] * a + w[1] * b for (k, a), b in
-                            zip(parents[0].state_dict().items(), parents[1].state_dict().values())})
+    merged.load_state_dict(
+        {k: w[0] * a + w[1] * b for (k, a), b in zip(parents[0].state_dict().items(), parents[1].state_dict().values())}
+    )
     before = _preactivation_stats(merged, X)
     repair_interpolation(merged, parents, X, weights=w, batch_size=128)
     got = _preactivation_stats(merged, X)
@@ -120,8 +130,9 @@ def test_repair_sets_each_hidden_unit_to_the_interpolated_statistics(name):
         torch.testing.assert_close(got[n][1], sd, rtol=1e-4, atol=1e-4)
         assert not torch.allclose(before[n][1], sd, rtol=1e-2)  # it had something to repair
     out_layer = "net.4" if name == "mlp" else "fc"
-    assert not torch.allclose(got[out_layer][1], w[0] * want[0][out_layer][1] + w[1] * want[1][out_layer][1],
-                              rtol=1e-3)  # outputs are never forced
+    assert not torch.allclose(
+        got[out_layer][1], w[0] * want[0][out_layer][1] + w[1] * want[1][out_layer][1], rtol=1e-3
+    )  # outputs are never forced
 
 
 def test_repair_of_a_parent_interpolated_with_itself_changes_nothing():
@@ -145,8 +156,7 @@ def test_merge_aligns_by_activations_and_seeds_the_repaired_average(digit_mlps, 
     assert torch.equal(r.population[2].genome, average)
     repaired = repair_interpolation(weight_average([a, b]), [a, b], X)
     torch.testing.assert_close(r.population[3].genome, ad.genome(repaired))
-    w = mega_deap.merge(digit_mlps, (X, y), popsize=6, ngen=0, seed=0, progress=False, device="cpu",
-                        align="weights")
+    w = mega_deap.merge(digit_mlps, (X, y), popsize=6, ngen=0, seed=0, progress=False, device="cpu", align="weights")
     wa, wb = weight_matching(list(digit_mlps))
     assert torch.equal(w.population[1].genome, ad.genome(wb))
     assert not torch.equal(w.population[1].genome, r.population[1].genome)
@@ -160,8 +170,17 @@ def test_merge_refuses_an_unknown_matching_and_unused_calibration(digit_mlps, di
     with pytest.raises(ValueError, match="align must be"):
         mega_deap.cma_merge(digit_mlps, digits["val"], align="yes")
     # with align, calibration inputs serve the matching and REPAIR: accepted
-    r = mega_deap.merge(digit_mlps, digits["val"], popsize=6, ngen=0, seed=0, progress=False, device="cpu",
-                        align="activations", calibration=digits["train"][0][:200])
+    r = mega_deap.merge(
+        digit_mlps,
+        digits["val"],
+        popsize=6,
+        ngen=0,
+        seed=0,
+        progress=False,
+        device="cpu",
+        align="activations",
+        calibration=digits["train"][0][:200],
+    )
     a, b = activation_matching(list(digit_mlps), digits["train"][0][:200])
     assert torch.equal(r.population[1].genome, r.adapter.genome(b))
     assert np.isfinite(r.fitness)

@@ -1,5 +1,6 @@
 """The adapter contract: adapter_for finds the registered adapter by type, a new framework is one Adapter
 subclass plus one register_adapter call, and an uninstalled clone says how to install."""
+
 import contextlib
 import shutil
 import subprocess
@@ -11,8 +12,7 @@ import torch
 from torch import nn
 
 import mega_deap
-from mega_deap.adapters import (Adapter, LayoutEntry, TorchAdapter, adapter_for, register_adapter,
-                                 unregister_adapter)
+from mega_deap.adapters import Adapter, LayoutEntry, TorchAdapter, adapter_for, register_adapter, unregister_adapter
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -100,17 +100,20 @@ def test_a_new_framework_is_one_class_and_one_registration(registered, digits):
 def test_every_adapter_implements_the_contract():
     assert issubclass(TorchAdapter, Adapter) and not TorchAdapter.__abstractmethods__
     from mega_deap.adapters.keras import KerasAdapter
+
     assert issubclass(KerasAdapter, Adapter) and not KerasAdapter.__abstractmethods__
 
     class Half(Adapter):  # a subclass that forgets a method cannot be built
         def genome(self, model=None):
             return None
+
     with pytest.raises(TypeError, match="abstract"):
         Half()
 
 
 def test_uninstalled_clone_says_to_install(tmp_path):
     shutil.copytree(ROOT / "mega_deap", tmp_path / "mega_deap")
-    proc = subprocess.run([sys.executable, "-S", "-c", "import mega_deap"], cwd=tmp_path, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", "import mega_deap"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert proc.returncode != 0 and "pip install -e ." in proc.stderr

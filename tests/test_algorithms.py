@@ -4,8 +4,7 @@ from deap import tools
 
 import mega_deap
 from mega_deap.presets import ensure_creator_classes
-from mega_deap import (TensorPopulation, eaMeGA, genome_equal, initBlend,
-                       mega_toolbox, merge)
+from mega_deap import TensorPopulation, eaMeGA, genome_equal, initBlend, mega_toolbox, merge
 from mega_deap.adapters import TorchAdapter, accuracy
 
 
@@ -23,10 +22,10 @@ def merged(digits, digit_mlps):
 def test_merge_on_digits(merged, digits, digit_mlps):
     maxes = merged.logbook.select("max")
     assert len(maxes) == 7 and merged.logbook.select("gen") == list(range(7))
-    assert all(b >= a for a, b in zip(maxes, maxes[1:]))            # elitism: never decreases
-    assert merged.fitness >= maxes[0]                                # at least the best initial blend
+    assert all(b >= a for a, b in zip(maxes, maxes[1:]))  # elitism: never decreases
+    assert merged.fitness >= maxes[0]  # at least the best initial blend
     assert merged.fitness == pytest.approx(val_acc(merged.model, digits["val"]), abs=1e-12)
-    assert merged.logbook.select("nevals")[1:] == [11] * 6           # N - 1 children a generation
+    assert merged.logbook.select("nevals")[1:] == [11] * 6  # N - 1 children a generation
     assert torch.equal(merged.genome, merged.halloffame[0].genome)
     assert merged.fitness > 0.8
 
@@ -40,8 +39,7 @@ def test_merge_is_reproducible(merged, digits, digit_mlps):
 
 
 def test_merge_layer_mutation_and_errors(digits, digit_mlps):
-    r = merge(digit_mlps, digits["val"], popsize=6, ngen=2, mutation="layer", sigma=0.1,
-              seed=0, verbose=False)
+    r = merge(digit_mlps, digits["val"], popsize=6, ngen=2, mutation="layer", sigma=0.1, seed=0, verbose=False)
     assert len(r.logbook) == 3
     with pytest.raises(ValueError, match="at least two models"):
         merge(digit_mlps[:1], digits["val"])
@@ -120,6 +118,7 @@ def test_eaMeGA_input_errors(digits, digit_mlps):
 def _toy_toolbox(pop, mutate):
     """A toolbox over raw genomes: fitness is closeness to a fixed target, so a test can follow every gene."""
     from deap import base
+
     w = torch.linspace(0.0, 1.0, pop.dim, dtype=torch.float64)
     tb = base.Toolbox()
     tb.register("clone", pop.clone)
@@ -153,10 +152,13 @@ def test_elitism_keeps_the_best_genome():
     inds = pop.individuals(icls)
     for ind in inds:
         ind.genome.copy_(torch.rand(16))
-    best0 = max(inds, key=lambda i: _linear_fitness(i, torch.linspace(0.0, 1.0, 16, dtype=torch.float64))[0]).genome.clone()
+    best0 = max(
+        inds, key=lambda i: _linear_fitness(i, torch.linspace(0.0, 1.0, 16, dtype=torch.float64))[0]
+    ).genome.clone()
     hof = tools.HallOfFame(1, similar=genome_equal)
-    final, log = eaMeGA(inds, _toy_toolbox(pop, _wreck), 4, npar=2, stats=mega_deap.default_stats(),
-                        halloffame=hof, verbose=False)
+    final, log = eaMeGA(
+        inds, _toy_toolbox(pop, _wreck), 4, npar=2, stats=mega_deap.default_stats(), halloffame=hof, verbose=False
+    )
     maxes = log.select("max")
     assert all(b >= a for a, b in zip(maxes, maxes[1:]))
     assert any(torch.equal(ind.genome, best0) for ind in final)
@@ -173,8 +175,7 @@ def test_blend_children_depend_on_both_parents_end_to_end():
     inds = pop.individuals(icls)
     for i, ind in enumerate(inds):
         ind.genome[i] = 1.0
-    final, _ = eaMeGA(inds, _toy_toolbox(pop, _no_mutation), 3, npar=2, halloffame=tools.HallOfFame(1),
-                      verbose=False)
+    final, _ = eaMeGA(inds, _toy_toolbox(pop, _no_mutation), 3, npar=2, halloffame=tools.HallOfFame(1), verbose=False)
     G = torch.stack([ind.genome for ind in final])
     assert (G >= 0).all()
     torch.testing.assert_close(G.sum(1), torch.ones(N, dtype=torch.float64))

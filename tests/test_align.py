@@ -1,4 +1,5 @@
 """Align, then evolve: weight matching from the model's graph, BatchNorm repair, coefficient genomes."""
+
 import math
 import copy
 
@@ -6,8 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from mega_deap.align import (BatchNormRepair, CoefficientAdapter, apply_permutations, cma_merge, permutation_spec,
-                             repair_batchnorm, weight_matching)
+from mega_deap.align import (
+    BatchNormRepair,
+    CoefficientAdapter,
+    apply_permutations,
+    cma_merge,
+    permutation_spec,
+    repair_batchnorm,
+    weight_matching,
+)
 from mega_deap.experiments.models import MLP, CifarResNet, SmallCNN
 
 from conftest import SmallCNN as TinyCNN
@@ -74,7 +82,7 @@ def test_permutations_preserve_the_function_and_matching_recovers_the_identity(n
     ref, aligned = weight_matching([model, other])
     for k, v in model.state_dict().items():
         assert torch.equal(aligned.state_dict()[k], v), k  # the identity is recovered exactly
-        assert torch.equal(ref.state_dict()[k], v), k      # the reference comes back unchanged
+        assert torch.equal(ref.state_dict()[k], v), k  # the reference comes back unchanged
 
 
 def test_residual_streams_share_one_permutation_and_padded_channels_get_their_own():
@@ -111,20 +119,27 @@ def test_matching_independent_nets_keeps_their_function_and_brings_them_closer(d
 
     def dist(m1, m2):
         return sum(float((p - q).detach().pow(2).sum()) for p, q in zip(m1.parameters(), m2.parameters()))
+
     assert dist(a, b2) < 0.8 * dist(a, b)
 
 
 def test_aligned_average_beats_the_naive_average_on_real_data(digit_mlps, digits):
     from mega_deap.experiments import model_accuracy, weight_average
+
     a, b = digit_mlps
     naive = model_accuracy(weight_average([a, b]), *digits["test"])
     aligned = model_accuracy(weight_average(weight_matching([a, b])), *digits["test"])
     assert aligned > naive + 0.02, (naive, aligned)
 
 
-@pytest.mark.parametrize("bad,fragment", [
-    ("sort", "sort"), ("grouped", "groups=2"), ("transpose", "transpose"),
-])
+@pytest.mark.parametrize(
+    "bad,fragment",
+    [
+        ("sort", "sort"),
+        ("grouped", "groups=2"),
+        ("transpose", "transpose"),
+    ],
+)
 def test_an_unsupported_graph_is_refused_naming_the_node(bad, fragment):
     class Bad(nn.Module):
         def __init__(self):
@@ -158,6 +173,7 @@ def test_weight_matching_checks_its_arguments():
 
 # -- BatchNorm repair -----------------------------------------------------------------
 
+
 def test_repair_batchnorm_sets_the_statistics_of_the_calibration_inputs():
     torch.manual_seed(0)
     model = _randomised(TinyCNN())
@@ -167,8 +183,8 @@ def test_repair_batchnorm_sets_the_statistics_of_the_calibration_inputs():
     assert not model.training and model.bn1.momentum == 0.3  # mode and momentum restored
     with torch.no_grad():  # reference: float64, batch by batch, averaged (PyTorch's cumulative average)
         pre = model.conv1(X).double()
-        means = torch.stack([pre[i:i + 32].mean((0, 2, 3)) for i in range(0, 96, 32)])
-        vars_ = torch.stack([pre[i:i + 32].var((0, 2, 3), unbiased=True) for i in range(0, 96, 32)])
+        means = torch.stack([pre[i : i + 32].mean((0, 2, 3)) for i in range(0, 96, 32)])
+        vars_ = torch.stack([pre[i : i + 32].var((0, 2, 3), unbiased=True) for i in range(0, 96, 32)])
     torch.testing.assert_close(model.bn1.running_mean.double(), means.mean(0), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model.bn1.running_var.double(), vars_.mean(0), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="no BatchNorm"):
@@ -179,6 +195,7 @@ def test_batchnorm_repair_inside_the_fitness_writes_into_the_individual(classes)
     from mega_deap import Evaluator, TensorPopulation
     from mega_deap.adapters import TorchAdapter
     from mega_deap.experiments import model_accuracy
+
     torch.manual_seed(0)
     model = _randomised(TinyCNN())
     adapter = TorchAdapter(model)
@@ -201,6 +218,7 @@ def test_batchnorm_repair_inside_the_fitness_writes_into_the_individual(classes)
 
 # -- coefficient genomes -----------------------------------------------------------------
 
+
 def test_coefficient_genomes_decode_like_a_plain_per_tensor_loop(digit_mlps):
     adapter, genomes = CoefficientAdapter.from_parents(list(digit_mlps), device="cpu")
     inner = adapter.inner
@@ -212,7 +230,7 @@ def test_coefficient_genomes_decode_like_a_plain_per_tensor_loop(digit_mlps):
     c = torch.randn(adapter.dim, generator=torch.Generator().manual_seed(0))
     ref = []
     for g, e in enumerate(inner.layout):  # float64 reference, tensor by tensor
-        a, b = (p[e.offset:e.offset + e.numel].double() for p in parents)
+        a, b = (p[e.offset : e.offset + e.numel].double() for p in parents)
         ref.append(c[2 * g].double() * a + c[2 * g + 1].double() * b)
     torch.testing.assert_close(adapter.decode(c).double(), torch.cat(ref), rtol=1e-5, atol=1e-6)
 
@@ -228,21 +246,41 @@ def test_layer_granularity_shares_coefficients_within_a_module():
 def test_a_coefficient_merge_is_the_same_toolbox_and_its_model_scores_its_fitness(digit_mlps, digits):
     import mega_deap
     from mega_deap.experiments import model_accuracy
-    r = mega_deap.merge(digit_mlps, digits["val"], genome="coefficients", popsize=8, ngen=3, seed=0,
-                        progress=False, device="cpu", metric="accuracy")
+
+    r = mega_deap.merge(
+        digit_mlps,
+        digits["val"],
+        genome="coefficients",
+        popsize=8,
+        ngen=3,
+        seed=0,
+        progress=False,
+        device="cpu",
+        metric="accuracy",
+    )
     assert isinstance(r.adapter, CoefficientAdapter)
     assert r.genome.shape == (r.adapter.dim,) and r.adapter.dim == 8
     assert r.fitness == pytest.approx(model_accuracy(r.model, *digits["val"]))
     assert r.toolbox.vary.func is mega_deap.varMeGABatched  # the same toolbox: batched breeding, our operators
     pop = r.toolbox.clone.func.__self__  # the TensorPopulation: (2N + 2) x (G * k) numbers, never x D
     assert pop.rows.shape == (2 * 8 + 2, 8) and r.adapter.inner.dim == 2410
-    again = mega_deap.merge(digit_mlps, digits["val"], genome="coefficients", popsize=8, ngen=3, seed=0,
-                            progress=False, device="cpu", metric="accuracy")
+    again = mega_deap.merge(
+        digit_mlps,
+        digits["val"],
+        genome="coefficients",
+        popsize=8,
+        ngen=3,
+        seed=0,
+        progress=False,
+        device="cpu",
+        metric="accuracy",
+    )
     assert torch.equal(again.genome, r.genome)
 
 
 def test_cma_es_over_coefficients_runs_deaps_strategy_reproducibly(digit_mlps, digits):
     from mega_deap.experiments import model_accuracy
+
     a = cma_merge(digit_mlps, digits["val"], ngen=4, lambda_=6, seed=3, device="cpu", metric="accuracy")
     b = cma_merge(digit_mlps, digits["val"], ngen=4, lambda_=6, seed=3, device="cpu", metric="accuracy")
     assert torch.equal(a.genome, b.genome) and len(a.logbook) == 4
@@ -251,12 +289,14 @@ def test_cma_es_over_coefficients_runs_deaps_strategy_reproducibly(digit_mlps, d
     # the hall of fame holds the best ever, the parents and their average (scored first) included
     assert a.fitness >= max(r["max"] for r in a.logbook)
     assert a.fitness >= max(model_accuracy(m, *digits["val"]) for m in digit_mlps)
-    c = cma_merge(digit_mlps, digits["val"], ngen=4, lambda_=6, seed=3, device="cpu", metric="accuracy",
-                  include_parents=False)
+    c = cma_merge(
+        digit_mlps, digits["val"], ngen=4, lambda_=6, seed=3, device="cpu", metric="accuracy", include_parents=False
+    )
     assert c.fitness == max(r["max"] for r in c.logbook)
 
 
 # -- the merge: parents in the initial population, selection split ------------------------
+
 
 def _destructive(individual):
     individual.genome.add_(torch.randn_like(individual.genome) * 10)
@@ -273,19 +313,22 @@ def _accuracy_ll(model, X, y):
 
 def test_with_parents_in_the_population_the_merge_is_never_worse_than_the_best_parent(digit_mlps, digits):
     import mega_deap
+
     best_parent = max(_accuracy_ll(m, *digits["val"]) for m in digit_mlps)
     r = mega_deap.merge(digit_mlps, digits["val"], popsize=6, ngen=0, seed=0, progress=False, device="cpu")
     first = r.population  # generation 0: rows 0 and 1 are the parents
     assert any(torch.equal(ind.genome, r.adapter.genome(digit_mlps[0])) for ind in first)
     assert r.fitness >= best_parent - 1e-9
     assert r.fitness == pytest.approx(_accuracy_ll(r.model, *digits["val"]), rel=1e-9)  # the default fitness
-    paper = mega_deap.merge(digit_mlps, digits["val"], popsize=6, ngen=0, seed=0, progress=False, device="cpu",
-                            include_parents=False)
+    paper = mega_deap.merge(
+        digit_mlps, digits["val"], popsize=6, ngen=0, seed=0, progress=False, device="cpu", include_parents=False
+    )
     assert not any(torch.equal(ind.genome, paper.adapter.genome(m)) for ind in paper.population for m in digit_mlps)
     # the rows after the parents are the paper's blends, drawn identically
     assert all(torch.equal(x.genome, y.genome) for x, y in zip(r.population[2:], paper.population[2:]))
-    aligned = mega_deap.merge(digit_mlps, digits["val"], popsize=6, ngen=0, seed=0, progress=False,
-                              device="cpu", align="weights")
+    aligned = mega_deap.merge(
+        digit_mlps, digits["val"], popsize=6, ngen=0, seed=0, progress=False, device="cpu", align="weights"
+    )
     a, b = weight_matching(list(digit_mlps))
     average = (aligned.adapter.genome(a) + aligned.adapter.genome(b)) / 2
     assert torch.equal(aligned.population[2].genome, average)
@@ -293,14 +336,16 @@ def test_with_parents_in_the_population_the_merge_is_never_worse_than_the_best_p
 
 def test_selection_split_chooses_among_the_hall_of_fame_on_held_out_data(digit_mlps, digits):
     import mega_deap
+
     X, y = digits["val"]
     m = round(0.5 * len(y))
     chosen = []
     for seed in range(4):
         split = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))  # merge's held-out split
         held = (X[split[:m]], y[split[:m]])
-        r = mega_deap.merge(digit_mlps, (X, y), popsize=8, ngen=3, seed=seed, progress=False, device="cpu",
-                            holdout=0.5, hof_size=5)
+        r = mega_deap.merge(
+            digit_mlps, (X, y), popsize=8, ngen=3, seed=seed, progress=False, device="cpu", holdout=0.5, hof_size=5
+        )
         assert len(r.halloffame) == 5
         assert len(r.toolbox.evaluate.y) == len(y) - m  # the held-out half never feeds the fitness
         scores = [_accuracy_ll(r.adapter.to_model(h), *held) for h in r.halloffame]
@@ -315,6 +360,7 @@ def test_selection_split_chooses_among_the_hall_of_fame_on_held_out_data(digit_m
 
 def test_merge_refuses_bad_alignment_settings_before_any_work(digit_mlps, digits):
     import mega_deap
+
     with pytest.raises(ValueError, match="genome"):
         mega_deap.merge(digit_mlps, digits["val"], genome="layers")
     with pytest.raises(ValueError, match="cannot hold the 2 parents and their average"):
@@ -327,6 +373,7 @@ def test_neg_log_loss_is_the_mean_log_likelihood(digit_mlps, digits):
     from mega_deap import Evaluator
     from mega_deap.adapters import TorchAdapter
     from mega_deap.evaluation import get_metric
+
     X, y = digits["val"]
     ad = TorchAdapter(digit_mlps[0])
     (score,) = Evaluator(ad, X, y, get_metric("neg_log_loss"), batch_size=100).scores([ad.genome()])
@@ -337,7 +384,16 @@ def test_neg_log_loss_is_the_mean_log_likelihood(digit_mlps, digits):
 
 def test_merge_tree_passes_the_alignment_keywords_on(digit_mlps, digits):
     import mega_deap
-    tree = mega_deap.merge_tree(list(digit_mlps) * 2, digits["val"], popsize=4, ngen=1, progress=False,
-                                device="cpu", align=True, genome="coefficients")
+
+    tree = mega_deap.merge_tree(
+        list(digit_mlps) * 2,
+        digits["val"],
+        popsize=4,
+        ngen=1,
+        progress=False,
+        device="cpu",
+        align=True,
+        genome="coefficients",
+    )
     assert [len(level) for level in tree.levels] == [4, 2, 1]
     assert all(isinstance(m.adapter, CoefficientAdapter) and m.adapter.dim == 8 for m in tree.merges)

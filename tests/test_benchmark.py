@@ -1,4 +1,5 @@
 """The benchmark's --quick mode runs in CI so the script cannot rot; no timing is asserted."""
+
 import importlib.util
 import pathlib
 
@@ -18,15 +19,21 @@ def test_bench_merge_quick(tmp_path):
         assert all(lo <= r["seconds"][k] <= hi for k, (lo, hi) in r["spread"].items())
         assert set(r["child_us"]) == {"batched", "per_individual"}
     assert res["batch_sizes"] and set(res["batch_sizes"][0]["seconds"]) == {32, 64}
-    pt, = res["parts"]  # the timers saw every part of a real merge, nested as they run, and were removed
+    (pt,) = res["parts"]  # the timers saw every part of a real merge, nested as they run, and were removed
     runs = {k: v[0] for k, v in pt["runs"].items()}
     assert all(runs[k] > 0 for k in ("breeding", "evaluation", "statistics and hall of fame", "eaMeGA"))
-    assert runs["breeding"] + runs["evaluation"] + runs["statistics and hall of fame"] <= runs["eaMeGA"] <= runs["merge"]
+    assert (
+        runs["breeding"] + runs["evaluation"] + runs["statistics and hall of fame"] <= runs["eaMeGA"] <= runs["merge"]
+    )
     from deap import tools
     from mega_deap import Evaluator, algorithms, breeding, presets
+
     assert presets.eaMeGA is algorithms.eaMeGA and presets.varMeGABatched is breeding.varMeGABatched
     assert [f.__name__ for f in (Evaluator.map, tools.Statistics.compile, tools.HallOfFame.update)] == [
-        "map", "compile", "update"]
+        "map",
+        "compile",
+        "update",
+    ]
     assert res["mutation"]["sparse_s"] > 0 and res["memory"]["budget_bytes"] > 0
 
 
@@ -34,7 +41,22 @@ def test_bench_merge_quick_takes_the_sizes_it_is_given(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_merge", ROOT / "benchmarks" / "bench_merge.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    res = bench.main(["--quick", "--device", "cpu", "--models", "mlp-digits", "--popsize", "5",
-                      "--ngen", "3", "--val", "32", "--json", str(tmp_path / "b.json")])
-    r, = res["rows"]
+    res = bench.main(
+        [
+            "--quick",
+            "--device",
+            "cpu",
+            "--models",
+            "mlp-digits",
+            "--popsize",
+            "5",
+            "--ngen",
+            "3",
+            "--val",
+            "32",
+            "--json",
+            str(tmp_path / "b.json"),
+        ]
+    )
+    (r,) = res["rows"]
     assert r["evals"] == 5 + 3 * 4 and r["val"] == 32

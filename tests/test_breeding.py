@@ -1,6 +1,7 @@
 """The batched breeding step against the per-individual path: the same distributions of selection, blend
 coefficients and mutations over many draws; the per-individual path itself whenever an operator is not
 one of ours; and the preset using it."""
+
 import math
 from unittest import mock
 
@@ -53,7 +54,7 @@ def children_stats(vary, reps=1700, lam=7, seed=0):
         G = torch.stack([k.genome for k in kids])
         for row in G:
             nz = row.nonzero().flatten().tolist()
-            if len(nz) == 1:          # both winners were the same individual
+            if len(nz) == 1:  # both winners were the same individual
                 firsts.append(nz[0])
                 seconds.append(nz[0])
             else:
@@ -69,7 +70,7 @@ def children_stats(vary, reps=1700, lam=7, seed=0):
 def tournament_probabilities(N, k):
     """P(the winner is the individual of rank r), r = 0 worst .. N-1 best, aspirants drawn with replacement."""
     r = np.arange(N)
-    return ((r + 1) ** k - r ** k) / N ** k
+    return ((r + 1) ** k - r**k) / N**k
 
 
 def test_selection_frequencies_match_the_per_individual_path_and_theory():
@@ -151,13 +152,14 @@ def test_layer_mutation_rate_per_tensor_matches():
         hits = np.zeros(3)
         total = 0
         for _ in range(200):
-            pop, inds, tb = setup(N=6, D=28, mutate=((mutLayerGaussian,),
-                                                     {"layout": layout, "mu": 0.0, "sigma": 1.0, "layerpb": 0.3}))
+            pop, inds, tb = setup(
+                N=6, D=28, mutate=((mutLayerGaussian,), {"layout": layout, "mu": 0.0, "sigma": 1.0, "layerpb": 0.3})
+            )
             assert batched_plan(tb, inds) is not None
             kids = path(inds, tb, 5, 4)
             for k in kids:
                 for j, (off, n) in enumerate(layout):
-                    seg = k.genome[off:off + n]
+                    seg = k.genome[off : off + n]
                     assert bool((seg != 0).all()) or bool((seg == 0).all())
                     hits[j] += float((seg != 0).all())
             total += len(kids)
@@ -183,11 +185,16 @@ def test_children_are_views_of_free_rows_and_parents_untouched():
 
 def test_any_other_operator_takes_the_per_individual_path():
     """A custom mate, DEAP's selRandom, or DEAP's per-gene blend: same bits as varMeGA itself."""
+
     def custom(a, b):
         a.genome.mul_(0.5)
         return a, b
-    for alias, func, kw in (("mate", custom, {}), ("select", tools.selRandom, {}),
-                            ("mate", cxBlend, {"per_element": True})):
+
+    for alias, func, kw in (
+        ("mate", custom, {}),
+        ("select", tools.selRandom, {}),
+        ("mate", cxBlend, {"per_element": True}),
+    ):
         results = []
         for path in (varMeGA, varMeGABatched):
             mega_deap.seed(8)
@@ -201,13 +208,15 @@ def test_any_other_operator_takes_the_per_individual_path():
 def test_a_registration_changed_between_generations_is_used():
     """The plan is kept between generations while the registrations stay the same objects: an operator
     swapped after a batched generation takes the per-individual path, and new keywords are read."""
+
     def halve(a, b):
         a.genome.mul_(0.5)
         return a, b
+
     mega_deap.seed(11)
     pop, inds, tb = setup(N=8)
-    batched(inds, tb, 7, 4)               # the plan is made and kept
-    tb.register("mate", halve)            # an ablation from the next generation on
+    batched(inds, tb, 7, 4)  # the plan is made and kept
+    tb.register("mate", halve)  # an ablation from the next generation on
     assert batched_plan(tb, inds) is None
     kids = varMeGABatched(inds, tb, 7, 4)
     assert all(float(k.genome.sum()) == 0.5 for k in kids)  # halve of a basis vector, no blend, no mutation
@@ -218,7 +227,7 @@ def test_a_registration_changed_between_generations_is_used():
     kids = batched(inds, tb, 7, 4)
     assert all(torch.allclose(k.genome.sum(), torch.tensor(1.0 + 3.0 * 8, dtype=k.genome.dtype)) for k in kids)
     del kids
-    tb.mutate.keywords["mu"] = -3.0       # the same registration, its keywords edited in place
+    tb.mutate.keywords["mu"] = -3.0  # the same registration, its keywords edited in place
     kids = batched(inds, tb, 7, 4)
     assert all(torch.allclose(k.genome.sum(), torch.tensor(1.0 - 3.0 * 8, dtype=k.genome.dtype)) for k in kids)
 
@@ -228,6 +237,7 @@ def test_keep_valid_repairs_batched_children():
     repaired like the per-individual ones."""
     from torch import nn
     from mega_deap.adapters import TorchAdapter
+
     model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).eval()
     ad = TorchAdapter(model)
     mega_deap.seed(9)
@@ -247,7 +257,7 @@ def test_keep_valid_repairs_batched_children():
     kids = batched(inds, tb, 5, 4)
     for k in kids:
         for off, n in ad.variance_spans:
-            assert (k.genome[off:off + n] >= ad.var_floor).all()
+            assert (k.genome[off : off + n] >= ad.var_floor).all()
 
 
 def test_preset_breeds_in_batch_and_merges(digits, digit_mlps):

@@ -1,4 +1,5 @@
 """Checkpoint and resume: SIGKILL in the middle of a generation, resume, same bits as an uninterrupted run."""
+
 import json
 import os
 import signal
@@ -97,12 +98,12 @@ def test_resume_with_other_operators_is_refused(tmp_path, digits, digit_mlps):
     ckpt = str(tmp_path / "c.ckpt")
     mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=1, verbose=False, checkpoint=ckpt)
     # written with sparse mutation: resuming with layer mutation is refused
-    with pytest.raises(ValueError, match=r"toolbox\.mutate = \['mutSparseGaussian'.*this run registers \['mutLayerGaussian'"):
-        mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=ckpt,
-                        mutation="layer")
+    with pytest.raises(
+        ValueError, match=r"toolbox\.mutate = \['mutSparseGaussian'.*this run registers \['mutLayerGaussian'"
+    ):
+        mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=ckpt, mutation="layer")
     with pytest.raises(ValueError, match="npar=4, this run has npar=3"):
-        mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, npar=3, verbose=False,
-                        checkpoint=ckpt)
+        mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, npar=3, verbose=False, checkpoint=ckpt)
     # the same settings resume
     r = mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=ckpt)
     assert [x["gen"] for x in r.logbook] == [0, 1, 2]
@@ -110,8 +111,10 @@ def test_resume_with_other_operators_is_refused(tmp_path, digits, digit_mlps):
 
 # -- a checkpoint knows its job ----------------------------------------------------------------------
 
+
 def test_resuming_another_job_is_refused_naming_the_difference(tmp_path, digits, digit_mlps):
     import copy
+
     ckpt = str(tmp_path / "c.ckpt")
     kw = dict(popsize=4, ngen=2, verbose=False, checkpoint=ckpt)
     mega_deap.merge(digit_mlps, digits["val"], ngen=1, **{k: v for k, v in kw.items() if k != "ngen"})
@@ -120,9 +123,9 @@ def test_resuming_another_job_is_refused_naming_the_difference(tmp_path, digits,
         other[0].weight.mul_(1.01)
     X, y = digits["val"]
     cases = [
-        (dict(models=[digit_mlps[0], other]), "initial population"),          # other parents, same architecture
-        (dict(seed=1), "initial population"),                                 # another seed
-        (dict(val=(X[:-1], y[:-1])), "evaluation"),                           # other validation data
+        (dict(models=[digit_mlps[0], other]), "initial population"),  # other parents, same architecture
+        (dict(seed=1), "initial population"),  # another seed
+        (dict(val=(X[:-1], y[:-1])), "evaluation"),  # other validation data
     ]
     for change, what in cases:
         models = change.pop("models", digit_mlps)
@@ -138,6 +141,7 @@ def test_another_metric_is_another_job(tmp_path, digits, digit_mlps):
     from mega_deap import TensorPopulation, eaMeGA, initBlend, mega_toolbox
     from mega_deap.adapters import TorchAdapter, fitness
     from mega_deap.presets import ensure_creator_classes
+
     ad = TorchAdapter(digit_mlps[0])
     X, y = digits["val"]
     onehot = torch.nn.functional.one_hot(y, 10).float()
@@ -160,18 +164,22 @@ def _rewrite(path, edit, checksum=True):
     import hashlib
     from safetensors import safe_open
     from safetensors.torch import save_file
+
     with safe_open(path, framework="pt") as f:
         header = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     meta = edit(json.loads(header["mega_deap"]))
     text = json.dumps(meta)
-    header = {"mega_deap": text,
-              "mega_deap.sha256": hashlib.sha256(text.encode()).hexdigest() if checksum else header["mega_deap.sha256"]}
+    header = {
+        "mega_deap": text,
+        "mega_deap.sha256": hashlib.sha256(text.encode()).hexdigest() if checksum else header["mega_deap.sha256"],
+    }
     save_file(tensors, path, metadata=header)
 
 
 def test_header_is_covered_by_a_checksum_and_checked_field_by_field(tmp_path, digits, digit_mlps):
     import shutil
+
     ckpt = tmp_path / "c.ckpt"
     mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=str(ckpt))
     good = tmp_path / "good.ckpt"
@@ -203,6 +211,7 @@ def test_a_kill_at_any_file_operation_leaves_a_complete_checkpoint(tmp_path, dig
     """Every file operation of a save (link, renames, fsyncs) made to fail in turn, as a kill there would:
     the checkpoint path always holds a complete checkpoint, of the old generation or the new one."""
     from unittest import mock
+
     ckpt = tmp_path / "c.ckpt"
     mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=1, verbose=False, checkpoint=str(ckpt))
     calls = {"n": 0}
@@ -214,9 +223,14 @@ def test_a_kill_at_any_file_operation_leaves_a_complete_checkpoint(tmp_path, dig
             if calls["n"] == fail_at + 1:
                 raise KeyboardInterrupt(f"killed at {name}")
             return real[name](*a, **k)
+
         return op
-    with mock.patch("os.replace", dying("replace")), mock.patch("os.link", dying("link")), \
-            mock.patch("os.fsync", dying("fsync")):
+
+    with (
+        mock.patch("os.replace", dying("replace")),
+        mock.patch("os.link", dying("link")),
+        mock.patch("os.fsync", dying("fsync")),
+    ):
         try:
             mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=str(ckpt))
         except KeyboardInterrupt:

@@ -1,5 +1,6 @@
 """The command line as a new user meets it: a module in the current folder, mistakes that end in one line
 (exit status 2) naming the file or argument, a plain and complete --help, the files written always listed."""
+
 import os
 import pathlib
 import subprocess
@@ -9,15 +10,23 @@ import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-NETS = ("import torch\nfrom torch import nn\n"
-        "def make_net():\n    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n"
-        "def wide_net():\n    return nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))\n"
-        "def validation():\n    return torch.load('data.pt', weights_only=True)\n")
+NETS = (
+    "import torch\nfrom torch import nn\n"
+    "def make_net():\n    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n"
+    "def wide_net():\n    return nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))\n"
+    "def validation():\n    return torch.load('data.pt', weights_only=True)\n"
+)
 
 
 def cli(cwd, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "mega_deap.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "mega_deap.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MPLBACKEND": "Agg", **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +35,7 @@ def folder(tmp_path_factory, digits, digit_mlps):
     (d / "mynets.py").write_text(NETS)
     torch.save(digits["val"], d / "data.pt")
     from mega_deap.experiments import save_model
+
     save_model(digit_mlps[0], d / "a.safetensors")
     torch.save(digit_mlps[1].state_dict(), d / "b.pt")
     torch.save(digit_mlps[1], d / "whole.pt")  # a pickled module, not a state dict
@@ -42,25 +52,48 @@ def one_line_error(proc, *needles):
 
 
 def test_module_in_the_current_folder_and_files_listed_even_quiet(folder):
-    proc = cli(folder, "a.safetensors", "b.pt", "--model", "mynets:make_net", "--data", "mynets:validation",
-               "--popsize", "4", "--ngen", "1", "--out", "merged", "--quiet")
+    proc = cli(
+        folder,
+        "a.safetensors",
+        "b.pt",
+        "--model",
+        "mynets:make_net",
+        "--data",
+        "mynets:validation",
+        "--popsize",
+        "4",
+        "--ngen",
+        "1",
+        "--out",
+        "merged",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().startswith("wrote ") and "merged.safetensors" in proc.stdout
     assert (folder / "merged" / "results.json").exists()
 
 
-@pytest.mark.parametrize("args,needles", [
-    (["a.safetensors", "missing.pt"], ["checkpoint 'missing.pt'", "no such file"]),
-    (["a.safetensors", "whole.pt"], ["'whole.pt' holds a pickled object, not a state dict", "state_dict()"]),
-    (["a.safetensors", "b.pt", "--model", "mynets:wide_net"],
-     ["'a.safetensors' does not fit the --model", "size mismatch for 0.weight",
-      "torch.Size([32, 64])", "torch.Size([48, 64])"]),
-    (["a.safetensors", "b.pt", "--model", "mynets:nope"], ["--model 'mynets:nope'", "no function 'nope'"]),
-    (["a.safetensors", "b.pt", "--model", "notthere:make_net"], ["no module named 'notthere'"]),
-    (["a.safetensors", "b.pt", "--model", "make_net"], ["expected 'module:function'"]),
-    (["a.safetensors", "b.pt", "--out", "afile"], ["--out 'afile' is a file"]),
-    (["a.safetensors", "b.pt", "--sigma", "-1"], ["sigma must be a finite number >= 0"]),
-])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["a.safetensors", "missing.pt"], ["checkpoint 'missing.pt'", "no such file"]),
+        (["a.safetensors", "whole.pt"], ["'whole.pt' holds a pickled object, not a state dict", "state_dict()"]),
+        (
+            ["a.safetensors", "b.pt", "--model", "mynets:wide_net"],
+            [
+                "'a.safetensors' does not fit the --model",
+                "size mismatch for 0.weight",
+                "torch.Size([32, 64])",
+                "torch.Size([48, 64])",
+            ],
+        ),
+        (["a.safetensors", "b.pt", "--model", "mynets:nope"], ["--model 'mynets:nope'", "no function 'nope'"]),
+        (["a.safetensors", "b.pt", "--model", "notthere:make_net"], ["no module named 'notthere'"]),
+        (["a.safetensors", "b.pt", "--model", "make_net"], ["expected 'module:function'"]),
+        (["a.safetensors", "b.pt", "--out", "afile"], ["--out 'afile' is a file"]),
+        (["a.safetensors", "b.pt", "--sigma", "-1"], ["sigma must be a finite number >= 0"]),
+    ],
+)
 def test_mistakes_end_in_one_line(folder, args, needles):
     base = {"--model": "mynets:make_net", "--data": "mynets:validation", "--out": "o"}
     extra = [x for k, v in base.items() if k not in args for x in (k, v)]
@@ -73,39 +106,77 @@ def test_help_is_plain_and_complete(folder):
     text = proc.stdout
     assert "``" not in text and "default: None" not in text and ":param" not in text
     assert "(required)" in text
-    for flag in ("--popsize", "--ngen", "--npar", "--tournsize", "--mutation", "--sigma", "--indpb", "--seed",
-                 "--device", "--out", "--quiet", "--metric", "--model", "--data"):
+    for flag in (
+        "--popsize",
+        "--ngen",
+        "--npar",
+        "--tournsize",
+        "--mutation",
+        "--sigma",
+        "--indpb",
+        "--seed",
+        "--device",
+        "--out",
+        "--quiet",
+        "--metric",
+        "--model",
+        "--data",
+    ):
         block = text.split(f"  {flag}", 1)[1].split("\n  -", 1)[0]  # its entry, up to the next option
         assert len(block.split()) > 2, f"{flag} has no help"
 
 
-@pytest.mark.parametrize("example", ["merge_cifar", "merge_hierarchical", "merge_keras", "ablation",
-                                     "hpo_weight_merge", "reproduce"])
+@pytest.mark.parametrize(
+    "example", ["merge_cifar", "merge_hierarchical", "merge_keras", "ablation", "hpo_weight_merge", "reproduce"]
+)
 def test_every_example_help_works_without_extras(tmp_path, example):
     """Keras made unimportable (a stand-in package that fails on import) and --help still works."""
     fake = tmp_path / "fake"
     (fake / "keras").mkdir(parents=True)
     (fake / "keras" / "__init__.py").write_text("raise ImportError('keras is not installed here')\n")
     env = {**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / f"{example}.py"), "--help"], capture_output=True,
-                          text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / f"{example}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert "usage:" in proc.stdout
 
 
 def test_a_data_dir_without_cifar_is_an_error_not_a_fallback(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "merge_cifar.py"), "--data-dir", str(tmp_path),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "merge_cifar.py"),
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"merge_cifar.py: error: CIFAR-10 is not available: no CIFAR-10 "
-                                                f"python batches in {str(tmp_path)!r} (add --download)"]
+    assert proc.stderr.strip().splitlines() == [
+        f"merge_cifar.py: error: CIFAR-10 is not available: no CIFAR-10 "
+        f"python batches in {str(tmp_path)!r} (add --download)"
+    ]
     assert not (tmp_path / "o").exists()
 
 
 def test_an_example_out_that_is_a_file_is_refused_before_work(tmp_path):
     (tmp_path / "afile").write_text("x")
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "merge_cifar.py"), "--out", str(tmp_path / "afile")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "merge_cifar.py"), "--out", str(tmp_path / "afile")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"merge_cifar.py: error: --out {str(tmp_path / 'afile')!r} is a file; "
-                                                f"expected a folder"]
+    assert proc.stderr.strip().splitlines() == [
+        f"merge_cifar.py: error: --out {str(tmp_path / 'afile')!r} is a file; expected a folder"
+    ]

@@ -1,5 +1,6 @@
 """Sharded evaluation over torch.distributed: two gloo processes on CPU give the single process's bits;
 a rank whose population differs stops every rank; only rank 0 writes."""
+
 import json
 import os
 import pathlib
@@ -19,8 +20,9 @@ def run(args, timeout=300):
 
 
 def torchrun(mode, out):
-    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", CHILD,
-                mode, str(out)])
+    return run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", CHILD, mode, str(out)]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +41,19 @@ def runs(tmp_path_factory):
 
 def test_two_gloo_processes_give_the_single_process_bits(runs):
     from safetensors.torch import load_file
+
     single, dist = load_file(runs / "single.safetensors"), load_file(runs / "dist.safetensors")
     for k in ("a", "b"):
         assert torch.equal(single[k], dist[k]), k  # same best genome, bit for bit
     s, d = (json.loads((runs / f"{m}.json").read_text()) for m in ("single", "dist"))
-    assert s["a"] == d["a"] and s["b"] == d["b"]    # same logbook: every fitness statistic, every generation
+    assert s["a"] == d["a"] and s["b"] == d["b"]  # same logbook: every fitness statistic, every generation
     assert s["world"] == 1 and d["world"] == 2 and d["ckpt_exists"]
 
 
 def test_a_resumed_run_reads_the_checkpoint_on_every_rank(runs, tmp_path):
     import shutil
     from safetensors.torch import load_file
+
     before = load_file(runs / "dist.safetensors")["a"]
     out = tmp_path / "again"
     shutil.copytree(runs, out)
@@ -78,6 +82,7 @@ def test_a_diverged_rank_stops_every_rank_with_a_clear_error(tmp_path):
 
 def test_shares_are_contiguous_and_cover_everything(monkeypatch):
     from mega_deap import distributed
+
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     assert distributed.shares(10) == [(0, 4), (4, 7), (7, 10)]
     assert distributed.shares(10, [1.0, 1.0, 3.0]) == [(0, 2), (2, 4), (4, 10)]
@@ -88,6 +93,7 @@ def test_shares_are_contiguous_and_cover_everything(monkeypatch):
 
 def test_without_a_process_group_nothing_changes():
     from mega_deap import distributed
+
     assert not distributed.active() and distributed.rank() == 0 and distributed.world_size() == 1
     assert distributed.is_main()
 
@@ -96,6 +102,7 @@ def test_the_benchmark_runs_and_checks_the_bits():
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     from conftest import load_script
+
     bench = load_script("bench_distributed", "benchmarks")
     res = bench.main(["--quick", "--repeats", "1"])
     assert res["same_bits"] and set(res["seconds"]) == {1, 2}
@@ -107,8 +114,19 @@ def test_the_hpo_study_shards_its_trainings_with_the_same_result(tmp_path):
         pytest.skip("torch.distributed with gloo is not available")
     single = run([sys.executable, CHILD, "hpo-single", str(tmp_path)])
     assert single.returncode == 0, single.stderr[-3000:]
-    dist = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", CHILD,
-                "hpo-dist", str(tmp_path)])
+    dist = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            CHILD,
+            "hpo-dist",
+            str(tmp_path),
+        ]
+    )
     assert dist.returncode == 0, dist.stderr[-3000:]
     s, d = (json.loads((tmp_path / f"hpo-{m}.json").read_text()) for m in ("single", "dist"))
     assert s.pop("world") == 1 and d.pop("world") == 2
@@ -127,8 +145,20 @@ def test_merge_cifar_under_torchrun_reports_what_one_process_reports(tmp_path):
     quick = ["--epochs", "2", "--popsize", "4", "--ngen", "2", "--quiet"]
     one = run([sys.executable, script, "--out", str(tmp_path / "one"), *quick])
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script,
-               "--out", str(tmp_path / "two"), *quick])
+    two = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            script,
+            "--out",
+            str(tmp_path / "two"),
+            *quick,
+        ]
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     assert a["rows"] == b["rows"] and a["logbook"] == b["logbook"]  # the same parents, merge and report
@@ -139,6 +169,7 @@ def test_checksum_is_per_genome_whatever_the_chunk_and_sees_one_flipped_bit():
     """The guard's checksum of a genome is an exact integer function of its bits alone: the same in chunks of
     one and all at once, against a plain int64 computation, and changed by one flipped bit."""
     from mega_deap.distributed import _checksum
+
     g = torch.Generator().manual_seed(0)
     genomes = list(torch.randn(5, 37, generator=g))
     bits = torch.stack(genomes).view(torch.int32).to(torch.int64)

@@ -1,4 +1,5 @@
 """Bad input gets a clear error naming the offending thing, before any work is done."""
+
 import copy
 import math
 
@@ -61,48 +62,53 @@ def test_nan_model_gets_worst_fitness_and_the_run_goes_on(digits, digit_mlps):
     for ind in inds[:3]:
         ind.genome[5] = math.nan
     hof = tools.HallOfFame(1, similar=genome_equal)
-    final, log = eaMeGA(inds, mega_toolbox(pop, ev), 3, stats=mega_deap.default_stats(), halloffame=hof,
-                        verbose=False)
-    assert log.select("min")[0] == 0.0                   # the NaN individuals scored the worst
+    final, log = eaMeGA(inds, mega_toolbox(pop, ev), 3, stats=mega_deap.default_stats(), halloffame=hof, verbose=False)
+    assert log.select("min")[0] == 0.0  # the NaN individuals scored the worst
     assert torch.isfinite(hof[0].genome).all() and hof[0].fitness.values[0] > 0.5
 
 
 # -- every setting checked before any work -------------------------------------------------------------
 
-@pytest.mark.parametrize("setting,match", [
-    ({"popsize": 20.5}, "popsize must be an integer, got 20.5"),
-    ({"popsize": True}, "popsize must be an integer"),
-    ({"ngen": 2.0}, "ngen must be an integer"),
-    ({"npar": 1}, "npar must be >= 2"),
-    ({"tournsize": 0}, "tournsize must be >= 1"),
-    ({"sigma": -1}, "sigma must be a finite number >= 0, got -1"),
-    ({"sigma": float("nan")}, "sigma must be a finite number"),
-    ({"indpb": 1.5}, r"indpb must be a probability in \[0, 1\], got 1.5"),
-    ({"layerpb": -0.1, "mutation": "layer"}, "layerpb must be a probability"),
-    # a setting given without the mode it belongs to is refused, naming both
-    ({"layerpb": 0.1}, "layerpb=0.1 belongs to mutation='layer', but mutation='sparse'"),
-    ({"granularity": "layer"}, "granularity='layer' belongs to genome='coefficients', but genome='weights'"),
-    ({"hof_size": 5}, "hof_size=5 is the hall of fame that holdout chooses from"),
-    ({"mutation": "layer", "indpb": 0.1}, "indpb=0.1 is the per-gene rate of mutation='sparse'"),
-    ({"align": "yes"}, "align must be True, False or one of"),
-    ({"alpha": -0.5}, "alpha must be a finite number >= 0"),
-    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
-    ({"breeding": "fast"}, "breeding must be one of 'batched', 'per-individual'"),
-    ({"metric": "f1"}, "metric must be one of"),
-])
+
+@pytest.mark.parametrize(
+    "setting,match",
+    [
+        ({"popsize": 20.5}, "popsize must be an integer, got 20.5"),
+        ({"popsize": True}, "popsize must be an integer"),
+        ({"ngen": 2.0}, "ngen must be an integer"),
+        ({"npar": 1}, "npar must be >= 2"),
+        ({"tournsize": 0}, "tournsize must be >= 1"),
+        ({"sigma": -1}, "sigma must be a finite number >= 0, got -1"),
+        ({"sigma": float("nan")}, "sigma must be a finite number"),
+        ({"indpb": 1.5}, r"indpb must be a probability in \[0, 1\], got 1.5"),
+        ({"layerpb": -0.1, "mutation": "layer"}, "layerpb must be a probability"),
+        # a setting given without the mode it belongs to is refused, naming both
+        ({"layerpb": 0.1}, "layerpb=0.1 belongs to mutation='layer', but mutation='sparse'"),
+        ({"granularity": "layer"}, "granularity='layer' belongs to genome='coefficients', but genome='weights'"),
+        ({"hof_size": 5}, "hof_size=5 is the hall of fame that holdout chooses from"),
+        ({"mutation": "layer", "indpb": 0.1}, "indpb=0.1 is the per-gene rate of mutation='sparse'"),
+        ({"align": "yes"}, "align must be True, False or one of"),
+        ({"alpha": -0.5}, "alpha must be a finite number >= 0"),
+        ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+        ({"breeding": "fast"}, "breeding must be one of 'batched', 'per-individual'"),
+        ({"metric": "f1"}, "metric must be one of"),
+    ],
+)
 def test_merge_settings_are_refused_before_any_work(tmp_path, digits, digit_mlps, setting, match):
     ckpt = tmp_path / "sub" / "run.ckpt"
     with pytest.raises((ValueError, TypeError), match=match):
-        mega_deap.merge(digit_mlps, digits["val"], verbose=False, checkpoint=str(ckpt),
-                        **{"popsize": 4, "ngen": 1, **setting})
+        mega_deap.merge(
+            digit_mlps, digits["val"], verbose=False, checkpoint=str(ckpt), **{"popsize": 4, "ngen": 1, **setting}
+        )
     assert not (tmp_path / "sub").exists()  # nothing was written
 
 
 def test_unwritable_checkpoint_is_refused_before_any_work(tmp_path, digits, digit_mlps):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match="cannot be written"):
-        mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=1, verbose=False,
-                        checkpoint=str(tmp_path / "afile" / "run.ckpt"))
+        mega_deap.merge(
+            digit_mlps, digits["val"], popsize=4, ngen=1, verbose=False, checkpoint=str(tmp_path / "afile" / "run.ckpt")
+        )
     with pytest.raises(ValueError, match="is a folder"):
         mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=1, verbose=False, checkpoint=str(tmp_path))
 
@@ -110,6 +116,7 @@ def test_unwritable_checkpoint_is_refused_before_any_work(tmp_path, digits, digi
 def test_eaMeGA_checks_the_registered_settings_before_generation_0(tmp_path, digits, digit_mlps):
     icls = ensure_creator_classes()
     from mega_deap.adapters import TorchAdapter, accuracy
+
     ad = TorchAdapter(digit_mlps[0])
     pop = TensorPopulation(4, ad.dim, device="cpu")
     inds = initBlend(pop.individuals(icls), ad.genomes(digit_mlps))
@@ -119,6 +126,7 @@ def test_eaMeGA_checks_the_registered_settings_before_generation_0(tmp_path, dig
         eaMeGA(inds, tb, 2, verbose=False, checkpoint=str(ckpt))
     assert not ckpt.exists()
     from deap import tools
+
     tb = mega_toolbox(pop, accuracy(ad, *digits["val"]))
     tb.register("mutate", tools.mutGaussian, mu=0.0, sigma=0.1, indpb=2.0)  # DEAP's own, checked the same way
     with pytest.raises(ValueError, match="toolbox.mutate's indpb must be a probability"):
@@ -127,12 +135,15 @@ def test_eaMeGA_checks_the_registered_settings_before_generation_0(tmp_path, dig
         eaMeGA(inds, mega_toolbox(pop, accuracy(ad, *digits["val"])), 2.5, verbose=False)
 
 
-@pytest.mark.parametrize("labels,match", [
-    (lambda y: y.unsqueeze(1), r"shape \(397, 1\).*y.squeeze\(1\)"),
-    (lambda y: torch.nn.functional.one_hot(y, 10), r"one-hot or scores.*y.argmax\(1\)"),
-    (lambda y: y == 1, "integer class labels, got dtype torch.bool"),
-    (lambda y: y.float(), "integer class labels, got dtype torch.float32"),
-])
+@pytest.mark.parametrize(
+    "labels,match",
+    [
+        (lambda y: y.unsqueeze(1), r"shape \(397, 1\).*y.squeeze\(1\)"),
+        (lambda y: torch.nn.functional.one_hot(y, 10), r"one-hot or scores.*y.argmax\(1\)"),
+        (lambda y: y == 1, "integer class labels, got dtype torch.bool"),
+        (lambda y: y.float(), "integer class labels, got dtype torch.float32"),
+    ],
+)
 def test_label_shapes_and_dtypes(digits, digit_mlps, labels, match):
     X, y = digits["val"]
     with pytest.raises(ValueError, match=match):
@@ -148,6 +159,7 @@ def test_model_returning_a_tuple_is_named(digits):
         def forward(self, x):
             out = self.fc(x)
             return out, out.softmax(-1)
+
     with pytest.raises(TypeError, match="the model returns a tuple, not a tensor"):
         mega_deap.merge([Pair(), Pair()], digits["val"], popsize=4, ngen=1, verbose=False)
 
@@ -156,6 +168,7 @@ def test_operators_refuse_bad_settings(classes):
     pop = TensorPopulation(2, 5, device="cpu")
     a, b = pop.individuals(classes["tensor"])
     from mega_deap import cxBlend, mutLayerGaussian, mutSparseGaussian
+
     with pytest.raises(ValueError, match="sigma must be >= 0"):
         mutSparseGaussian(a, 0.0, -1.0, 0.1)
     with pytest.raises(ValueError, match="layerpb must be a probability"):

@@ -56,6 +56,7 @@ def test_vmap_equals_loop_cnn(classes, chunk):
 
 def test_regression_metrics_match_float64(classes):
     from sklearn.datasets import load_diabetes
+
     X, y = load_diabetes(return_X_y=True)
     X, y = torch.tensor(X, dtype=torch.float32), torch.tensor(y / 100.0, dtype=torch.float32)
     torch.manual_seed(0)
@@ -65,8 +66,8 @@ def test_regression_metrics_match_float64(classes):
     with torch.no_grad():
         pred = model(X).squeeze(1).double().numpy()
     ref = y.double().numpy()
-    mse, = neg_mse(ad, X, y, batch_size=100)(inds[0])
-    mae, = neg_mae(ad, X, y, batch_size=100)(inds[0])
+    (mse,) = neg_mse(ad, X, y, batch_size=100)(inds[0])
+    (mae,) = neg_mae(ad, X, y, batch_size=100)(inds[0])
     assert mse == pytest.approx(-np.mean((pred - ref) ** 2), rel=1e-9)
     assert mae == pytest.approx(-np.mean(np.abs(pred - ref)), rel=1e-9)
 
@@ -151,6 +152,7 @@ def test_channels_last_and_autocast_options(classes):
 def test_default_batch_size_rule_and_bad_batch_size(digits, digit_mlps):
     from mega_deap.adapters import TorchAdapter, accuracy
     from mega_deap.evaluation import default_batch_size
+
     assert default_batch_size(torch.zeros(3, 1, 8, 8)) == 256 and default_batch_size(torch.zeros(3, 64)) == 2048
     ad = TorchAdapter(digit_mlps[0])
     assert accuracy(ad, *digits["val"]).batch_size == 2048

@@ -1,4 +1,5 @@
 """The paper's experiments end to end at tiny sizes: data loading, models, both examples, mega-merge."""
+
 import importlib.util
 import json
 import math
@@ -12,8 +13,16 @@ import torch
 from torch import nn
 
 import mega_deap
-from mega_deap.experiments import (build_model, cifar10_splits, load_cifar10, load_model_file, model_accuracy,
-                                   read_cifar_batch, resolve_splits, resnet_cifar)
+from mega_deap.experiments import (
+    build_model,
+    cifar10_splits,
+    load_cifar10,
+    load_model_file,
+    model_accuracy,
+    read_cifar_batch,
+    resolve_splits,
+    resnet_cifar,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,8 +44,12 @@ def write_cifar(folder, n_train=40, n_test=30, seed=0):
         labels = rng.integers(0, 10, n)
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         data[:, 0] = labels * 25  # a learnable signal: the first red pixel encodes the class
-        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": data,
-                 b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels.tolist(),
+            b"data": data,
+            b"filenames": [f"img{i}.png".encode() for i in range(n)],
+        }
         with open(d / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
         written[name] = (data, labels)
@@ -103,6 +116,7 @@ def test_cifar_resnets_follow_he_et_al():
 
 def check_png(path):
     import matplotlib.image
+
     assert pathlib.Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     img = matplotlib.image.imread(path)
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
@@ -110,18 +124,17 @@ def check_png(path):
 
 def test_merge_cifar_example_on_digits(tmp_path):
     out = tmp_path / "run"
-    argv = ["--dataset", "digits", "--epochs", "3", "--popsize", "6", "--ngen", "3",
-            "--out", str(out), "--quiet"]
+    argv = ["--dataset", "digits", "--epochs", "3", "--popsize", "6", "--ngen", "3", "--out", str(out), "--quiet"]
     report = load_example("merge_cifar").main(argv)
     saved = json.loads((out / "results.json").read_text())
     names = [r["model"] for r in saved["rows"]]
-    assert names == ["parent 1 (seed 56)", "parent 2 (seed 57)", "weight averaging",
-                     "output ensemble", "MeGA"]
+    assert names == ["parent 1 (seed 56)", "parent 2 (seed 57)", "weight averaging", "output ensemble", "MeGA"]
     assert all(isinstance(r["val_acc"], float) and isinstance(r["test_acc"], float) for r in saved["rows"])
     assert saved["rows"] == report["rows"] and len(saved["logbook"]) == 4
     check_png(out / "fitness.png")
     # the merged model file loads and has the accuracy the table reports
     from mega_deap.experiments import digits_splits
+
     s = digits_splits(seed=0)
     m = load_model_file(build_model("smallcnn", 1, 10, 8), out / "merged.safetensors")
     assert model_accuracy(m, *s.val) == saved["rows"][-1]["val_acc"]
@@ -146,6 +159,7 @@ def test_merge_cifar_example_on_digits(tmp_path):
 
 def test_parent_cache_key_holds_everything_that_decides_the_parent(tmp_path):
     from mega_deap.experiments import digits_splits, train_or_load
+
     s0, s1 = digits_splits(seed=0), digits_splits(seed=1)
     factory = lambda: build_model("mlp", 1, 10, 8)  # noqa: E731
     kw = dict(cache_dir=str(tmp_path), tag="mlp-digits", epochs=1, batch_size=128, progress=False)
@@ -154,15 +168,18 @@ def test_parent_cache_key_holds_everything_that_decides_the_parent(tmp_path):
     m2, path2, cached2 = train_or_load(factory, s0.train, seed=5, **kw)
     assert cached2 and path2 == path
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
-    changed = [train_or_load(factory, s1.train, seed=5, **kw),                      # another split
-               train_or_load(factory, (s0.train[0][:-1], s0.train[1][:-1]), seed=5, **kw),  # another size
-               train_or_load(factory, s0.train, seed=6, **kw),                      # another parent seed
-               train_or_load(factory, s0.train, seed=5, **{**kw, "epochs": 2}),     # another recipe
-               train_or_load(lambda: build_model("smallcnn", 1, 10, 8), s0.train, seed=5, **kw)]  # model
+    changed = [
+        train_or_load(factory, s1.train, seed=5, **kw),  # another split
+        train_or_load(factory, (s0.train[0][:-1], s0.train[1][:-1]), seed=5, **kw),  # another size
+        train_or_load(factory, s0.train, seed=6, **kw),  # another parent seed
+        train_or_load(factory, s0.train, seed=5, **{**kw, "epochs": 2}),  # another recipe
+        train_or_load(lambda: build_model("smallcnn", 1, 10, 8), s0.train, seed=5, **kw),
+    ]  # model
     assert not any(c[2] for c in changed)
     assert len({c[1] for c in changed} | {path}) == 6
     # a file renamed into another key's place is not trusted: its recorded key differs, so it retrains
     import shutil
+
     shutil.copy(changed[0][1], path)
     assert not train_or_load(factory, s0.train, seed=5, **kw)[2]
 
@@ -170,18 +187,52 @@ def test_parent_cache_key_holds_everything_that_decides_the_parent(tmp_path):
 def test_merge_cifar_example_on_cifar_files(tmp_path):
     write_cifar(tmp_path / "data")
     report = load_example("merge_cifar").main(
-        ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--model", "smallcnn", "--val-size", "50",
-         "--epochs", "1", "--popsize", "4", "--ngen", "1", "--out", str(tmp_path / "o"), "--quiet",
-         "--checkpoint", str(tmp_path / "run.ckpt")])
+        [
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--model",
+            "smallcnn",
+            "--val-size",
+            "50",
+            "--epochs",
+            "1",
+            "--popsize",
+            "4",
+            "--ngen",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+            "--checkpoint",
+            str(tmp_path / "run.ckpt"),
+        ]
+    )
     assert report["dataset"] == "cifar10" and report["sizes"] == {"train": 150, "val": 50, "test": 30}
     from mega_deap.checkpoint import load_checkpoint
+
     assert load_checkpoint(tmp_path / "run.ckpt")[0]["gen"] == 1
 
 
 def test_merge_hierarchical_example(tmp_path):
     report = load_example("merge_hierarchical").main(
-        ["--dataset", "digits", "--leaves", "4", "--epochs", "2", "--popsize", "4", "--ngen", "1",
-         "--out", str(tmp_path), "--quiet"])
+        [
+            "--dataset",
+            "digits",
+            "--leaves",
+            "4",
+            "--epochs",
+            "2",
+            "--popsize",
+            "4",
+            "--ngen",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     assert [r["level"] for r in report["rows"]] == [0, 0, 0, 0, 1, 1, 2]
     check_png(tmp_path / "tree.png")
 
@@ -197,23 +248,40 @@ def cli_files(folder, digits, digit_mlps):
     """Two checkpoints of the digits MLPs and a ``defs.py`` with ``model`` and ``data`` functions for
     ``mega-merge``; returns the checkpoints' paths."""
     from mega_deap.experiments import save_model
+
     paths = [str(save_model(m, folder / f"p{i}.safetensors")) for i, m in enumerate(digit_mlps)]
     torch.save({"val": digits["val"], "test": digits["test"]}, folder / "data.pt")
     (folder / "defs.py").write_text(
         "import torch\nfrom torch import nn\n"
         "def model():\n    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))\n"
-        f"def data():\n    return torch.load({str(folder / 'data.pt')!r}, weights_only=True)\n")
+        f"def data():\n    return torch.load({str(folder / 'data.pt')!r}, weights_only=True)\n"
+    )
     return paths
 
 
 def test_mega_merge_cli(tmp_path, digits, digit_mlps):
     from mega_deap.cli import main
+
     paths = cli_files(tmp_path, digits, digit_mlps)
     torch.save(digit_mlps[1].state_dict(), tmp_path / "p1.pt")
     out = tmp_path / "out"
-    rc = main([paths[0], str(tmp_path / "p1.pt"), "--model", f"{tmp_path / 'defs.py'}:model",
-               "--data", f"{tmp_path / 'defs.py'}:data", "--popsize", "6", "--ngen", "2",
-               "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            paths[0],
+            str(tmp_path / "p1.pt"),
+            "--model",
+            f"{tmp_path / 'defs.py'}:model",
+            "--data",
+            f"{tmp_path / 'defs.py'}:data",
+            "--popsize",
+            "6",
+            "--ngen",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert [r["model"] for r in res["rows"]] == ["p0.safetensors", "p1.pt", "MeGA"]
@@ -226,6 +294,7 @@ def test_mega_merge_cli(tmp_path, digits, digit_mlps):
 def test_download_says_why_it_cannot(tmp_path, monkeypatch):
     """Without a usable torchvision the download offer returns the reason; auto mode falls back to digits."""
     import builtins
+
     real_import = builtins.__import__
 
     def no_torchvision(name, *args, **kwargs):
@@ -235,6 +304,7 @@ def test_download_says_why_it_cannot(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_torchvision)
     from mega_deap.experiments import download_cifar10
+
     folder, reason = download_cifar10(str(tmp_path))
     assert folder is None and "torchvision is not usable" in reason
     with pytest.raises(FileNotFoundError, match="torchvision is not usable"):
@@ -243,11 +313,34 @@ def test_download_says_why_it_cannot(tmp_path, monkeypatch):
 
 def test_merge_cifar_align_reports_the_aligned_rows_and_repairs_batchnorm(tmp_path):
     out = tmp_path / "run"
-    report = load_example("merge_cifar").main(["--dataset", "digits", "--epochs", "3", "--popsize", "6", "--ngen", "2",
-                                               "--out", str(out), "--quiet", "--align", "--calibration", "200"])
+    report = load_example("merge_cifar").main(
+        [
+            "--dataset",
+            "digits",
+            "--epochs",
+            "3",
+            "--popsize",
+            "6",
+            "--ngen",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+            "--align",
+            "--calibration",
+            "200",
+        ]
+    )
     names = [r["model"] for r in report["rows"]]
-    assert names == ["parent 1 (seed 56)", "parent 2 (seed 57)", "weight averaging", "aligned weight averaging",
-                     "aligned averaging + BatchNorm repair", "output ensemble", "MeGA, aligned"]
+    assert names == [
+        "parent 1 (seed 56)",
+        "parent 2 (seed 57)",
+        "weight averaging",
+        "aligned weight averaging",
+        "aligned averaging + BatchNorm repair",
+        "output ensemble",
+        "MeGA, aligned",
+    ]
     rows = {r["model"]: r for r in report["rows"]}
     # BatchNorm statistics recomputed on training images bring the aligned average back near the parents
     assert rows["aligned averaging + BatchNorm repair"]["val_acc"] > rows["aligned weight averaging"]["val_acc"]
@@ -258,11 +351,28 @@ def test_merge_cifar_align_reports_the_aligned_rows_and_repairs_batchnorm(tmp_pa
 
 def test_mega_merge_cli_align_and_coefficients(tmp_path, digits, digit_mlps):
     from mega_deap.cli import main
+
     paths = cli_files(tmp_path, digits, digit_mlps)
     out = tmp_path / "out"
-    rc = main(paths + ["--model", f"{tmp_path / 'defs.py'}:model", "--data", f"{tmp_path / 'defs.py'}:data",
-                       "--popsize", "6", "--ngen", "2", "--out", str(out), "--quiet", "--align",
-                       "--genome", "coefficients"])
+    rc = main(
+        paths
+        + [
+            "--model",
+            f"{tmp_path / 'defs.py'}:model",
+            "--data",
+            f"{tmp_path / 'defs.py'}:data",
+            "--popsize",
+            "6",
+            "--ngen",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+            "--align",
+            "--genome",
+            "coefficients",
+        ]
+    )
     assert rc == 0
     saved = json.loads((out / "results.json").read_text())
     assert saved["settings"]["align"] and saved["settings"]["genome"] == "coefficients"
@@ -276,6 +386,7 @@ def test_fit_skips_a_last_batch_of_one_for_batchnorm_models():
     """65 examples in batches of 64 leave one: BatchNorm cannot normalise it in training mode."""
     from mega_deap.experiments.heldout_study import BNMLP
     from mega_deap.experiments.train import fit
+
     torch.manual_seed(0)
     X, y = torch.randn(65, 5), torch.randint(0, 3, (65,))
     model = BNMLP(5, 3, hidden=8)
@@ -285,6 +396,7 @@ def test_fit_skips_a_last_batch_of_one_for_batchnorm_models():
 def test_fitness_plot_follows_the_best_curve_not_an_outlying_mean(monkeypatch, tmp_path):
     from deap import tools
     from mega_deap.experiments import report
+
     seen = {}
     monkeypatch.setattr(report, "save_figure", lambda fig, path: seen.setdefault("fig", fig) and path)
     log = tools.Logbook()

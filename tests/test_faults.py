@@ -1,4 +1,5 @@
 """Faults in the parents and in the models: non-finite values, tied weights."""
+
 import pytest
 import torch
 from torch import nn
@@ -39,12 +40,13 @@ def test_shared_inf_buffers_are_kept_not_blended(digits, breeding):
     X, y = digits["val"]
     keep = y != 9
     parents = [trained(digits, 1), trained(digits, 2)]
-    r = mega_deap.merge(parents, (X[keep], y[keep]), popsize=6, ngen=3, seed=0, verbose=False, breeding=breeding,
-                        metric="accuracy")
-    assert r.fitness > 0.8                                          # not a blind GA scoring NaN as 0
+    r = mega_deap.merge(
+        parents, (X[keep], y[keep]), popsize=6, ngen=3, seed=0, verbose=False, breeding=breeding, metric="accuracy"
+    )
+    assert r.fitness > 0.8  # not a blind GA scoring NaN as 0
     assert r.model.mask[9] == float("-inf") and torch.isfinite(r.model.mask[:9]).all()  # kept where it was
     at = r.adapter.tensors(torch.arange(r.adapter.dim, dtype=torch.float32))["mask"][9].long()
-    for ind in r.population:                                          # every genome: one -inf, nothing else
+    for ind in r.population:  # every genome: one -inf, nothing else
         assert ind.genome[at] == float("-inf") and int(torch.isinf(ind.genome).sum()) == 1
 
 

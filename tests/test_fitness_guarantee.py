@@ -3,6 +3,7 @@
 Parents trained on small, class-biased parts of digits until they fit them are over-confident (as trained
 networks are): a less confident blend has a better log-likelihood however many examples it gets wrong.
 """
+
 import math
 import random
 
@@ -24,6 +25,7 @@ from conftest import train_mlp
 def overconfident(digits):
     """Two MLPs, each fitted to 150 examples drawn mostly from its own half of the classes (95 %)."""
     from mega_deap.experiments.align_study import biased_parts
+
     X, y = digits["train"]
     parents = []
     for j, part in enumerate(biased_parts(y, seed=0)):
@@ -89,10 +91,12 @@ def test_tempered_log_likelihood_is_the_best_over_its_temperatures(digit_mlps, d
 
 METHODS = {
     "merge": lambda ps, val: mega_deap.merge(ps, val, popsize=8, ngen=4, seed=0, progress=False, device="cpu"),
-    "merge(align=True)": lambda ps, val: mega_deap.merge(ps, val, popsize=8, ngen=4, seed=0, progress=False,
-                                                         device="cpu", align=True),
-    "coefficient GA": lambda ps, val: mega_deap.merge(ps, val, popsize=8, ngen=4, seed=0, progress=False,
-                                                      device="cpu", align=True, genome="coefficients"),
+    "merge(align=True)": lambda ps, val: mega_deap.merge(
+        ps, val, popsize=8, ngen=4, seed=0, progress=False, device="cpu", align=True
+    ),
+    "coefficient GA": lambda ps, val: mega_deap.merge(
+        ps, val, popsize=8, ngen=4, seed=0, progress=False, device="cpu", align=True, genome="coefficients"
+    ),
     "cma_merge": lambda ps, val: cma_merge(ps, val, ngen=4, lambda_=8, seed=0, device="cpu"),
 }
 
@@ -112,8 +116,9 @@ def test_the_log_likelihood_alone_trades_accuracy_for_confidence(overconfident, 
     the best parent (its 'never worse' holds in log-likelihood only)."""
     val = digits["val"]
     best = max(model_accuracy(m, *val) for m in overconfident)
-    r = mega_deap.merge(overconfident, val, popsize=8, ngen=4, seed=0, progress=False, device="cpu",
-                        metric="neg_log_loss")
+    r = mega_deap.merge(
+        overconfident, val, popsize=8, ngen=4, seed=0, progress=False, device="cpu", metric="neg_log_loss"
+    )
     assert model_accuracy(r.model, *val) < best
     assert r.fitness > max(_reference(m(val[0]).detach(), val[1])[1] for m in overconfident)
 
@@ -132,6 +137,7 @@ def test_cma_merge_keeps_the_parents_among_its_candidates(overconfident, digits)
 def bn_cnns(digits):
     """Two small BatchNorm CNNs trained on digits images (8x8), from two seeds."""
     from conftest import SmallCNN
+
     X, y = digits["train"]
     X = X.reshape(-1, 1, 8, 8)
     models = []
@@ -160,8 +166,20 @@ def test_the_guarantee_holds_for_the_parents_as_given_when_batchnorm_is_repaired
     if method == "cma_merge":
         result = cma_merge(bn_cnns, val, ngen=2, lambda_=4, **common)
     else:
-        result = mega_deap.merge(bn_cnns, val, popsize=4, ngen=2, progress=False, align=method != "merge",
-                                 genome="coefficients" if method == "coefficient GA" else "weights", **common)
+        result = mega_deap.merge(
+            bn_cnns,
+            val,
+            popsize=4,
+            ngen=2,
+            progress=False,
+            align=method != "merge",
+            genome="coefficients" if method == "coefficient GA" else "weights",
+            **common,
+        )
     assert model_accuracy(result.model, *val) >= best
-    assert result.fitness == pytest.approx(Evaluator(TorchAdapter(result.model), *val, get_metric("accuracy_ll"))
-                                           .scores([TorchAdapter(result.model).genome()])[0], rel=1e-9)
+    assert result.fitness == pytest.approx(
+        Evaluator(TorchAdapter(result.model), *val, get_metric("accuracy_ll")).scores(
+            [TorchAdapter(result.model).genome()]
+        )[0],
+        rel=1e-9,
+    )

@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from conftest import load_script
-from mega_deap.experiments.hpo import (TrainEvaluator, adapt, build_mlp, cxScratch, cxWeightMerge, merge_layers,
-                                       mutGenes, random_genes)
+from mega_deap.experiments.hpo import (
+    TrainEvaluator,
+    adapt,
+    build_mlp,
+    cxScratch,
+    cxWeightMerge,
+    merge_layers,
+    mutGenes,
+    random_genes,
+)
 
 
 def example():
@@ -22,27 +30,27 @@ def lin(out_f, in_f, seed=0):
 def test_adapt_same_narrower_wider():
     W, b = lin(4, 3)
     W2, b2 = adapt(W, b, 4, 3)
-    assert torch.equal(W2, W) and torch.equal(b2, b)                        # same shape: unchanged
+    assert torch.equal(W2, W) and torch.equal(b2, b)  # same shape: unchanged
     W2, b2 = adapt(W, b, 2, 2)
-    assert torch.equal(W2, W[:2, :2]) and torch.equal(b2, b[:2])            # narrower: truncated
+    assert torch.equal(W2, W[:2, :2]) and torch.equal(b2, b[:2])  # narrower: truncated
     W2, b2 = adapt(W, b, 6, 5, generator=torch.Generator().manual_seed(0))  # wider
     assert torch.equal(W2[:4, :3], W) and torch.equal(b2[:4], b)
-    assert torch.equal(W2[:4, 3:], torch.zeros(4, 2))                       # new columns: zero
-    assert torch.equal(b2[4:], torch.zeros(2))                              # new biases: zero
+    assert torch.equal(W2[:4, 3:], torch.zeros(4, 2))  # new columns: zero
+    assert torch.equal(b2[4:], torch.zeros(2))  # new biases: zero
     new_rows = W2[4:]
     assert (new_rows != 0).all() and new_rows.abs().max() <= 1 / np.sqrt(5)  # new rows: fresh-layer draw
 
 
 def test_merge_layers_every_case():
-    p1 = [lin(8, 5, 1), lin(6, 8, 2), lin(3, 6, 3)]   # 5 -> 8 -> 6 -> 3
-    p2 = [lin(8, 5, 4), lin(3, 8, 5)]                 # 5 -> 8 -> 3
-    same = merge_layers([p1, p2], [5, 8, 3])          # shallower than p1, like p2
-    torch.testing.assert_close(same[0][0], (p1[0][0] + p2[0][0]) / 2)       # both have layer 0: mean
+    p1 = [lin(8, 5, 1), lin(6, 8, 2), lin(3, 6, 3)]  # 5 -> 8 -> 6 -> 3
+    p2 = [lin(8, 5, 4), lin(3, 8, 5)]  # 5 -> 8 -> 3
+    same = merge_layers([p1, p2], [5, 8, 3])  # shallower than p1, like p2
+    torch.testing.assert_close(same[0][0], (p1[0][0] + p2[0][0]) / 2)  # both have layer 0: mean
     torch.testing.assert_close(same[1][0], (adapt(*p1[2], 3, 8)[0] + p2[1][0]) / 2)  # outputs merge
     deeper = merge_layers([p1, p2], [5, 8, 6, 4, 3], generator=torch.Generator().manual_seed(0))
     assert [tuple(W.shape) for W, _ in deeper] == [(8, 5), (6, 8), (4, 6), (3, 4)]
-    torch.testing.assert_close(deeper[1][0], p1[1][0])                      # only p1 has layer 1: copied
-    assert torch.equal(deeper[2][1], torch.zeros(4))                        # nobody has layer 2: fresh
+    torch.testing.assert_close(deeper[1][0], p1[1][0])  # only p1 has layer 1: copied
+    assert torch.equal(deeper[2][1], torch.zeros(4))  # nobody has layer 2: fresh
     wider = merge_layers([p2], [5, 12, 3], generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(wider[0][0][:8], p2[0][0])
     narrower = merge_layers([p2], [5, 4, 3])
@@ -55,9 +63,11 @@ def test_widening_preserves_the_function():
     torch.manual_seed(0)
     parent = build_mlp(genes, 5, 3)
     from mega_deap.experiments.hpo import weights_of
+
     wide = dict(genes, units=[20])
-    child = build_mlp(wide, 5, 3, merge_layers([weights_of(parent)], [5, 20, 3],
-                                               generator=torch.Generator().manual_seed(1)))
+    child = build_mlp(
+        wide, 5, 3, merge_layers([weights_of(parent)], [5, 20, 3], generator=torch.Generator().manual_seed(1))
+    )
     x = torch.randn(10, 5)
     with torch.no_grad():
         torch.testing.assert_close(child(x), parent(x))
@@ -86,6 +96,7 @@ def test_merged_child_starts_from_lower_loss_than_scratch(digits):
     compare the children's starting losses, paired. A one-sided Wilcoxon signed-rank test at p < 1e-3:
     measured p ~ 2e-6 at 1, 2 and 4 threads (34 of 40 differences positive), so the margin is wide."""
     from scipy import stats
+
     X, y = digits["train"]
     ev = TrainEvaluator((X, y), digits["val"], seed=0)
     Net = example().classes()[0]
@@ -141,10 +152,10 @@ def test_basic_mode_trains_every_child_from_scratch():
     ind = Net({"units": [6], "activation": "relu", "lr": 1e-2, "batch_size": 32, "epochs": 1})
     ind.weights = [lin(6, 5, 1), lin(3, 6, 2)]
     random.seed(0)
-    kept, = mutGenes(copy.deepcopy(ind), 1.0, in_features=5, out_features=3)
+    (kept,) = mutGenes(copy.deepcopy(ind), 1.0, in_features=5, out_features=3)
     assert kept.weights is not None and len(kept.weights) == len(kept.genes["units"]) + 1
     random.seed(0)
-    dropped, = mutGenes(copy.deepcopy(ind), 1.0, in_features=5, out_features=3, inherit=False)
+    (dropped,) = mutGenes(copy.deepcopy(ind), 1.0, in_features=5, out_features=3, inherit=False)
     assert dropped.weights is None and dropped.genes == kept.genes
 
 
@@ -167,6 +178,7 @@ def test_early_stopping_keeps_the_best_epoch():
     """The network returned is the one of its best held-out epoch: checked against a plain training loop
     with the same split and draws that records every epoch's held-out loss and weights."""
     from mega_deap.experiments.hpo import weights_of
+
     g = torch.Generator().manual_seed(1)
     X, y = torch.randn(300, 5, generator=g), torch.randint(0, 3, (300,), generator=g)  # noise: it overfits
     genes = {"units": [64], "activation": "relu", "lr": 3e-2, "batch_size": 20, "epochs": 30}
@@ -186,7 +198,7 @@ def test_early_stopping_keeps_the_best_epoch():
     for _ in range(E):
         perm = torch.randperm(len(Xf), generator=gen)
         for i in range(0, len(Xf), genes["batch_size"]):
-            idx = perm[i:i + genes["batch_size"]]
+            idx = perm[i : i + genes["batch_size"]]
             opt.zero_grad()
             ev.loss(model, Xf[idx], yf[idx]).backward()
             opt.step()
@@ -201,12 +213,36 @@ def test_early_stopping_keeps_the_best_epoch():
 
 
 def test_hpo_example_tiny(tmp_path):
-    summary, runs = example().main(["--datasets", "wine", "diabetes", "--seeds", "1", "--popsize", "4",
-                                    "--ngen", "1", "--out", str(tmp_path), "--quiet"])
+    summary, runs = example().main(
+        [
+            "--datasets",
+            "wine",
+            "diabetes",
+            "--seeds",
+            "1",
+            "--popsize",
+            "4",
+            "--ngen",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     assert set(summary) == {"wine", "diabetes"}
     for row in summary.values():
-        for key in ("basic_time_mean", "merge_time_mean", "basic_time_median", "basic_time_skew", "basic_val", "merge_test",
-                    "basic_total", "merge_until_seconds", "basic_start_loss", "merge_start_loss"):
+        for key in (
+            "basic_time_mean",
+            "merge_time_mean",
+            "basic_time_median",
+            "basic_time_skew",
+            "basic_val",
+            "merge_test",
+            "basic_total",
+            "merge_until_seconds",
+            "basic_start_loss",
+            "merge_start_loss",
+        ):
             assert key in row
     assert summary["diabetes"]["metric"] == "MAE" and summary["diabetes"]["merge_val"] > 0
     for row in summary.values():  # basic mode: every evaluation trains from scratch; merge: some start trained

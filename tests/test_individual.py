@@ -1,4 +1,5 @@
 """TensorIndividual against DEAP's own tools, with list individuals as the reference."""
+
 import copy
 import pickle
 import random
@@ -88,12 +89,15 @@ def test_rows_are_recycled_and_clone_falls_back(classes):
     assert pop.free_rows == 5  # released when the individuals died
 
 
-@pytest.mark.parametrize("op,kwargs", [
-    (tools.cxTwoPoint, {}),
-    (tools.cxOnePoint, {}),
-    (tools.cxUniform, {"indpb": 0.5}),
-    (tools.cxBlend, {"alpha": 0.3}),
-])
+@pytest.mark.parametrize(
+    "op,kwargs",
+    [
+        (tools.cxTwoPoint, {}),
+        (tools.cxOnePoint, {}),
+        (tools.cxUniform, {"indpb": 0.5}),
+        (tools.cxBlend, {"alpha": 0.3}),
+    ],
+)
 def test_deap_crossovers_match_lists(classes, op, kwargs):
     """The rows of one buffer, swapped by DEAP's slice crossovers: no aliasing, same genomes as lists."""
     lists, tens, _ = make_pair(classes)
@@ -135,8 +139,9 @@ def test_eaSimple_selection_hof_stats_match_lists(classes):
         stats.register("max", max)
         hof = tools.HallOfFame(2, similar=genome_equal) if kind == "tensor" else tools.HallOfFame(2)
         random.seed(3)
-        final, log = algorithms.eaSimple(population, _toolbox(clone), cxpb=0.6, mutpb=0.4, ngen=6,
-                                         stats=stats, halloffame=hof, verbose=False)
+        final, log = algorithms.eaSimple(
+            population, _toolbox(clone), cxpb=0.6, mutpb=0.4, ngen=6, stats=stats, halloffame=hof, verbose=False
+        )
         results[kind] = (final, log, hof)
     (lf, llog, lhof), (tf, tlog, thof) = results["list"], results["tensor"]
     assert same(lf, tf)

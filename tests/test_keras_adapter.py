@@ -1,4 +1,5 @@
 """KerasAdapter on the torch backend (what CI runs), with the same toolbox as TorchAdapter."""
+
 import os
 import subprocess
 import sys
@@ -82,9 +83,12 @@ def test_other_architecture_is_named():
 def test_same_shapes_other_layers_are_refused_and_rebuilds_accepted():
     """Built twice, one architecture gets other auto-names (dense, dense_1): accepted. Layers named
     otherwise with the same shapes: refused, naming the weight."""
+
     def mlp(names=(None, None)):
-        return keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, name=names[0]),
-                                 keras.layers.Dense(10, name=names[1])])
+        return keras.Sequential(
+            [keras.Input((64,)), keras.layers.Dense(16, name=names[0]), keras.layers.Dense(10, name=names[1])]
+        )
+
     ad = KerasAdapter(mlp())
     assert ad.genomes([ad.model, mlp(), mlp()]).shape[0] == 3
     with pytest.raises(ValueError, match=r"named like '.*dense.*/kernel', got '.*/encoder/kernel'"):
@@ -93,6 +97,7 @@ def test_same_shapes_other_layers_are_refused_and_rebuilds_accepted():
 
 def test_moving_variance_kept_positive():
     from deap import base
+
     ad = KerasAdapter(sequential(0))
     tb = base.Toolbox()
     tb.register("mutate", mutSparseGaussian, mu=0.0, sigma=50.0, indpb=0.5)
@@ -106,8 +111,7 @@ def test_moving_variance_kept_positive():
 def train_keras_mlp(train, seed):
     keras.utils.set_random_seed(seed)
     m = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
-    m.compile(optimizer=keras.optimizers.Adam(1e-2),
-              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    m.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     X, y = train
     m.fit(X.numpy(), y.numpy(), epochs=15, batch_size=100, verbose=0, shuffle=True)
     return m
@@ -147,11 +151,13 @@ def test_importing_mega_deap_does_not_import_keras():
 def test_other_backends_where_installed(backend, module):
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} is not installed")
-    code = ("import numpy as np, keras, torch; from mega_deap.adapters import KerasAdapter\n"
-            "m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])\n"
-            "ad = KerasAdapter(m); g = ad.genome(); x = np.ones((2, 4), 'float32')\n"
-            "ref = keras.ops.convert_to_numpy(m(x)); out = ad.forward(g, torch.from_numpy(x)).numpy()\n"
-            "assert np.allclose(out, ref, atol=1e-6), (out, ref); print('ok')")
+    code = (
+        "import numpy as np, keras, torch; from mega_deap.adapters import KerasAdapter\n"
+        "m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])\n"
+        "ad = KerasAdapter(m); g = ad.genome(); x = np.ones((2, 4), 'float32')\n"
+        "ref = keras.ops.convert_to_numpy(m(x)); out = ad.forward(g, torch.from_numpy(x)).numpy()\n"
+        "assert np.allclose(out, ref, atol=1e-6), (out, ref); print('ok')"
+    )
     env = dict(os.environ, KERAS_BACKEND=backend)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

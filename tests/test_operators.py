@@ -1,4 +1,5 @@
 """Every tensor operator through DEAP's contract, then each against an independent reference."""
+
 import math
 import random
 from unittest import mock
@@ -147,9 +148,9 @@ def test_sparse_indices_is_bernoulli_and_never_dense():
         sizes.append(idx.numel())
     mean, n = sum(sizes) / trials, D * p
     sd = math.sqrt(D * p * (1 - p))
-    assert abs(mean - n) < 4 * sd / math.sqrt(trials)          # Binomial(D, p) mean
+    assert abs(mean - n) < 4 * sd / math.sqrt(trials)  # Binomial(D, p) mean
     var = sum((s - mean) ** 2 for s in sizes) / (trials - 1)
-    assert 0.6 < var / sd ** 2 < 1.5                             # and its variance
+    assert 0.6 < var / sd**2 < 1.5  # and its variance
     # a D of 10^12 would need a 4 TB dense mask; the sparse draw touches ~100 positions
     huge = sparse_indices(10**12, 1e-10, generator=gen)
     assert huge.numel() < 1000 and (huge < 10**12).all()
@@ -161,7 +162,7 @@ def test_sparse_indices_is_bernoulli_and_never_dense():
 def test_mutSparseGaussian_statistics(classes):
     D = 200_000
     pop = TensorPopulation(1, D, device="cpu", dtype=torch.float64)
-    ind, = pop.individuals(classes["tensor"], 1)
+    (ind,) = pop.individuals(classes["tensor"], 1)
     mutSparseGaussian(ind, mu=0.5, sigma=2.0, indpb=0.05, generator=torch.Generator().manual_seed(0))
     changed = ind.genome[ind.genome != 0]
     frac = changed.numel() / D
@@ -187,7 +188,7 @@ def test_mutSparseGaussian_every_position_at_the_stated_rate(classes):
     """Through the operator itself: per position, the fraction of children whose gene changed is indpb."""
     D, p, trials = 10, 0.25, 4000
     pop = TensorPopulation(1, D, device="cpu", dtype=torch.float64)
-    ind, = pop.individuals(classes["tensor"], 1)
+    (ind,) = pop.individuals(classes["tensor"], 1)
     gen = torch.Generator().manual_seed(2)
     changed = torch.zeros(D)
     for _ in range(trials):
@@ -203,14 +204,14 @@ def test_mutLayerGaussian_whole_tensors_at_the_stated_rate(classes):
     layout = [(0, 100), (100, 300), (400, 50), (450, 1)]
     p, trials = 0.2, 3000
     pop = TensorPopulation(1, 451, device="cpu")
-    ind, = pop.individuals(classes["tensor"], 1)
+    (ind,) = pop.individuals(classes["tensor"], 1)
     gen = torch.Generator().manual_seed(0)
     hits = torch.zeros(len(layout))
     for _ in range(trials):
         ind.genome.zero_()
         mutLayerGaussian(ind, layout, mu=0.0, sigma=1.0, layerpb=p, generator=gen)
         for j, (off, n) in enumerate(layout):
-            seg = ind.genome[off:off + n]
+            seg = ind.genome[off : off + n]
             assert bool((seg != 0).all()) or bool((seg == 0).all())  # a tensor mutates whole or not at all
             hits[j] += float((seg != 0).all())
     rate = hits / trials

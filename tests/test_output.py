@@ -1,5 +1,6 @@
 """What a library call prints: nothing unasked; a progress bar only on a terminal; the logbook, one plain
 line per generation, only with verbose=True."""
+
 import os
 import pathlib
 import subprocess
@@ -26,12 +27,14 @@ def run(kwargs="", tty=False):
         assert p.returncode == 0, p.stderr
         return p.stdout + p.stderr
     import pty
+
     out = []
     pid, fd = pty.fork()
     if pid == 0:  # the child: give its terminal a size, as a real one has, then run
         import fcntl
         import struct
         import termios
+
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
         os.execv(sys.executable, [sys.executable, "-c", code])
     while True:
@@ -53,7 +56,7 @@ def test_a_merge_prints_nothing_unasked_outside_a_terminal():
 def test_verbose_prints_one_plain_line_per_generation():
     text = run("verbose=True")
     lines = [l for l in text.splitlines() if l.strip()]
-    assert "\r" not in text and "eaMeGA" not in text        # no progress bar in a pipe
+    assert "\r" not in text and "eaMeGA" not in text  # no progress bar in a pipe
     assert lines[0].split()[:2] == ["gen", "nevals"] and len(lines) == 1 + 4  # header + generations 0..3
 
 

@@ -1,12 +1,20 @@
 """Property tests over the operators' parameters (hypothesis)."""
+
 import torch
 from hypothesis import given, settings, strategies as st
 from deap import tools
 
 import mega_deap
 from mega_deap.presets import ensure_creator_classes
-from mega_deap import (TensorIndividual, TensorPopulation, cxBlend, eaMeGA, initBlend, mutLayerGaussian,
-                       mutSparseGaussian)
+from mega_deap import (
+    TensorIndividual,
+    TensorPopulation,
+    cxBlend,
+    eaMeGA,
+    initBlend,
+    mutLayerGaussian,
+    mutSparseGaussian,
+)
 
 SETTINGS = settings(max_examples=30, deadline=None)
 dtypes = st.sampled_from([torch.float32, torch.float64])
@@ -38,8 +46,14 @@ def test_cxBlend_properties(D, dtype, alpha, per_element, seed):
 
 
 @SETTINGS
-@given(D=st.integers(1, 2000), dtype=dtypes, mu=st.floats(-1, 1), sigma=st.floats(0, 10),
-       indpb=st.floats(0, 1), seed=st.integers(0, 99))
+@given(
+    D=st.integers(1, 2000),
+    dtype=dtypes,
+    mu=st.floats(-1, 1),
+    sigma=st.floats(0, 10),
+    indpb=st.floats(0, 1),
+    seed=st.integers(0, 99),
+)
 def test_mutSparseGaussian_properties(D, dtype, mu, sigma, indpb, seed):
     pop, a, _ = pair(D, dtype, seed)
     before = a.genome.clone()
@@ -53,8 +67,13 @@ def test_mutSparseGaussian_properties(D, dtype, mu, sigma, indpb, seed):
 
 
 @SETTINGS
-@given(sizes=st.lists(st.integers(1, 50), min_size=1, max_size=6), dtype=dtypes, sigma=st.floats(0, 5),
-       layerpb=st.floats(0, 1), seed=st.integers(0, 99))
+@given(
+    sizes=st.lists(st.integers(1, 50), min_size=1, max_size=6),
+    dtype=dtypes,
+    sigma=st.floats(0, 5),
+    layerpb=st.floats(0, 1),
+    seed=st.integers(0, 99),
+)
 def test_mutLayerGaussian_properties(sizes, dtype, sigma, layerpb, seed):
     layout, off = [], 0
     for n in sizes:

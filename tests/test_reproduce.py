@@ -1,5 +1,6 @@
 """The command that regenerates every table: each section runs (tiny settings), writes its table with the
 environment beside it, and the docs hold a block for each section to be written into."""
+
 import pathlib
 import re
 
@@ -38,9 +39,15 @@ def test_quick_run_writes_every_table_and_leaves_the_docs_alone(tmp_path):
 def test_update_doc_replaces_only_its_block(tmp_path):
     rep = load()
     doc = tmp_path / "D.md"
-    doc.write_text("a\n<!-- reproduce:x -->\nold\n<!-- /reproduce:x -->\nb\n<!-- reproduce:y -->\nkeep\n<!-- /reproduce:y -->\n")
+    doc.write_text(
+        "a\n<!-- reproduce:x -->\nold\n<!-- /reproduce:x -->\nb\n<!-- reproduce:y -->\nkeep\n<!-- /reproduce:y -->\n"
+    )
     rep.update_doc(doc, "x", "<!-- reproduce:x -->\nnew\n<!-- /reproduce:x -->")
-    assert doc.read_text() == "a\n<!-- reproduce:x -->\nnew\n<!-- /reproduce:x -->\nb\n<!-- reproduce:y -->\nkeep\n<!-- /reproduce:y -->\n"
+    assert (
+        doc.read_text()
+        == "a\n<!-- reproduce:x -->\nnew\n<!-- /reproduce:x -->\nb\n<!-- reproduce:y -->\nkeep\n<!-- /reproduce:y -->\n"
+    )
     import pytest
+
     with pytest.raises(SystemExit, match="no '<!-- reproduce:z -->' block"):
         rep.update_doc(doc, "z", "")

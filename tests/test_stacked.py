@@ -1,4 +1,5 @@
 """The stacked forward (adapters.stacked): a chunk of genomes through an MLP as one batched product per layer."""
+
 import math
 import warnings
 
@@ -56,11 +57,15 @@ def genomes(adapter, k, seed=0):
     return base + 0.1 * torch.randn(k, adapter.dim, generator=g)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: mlp(0, nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
-    lambda: mlp(1, nn.Linear(64, 16), nn.Sigmoid(), nn.Linear(16, 16), nn.ReLU6(), nn.Linear(16, 3)),
-    lambda: Tied().eval(),
-], ids=["relu", "sigmoid-relu6", "tied-mixed"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: mlp(0, nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
+        lambda: mlp(1, nn.Linear(64, 16), nn.Sigmoid(), nn.Linear(16, 16), nn.ReLU6(), nn.Linear(16, 3)),
+        lambda: Tied().eval(),
+    ],
+    ids=["relu", "sigmoid-relu6", "tied-mixed"],
+)
 def test_stacked_equals_one_forward_per_genome(make):
     model = make()
     ad = TorchAdapter(model)
@@ -93,12 +98,15 @@ def test_a_genomes_outputs_do_not_depend_on_its_chunk():
                 assert torch.equal(plan(G[lo:hi], x, reuse=True), full[lo:hi]), (n, lo, hi)
 
 
-@pytest.mark.parametrize("model, named", [
-    (SmallCNN(), "conv1"),
-    (mlp(0, nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)), "'2' (BatchNorm1d)"),
-    (mlp(0, nn.Linear(64, 8), nn.Softmax(dim=1), nn.Linear(8, 3)), "'2' (Softmax)"),
-    (Scaled(), "torch.fx cannot trace it"),  # math is not autowrapped (a trace's cost)
-])
+@pytest.mark.parametrize(
+    "model, named",
+    [
+        (SmallCNN(), "conv1"),
+        (mlp(0, nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)), "'2' (BatchNorm1d)"),
+        (mlp(0, nn.Linear(64, 8), nn.Softmax(dim=1), nn.Linear(8, 3)), "'2' (Softmax)"),
+        (Scaled(), "torch.fx cannot trace it"),  # math is not autowrapped (a trace's cost)
+    ],
+)
 def test_what_it_refuses_is_named(model, named):
     plan, why = TorchAdapter(model).stacked_forward()
     assert plan is None and named in why

@@ -104,10 +104,11 @@ def test_wrong_genome_length():
 
 def test_running_var_stays_positive_after_mutation(classes):
     from deap import base
+
     m = cnn()
     ad = TorchAdapter(m)
     pop = TensorPopulation(1, ad.dim, device="cpu")
-    ind, = pop.individuals(classes["tensor"], 1)
+    (ind,) = pop.individuals(classes["tensor"], 1)
     ind.genome.copy_(ad.genome())
     tb = base.Toolbox()
     tb.register("mutate", mutSparseGaussian, mu=0.0, sigma=50.0, indpb=0.5)

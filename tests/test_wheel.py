@@ -7,6 +7,7 @@ own ``.pth`` files, so an editable install of this checkout stays invisible ther
 folder outside the checkout, and the test checks that ``mega_deap`` was imported from the fresh
 environment.
 """
+
 import os
 import pathlib
 import subprocess
@@ -34,8 +35,15 @@ print("merged", type(r.model).__name__, len(r.genome), r.fitness)
 
 
 def run(cmd, cwd, **kwargs):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "MPLBACKEND": "Agg", "PYTHONNOUSERSITE": "1"}, **kwargs)
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MPLBACKEND": "Agg", "PYTHONNOUSERSITE": "1"},
+        **kwargs,
+    )
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -45,8 +53,8 @@ def dists(tmp_path_factory):
     """The sdist and a wheel built from it (``python -m build``: sdist first, then the wheel from it)."""
     out = tmp_path_factory.mktemp("dist")
     run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)], cwd=out)
-    sdist, = out.glob("mega_deap-*.tar.gz")
-    wheel, = out.glob("mega_deap-*.whl")
+    (sdist,) = out.glob("mega_deap-*.tar.gz")
+    (wheel,) = out.glob("mega_deap-*.whl")
     return sdist, wheel
 
 
@@ -57,8 +65,7 @@ def venv(dists, tmp_path_factory):
     env = home / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(env)], cwd=home)
     python = env / "bin" / "python"
-    run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(dists[1])],
-        cwd=home)
+    run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(dists[1])], cwd=home)
     site = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=home)
     (pathlib.Path(site.strip()) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return python, env / "bin", home

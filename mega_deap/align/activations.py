@@ -13,6 +13,7 @@
   interpolation of the (aligned) parents' statistics, layer by layer in graph order, folded into the layer's
   weight and bias. On networks with BatchNorm, :func:`~mega_deap.align.repair_batchnorm` does the same job.
 """
+
 import copy
 from typing import Optional, Sequence
 
@@ -54,7 +55,8 @@ class _Taps(fx.Interpreter):
 def _reading_points(spec: PermutationSpec) -> dict:
     """``{group: [(node, start), ...]}``: where each group's units are read (after a nonlinearity where the
     group has one)."""
-    after, anywhere = {}, {}
+    after: dict[int, list] = {}
+    anywhere: dict[int, list] = {}
     for node, (segs, nonlinear) in spec.taps.items():
         for s in segs:
             (after if nonlinear else anywhere).setdefault(s.group, []).append((node, s.start))
@@ -68,21 +70,22 @@ def _unit_rows(t: torch.Tensor, start: int, units: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def match_activations(spec: PermutationSpec, reference: nn.Module, other: nn.Module, X: torch.Tensor, *,
-                      batch_size: int = 256) -> dict:
+def match_activations(
+    spec: PermutationSpec, reference: nn.Module, other: nn.Module, X: torch.Tensor, *, batch_size: int = 256
+) -> dict:
     """``{group: permutation}`` aligning ``other``'s units to ``reference``'s by the correlation of their
     activations on inputs ``X`` (``(n, ...)``). Unit ``i`` of the aligned model is unit ``perm[i]`` of
     ``other`` (as :func:`~mega_deap.align.apply_permutations` reads it)."""
     points = _reading_points(spec)
     names = {node for pts in points.values() for node, _ in pts}
     traced = [fx.symbolic_trace(m) for m in (reference, other)]
-    sums = {g: None for g in points}
+    sums: dict[int, Optional[tuple]] = {g: None for g in points}
     was = [m.training for m in (reference, other)]
     reference.eval()
     other.eval()
     try:
         for i in range(0, len(X), batch_size):
-            xb = X[i:i + batch_size]
+            xb = X[i : i + batch_size]
             seen = []
             for gm in traced:
                 taps = _Taps(gm, names)
@@ -93,7 +96,8 @@ def match_activations(spec: PermutationSpec, reference: nn.Module, other: nn.Mod
                 for node, start in pts:
                     a, b = _unit_rows(seen[0][node], start, u), _unit_rows(seen[1][node], start, u)
                     part = (len(a), a.sum(0), b.sum(0), (a * a).sum(0), (b * b).sum(0), a.T @ b)
-                    sums[g] = part if sums[g] is None else tuple(x + y for x, y in zip(sums[g], part))
+                    prev = sums[g]
+                    sums[g] = part if prev is None else tuple(x + y for x, y in zip(prev, part))
     finally:
         reference.train(was[0])
         other.train(was[1])
@@ -154,7 +158,8 @@ def _hidden_layers(model: nn.Module, spec: PermutationSpec) -> list:
             continue
         mod = modules[node.target]
         if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and 0 in spec.axes.get(
-                f"{node.target}.weight", {}):
+            f"{node.target}.weight", {}
+        ):
             layers.append(node.target)
     return layers
 
@@ -163,20 +168,22 @@ def _unit_stats(model: nn.Module, names: Sequence[str], X: torch.Tensor, batch_s
     """``{layer: (mean, sd)}`` of each output unit of the named layers on ``X`` (float64, over the batch and
     every spatial position)."""
     modules = dict(model.named_modules())
-    acc, hooks = {}, []
+    acc: dict[str, tuple] = {}
+    hooks = []
 
     def hook(name):
         def save(_, __, out):
             rows = out.detach().movedim(1, -1).reshape(-1, out.shape[1]).double()
             part = (len(rows), rows.sum(0), (rows * rows).sum(0))
             acc[name] = part if name not in acc else tuple(x + y for x, y in zip(acc[name], part))
+
         return save
 
     for name in names:
         hooks.append(modules[name].register_forward_hook(hook(name)))
     try:
         for i in range(0, len(X), batch_size):
-            model(X[i:i + batch_size])
+            model(X[i : i + batch_size])
     finally:
         for h in hooks:
             h.remove()
@@ -188,8 +195,15 @@ def _unit_stats(model: nn.Module, names: Sequence[str], X: torch.Tensor, batch_s
 
 
 @torch.no_grad()
-def repair_interpolation(model: nn.Module, parents: list, data, *, weights: Optional[Sequence[float]] = None,
-                         batch_size: int = 256, eps: float = 1e-8) -> nn.Module:
+def repair_interpolation(
+    model: nn.Module,
+    parents: list,
+    data,
+    *,
+    weights: Optional[Sequence[float]] = None,
+    batch_size: int = 256,
+    eps: float = 1e-8,
+) -> nn.Module:
     """REPAIR, in place: every hidden unit of ``model`` (an interpolation of ``parents``, aligned to each
     other) gets, on the inputs of ``data``, the pre-activation mean and standard deviation that the same
     interpolation of the parents' statistics gives: ``sum_j w_j mean_j`` and ``sum_j w_j sd_j``. Layer by

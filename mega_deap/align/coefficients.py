@@ -11,6 +11,7 @@ one-hot genome ``c[:, j] = 1``.
 :func:`mega_deap.cma_merge` drives the same genome with DEAP's own CMA-ES (``deap.cma.Strategy`` and
 ``deap.algorithms.eaGenerateUpdate``).
 """
+
 from typing import Literal
 
 import torch
@@ -25,16 +26,17 @@ GRANULARITIES = ("tensor", "layer", "unit")
 class CoefficientAdapter(Adapter):
     """Per-tensor (``granularity="tensor"``), per-layer (``"layer"``: the tensors of one module share
     coefficients) or per-unit (``"unit"``: every row of every tensor along its first axis, i.e. every
-    output unit, has its own) x per-parent mixing coefficients over ``parents``.
+    output unit, has its own) x per-parent mixing coefficients over ``parents``. Its ``dim`` is ``G * k``;
+    its ``layout`` has one entry of shape ``(k,)`` per group, named after its tensor or layer.
 
     :param inner: the adapter of the parents' architecture (``TorchAdapter``, ``KerasAdapter``, ...).
     :param parents: the parents' genomes, ``(k, D)``, on the inner adapter's device.
-    :returns: an adapter with ``dim = G * k``; ``layout`` has one entry of shape ``(k,)`` per group, named
-              after its tensor or layer.
+    :param granularity: ``"tensor"``, ``"layer"`` or ``"unit"``.
     """
 
-    def __init__(self, inner: Adapter, parents: torch.Tensor, *,
-                 granularity: Literal["tensor", "layer", "unit"] = "tensor"):
+    def __init__(
+        self, inner: Adapter, parents: torch.Tensor, *, granularity: Literal["tensor", "layer", "unit"] = "tensor"
+    ):
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         if parents.dim() != 2 or parents.shape[1] != inner.dim or parents.shape[0] < 2:
@@ -44,13 +46,14 @@ class CoefficientAdapter(Adapter):
         self.k = parents.shape[0]
         self.dtype, self.device = inner.dtype, inner.device
         self.parents = parents.to(device=inner.device, dtype=inner.dtype)
-        names, members = [], {}
+        names: list[str] = []
+        members: dict[str, list[int]] = {}
         gid = torch.empty(inner.dim, dtype=torch.long)
         if granularity == "unit":
             for i, e in enumerate(inner.layout):
                 rows = e.shape[0] if e.shape else 1
                 per_row = e.numel // rows
-                gid[e.offset:e.offset + e.numel] = len(names) + torch.arange(rows).repeat_interleave(per_row)
+                gid[e.offset : e.offset + e.numel] = len(names) + torch.arange(rows).repeat_interleave(per_row)
                 names.extend(f"{e.name}[{r}]" for r in range(rows))
                 for r in range(rows):
                     members[names[-rows + r]] = [i]
@@ -64,19 +67,27 @@ class CoefficientAdapter(Adapter):
             for g, key in enumerate(names):
                 for i in members[key]:
                     e = inner.layout[i]
-                    gid[e.offset:e.offset + e.numel] = g
+                    gid[e.offset : e.offset + e.numel] = g
         self.gid = gid.to(inner.device)
         self.groups = tuple((key, tuple(inner.layout[i].name for i in members[key])) for key in names)
-        self.layout = tuple(LayoutEntry(key or "(model)", (self.k,), g * self.k, self.k, "parameter")
-                            for g, key in enumerate(names))
+        self.layout = tuple(
+            LayoutEntry(key or "(model)", (self.k,), g * self.k, self.k, "parameter") for g, key in enumerate(names)
+        )
         self.dim = len(names) * self.k
 
     @classmethod
-    def from_parents(cls, models: list, *, device=None, buffers: bool = True,
-                     granularity: Literal["tensor", "layer", "unit"] = "tensor") -> tuple:
+    def from_parents(
+        cls,
+        models: list,
+        *,
+        device=None,
+        buffers: bool = True,
+        granularity: Literal["tensor", "layer", "unit"] = "tensor",
+    ) -> tuple:
         """``(adapter, genomes)``: the coefficient adapter over ``models`` and the parents as coefficient
         genomes (one-hot), ``(k, G * k)``."""
         from ..adapters import adapter_for
+
         inner, weights = adapter_for(models[0]).from_parents(models, device=device, buffers=buffers)
         inner.fix_nonfinite(weights)
         adapter = cls(inner, weights, granularity=granularity)
@@ -88,8 +99,10 @@ class CoefficientAdapter(Adapter):
         return eye.repeat(1, len(self.layout))
 
     def __repr__(self):
-        return (f"CoefficientAdapter({self.inner!r}, k={self.k}, groups={len(self.layout)}, "
-                f"granularity={self.granularity!r})")
+        return (
+            f"CoefficientAdapter({self.inner!r}, k={self.k}, groups={len(self.layout)}, "
+            f"granularity={self.granularity!r})"
+        )
 
     # -- decoding ---------------------------------------------------------------
     @property

@@ -7,6 +7,7 @@ axis the group acts on is a linear assignment problem (``scipy.optimize.linear_s
 repeat until no group's permutation changes, or ``max_iter`` sweeps. The permutation structure comes from
 the model's graph (:func:`~mega_deap.align.spec.permutation_spec`).
 """
+
 import copy
 from typing import Optional
 
@@ -34,7 +35,7 @@ def _axis_index(size: int, segments, perms: dict, device) -> Optional[torch.Tens
         r = s.repeat
         units = torch.as_tensor(p, device=device)
         src = (s.start + units[:, None] * r + torch.arange(r, device=device)[None, :]).reshape(-1)
-        idx[s.start:s.start + len(p) * r] = src
+        idx[s.start : s.start + len(p) * r] = src
     return idx
 
 
@@ -58,8 +59,9 @@ def apply_permutations(state: dict, spec: PermutationSpec, perms: dict) -> dict:
     return out
 
 
-def match_permutations(spec: PermutationSpec, reference: dict, other: dict, *, max_iter: int = 100,
-                       seed: int = 0) -> dict:
+def match_permutations(
+    spec: PermutationSpec, reference: dict, other: dict, *, max_iter: int = 100, seed: int = 0
+) -> dict:
     """``{group: permutation}`` that aligns ``other``'s units to ``reference``'s (two state dicts of one
     architecture): coordinate ascent over the groups, one linear assignment per group per sweep.
     Random source: ``numpy.random.default_rng(seed)`` (the order of the groups in each sweep)."""

@@ -6,6 +6,7 @@ off they are). :func:`repair_batchnorm` recomputes them on calibration inputs (a
 model); :class:`BatchNormRepair` does the same to a genome, so that an
 :class:`~mega_deap.Evaluator` can repair every candidate before scoring it (``prepare=``).
 """
+
 import copy
 from typing import Optional
 
@@ -29,8 +30,13 @@ def calibration_inputs(data, *, name: str = "calibration") -> torch.Tensor:
     batches (a DataLoader), as one tensor."""
     if isinstance(data, torch.Tensor):
         X = data
-    elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor) \
-            and isinstance(data[1], torch.Tensor) and len(data[0]) == len(data[1]):
+    elif (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and isinstance(data[0], torch.Tensor)
+        and isinstance(data[1], torch.Tensor)
+        and len(data[0]) == len(data[1])
+    ):
         X = data[0]
     elif hasattr(data, "__iter__"):
         parts = [b[0] if isinstance(b, (tuple, list)) else b for b in data]
@@ -56,7 +62,8 @@ def repair_batchnorm(model: nn.Module, data, *, batches: Optional[int] = None, b
 
     :param data: calibration inputs: a tensor ``(n, ...)``, ``(X, y)`` or an iterable of batches; labels
                  are never used.
-    :param batches: use only the first ``batches`` batches; :param batch_size: inputs per batch.
+    :param batches: use only the first ``batches`` batches.
+    :param batch_size: inputs per batch.
     :returns: ``model``.
     """
     if not isinstance(model, nn.Module):
@@ -81,7 +88,7 @@ def repair_batchnorm(model: nn.Module, data, *, batches: Optional[int] = None, b
         for i, s in enumerate(range(0, len(X), batch_size)):
             if batches is not None and i >= batches:
                 break
-            xb = X[s:s + batch_size]
+            xb = X[s : s + batch_size]
             if len(xb) < 2:  # a batch of one has no variance
                 break
             model(xb.to(device))
@@ -109,19 +116,24 @@ class BatchNormRepair:
         if not getattr(adapter, "buffers", False):
             raise ValueError("BatchNorm repair needs the running statistics in the genome (buffers=True)")
         if not batchnorm_layers(model):
-            raise ValueError(f"calibration data was given, but {type(model).__name__} has no BatchNorm layer "
-                             "whose statistics it could repair")
+            raise ValueError(
+                f"calibration data was given, but {type(model).__name__} has no BatchNorm layer "
+                "whose statistics it could repair"
+            )
         self.adapter = adapter
         self.X = calibration_inputs(data).to(device=adapter.device, dtype=adapter.dtype)
         self.batches, self.batch_size = batches, batch_size
         self.work = copy.deepcopy(model)
-        self._fingerprint = None
+        self._fingerprint: Optional[dict] = None
 
     def fingerprint(self) -> dict:
         """What identifies the repair in a checkpoint: the calibration inputs' digest and the batching."""
         if self._fingerprint is None:
-            self._fingerprint = {"calibration_sha256": tensor_digest(self.X), "batches": self.batches,
-                                 "batch_size": self.batch_size}
+            self._fingerprint = {
+                "calibration_sha256": tensor_digest(self.X),
+                "batches": self.batches,
+                "batch_size": self.batch_size,
+            }
         return self._fingerprint
 
     @torch.no_grad()

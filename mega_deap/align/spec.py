@@ -15,6 +15,7 @@ model with ``torch.fx`` and follows every activation's feature axis (dim 1) thro
 
 Anything else stops the derivation with a ``ValueError`` naming the node.
 """
+
 import operator
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ __all__ = ["PermutationSpec", "Segment", "permutation_spec"]
 class Segment:
     """Units ``0..size(group)-1`` of ``group`` sit on one tensor axis at positions
     ``start + unit * repeat + (0..repeat-1)``."""
+
     group: int
     start: int
     repeat: int = 1
@@ -41,6 +43,7 @@ class PermutationSpec:
     ``((Segment, ...), activation)`` for every node of the traced graph whose output carries free groups on
     its feature axis (dim 1, not flattened), ``activation`` true after an element-wise nonlinearity (where
     activation matching reads the units)."""
+
     sizes: dict = field(default_factory=dict)
     axes: dict = field(default_factory=dict)
     taps: dict = field(default_factory=dict)
@@ -51,18 +54,68 @@ class PermutationSpec:
 
 
 _SAME = {  # modules and functions whose output has the input's feature groups
-    "modules": (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Hardswish,
-                nn.Hardtanh, nn.Softplus, nn.Mish, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity,
-                nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-                nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d),
-    "functions": {F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, F.hardswish, F.hardtanh, F.softplus,
-                  F.mish, F.dropout, F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d,
-                  F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.relu,
-                  torch.sigmoid, torch.tanh, F.sigmoid, F.tanh},
+    "modules": (
+        nn.ReLU,
+        nn.ReLU6,
+        nn.LeakyReLU,
+        nn.GELU,
+        nn.SiLU,
+        nn.ELU,
+        nn.Tanh,
+        nn.Sigmoid,
+        nn.Hardswish,
+        nn.Hardtanh,
+        nn.Softplus,
+        nn.Mish,
+        nn.Dropout,
+        nn.Dropout1d,
+        nn.Dropout2d,
+        nn.Identity,
+        nn.MaxPool1d,
+        nn.MaxPool2d,
+        nn.AvgPool1d,
+        nn.AvgPool2d,
+        nn.AdaptiveAvgPool1d,
+        nn.AdaptiveAvgPool2d,
+        nn.AdaptiveMaxPool2d,
+    ),
+    "functions": {
+        F.relu,
+        F.relu6,
+        F.leaky_relu,
+        F.gelu,
+        F.silu,
+        F.elu,
+        F.hardswish,
+        F.hardtanh,
+        F.softplus,
+        F.mish,
+        F.dropout,
+        F.max_pool1d,
+        F.max_pool2d,
+        F.avg_pool1d,
+        F.avg_pool2d,
+        F.adaptive_avg_pool1d,
+        F.adaptive_avg_pool2d,
+        F.adaptive_max_pool2d,
+        torch.relu,
+        torch.sigmoid,
+        torch.tanh,
+        F.sigmoid,
+        F.tanh,
+    },
     "methods": {"relu", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "relu_"},
 }
-_ELEMENTWISE = {operator.add, operator.iadd, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub,
-                torch.mul}
+_ELEMENTWISE = {
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+}
 _REDUCE_METHODS = {"mean", "sum", "amax", "max"}
 
 
@@ -77,10 +130,10 @@ class _Tracer:
         self.model = model
         self.modules = dict(model.named_modules())
         self.parent, self.size, self.fixed = [], [], []
-        self.alias = {}        # group -> tuple of groups it was found to equal (side by side)
-        self.reads = []        # (tensor name, axis, value it reads on that axis, flattened, total features)
-        self.writes = []       # (tensor name, axis, groups it holds side by side)
-        self.taps = []         # (node name, groups on its feature axis, after a nonlinearity)
+        self.alias = {}  # group -> tuple of groups it was found to equal (side by side)
+        self.reads = []  # (tensor name, axis, value it reads on that axis, flattened, total features)
+        self.writes = []  # (tensor name, axis, groups it holds side by side)
+        self.taps = []  # (node name, groups on its feature axis, after a nonlinearity)
 
     # -- groups -----------------------------------------------------------------
     def new(self, n):
@@ -121,8 +174,9 @@ class _Tracer:
             return self.FIXED
         ga, gb = self.expand(a[0]), self.expand(b[0])
         if self.total(ga) != self.total(gb):
-            raise ValueError(f"node {node.name!r} ({node.format_node()}) combines {self.total(ga)} and "
-                             f"{self.total(gb)} features")
+            raise ValueError(
+                f"node {node.name!r} ({node.format_node()}) combines {self.total(ga)} and {self.total(gb)} features"
+            )
         if len(ga) == 1 and len(gb) > 1:
             self.alias[ga[0]] = gb
         elif len(gb) == 1 and len(ga) > 1:
@@ -134,16 +188,20 @@ class _Tracer:
                     self.parent[y] = x
                     self.fixed[x] = self.fixed[x] or self.fixed[y]
         else:
-            raise ValueError(f"node {node.name!r} ({node.format_node()}) adds feature axes laid out differently "
-                             f"({[self.size[g] for g in ga]} against {[self.size[g] for g in gb]} units)")
+            raise ValueError(
+                f"node {node.name!r} ({node.format_node()}) adds feature axes laid out differently "
+                f"({[self.size[g] for g in ga]} against {[self.size[g] for g in gb]} units)"
+            )
         return (a[0], a[1] or b[1], a[2])
 
     # -- the walk -----------------------------------------------------------------
     def unsupported(self, node, why=""):
-        raise ValueError(f"weight matching cannot derive the permutations of {type(self.model).__name__}: "
-                         f"node {node.name!r} ({node.format_node()}) is not supported{': ' + why if why else ''}. "
-                         "Supported: Linear, Conv (groups=1), BatchNorm, element-wise activations, dropout, "
-                         "pooling, flatten, spatial reductions, residual additions, channel padding and cat")
+        raise ValueError(
+            f"weight matching cannot derive the permutations of {type(self.model).__name__}: "
+            f"node {node.name!r} ({node.format_node()}) is not supported{': ' + why if why else ''}. "
+            "Supported: Linear, Conv (groups=1), BatchNorm, element-wise activations, dropout, "
+            "pooling, flatten, spatial reductions, residual additions, channel padding and cat"
+        )
 
     def state_name(self, target, leaf):
         return f"{target}.{leaf}" if target else leaf
@@ -207,8 +265,12 @@ class _Tracer:
             x = vals[0]
             return x if x in (None, self.FIXED) else (x[0], True, 2)
         if fn in (torch.mean, torch.sum, torch.amax):
-            return self.reduce(node, vals[0], args[1] if len(args) > 1 else node.kwargs.get("dim"),
-                               args[2] if len(args) > 2 else node.kwargs.get("keepdim", False))
+            return self.reduce(
+                node,
+                vals[0],
+                args[1] if len(args) > 1 else node.kwargs.get("dim"),
+                args[2] if len(args) > 2 else node.kwargs.get("keepdim", False),
+            )
         if fn is operator.getitem:
             return self.getitem(node, vals[0], args[1])
         if fn is F.pad:
@@ -246,8 +308,12 @@ class _Tracer:
                 return x if x in (None, self.FIXED) else (x[0], True, 2)
             self.unsupported(node, "a reshape other than (batch, -1)")
         if name in _REDUCE_METHODS:
-            return self.reduce(node, x, args[1] if len(args) > 1 else node.kwargs.get("dim"),
-                               args[2] if len(args) > 2 else node.kwargs.get("keepdim", False))
+            return self.reduce(
+                node,
+                x,
+                args[1] if len(args) > 1 else node.kwargs.get("dim"),
+                args[2] if len(args) > 2 else node.kwargs.get("keepdim", False),
+            )
         if name == "__getitem__":
             return self.getitem(node, x, args[1])
         self.unsupported(node, f"method {name!r}")
@@ -301,8 +367,10 @@ class _Tracer:
         try:
             graph = fx.symbolic_trace(self.model).graph
         except Exception as err:
-            raise ValueError(f"weight matching needs a model that torch.fx can trace; tracing "
-                             f"{type(self.model).__name__} failed: {type(err).__name__}: {err}") from None
+            raise ValueError(
+                f"weight matching needs a model that torch.fx can trace; tracing "
+                f"{type(self.model).__name__} failed: {type(err).__name__}: {err}"
+            ) from None
         env = {}
         for node in graph.nodes:
             if node.op == "placeholder":
@@ -331,11 +399,41 @@ class _Tracer:
                 self.unsupported(node, f"op {node.op}")
         return self.build()
 
-    _NONLINEAR_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid,
-                          nn.Hardswish, nn.Hardtanh, nn.Softplus, nn.Mish)
-    _NONLINEAR = {F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, F.hardswish, F.hardtanh, F.softplus,
-                  F.mish, torch.relu, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, "relu", "relu_", "sigmoid",
-                  "tanh"}
+    _NONLINEAR_MODULES = (
+        nn.ReLU,
+        nn.ReLU6,
+        nn.LeakyReLU,
+        nn.GELU,
+        nn.SiLU,
+        nn.ELU,
+        nn.Tanh,
+        nn.Sigmoid,
+        nn.Hardswish,
+        nn.Hardtanh,
+        nn.Softplus,
+        nn.Mish,
+    )
+    _NONLINEAR = {
+        F.relu,
+        F.relu6,
+        F.leaky_relu,
+        F.gelu,
+        F.silu,
+        F.elu,
+        F.hardswish,
+        F.hardtanh,
+        F.softplus,
+        F.mish,
+        torch.relu,
+        torch.sigmoid,
+        torch.tanh,
+        F.sigmoid,
+        F.tanh,
+        "relu",
+        "relu_",
+        "sigmoid",
+        "tanh",
+    }
 
     def nonlinear(self, node):
         if node.op == "call_module":

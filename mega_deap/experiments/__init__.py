@@ -3,20 +3,66 @@ splits, the parents' training recipe with a checkpoint cache, and the report (ta
 
 Torch only: nothing here imports torchvision unless asked to download, nor keras.
 """
+
 from .models import SmallCNN, MLP, CifarResNet, resnet_cifar, build_model, MODELS
-from .data import (load_cifar10, download_cifar10, find_cifar10, load_digits_images, split_train_val,
-                   Splits, cifar10_splits, digits_splits, read_cifar_batch, resolve_splits)
-from .train import (fit, cross_entropy_loss, train_model, train_or_load, parent_key, save_model, load_model_file,
-                    model_accuracy)
+from .data import (
+    load_cifar10,
+    download_cifar10,
+    find_cifar10,
+    load_digits_images,
+    split_train_val,
+    Splits,
+    cifar10_splits,
+    digits_splits,
+    read_cifar_batch,
+    resolve_splits,
+)
+from .train import (
+    fit,
+    cross_entropy_loss,
+    train_model,
+    train_or_load,
+    parent_key,
+    save_model,
+    load_model_file,
+    model_accuracy,
+)
 from .report import ensemble_accuracy, weight_average, format_table, plot_fitness, write_json, pyplot, save_figure
 from .setup import add_data_args, Setup, setup
 
 __all__ = [
-    "SmallCNN", "MLP", "CifarResNet", "resnet_cifar", "build_model", "MODELS",
-    "load_cifar10", "download_cifar10", "find_cifar10", "load_digits_images", "split_train_val", "Splits",
-    "cifar10_splits", "digits_splits", "read_cifar_batch", "resolve_splits",
-    "fit", "cross_entropy_loss", "train_model", "train_or_load", "parent_key", "save_model", "load_model_file",
-    "model_accuracy", "ensemble_accuracy", "weight_average", "format_table", "plot_fitness", "write_json", "pyplot",
+    "SmallCNN",
+    "MLP",
+    "CifarResNet",
+    "resnet_cifar",
+    "build_model",
+    "MODELS",
+    "load_cifar10",
+    "download_cifar10",
+    "find_cifar10",
+    "load_digits_images",
+    "split_train_val",
+    "Splits",
+    "cifar10_splits",
+    "digits_splits",
+    "read_cifar_batch",
+    "resolve_splits",
+    "fit",
+    "cross_entropy_loss",
+    "train_model",
+    "train_or_load",
+    "parent_key",
+    "save_model",
+    "load_model_file",
+    "model_accuracy",
+    "ensemble_accuracy",
+    "weight_average",
+    "format_table",
+    "plot_fitness",
+    "write_json",
+    "pyplot",
     "save_figure",
-    "add_data_args", "Setup", "setup",
+    "add_data_args",
+    "Setup",
+    "setup",
 ]

@@ -10,6 +10,7 @@ layout. Adding a variant is one line::
 mean, standard deviation and a 95 % t confidence interval per variant, and a paired comparison (same
 seed, same initial population) against the reference variant.
 """
+
 import math
 
 import numpy as np
@@ -23,8 +24,17 @@ from ..operators import cxBlend, initBlend, mutLayerGaussian, selNoElite
 from ..population import TensorPopulation
 from ..presets import default_stats, ensure_creator_classes, mega_toolbox
 
-__all__ = ["LAYOUT", "VARIANTS", "mutIdentity", "build_toolbox", "run_ablation",
-           "summarize", "mean_ci", "paired", "holm"]
+__all__ = [
+    "LAYOUT",
+    "VARIANTS",
+    "mutIdentity",
+    "build_toolbox",
+    "run_ablation",
+    "summarize",
+    "mean_ci",
+    "paired",
+    "holm",
+]
 
 LAYOUT = "<adapter.layout>"
 
@@ -64,9 +74,11 @@ def build_toolbox(registrations, pop, evaluator, adapter, **preset):
 # Statistics                         #
 ######################################
 
+
 def mean_ci(values, level=0.95):
     """``(mean, sample std, half-width of the t confidence interval)``; std and CI are nan for one value."""
     from scipy import stats
+
     x = np.asarray(values, dtype=np.float64)
     n = len(x)
     mean = float(x.mean())
@@ -92,6 +104,7 @@ def paired(values, reference, level=0.95):
     """Paired comparison of ``values`` against ``reference`` (same seeds): mean difference, its CI
     half-width, and the two-sided paired t-test p-value (1.0 when every difference is 0)."""
     from scipy import stats
+
     d = np.asarray(values, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
     mean, _, half = mean_ci(d, level)
     if len(d) < 2 or np.all(d == d[0]):
@@ -105,8 +118,22 @@ def paired(values, reference, level=0.95):
 # Running                            #
 ######################################
 
-def run_ablation(adapter, parents, evaluator, test_evaluator=None, *, variants=None, seeds=(0, 1, 2),
-                 popsize=20, ngen=20, npar=4, device=None, progress=True, **preset):
+
+def run_ablation(
+    adapter,
+    parents,
+    evaluator,
+    test_evaluator=None,
+    *,
+    variants=None,
+    seeds=(0, 1, 2),
+    popsize=20,
+    ngen=20,
+    npar=4,
+    device=None,
+    progress=True,
+    **preset,
+):
     """Run every variant over ``seeds``; returns ``{variant: [run, ...]}``, a run being a dict with
     ``seed``, ``best_val`` (the hall of fame's validation fitness), ``test`` (its test score, when a
     ``test_evaluator`` is given; never used for selection) and ``curve`` (best fitness per generation).
@@ -127,8 +154,7 @@ def run_ablation(adapter, parents, evaluator, test_evaluator=None, *, variants=N
                 rng.seed(s)
                 inds = initBlend(pop.individuals(icls), parents)
                 hof = tools.HallOfFame(1, similar=genome_equal)
-                _, log = eaMeGA(inds, tb, ngen, npar=npar, stats=default_stats(), halloffame=hof,
-                                verbose=False)
+                _, log = eaMeGA(inds, tb, ngen, npar=npar, stats=default_stats(), halloffame=hof, verbose=False)
                 best = hof[0]
                 run = {"seed": s, "best_val": best.fitness.values[0], "curve": log.select("max")}
                 if test_evaluator is not None:

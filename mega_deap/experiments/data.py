@@ -5,6 +5,7 @@ unpickler that can build only plain containers and NumPy arrays (a batch from a 
 code). The paper's split: 45,000 train / 5,000 validation drawn from the training batches with a seed,
 the official 10,000-image test batch for test. The test split never feeds fitness.
 """
+
 import io
 import os
 import pickle
@@ -13,8 +14,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["read_cifar_batch", "write_cifar_batches", "load_cifar10", "find_cifar10", "download_cifar10", "split_train_val",
-           "Splits", "cifar10_splits", "digits_splits", "load_digits_images", "resolve_splits"]
+__all__ = [
+    "read_cifar_batch",
+    "write_cifar_batches",
+    "load_cifar10",
+    "find_cifar10",
+    "download_cifar10",
+    "split_train_val",
+    "Splits",
+    "cifar10_splits",
+    "digits_splits",
+    "load_digits_images",
+    "resolve_splits",
+]
 
 CIFAR_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -23,19 +35,27 @@ TEST_BATCH = "test_batch"
 
 class _CifarUnpickler(pickle.Unpickler):
     """Builds dicts, lists, strings, bytes and NumPy arrays; refuses every other global."""
+
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"), ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
-        ("__builtin__", "object"), ("builtins", "object"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+        ("copy_reg", "_reconstructor"),
+        ("copyreg", "_reconstructor"),
+        ("__builtin__", "object"),
+        ("builtins", "object"),
     }
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch: only plain data "
-                                     "and NumPy arrays are allowed")
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name} from a CIFAR batch: only plain data and NumPy arrays are allowed"
+        )
 
 
 def read_cifar_batch(path):
@@ -65,12 +85,17 @@ def write_cifar_batches(folder, train, test):
     os.makedirs(d, exist_ok=True)
     for X, _ in (train, test):
         if X.dtype != torch.uint8 or tuple(X.shape[1:]) != (3, 32, 32):
-            raise ValueError(f"CIFAR-10 batches hold uint8 images of shape (n, 3, 32, 32), got {X.dtype} "
-                             f"{tuple(X.shape)}")
+            raise ValueError(
+                f"CIFAR-10 batches hold uint8 images of shape (n, 3, 32, 32), got {X.dtype} {tuple(X.shape)}"
+            )
     parts = [(TRAIN_BATCHES[i], idx) for i, idx in enumerate(torch.arange(len(train[1])).chunk(5))]
     for name, (X, y) in [(n, (train[0][i], train[1][i])) for n, i in parts] + [(TEST_BATCH, test)]:
-        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in y],
-                 b"data": X.reshape(len(X), -1).numpy(), b"filenames": [f"{i}.png".encode() for i in range(len(X))]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in y],
+            b"data": X.reshape(len(X), -1).numpy(),
+            b"filenames": [f"{i}.png".encode() for i in range(len(X))],
+        }
         with open(os.path.join(d, name), "wb") as f:
             pickle.dump(batch, f, protocol=2)
     return d
@@ -90,8 +115,10 @@ def load_cifar10(data_dir):
     """``{"train": (X, y), "test": (X, y)}``: uint8 images ``(n, 3, 32, 32)`` and int64 labels."""
     folder = find_cifar10(data_dir)
     if folder is None:
-        raise FileNotFoundError(f"no CIFAR-10 python batches ({', '.join(TRAIN_BATCHES)}, {TEST_BATCH}) in "
-                                f"{data_dir!r} or {os.path.join(str(data_dir), CIFAR_DIR)!r}")
+        raise FileNotFoundError(
+            f"no CIFAR-10 python batches ({', '.join(TRAIN_BATCHES)}, {TEST_BATCH}) in "
+            f"{data_dir!r} or {os.path.join(str(data_dir), CIFAR_DIR)!r}"
+        )
     parts = [read_cifar_batch(os.path.join(folder, b)) for b in TRAIN_BATCHES]
     train = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
     return {"train": train, "test": read_cifar_batch(os.path.join(folder, TEST_BATCH))}
@@ -114,6 +141,7 @@ def download_cifar10(root):
 @dataclass
 class Splits:
     """Float tensors ready for a model; ``name`` says where they came from."""
+
     name: str
     train: tuple
     val: tuple
@@ -140,13 +168,15 @@ def cifar10_splits(data_dir, val_size=5000, seed=0):
     mean = Xf[tr].mean((0, 2, 3), keepdim=True)
     std = Xf[tr].std((0, 2, 3), keepdim=True)
     norm = lambda t: (t.float().div(255.0) - mean) / std  # noqa: E731
-    return Splits("cifar10", (norm(X[tr]), y[tr]), (norm(X[va]), y[va]), (norm(raw["test"][0]), raw["test"][1]),
-                  3, 10, 32)
+    return Splits(
+        "cifar10", (norm(X[tr]), y[tr]), (norm(X[va]), y[va]), (norm(raw["test"][0]), raw["test"][1]), 3, 10, 32
+    )
 
 
 def load_digits_images():
     """scikit-learn's bundled digits as ``(X float (1797, 1, 8, 8) in [0, 1], y int64)``."""
     from sklearn.datasets import load_digits
+
     X, y = load_digits(return_X_y=True)
     return (torch.tensor(X / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8), torch.tensor(y, dtype=torch.long))
 
@@ -174,8 +204,11 @@ def resolve_splits(dataset="auto", data_dir=None, download=False, seed=0, say=pr
     if find_cifar10(data_dir) is not None:
         return cifar10_splits(data_dir, seed=seed, **({"val_size": val_size} if val_size else {}))
     if reason is None:
-        reason = ("no --data-dir given" if not data_dir else
-                  f"no CIFAR-10 python batches in {data_dir!r}" + ("" if download else " (add --download)"))
+        reason = (
+            "no --data-dir given"
+            if not data_dir
+            else f"no CIFAR-10 python batches in {data_dir!r}" + ("" if download else " (add --download)")
+        )
     if dataset == "cifar10" or data_dir:  # a folder was named: falling back would hide a typo
         raise FileNotFoundError(f"CIFAR-10 is not available: {reason}")
     say(f"CIFAR-10 is not available ({reason}); running the same pipeline on scikit-learn's bundled digits.")

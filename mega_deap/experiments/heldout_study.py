@@ -7,6 +7,7 @@ parent on a class-biased part, :func:`~mega_deap.experiments.align_study.biased_
 :data:`DEVELOPMENT` choose (the fitness metric, by :func:`choose_metric`); tasks in :data:`HELD_OUT` only
 report. Fitness and every choice inside a merge see the validation split alone; the test split reports.
 """
+
 import time
 from dataclasses import dataclass
 
@@ -23,20 +24,39 @@ from .models import MLP, SmallCNN
 from .report import ensemble_accuracy
 from .train import model_accuracy, train_model
 
-__all__ = ["Task", "DEVELOPMENT", "HELD_OUT", "TASKS", "CANDIDATE_METRICS", "CANDIDATE_MATCHINGS", "METHODS",
-           "task_splits", "train_parents", "run_task", "summarize", "choose", "choose_metric", "choose_matching"]
+__all__ = [
+    "Task",
+    "DEVELOPMENT",
+    "HELD_OUT",
+    "TASKS",
+    "CANDIDATE_METRICS",
+    "CANDIDATE_MATCHINGS",
+    "METHODS",
+    "task_splits",
+    "train_parents",
+    "run_task",
+    "summarize",
+    "choose",
+    "choose_metric",
+    "choose_matching",
+]
 
 CANDIDATE_METRICS = ("accuracy_ll", "accuracy", "neg_log_loss", "neg_log_loss_tempered")
 CANDIDATE_MATCHINGS = ("weights", "activations")
-METHODS = ("best parent",) + tuple(f"merge, {m}" for m in CANDIDATE_METRICS) + (
-    "MeGA (paper)",) + tuple(f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS) + (
-    "coefficient GA, aligned", "cma_merge", "output ensemble")
+METHODS = (
+    ("best parent",)
+    + tuple(f"merge, {m}" for m in CANDIDATE_METRICS)
+    + ("MeGA (paper)",)
+    + tuple(f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS)
+    + ("coefficient GA, aligned", "cma_merge", "output ensemble")
+)
 
 
 @dataclass(frozen=True)
 class Task:
     """A data set, an architecture and a recipe that over-fits: ``"subset"`` (a ``fraction`` of the
     training split) or ``"noise"`` (that fraction of the training labels replaced by another class)."""
+
     name: str
     data: str
     model: str
@@ -45,12 +65,16 @@ class Task:
     epochs: int
 
 
-DEVELOPMENT = (Task("digits-mlp-subset", "digits", "mlp", "subset", 0.3, 150),
-               Task("digits-cnn-bn-noise", "digits", "smallcnn", "noise", 0.2, 60),
-               Task("digits-cnn-noise", "digits", "plaincnn", "noise", 0.2, 60))
-HELD_OUT = (Task("digits-widecnn-subset", "digits", "widecnn", "subset", 0.3, 150),
-            Task("cancer-mlp-bn-subset", "breast_cancer", "mlp-bn", "subset", 0.3, 150),
-            Task("synthetic-deepmlp-noise", "synthetic", "deepmlp", "noise", 0.2, 80))
+DEVELOPMENT = (
+    Task("digits-mlp-subset", "digits", "mlp", "subset", 0.3, 150),
+    Task("digits-cnn-bn-noise", "digits", "smallcnn", "noise", 0.2, 60),
+    Task("digits-cnn-noise", "digits", "plaincnn", "noise", 0.2, 60),
+)
+HELD_OUT = (
+    Task("digits-widecnn-subset", "digits", "widecnn", "subset", 0.3, 150),
+    Task("cancer-mlp-bn-subset", "breast_cancer", "mlp-bn", "subset", 0.3, 150),
+    Task("synthetic-deepmlp-noise", "synthetic", "deepmlp", "noise", 0.2, 80),
+)
 TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT}
 
 
@@ -84,11 +108,20 @@ class BNMLP(nn.Module):
 
 def _tabular(name):
     from sklearn import datasets
+
     if name == "breast_cancer":
         X, y = datasets.load_breast_cancer(return_X_y=True)
     elif name == "synthetic":
-        X, y = datasets.make_classification(n_samples=3000, n_features=40, n_informative=20, n_redundant=5,
-                                            n_classes=10, n_clusters_per_class=2, class_sep=1.5, random_state=7)
+        X, y = datasets.make_classification(
+            n_samples=3000,
+            n_features=40,
+            n_informative=20,
+            n_redundant=5,
+            n_classes=10,
+            n_clusters_per_class=2,
+            class_sep=1.5,
+            random_state=7,
+        )
     else:
         raise ValueError(f"unknown data set {name!r}")
     return torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
@@ -102,17 +135,18 @@ def task_splits(task: Task, seed: int) -> Splits:
         return digits_splits(seed=seed)
     X, y = _tabular(task.data)
     perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(12345))  # the test split never moves
-    te, rest = perm[:len(X) // 5], perm[len(X) // 5:]
+    te, rest = perm[: len(X) // 5], perm[len(X) // 5 :]
     tr, va = split_train_val(len(rest), len(X) // 5, seed)
     tr, va = rest[tr], rest[va]
     mean, sd = X[tr].mean(0), X[tr].std(0).clamp_min(1e-6)
     norm = lambda t: (t - mean) / sd  # noqa: E731
-    return Splits(task.data, (norm(X[tr]), y[tr]), (norm(X[va]), y[va]), (norm(X[te]), y[te]), X.shape[1],
-                  int(y.max()) + 1, 1)
+    return Splits(
+        task.data, (norm(X[tr]), y[tr]), (norm(X[va]), y[va]), (norm(X[te]), y[te]), X.shape[1], int(y.max()) + 1, 1
+    )
 
 
 def build(task: Task, splits: Splits) -> nn.Module:
-    features = splits.in_channels * splits.image_size ** 2
+    features = splits.in_channels * splits.image_size**2
     if task.model == "mlp":
         return MLP(features, splits.num_classes, hidden=(128,))
     if task.model == "mlp-bn":
@@ -132,7 +166,7 @@ def _overfit_data(task: Task, X, y, seed):
     """The part of ``(X, y)`` a parent trains on under the task's recipe (seeded)."""
     g = torch.Generator().manual_seed(seed)
     if task.recipe == "subset":
-        keep = torch.randperm(len(X), generator=g)[:max(2, int(task.fraction * len(X)))]
+        keep = torch.randperm(len(X), generator=g)[: max(2, int(task.fraction * len(X)))]
         return X[keep], y[keep]
     noisy = torch.rand(len(y), generator=g) < task.fraction
     classes = int(y.max()) + 1
@@ -140,7 +174,7 @@ def _overfit_data(task: Task, X, y, seed):
     return X, torch.where(noisy, (y + shift) % classes, y)
 
 
-def train_parents(task: Task, splits: Splits, setting: str, seed: int) -> list:
+def train_parents(task: Task, splits: Splits, setting: str, seed: int) -> tuple:
     """The two parents of ``seed``, trained until they fit their (sub-sampled or noisy) training data, and
     that data: ``(parents, [(X, y), (X, y)])``."""
     X, y = splits.train
@@ -154,14 +188,16 @@ def train_parents(task: Task, splits: Splits, setting: str, seed: int) -> list:
         torch.manual_seed(1000 * seed + j)
         model = build(task, splits)
         data = _overfit_data(task, Xp, yp, 1000 * seed + j + 7)
-        parents.append(train_model(model, data, epochs=task.epochs, lr=0.01, batch_size=64,
-                                   seed=1000 * seed + j, progress=False))
+        parents.append(
+            train_model(model, data, epochs=task.epochs, lr=0.01, batch_size=64, seed=1000 * seed + j, progress=False)
+        )
         seen.append(data)
     return parents, seen
 
 
-def run_task(task: Task, setting: str, seed: int, *, popsize=20, ngen=20, calibration_size=512,
-             methods=METHODS, say=None) -> dict:
+def run_task(
+    task: Task, setting: str, seed: int, *, popsize=20, ngen=20, calibration_size=512, methods=METHODS, say=None
+) -> dict:
     """``{method: (val_acc, test_acc, seconds)}`` for one seed of one setting of ``task``, and the
     parents' training accuracy and confidence under ``"parents"``."""
     if setting not in SETTINGS:
@@ -192,23 +228,36 @@ def run_task(task: Task, setting: str, seed: int, *, popsize=20, ngen=20, calibr
     out["best parent by validation"] = max(parent_accs)
     with torch.no_grad():
         conf = [float(torch.softmax(p(splits.val[0]), -1).max(-1).values.mean()) for p in parents]
-    out["parents"] = {"train_acc": [model_accuracy(p, *data) for p, data in zip(parents, seen)],
-                      "val_acc": [a[0] for a in parent_accs], "mean_confidence": conf}
+    out["parents"] = {
+        "train_acc": [model_accuracy(p, *data) for p, data in zip(parents, seen)],
+        "val_acc": [a[0] for a in parent_accs],
+        "mean_confidence": conf,
+    }
     common = dict(popsize=popsize, ngen=ngen, seed=seed, progress=False, device="cpu")
     for metric in CANDIDATE_METRICS:
-        timed(f"merge, {metric}", lambda: merge(parents, splits.val, metric=metric, **common).model)
-    timed("MeGA (paper)", lambda: merge(parents, splits.val, include_parents=False, metric="accuracy",
-                                        **common).model)
+        timed(f"merge, {metric}", lambda metric=metric: merge(parents, splits.val, metric=metric, **common).model)
+    timed("MeGA (paper)", lambda: merge(parents, splits.val, include_parents=False, metric="accuracy", **common).model)
     for how in CANDIDATE_MATCHINGS:
-        timed(f"merge(align={how!r})", lambda: merge(parents, splits.val, align=how, calibration=calib,
-                                                     **common).model)
-    timed("coefficient GA, aligned", lambda: merge(parents, splits.val, align=True, calibration=calib,
-                                                   genome="coefficients", **common).model)
-    timed("cma_merge", lambda: cma_merge(parents, splits.val, ngen=ngen, lambda_=popsize, seed=seed,
-                                         calibration=calib, device="cpu").model)
+        timed(
+            f"merge(align={how!r})",
+            lambda how=how: merge(parents, splits.val, align=how, calibration=calib, **common).model,
+        )
+    timed(
+        "coefficient GA, aligned",
+        lambda: merge(parents, splits.val, align=True, calibration=calib, genome="coefficients", **common).model,
+    )
+    timed(
+        "cma_merge",
+        lambda: (
+            cma_merge(parents, splits.val, ngen=ngen, lambda_=popsize, seed=seed, calibration=calib, device="cpu").model
+        ),
+    )
     if "output ensemble" in methods:
-        out["output ensemble"] = (ensemble_accuracy(parents, *splits.val),
-                                  ensemble_accuracy(parents, *splits.test), 0.0)
+        out["output ensemble"] = (
+            ensemble_accuracy(parents, *splits.val),
+            ensemble_accuracy(parents, *splits.test),
+            0.0,
+        )
     return out
 
 
@@ -227,12 +276,27 @@ def summarize(runs: list) -> list:
         t = np.array([r[name][1] for r in used])
         d = t - np.array([r["best parent"][1] for r in used])
         below = int(sum(r[name][0] < r["best parent by validation"][0] for r in used))
-        gap = gap_closed(float(t.mean()), float(np.mean([r["best parent"][1] for r in used])),
-                         float(np.mean([r["output ensemble"][1] for r in used])))
-        sd = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0)
-        rows.append({"method": name, "val": float(v.mean()), "val_sd": sd(v), "test": float(t.mean()),
-                     "test_sd": sd(t), "delta": float(d.mean()), "delta_sd": sd(d), "delta_min": float(d.min()),
-                     "gap": gap, "below_val": below, "seconds": float(np.mean([r[name][2] for r in used]))})
+        gap = gap_closed(
+            float(t.mean()),
+            float(np.mean([r["best parent"][1] for r in used])),
+            float(np.mean([r["output ensemble"][1] for r in used])),
+        )
+        sd = lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0
+        rows.append(
+            {
+                "method": name,
+                "val": float(v.mean()),
+                "val_sd": sd(v),
+                "test": float(t.mean()),
+                "test_sd": sd(t),
+                "delta": float(d.mean()),
+                "delta_sd": sd(d),
+                "delta_min": float(d.min()),
+                "gap": gap,
+                "below_val": below,
+                "seconds": float(np.mean([r[name][2] for r in used])),
+            }
+        )
     return rows
 
 
@@ -246,7 +310,7 @@ def choose(tables: dict, methods: dict) -> tuple:
         deltas = [row["delta"] for rows in tables.values() for row in rows if row["method"] == method]
         if deltas:
             scores[candidate] = (min(deltas), float(np.mean(deltas)))
-    return max(scores, key=scores.get), scores
+    return max(scores, key=lambda c: scores[c]), scores
 
 
 def choose_metric(tables: dict) -> tuple:

@@ -19,11 +19,14 @@ a layer only one parent has is copied (adapted); the output layer always merges 
 layers. Random numbers: a ``torch.Generator`` passed as ``generator`` (default: torch's) and ``random``
 for gene choices.
 """
+
 import copy
 import math
 import random
 import time
 from dataclasses import dataclass, field
+
+from typing import Optional
 
 import torch
 from torch import nn
@@ -32,8 +35,19 @@ from .. import distributed
 from ..evaluation import correct, registered_as
 from .train import cross_entropy_loss, fit
 
-__all__ = ["SPACE", "Candidate", "random_genes", "build_mlp", "adapt", "merge_layers", "cxWeightMerge",
-           "cxScratch", "mutGenes", "TrainEvaluator", "eaUntil"]
+__all__ = [
+    "SPACE",
+    "Candidate",
+    "random_genes",
+    "build_mlp",
+    "adapt",
+    "merge_layers",
+    "cxWeightMerge",
+    "cxScratch",
+    "mutGenes",
+    "TrainEvaluator",
+    "eaUntil",
+]
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "sigmoid": nn.Sigmoid}
 
@@ -68,9 +82,13 @@ class Candidate:
 
 def random_genes(space=SPACE, rng=random):
     layers = rng.randint(*space["layers"])
-    return {"units": [rng.choice(space["units"]) for _ in range(layers)],
-            "activation": rng.choice(space["activation"]), "lr": rng.choice(space["lr"]),
-            "batch_size": rng.choice(space["batch_size"]), "epochs": rng.choice(space["epochs"])}
+    return {
+        "units": [rng.choice(space["units"]) for _ in range(layers)],
+        "activation": rng.choice(space["activation"]),
+        "lr": rng.choice(space["lr"]),
+        "batch_size": rng.choice(space["batch_size"]),
+        "epochs": rng.choice(space["epochs"]),
+    }
 
 
 def build_mlp(genes, in_features, out_features, weights=None):
@@ -84,7 +102,9 @@ def build_mlp(genes, in_features, out_features, weights=None):
         with torch.no_grad():
             for lin, (W, b) in zip(linears, weights):
                 if W.shape != lin.weight.shape or b.shape != lin.bias.shape:
-                    raise ValueError(f"weights of shape {tuple(W.shape)} for a layer of shape {tuple(lin.weight.shape)}")
+                    raise ValueError(
+                        f"weights of shape {tuple(W.shape)} for a layer of shape {tuple(lin.weight.shape)}"
+                    )
                 lin.weight.copy_(W)
                 lin.bias.copy_(b)
     layers = []
@@ -102,6 +122,7 @@ def weights_of(model):
 # Shape-adapting merge               #
 ######################################
 
+
 def adapt(W, b, out_features, in_features, *, generator=None):
     """``(W, b)`` reshaped to ``(out_features, in_features)`` by the module's rule: truncate; new rows
     drawn like a fresh ``nn.Linear``, new columns zero, new biases zero."""
@@ -113,8 +134,9 @@ def adapt(W, b, out_features, in_features, *, generator=None):
     b2[:r] = b[:r]
     if out_features > out0:
         bound = 1.0 / math.sqrt(in_features)
-        W2[out0:, :] = (torch.rand(out_features - out0, in_features, generator=generator, dtype=W.dtype)
-                        * 2 - 1) * bound
+        W2[out0:, :] = (
+            torch.rand(out_features - out0, in_features, generator=generator, dtype=W.dtype) * 2 - 1
+        ) * bound
     return W2, b2
 
 
@@ -212,6 +234,7 @@ def mutGenes(ind, indpb, *, in_features, out_features, inherit=True, space=SPACE
 # Fitness: train, then score         #
 ######################################
 
+
 @dataclass
 class TrainEvaluator:
     """Train the candidate's network (from the weights it carries, else from scratch), score it on the
@@ -227,11 +250,12 @@ class TrainEvaluator:
     ``warm`` (whether it started from carried weights). ``seed`` fixes each training's batch order and
     fresh initialisation (mixed with a counter so two evaluations differ) and the hold-out split.
     """
+
     train: tuple
     val: tuple
     task: str = "classification"
     seed: int = 0
-    patience: int = None
+    patience: Optional[int] = None
     holdout: float = 0.15
     times: list = field(default_factory=list)
     initial_losses: list = field(default_factory=list)
@@ -269,9 +293,17 @@ class TrainEvaluator:
         with torch.no_grad():  # a measurement for the report, outside the timed fitness function
             self.initial_losses.append(float(self.loss(model, *self.train)))
         t0 = time.perf_counter()
-        epochs = fit(model, self.train_part, epochs=g["epochs"], lr=g["lr"], batch_size=g["batch_size"],
-                     generator=torch.Generator().manual_seed(self.seed * 7919 + self._count), loss=self.loss,
-                     held_out=self.held_out, patience=self.patience)
+        epochs = fit(
+            model,
+            self.train_part,
+            epochs=g["epochs"],
+            lr=g["lr"],
+            batch_size=g["batch_size"],
+            generator=torch.Generator().manual_seed(self.seed * 7919 + self._count),
+            loss=self.loss,
+            held_out=self.held_out,
+            patience=self.patience,
+        )
         score = self.score(model, *self.val)
         ind.seconds = time.perf_counter() - t0
         self.warm.append(ind.weights is not None)
@@ -295,16 +327,16 @@ class TrainEvaluator:
             self._count = base + i  # __call__ counts it to base + i + 1, as one process would
             fit = self(individuals[i])
             ind = individuals[i]
-            local.append((fit, ind.weights, ind.seconds, self.initial_losses[-1], self.epochs_run[-1],
-                          self.warm[-1]))
+            local.append((fit, ind.weights, ind.seconds, self.initial_losses[-1], self.epochs_run[-1], self.warm[-1]))
         last = torch.get_rng_state() if stop == n and stop > start else None  # the state one process ends in
-        gathered = [None] * distributed.world_size()
+        gathered: list = [None] * distributed.world_size()
         torch.distributed.all_gather_object(gathered, (local, last))
         for records in (self.times, self.initial_losses, self.epochs_run, self.warm):
             del records[marks:]
         out = []
-        for ind, (fit, weights, seconds, loss0, epochs, warm) in zip(individuals, [r for part, _ in gathered
-                                                                                 for r in part]):
+        for ind, (fit, weights, seconds, loss0, epochs, warm) in zip(
+            individuals, [r for part, _ in gathered for r in part]
+        ):
             ind.weights, ind.seconds = weights, seconds
             self.times.append(seconds)
             self.initial_losses.append(loss0)
@@ -338,6 +370,7 @@ def eaUntil(population, toolbox, cxpb, mutpb, ngen, accept=None, stats=None, hal
     """
     from deap import algorithms, tools
     from ..algorithms import evaluate_invalid
+
     t0 = time.perf_counter()
     logbook = tools.Logbook()
     logbook.header = ["gen", "nevals", "seconds"] + (stats.fields if stats else [])
@@ -351,7 +384,9 @@ def eaUntil(population, toolbox, cxpb, mutpb, ngen, accept=None, stats=None, hal
     nevals = evaluate_invalid(population, toolbox)
     if halloffame is not None:
         halloffame.update(population)
-    logbook.record(gen=0, nevals=nevals, seconds=time.perf_counter() - t0, **(stats.compile(population) if stats else {}))
+    logbook.record(
+        gen=0, nevals=nevals, seconds=time.perf_counter() - t0, **(stats.compile(population) if stats else {})
+    )
     gen = 0
     while gen < ngen and not accepted():
         gen += 1
@@ -360,8 +395,9 @@ def eaUntil(population, toolbox, cxpb, mutpb, ngen, accept=None, stats=None, hal
         if halloffame is not None:
             halloffame.update(offspring)
         population[:] = offspring
-        logbook.record(gen=gen, nevals=nevals, seconds=time.perf_counter() - t0,
-                       **(stats.compile(population) if stats else {}))
+        logbook.record(
+            gen=gen, nevals=nevals, seconds=time.perf_counter() - t0, **(stats.compile(population) if stats else {})
+        )
         if verbose:
             print(logbook.stream)
     return population, logbook

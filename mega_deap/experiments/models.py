@@ -1,5 +1,6 @@
 """Models for the experiments: CIFAR ResNets as He et al. (2016) define them for CIFAR-10, a small CNN
 and an MLP that train in seconds on a CPU."""
+
 from torch import nn
 import torch.nn.functional as F
 
@@ -54,7 +55,7 @@ class _Block(nn.Module):
         out = self.bn2(self.conv2(out))
         short = x
         if self.stride != 1 or self.pad:  # option A: subsample, zero-pad the new channels (no parameters)
-            short = x[:, :, ::self.stride, ::self.stride]
+            short = x[:, :, :: self.stride, :: self.stride]
             short = F.pad(short, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
         return F.relu(out + short)
 

@@ -1,4 +1,5 @@
 """The report of a merge: baselines, a table like the paper's, a JSON of every number, the fitness plot."""
+
 import math
 import json
 import os
@@ -8,8 +9,7 @@ import torch
 from mega_deap.evaluation import correct
 from mega_deap.files import atomic_write
 
-__all__ = ["ensemble_accuracy", "weight_average", "format_table", "plot_fitness", "write_json", "pyplot",
-           "save_figure"]
+__all__ = ["ensemble_accuracy", "weight_average", "format_table", "plot_fitness", "write_json", "pyplot", "save_figure"]
 
 
 @torch.no_grad()
@@ -20,15 +20,16 @@ def ensemble_accuracy(models: list, X: torch.Tensor, y: torch.Tensor, batch_size
     device = next(models[0].parameters()).device
     right = 0.0
     for i in range(0, len(X), batch_size):
-        xb = X[i:i + batch_size].to(device)
+        xb = X[i : i + batch_size].to(device)
         logits = torch.stack([m(xb) for m in models]).mean(0)
-        right += float(correct(logits.cpu(), y[i:i + batch_size]))
+        right += float(correct(logits.cpu(), y[i : i + batch_size]))
     return right / len(X)
 
 
 def weight_average(models):
     """A new model whose every float tensor (weights and BatchNorm statistics) is the parents' mean."""
     from mega_deap.adapters import TorchAdapter
+
     ad = TorchAdapter(models[0])
     return ad.to_model(ad.genomes(models).mean(0))
 
@@ -36,19 +37,21 @@ def weight_average(models):
 def format_table(rows, columns=("model", "val_acc", "test_acc")):
     """A Markdown table of ``rows`` (dicts); accuracies as percentages with two decimals, other floats
     with four significant digits."""
+
     def cell(col, v):
         if isinstance(v, float):
             return f"{100 * v:.2f}" if "acc" in col else f"{v:.4g}"
         return str(v)
+
     head = "| " + " | ".join(columns) + " |"
     sep = "|" + "|".join("---" for _ in columns) + "|"
-    return "\n".join([head, sep] + ["| " + " | ".join(cell(c, r.get(c, "")) for c in columns) + " |"
-                                    for r in rows])
+    return "\n".join([head, sep] + ["| " + " | ".join(cell(c, r.get(c, "")) for c in columns) + " |" for r in rows])
 
 
 def plot_fitness(logbook, path, title="MeGA: validation fitness per generation", extra=None):
     """The paper's Figure 2: best and mean fitness per generation (PNG). ``extra``: {label: value} lines."""
     import matplotlib.ticker
+
     plt = pyplot()
     gens = logbook.select("gen")
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -76,17 +79,21 @@ def plot_fitness(logbook, path, title="MeGA: validation fitness per generation",
 
 def write_json(obj, path) -> str:
     """``obj`` as indented JSON at ``path``, written atomically."""
+
     def write(tmp):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, default=float)
+
     return atomic_write(path, write)
 
 
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend: the one plot setup of the experiments."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 

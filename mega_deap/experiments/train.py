@@ -1,5 +1,6 @@
 """The parents' training recipe (the paper's: Adam, lr 0.01, batch 256, no augmentation) with a cache of
 trained parents as safetensors files, and safe model files."""
+
 import hashlib
 import json
 import math
@@ -13,7 +14,16 @@ from tqdm.auto import tqdm
 from mega_deap.evaluation import correct
 from mega_deap.files import atomic_write, tensor_digest
 
-__all__ = ["fit", "cross_entropy_loss", "train_model", "train_or_load", "parent_key", "save_model", "load_model_file", "model_accuracy"]
+__all__ = [
+    "fit",
+    "cross_entropy_loss",
+    "train_model",
+    "train_or_load",
+    "parent_key",
+    "save_model",
+    "load_model_file",
+    "model_accuracy",
+]
 
 
 @torch.no_grad()
@@ -25,7 +35,7 @@ def model_accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_siz
     model.eval()
     right = 0.0
     for i in range(0, len(X), batch_size):
-        right += float(correct(model(X[i:i + batch_size].to(device)).cpu(), y[i:i + batch_size]))
+        right += float(correct(model(X[i : i + batch_size].to(device)).cpu(), y[i : i + batch_size]))
     model.train(was)
     return right / len(X)
 
@@ -35,9 +45,20 @@ def cross_entropy_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> to
     return nn.functional.cross_entropy(model(X), y)
 
 
-def fit(model: nn.Module, train: tuple, *, epochs: int, lr: float, batch_size: int, generator: torch.Generator,
-        loss: Callable = cross_entropy_loss, device="cpu", held_out: Optional[tuple] = None,
-        patience: Optional[int] = None, bar=None) -> int:
+def fit(
+    model: nn.Module,
+    train: tuple,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator,
+    loss: Callable = cross_entropy_loss,
+    device="cpu",
+    held_out: Optional[tuple] = None,
+    patience: Optional[int] = None,
+    bar=None,
+) -> int:
     """The one training loop: Adam on ``train = (X, y)``, shuffled by ``generator`` each epoch, in place (a
     last batch of one example is skipped for a model with BatchNorm, which cannot normalise it).
 
@@ -55,7 +76,7 @@ def fit(model: nn.Module, train: tuple, *, epochs: int, lr: float, batch_size: i
     for _ in range(epochs):
         perm = torch.randperm(len(X), generator=generator)
         for i in range(0, len(X), batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             if batchnorm and len(idx) == 1 and model.training:
                 continue
             opt.zero_grad(set_to_none=True)
@@ -81,8 +102,18 @@ def fit(model: nn.Module, train: tuple, *, epochs: int, lr: float, batch_size: i
     return done
 
 
-def train_model(model: nn.Module, train: tuple, *, epochs: int = 50, lr: float = 0.01, batch_size: int = 256,
-                seed: int = 0, device="cpu", desc: str = "train", progress: bool = True) -> nn.Module:
+def train_model(
+    model: nn.Module,
+    train: tuple,
+    *,
+    epochs: int = 50,
+    lr: float = 0.01,
+    batch_size: int = 256,
+    seed: int = 0,
+    device="cpu",
+    desc: str = "train",
+    progress: bool = True,
+) -> nn.Module:
     """Train ``model`` in place with the recipe (Adam, cross-entropy) on ``train = (X, y)``; returns it in
     eval mode. One seed fixes the batch order (and the initialisation, when the caller seeds before
     building the model)."""
@@ -90,14 +121,23 @@ def train_model(model: nn.Module, train: tuple, *, epochs: int = 50, lr: float =
     model.to(device).train()
     steps = epochs * ((len(X) + batch_size - 1) // batch_size)
     with tqdm(total=steps, desc=desc, disable=None if progress else True, leave=False) as bar:
-        fit(model, train, epochs=epochs, lr=lr, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
-            device=device, bar=bar)
+        fit(
+            model,
+            train,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            generator=torch.Generator().manual_seed(seed),
+            device=device,
+            bar=bar,
+        )
     return model.eval()
 
 
 def save_model(model, path, metadata=None):
     """Write ``model``'s state dict as safetensors (no pickle), with string metadata."""
     from safetensors.torch import save_file
+
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
@@ -108,6 +148,7 @@ def load_model_file(model, path, map_location="cpu"):
     (never an unrestricted unpickler). A ``{"state_dict": ...}`` wrapper is unwrapped."""
     if str(path).endswith(".safetensors"):
         from safetensors.torch import load_file
+
         state = load_file(path, device=str(map_location))
     else:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -124,12 +165,16 @@ def parent_key(model, train, recipe):
     split's images and labels, so the data set, the split seed and the sizes all count), the untrained
     model's architecture (every tensor's name, shape and dtype) and the recipe (seed, epochs, lr, batch)."""
     arch = [[name, list(t.shape), str(t.dtype)] for name, t in model.state_dict().items()]
-    return {"data": tensor_digest(*train), "architecture": hashlib.sha256(json.dumps(arch).encode()).hexdigest(),
-            "recipe": dict(recipe)}
+    return {
+        "data": tensor_digest(*train),
+        "architecture": hashlib.sha256(json.dumps(arch).encode()).hexdigest(),
+        "recipe": dict(recipe),
+    }
 
 
-def train_or_load(factory, train, *, cache_dir, tag, seed, epochs=50, lr=0.01, batch_size=256, device="cpu",
-                  progress=True):
+def train_or_load(
+    factory, train, *, cache_dir, tag, seed, epochs=50, lr=0.01, batch_size=256, device="cpu", progress=True
+):
     """A parent: loaded from ``cache_dir`` when this exact parent was trained before, else trained and cached.
 
     The cache key (:func:`parent_key`) holds everything that decides the parent: the training split's
@@ -148,13 +193,23 @@ def train_or_load(factory, train, *, cache_dir, tag, seed, epochs=50, lr=0.01, b
     if os.path.exists(path):
         try:
             from safetensors import safe_open
+
             with safe_open(path, framework="pt") as f:
                 recorded = json.loads((f.metadata() or {}).get("key", "null"))
             if recorded == key:
                 return load_model_file(model, path).to(device), path, True
         except Exception as err:  # a broken cache entry is retrained, not trusted
             tqdm.write(f"ignoring unreadable cached parent {path}: {err}")
-    train_model(model, train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                desc=f"parent seed {seed}", progress=progress)
+    train_model(
+        model,
+        train,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        desc=f"parent seed {seed}",
+        progress=progress,
+    )
     save_model(model, path, metadata={"key": json.dumps(key), "tag": tag})
     return model, path, False
