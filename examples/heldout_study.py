@@ -72,6 +72,55 @@ def main(argv=None):
     return {"results": results, "choices": choices}
 
 
+def summary(results, choices) -> str:
+    """README's short form: per table, each default method's test accuracy minus the best parent's (mean and
+    sd over seeds, points), the gap to the ensemble that merge(align=True) closes, and the rule's choices."""
+    methods = (
+        ("merge, accuracy_ll", "`merge()`"),
+        ("merge(align='activations')", "`merge(align=True)`"),
+        ("coefficient GA, aligned", "coefficient GA"),
+        ("cma_merge", "`cma_merge`"),
+    )
+    out = [
+        "| task / parents | tasks | best parent, test % | "
+        + " | ".join(m for _, m in methods)
+        + " | ensemble | gap closed by `merge(align=True)` |",
+        "|---" * (len(methods) + 5) + "|",
+    ]
+    for held in (False, True):
+        for key, res in results.items():
+            if res["held_out"] != held:
+                continue
+            rows = {r["method"]: r for r in res["rows"]}
+            best = rows["best parent"]
+            cells = [
+                f"{100 * rows[m]['delta']:+.2f} ± {100 * rows[m]['delta_sd']:.2f}" if m in rows else ""
+                for m, _ in methods
+            ]
+            ens = rows["output ensemble"]["test"] - best["test"]
+            gap = rows.get("merge(align='activations')", {}).get("gap", float("nan"))
+            out.append(
+                f"| {key} | {'held out' if held else 'development'} | {100 * best['test']:.2f} | "
+                + " | ".join(cells)
+                + f" | {100 * ens:+.2f} | "
+                + ("no gap" if gap != gap else f"{100 * gap:.0f} %")
+                + " |"
+            )
+    lines = [
+        f"- {what}: the rule chooses `{chosen}` ("
+        + ", ".join(f"`{m}` worst {100 * w:+.2f}, mean {100 * a:+.2f}" for m, (w, a) in scores.items())
+        + ")"
+        for what, (chosen, scores) in choices.items()
+    ]
+    return (
+        "Test accuracy minus the best parent's (points, mean ± sd over seeds; the best parent is the one "
+        "better on test, the harder baseline); ensemble: the output ensemble's, for scale.\n\n"
+        + "\n".join(out)
+        + "\n\nOn the development tables (test accuracy minus the best parent's, worst "
+        "table and mean):\n\n" + "\n".join(lines)
+    )
+
+
 def table(results, choices) -> str:
     """The rule's choices, then one Markdown table per task and setting, development first."""
     out = []

@@ -240,6 +240,7 @@ def section_heldout(out, quick):
         f"test accuracy to the output ensemble's, from the means; the last column but one counts the seeds "
         f"whose validation accuracy is below the parent with the better validation accuracy."
     )
+    res["summary"] = ex.summary(res["results"], res["choices"])  # README's short form
     return head, ex.table(res["results"], res["choices"]), res
 
 
@@ -442,12 +443,12 @@ def block(section, head, table, env, command):
     )
 
 
-def update_doc(path, section, text):
+def update_doc(path, section, text, tag="reproduce"):
     """Replace the section's marked block in ``path``; an absent marker is an error, not a silent skip."""
     doc = path.read_text()
-    pattern = re.compile(rf"<!-- reproduce:{section} -->.*?<!-- /reproduce:{section} -->", re.S)
+    pattern = re.compile(rf"<!-- {tag}:{section} -->.*?<!-- /{tag}:{section} -->", re.S)
     if not pattern.search(doc):
-        raise SystemExit(f"reproduce: {path.name} has no '<!-- reproduce:{section} -->' block to update")
+        raise SystemExit(f"reproduce: {path.name} has no '<!-- {tag}:{section} -->' block to update")
     path.write_text(pattern.sub(lambda _: text, doc, count=1))
 
 
@@ -479,6 +480,14 @@ def main(argv=None):
         written[section] = {"head": head, "table": table, "seconds": time.perf_counter() - t0}
         if not (args.quick or args.no_docs) and table:
             update_doc(ROOT / DOC[section], section, text)
+            if isinstance(data, dict) and "summary" in data:  # a short form on README's front page
+                update_doc(
+                    ROOT / "README.md",
+                    section,
+                    f"<!-- summary:{section} -->\n{data['summary']}\n\n"
+                    f"<sub>`{command}` ran with: {env}</sub>\n<!-- /summary:{section} -->",
+                    tag="summary",
+                )
         print(text + "\n", flush=True)
     print(f"[reproduce] {env}", file=sys.stderr)
     return written

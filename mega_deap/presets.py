@@ -18,6 +18,7 @@ from .algorithms import eaMeGA, varMeGA
 from .breeding import varMeGABatched
 from .checks import choice, integer, nonnegative, probability, run_sizes, writable_file
 from .evaluation import Evaluator, Strategy, get_metric
+from .files import tensor_digest
 from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian, selElite
 from .population import TensorPopulation
@@ -534,8 +535,10 @@ def cma_merge(
     device=None,
     include_parents: bool = True,
     verbose: bool = False,
+    progress: bool = True,
+    checkpoint: Optional[str] = None,
 ) -> MergeResult:
-    """Merge ``models`` by DEAP's CMA-ES (``deap.cma.Strategy``, ``deap.algorithms.eaGenerateUpdate``) over
+    """Merge ``models`` by DEAP's CMA-ES (``deap.cma.Strategy``, DEAP's ``eaGenerateUpdate`` loop) over
     per-tensor (or per-layer, per-unit) x per-parent coefficients, starting from the parents' average.
 
     :param ngen: generations.
@@ -547,10 +550,17 @@ def cma_merge(
     :param include_parents: the parents (one-hot coefficient genomes) and their average, CMA-ES's first
                             centroid, are scored first and enter the hall of fame, so the result is never
                             worse than the best parent on the validation data, in the fitness's order.
+    :param verbose: print the logbook, a line per generation.
+    :param progress: a progress bar (on a terminal only), as :func:`merge`'s.
+    :param checkpoint: a file to write after every generation and to resume from when it exists, as
+                       :func:`merge`'s (:func:`mega_deap.cmaes.eaGenerateUpdate`); a checkpoint of another job
+                       is refused.
     :returns: a :class:`MergeResult`; its ``genome`` is the coefficient genome.
     Random source: NumPy's global generator (CMA-ES's samples), seeded from ``seed``.
     """
-    from deap import algorithms as deap_algorithms, cma
+    from deap import cma
+
+    from .cmaes import eaGenerateUpdate
 
     models = list(models)
     if len(models) < 2:
@@ -564,6 +574,8 @@ def cma_merge(
         integer("lambda_", lambda_, 2)
     choice("granularity", granularity, ("tensor", "layer", "unit"))
     scorer = get_metric(metric)
+    if checkpoint is not None:
+        writable_file("checkpoint", checkpoint)
     X, y = _as_xy(val_data)
     matching = _matching(align)
     _check_calibration(models, matching, calibration)
@@ -600,8 +612,27 @@ def cma_merge(
         for ind, fit in zip(starts, toolbox.map(toolbox.evaluate, starts)):
             ind.fitness.values = fit
         hof.update(starts)
-    population, logbook = deap_algorithms.eaGenerateUpdate(
-        toolbox, ngen=ngen, stats=default_stats(), halloffame=hof, verbose=verbose
+    settings = {  # what identifies the job in its checkpoint
+        "algorithm": "cma_merge",
+        "parents": tensor_digest(adapter.parents),  # the (aligned) parents' weights
+        "granularity": granularity,
+        "lambda_": strategy.lambda_,
+        "sigma": sigma,
+        "seed": seed,
+        "include_parents": include_parents,
+        "evaluation": evaluator.fingerprint(),
+    }
+    population, logbook = eaGenerateUpdate(
+        toolbox,
+        ngen,
+        strategy=strategy,
+        stats=default_stats(),
+        halloffame=hof,
+        verbose=verbose,
+        progress=progress,
+        checkpoint=checkpoint,
+        settings=settings,
+        make=functools.partial(_cma_individual, icls, adapter.device, adapter.dtype),
     )
     model, genome_, fitness = _result(
         adapter, hof[0], prepare, genomes if include_parents else None, X, y, scorer, batch_size

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -116,3 +117,19 @@ def test_commands_install_the_pinned_versions():
     reqs = cfg["options"]["install_requires"].split() + [r for k in ("test", "docs", "dev") for r in extras[k].split()]
     names = {re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[]", r)[0].lower()) for r in reqs if r.strip()}
     assert names <= set(pins), f"not pinned: {sorted(names - set(pins))}"
+
+
+def test_alignment_guide_runs(digits, digit_mlps):
+    """The alignment guide's Python block, as written, with two real digits MLPs."""
+    import mega_deap
+
+    block = python_blocks("docs/guide/alignment.md")[0]
+    (X_val, y_val), (X_train, _) = digits["val"], digits["train"]
+    env = {"mega_deap": mega_deap, "model_a": digit_mlps[0], "model_b": digit_mlps[1], "X_train": X_train,
+           "X_val": X_val, "y_val": y_val}
+    with pytest.raises(ValueError, match="no BatchNorm"):  # the line for BatchNorm models, on MLPs
+        exec(compile(block, "docs/guide/alignment.md", "exec"), env)
+    block = block.replace("repair_batchnorm(average, X_train[:512])", "pass")
+    block = block.replace(", calibration=X_train[:512])", ")")
+    exec(compile(block, "docs/guide/alignment.md", "exec"), env)
+    assert env["result"].adapter.dim == 4 * 2  # the last line: CMA-ES over per-tensor coefficients
