@@ -19,6 +19,7 @@ import sys
 import time
 
 from mega_deap.experiments import heldout_study as study
+from mega_deap.presets import DEFAULT_MATCHING, DEFAULT_METRIC
 from mega_deap.experiments import write_json
 from mega_deap.experiments.align_study import SETTINGS
 
@@ -76,8 +77,8 @@ def summary(results, choices) -> str:
     """README's short form: per table, each default method's test accuracy minus the best parent's (mean and
     sd over seeds, points), the gap to the ensemble that merge(align=True) closes, and the rule's choices."""
     methods = (
-        ("merge, accuracy_ll", "`merge()`"),
-        ("merge(align='activations')", "`merge(align=True)`"),
+        (f"merge, {DEFAULT_METRIC}", "`merge()`"),
+        (f"merge(align={DEFAULT_MATCHING!r})", "`merge(align=True)`"),
         ("coefficient GA, aligned", "coefficient GA"),
         ("cma_merge", "`cma_merge`"),
     )
@@ -98,7 +99,7 @@ def summary(results, choices) -> str:
                 for m, _ in methods
             ]
             ens = rows["output ensemble"]["test"] - best["test"]
-            gap = rows.get("merge(align='activations')", {}).get("gap", float("nan"))
+            gap = rows.get(f"merge(align={DEFAULT_MATCHING!r})", {}).get("gap", float("nan"))
             out.append(
                 f"| {key} | {'held out' if held else 'development'} | {100 * best['test']:.2f} | "
                 + " | ".join(cells)
@@ -113,6 +114,7 @@ def summary(results, choices) -> str:
         for what, (chosen, scores) in choices.items()
     ]
     return (
+        f"`merge()` is `merge(metric={DEFAULT_METRIC!r})`, `merge(align=True)` is `merge(align={DEFAULT_MATCHING!r})`. "
         "Test accuracy minus the best parent's (points, mean ± sd over seeds; the best parent is the one "
         "better on test, the harder baseline); ensemble: the output ensemble's, for scale.\n\n"
         + "\n".join(out)

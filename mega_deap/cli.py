@@ -109,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metric",
         choices=sorted(METRICS),
-        default="accuracy_ll",
-        help="the fitness (accuracy_ll: accuracy, ties broken by the log-likelihood; accuracy: the "
-        "paper's; neg_mse or neg_mae for regression)",
+        default="accuracy",
+        help="the fitness (accuracy: the paper's; accuracy_ll: accuracy, ties broken by the log-likelihood; "
+        "neg_mse or neg_mae for regression)",
     )
     p.add_argument("--popsize", type=int, default=20, help="individuals per generation (N)")
     p.add_argument("--ngen", type=int, default=20, help="generations (G)")

@@ -145,10 +145,13 @@ def test_repair_of_a_parent_interpolated_with_itself_changes_nothing():
 
 
 def test_merge_aligns_by_activations_and_seeds_the_repaired_average(digit_mlps, digits):
-    """align=True is activation matching on the validation inputs (no calibration given); the first
-    population holds the parents, their average and the REPAIRed average (no BatchNorm here)."""
+    """align="activations" matches on the validation inputs (no calibration given); the first population
+    holds the parents, their average and the REPAIRed average (no BatchNorm here). align=True is the
+    default matching, weight matching."""
     X, y = digits["val"]
-    r = mega_deap.merge(digit_mlps, (X, y), popsize=6, ngen=0, seed=0, progress=False, device="cpu", align=True)
+    r = mega_deap.merge(
+        digit_mlps, (X, y), popsize=6, ngen=0, seed=0, progress=False, device="cpu", align="activations"
+    )
     a, b = activation_matching(list(digit_mlps), X)
     ad = r.adapter
     assert torch.equal(r.population[1].genome, ad.genome(b))
@@ -156,7 +159,9 @@ def test_merge_aligns_by_activations_and_seeds_the_repaired_average(digit_mlps, 
     assert torch.equal(r.population[2].genome, average)
     repaired = repair_interpolation(weight_average([a, b]), [a, b], X)
     torch.testing.assert_close(r.population[3].genome, ad.genome(repaired))
-    w = mega_deap.merge(digit_mlps, (X, y), popsize=6, ngen=0, seed=0, progress=False, device="cpu", align="weights")
+    w = mega_deap.merge(
+        digit_mlps, (X, y), popsize=6, ngen=0, seed=0, progress=False, device="cpu", align=True
+    )  # the default matching
     wa, wb = weight_matching(list(digit_mlps))
     assert torch.equal(w.population[1].genome, ad.genome(wb))
     assert not torch.equal(w.population[1].genome, r.population[1].genome)

@@ -60,7 +60,7 @@ def test_cma_merge_refuses_a_checkpoint_of_another_job(digit_mlps, digits, tmp_p
     with pytest.raises(ValueError, match="belongs to another job: its seed is 0, this run's is 1"):
         cma_merge(digit_mlps, digits["val"], ngen=2, seed=1, **kw)
     with pytest.raises(ValueError, match="belongs to another job: its evaluation"):
-        cma_merge(digit_mlps, digits["val"], ngen=2, seed=0, metric="accuracy", **kw)
+        cma_merge(digit_mlps, digits["val"], ngen=2, seed=0, metric="accuracy_ll", **kw)
     merged = tmp_path / "merge.ckpt"
     mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=1, progress=False, device="cpu", checkpoint=str(merged))
     with pytest.raises(ValueError, match="belongs to another job: its algorithm is None"):

@@ -178,7 +178,7 @@ def test_the_guarantee_holds_for_the_parents_as_given_when_batchnorm_is_repaired
         )
     assert model_accuracy(result.model, *val) >= best
     assert result.fitness == pytest.approx(
-        Evaluator(TorchAdapter(result.model), *val, get_metric("accuracy_ll")).scores(
+        Evaluator(TorchAdapter(result.model), *val, get_metric("accuracy")).scores(
             [TorchAdapter(result.model).genome()]
         )[0],
         rel=1e-9,

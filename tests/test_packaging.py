@@ -125,8 +125,14 @@ def test_alignment_guide_runs(digits, digit_mlps):
 
     block = python_blocks("docs/guide/alignment.md")[0]
     (X_val, y_val), (X_train, _) = digits["val"], digits["train"]
-    env = {"mega_deap": mega_deap, "model_a": digit_mlps[0], "model_b": digit_mlps[1], "X_train": X_train,
-           "X_val": X_val, "y_val": y_val}
+    env = {
+        "mega_deap": mega_deap,
+        "model_a": digit_mlps[0],
+        "model_b": digit_mlps[1],
+        "X_train": X_train,
+        "X_val": X_val,
+        "y_val": y_val,
+    }
     with pytest.raises(ValueError, match="no BatchNorm"):  # the line for BatchNorm models, on MLPs
         exec(compile(block, "docs/guide/alignment.md", "exec"), env)
     block = block.replace("repair_batchnorm(average, X_train[:512])", "pass")

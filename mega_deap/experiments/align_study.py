@@ -119,7 +119,7 @@ def run_setting(
         timed("aligned average + repair", lambda: repair_batchnorm(weight_average(aligned), calib))
     common = dict(popsize=popsize, ngen=ngen, seed=seed, progress=False, device="cpu")
     timed("MeGA (paper)", lambda: merge(parents, splits.val, include_parents=False, metric="accuracy", **common).model)
-    # the fitness this study was run with, before accuracy_ll became merge's default (see the held-out
+    # the fitness this study was run with, before accuracy became merge's default (see the held-out
     # study): pinned here so that the published table stays this command's
     ll = dict(metric="neg_log_loss", **common)
     timed("MeGA, aligned parents", lambda: merge(parents, splits.val, align=True, calibration=calib, **ll).model)
