@@ -12,12 +12,16 @@ import abc
 import importlib
 import sys
 from collections import namedtuple
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional, Union
 
 import torch
 
-__all__ = ["Adapter", "LayoutEntry", "KeepValid", "register_adapter", "unregister_adapter", "adapter_for"]
+__all__ = ["Adapter", "GenomeLike", "LayoutEntry", "KeepValid", "register_adapter", "unregister_adapter", "adapter_for"]
 
+if TYPE_CHECKING:
+    from mega_deap.individual import TensorIndividual
+
+GenomeLike = Union[torch.Tensor, "TensorIndividual"]  # a (D,) genome, or an individual that holds one
 LayoutEntry = namedtuple("LayoutEntry", "name shape offset numel kind")
 LayoutEntry.__doc__ = """One tensor of the genome: ``genome[offset:offset + numel].view(shape)``.
 ``kind`` is ``"parameter"`` or ``"buffer"``."""
@@ -85,35 +89,35 @@ class Adapter(abc.ABC):
         ``(k, D)`` on the adapter's device (a clear error for the first parent that does not fit)."""
 
     @abc.abstractmethod
-    def check(self, model) -> None:
+    def check(self, model: Any) -> None:
         """Raise ``ValueError`` (naming the first difference) unless ``model`` has this layout."""
 
     @abc.abstractmethod
-    def genome(self, model=None) -> torch.Tensor:
+    def genome(self, model: Any = None) -> torch.Tensor:
         """The genome of ``model`` (default: the template), ``(D,)``, a new tensor."""
 
     @abc.abstractmethod
-    def load(self, genome, model=None):
+    def load(self, genome: GenomeLike, model: Any = None) -> Any:
         """Write ``genome`` (``(D,)``) into ``model``'s weights (default: the template); returns the model."""
 
     @abc.abstractmethod
-    def to_model(self, genome):
+    def to_model(self, genome: GenomeLike) -> Any:
         """A new model of the template's architecture holding ``genome``'s weights."""
 
     @abc.abstractmethod
-    def state_dict(self, genome) -> dict:
+    def state_dict(self, genome: GenomeLike) -> dict:
         """Every tensor of the model by name, ``genome``'s in place of the template's (independent copies)."""
 
     @abc.abstractmethod
-    def forward(self, genome, x) -> torch.Tensor:
+    def forward(self, genome: GenomeLike, x: torch.Tensor) -> torch.Tensor:
         """The model's output on ``x`` (``(B, ...)``) with ``genome``'s weights, as a torch tensor."""
 
     @abc.abstractmethod
-    def forward_batch(self, genomes: torch.Tensor, x) -> torch.Tensor:
+    def forward_batch(self, genomes: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Outputs for ``genomes`` (``(k, D)``) on ``x``: ``(k, B, ...)``."""
 
     @abc.abstractmethod
-    def eval_mode(self):
+    def eval_mode(self) -> ContextManager:
         """A context manager: the template in inference mode, its previous mode restored on exit."""
 
     # -- shared ---------------------------------------------------------------------
@@ -155,7 +159,7 @@ class Adapter(abc.ABC):
         self.check_all(models)
         return torch.stack([self.genome(m) for m in models])
 
-    def tensors(self, genome) -> dict:
+    def tensors(self, genome: GenomeLike) -> dict:
         """``{name: view}`` for every genome tensor: views of ``genome`` (``(D,)``), no copy."""
         genome = self._check_genome(genome)
         return {e.name: genome[e.offset : e.offset + e.numel].view(e.shape) for e in self.layout}
@@ -188,7 +192,7 @@ class Adapter(abc.ABC):
         self._fixed = (positions, genomes[0, positions].clone())
         return int(positions.numel())
 
-    def repair_(self, genome):
+    def repair_(self, genome: GenomeLike) -> GenomeLike:
         """Keep the genome valid, in place: BatchNorm running (moving) variances at least ``var_floor``,
         and the non-finite entries every parent shares (:meth:`fix_nonfinite`) as the parents have them.
         Returns the genome."""
@@ -249,7 +253,7 @@ def unregister_adapter(model_type: Union[type, str]) -> None:
     _REGISTRY[:] = [(t, a) for t, a in _REGISTRY if t != model_type]
 
 
-def adapter_for(model) -> type:
+def adapter_for(model: Any) -> type:
     """The :class:`Adapter` subclass registered for ``model``'s type: of the registered types that
     ``model`` is an instance of, the one nearest to ``type(model)`` in its class hierarchy."""
     mro = type(model).__mro__

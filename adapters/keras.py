@@ -14,12 +14,12 @@ import contextlib
 import re
 from collections import OrderedDict
 
-from typing import Any
+from typing import Any, ContextManager
 
 import numpy as np
 import torch
 
-from .base import Adapter, LayoutEntry
+from .base import Adapter, LayoutEntry, GenomeLike
 
 __all__ = ["KerasAdapter"]
 
@@ -61,7 +61,7 @@ class KerasAdapter(Adapter):
 
     model: Any  # a keras.Model (Keras is imported only when a Keras model is adapted)
 
-    def __init__(self, model, *, buffers: bool = True, var_floor: float = 1e-5):
+    def __init__(self, model: Any, *, buffers: bool = True, var_floor: float = 1e-5):
         keras = _keras()
         if not isinstance(model, keras.Model):
             raise TypeError(f"KerasAdapter wraps a keras.Model, got {type(model).__name__}")
@@ -109,7 +109,7 @@ class KerasAdapter(Adapter):
         )
 
     # -- checks -----------------------------------------------------------------
-    def check(self, model) -> None:
+    def check(self, model: Any) -> None:
         """Raise ValueError unless ``model`` has this adapter's layout (order, shapes, dtype)."""
         keras = _keras()
         if not isinstance(model, keras.Model):
@@ -137,7 +137,7 @@ class KerasAdapter(Adapter):
             )
 
     # -- genome <-> model -----------------------------------------------------------
-    def genome(self, model=None) -> torch.Tensor:
+    def genome(self, model: Any = None) -> torch.Tensor:
         """The genome of ``model`` (default: the template), ``(D,)``."""
         keras = _keras()
         model = self.model if model is None else model
@@ -148,7 +148,7 @@ class KerasAdapter(Adapter):
         ]
         return torch.from_numpy(np.concatenate(parts)).to(device=self.device, dtype=self.dtype)
 
-    def load(self, genome, model=None) -> object:
+    def load(self, genome: GenomeLike, model: Any = None) -> object:
         """Assign ``genome`` to ``model``'s weights (default: the template); returns the model."""
         model = self.model if model is None else model
         genome = self._check_genome(genome).detach().cpu()
@@ -158,7 +158,7 @@ class KerasAdapter(Adapter):
             v.assign(genome[e.offset : e.offset + e.numel].reshape(e.shape).numpy())
         return model
 
-    def to_model(self, genome) -> object:
+    def to_model(self, genome: GenomeLike) -> object:
         """A new model: a clone of the template's architecture holding ``genome``'s weights (the template's
         other non-trainable weights are copied too)."""
         keras = _keras()
@@ -167,7 +167,7 @@ class KerasAdapter(Adapter):
         clone.set_weights(self.model.get_weights())
         return self.load(genome, clone)
 
-    def state_dict(self, genome) -> OrderedDict:
+    def state_dict(self, genome: GenomeLike) -> OrderedDict:
         """``{weight path: numpy array}`` of every model weight, the genome's in place of the template's."""
         views = self.tensors(genome)
         keras = _keras()
@@ -180,7 +180,7 @@ class KerasAdapter(Adapter):
             )
         return out
 
-    def get_weights(self, genome):
+    def get_weights(self, genome: GenomeLike) -> list:
         """The list ``model.set_weights`` takes, in ``model.weights`` order."""
         return list(self.state_dict(genome).values())
 
@@ -192,7 +192,7 @@ class KerasAdapter(Adapter):
         keras = _keras()
         return [keras.ops.convert_to_tensor(v.detach().cpu().numpy()) for v in views]
 
-    def forward(self, genome, x) -> torch.Tensor:
+    def forward(self, genome: GenomeLike, x: Any) -> torch.Tensor:
         """The model's output on ``x`` with ``genome``'s weights (``stateless_call``, ``training=False``),
         as a torch tensor."""
         keras = _keras()
@@ -209,10 +209,10 @@ class KerasAdapter(Adapter):
             return out
         return torch.from_numpy(np.asarray(keras.ops.convert_to_numpy(out))).to(self.device)
 
-    def forward_batch(self, genomes: torch.Tensor, x) -> torch.Tensor:
+    def forward_batch(self, genomes: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Outputs for k genomes, ``(k, batch, ...)`` (one stateless call per genome)."""
         return torch.stack([self.forward(g, x) for g in genomes])
 
-    def eval_mode(self):
+    def eval_mode(self) -> ContextManager:
         """Keras takes the mode per call (``training=False``): nothing to switch."""
         return contextlib.nullcontext(self.model)

@@ -13,13 +13,13 @@ buffers such as ``num_batches_tracked`` never are. ``repair_`` keeps running var
 import copy
 from collections import OrderedDict
 
-from typing import Optional
+from typing import Any, ContextManager, Optional
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .base import Adapter, KeepValid, LayoutEntry
+from .base import Adapter, KeepValid, LayoutEntry, GenomeLike
 
 __all__ = ["TorchAdapter", "LayoutEntry", "KeepValid"]  # the last two re-exported from .base
 
@@ -55,7 +55,7 @@ class TorchAdapter(Adapter):
 
     model: nn.Module
 
-    def __init__(self, model, *, buffers: bool = True, var_floor: float = 1e-5):
+    def __init__(self, model: nn.Module, *, buffers: bool = True, var_floor: float = 1e-5):
         if not isinstance(model, nn.Module):
             raise TypeError(f"TorchAdapter wraps a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -130,7 +130,7 @@ class TorchAdapter(Adapter):
         )
 
     # -- checks -----------------------------------------------------------
-    def check(self, model) -> None:
+    def check(self, model: Any) -> None:
         """Raise ValueError unless ``model`` has this adapter's layout (names, shapes, dtype, device)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -154,7 +154,7 @@ class TorchAdapter(Adapter):
             )
 
     # -- genome <-> model ---------------------------------------------------
-    def genome(self, model=None) -> torch.Tensor:
+    def genome(self, model: Any = None) -> torch.Tensor:
         """The genome of ``model`` (default: the template), ``(D,)``, a new tensor on its device."""
         model = self.model if model is None else model
         if model is not self.model:
@@ -163,7 +163,7 @@ class TorchAdapter(Adapter):
             return torch.cat([t.detach().reshape(-1) for _, t, _ in _entries(model, self.buffers)])
 
     @torch.no_grad()
-    def load(self, genome, model=None) -> nn.Module:
+    def load(self, genome: GenomeLike, model: Optional[nn.Module] = None) -> nn.Module:
         """Copy ``genome`` into ``model``'s tensors (default: the template), in place; returns the model."""
         model = self.model if model is None else model
         views = self.tensors(genome)
@@ -173,12 +173,12 @@ class TorchAdapter(Adapter):
             t.copy_(views[e.name])
         return model
 
-    def to_model(self, genome) -> nn.Module:
+    def to_model(self, genome: GenomeLike) -> nn.Module:
         """A new module: a copy of the template holding ``genome``'s weights."""
         self._check_genome(genome)
         return self.load(genome, copy.deepcopy(self.model))
 
-    def state_dict(self, genome) -> OrderedDict:
+    def state_dict(self, genome: GenomeLike) -> OrderedDict:
         """The template's state dict with ``genome``'s tensors (independent copies); a tied weight's every
         name gets the genome's tensor."""
         views = self.tensors(genome)
@@ -191,7 +191,7 @@ class TorchAdapter(Adapter):
         return out
 
     # -- functional forward ----------------------------------------------------
-    def forward(self, genome, x) -> torch.Tensor:
+    def forward(self, genome: GenomeLike, x: torch.Tensor) -> torch.Tensor:
         """The template's output on ``x`` with ``genome``'s weights read as views (no copy).
 
         The template's tensors are swapped for views of ``genome`` for the duration of the call and put
@@ -225,13 +225,13 @@ class TorchAdapter(Adapter):
                 self._stacked = stacked_forward(self)
         return self._stacked
 
-    def forward_batch(self, genomes: torch.Tensor, x) -> torch.Tensor:
+    def forward_batch(self, genomes: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Outputs for k genomes at once, ``(k, batch, ...)``, with ``torch.func.vmap``."""
         if genomes.dim() != 2 or genomes.shape[1] != self.dim:
             raise ValueError(f"genomes has shape {tuple(genomes.shape)}, expected (k, {self.dim})")
         return vmap(self._forward_rows, in_dims=(0, None))(genomes, x)
 
-    def eval_mode(self):
+    def eval_mode(self) -> ContextManager:
         """A context manager: the template in eval mode, its previous mode restored on exit."""
         return _EvalMode(self.model)
 

@@ -26,7 +26,7 @@ import contextlib
 import functools
 import math
 import time
-from typing import Literal, Optional
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 
 import torch
 
@@ -77,7 +77,7 @@ class Accuracy:
 
     name, worst = "accuracy", 0.0
 
-    def check(self, out, y):
+    def check(self, out: torch.Tensor, y: torch.Tensor) -> None:
         """``out``: one model's output on a few examples, ``(b, C)``; ``y``: all labels, ``(n,)``."""
         if y.dim() == 2 and y.shape[1] == 1:
             raise ValueError(
@@ -108,11 +108,12 @@ class Accuracy:
                 f"(labels must lie in [0, {classes - 1}])"
             )
 
-    def partial(self, out, y):
+    def partial(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-genome sums over a data batch; ``out`` is ``(k, B, C)``."""
         return correct(out, y)
 
-    def finish(self, total, n):
+    def finish(self, total: torch.Tensor, n: int) -> torch.Tensor:
+        """The metric of each genome from its sums over all ``n`` examples, ``(k,)``."""
         return total / n
 
 
@@ -122,7 +123,7 @@ class NegLogLoss(Accuracy):
 
     name, worst = "neg_log_loss", -math.inf
 
-    def partial(self, out, y):
+    def partial(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return log_likelihood(out, y)
 
 
@@ -139,11 +140,12 @@ class AccuracyLogLik(Accuracy):
 
     name, worst = "accuracy_ll", 0.0
 
-    def partial(self, out, y):
+    def partial(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(k, 2)``: per genome, the examples right and the summed log-likelihood of the true labels."""
         return torch.stack([correct(out, y), log_likelihood(out, y)], -1)
 
-    def finish(self, total, n):
+    def finish(self, total: torch.Tensor, n: int) -> torch.Tensor:
+        """``(right + exp(mean log-likelihood)) / n`` per genome, from ``(k, 2)`` sums."""
         return (total[..., 0] + torch.exp(total[..., 1] / n)) / n
 
 
@@ -155,14 +157,14 @@ class NegLogLossTempered(Accuracy):
     name, worst = "neg_log_loss_tempered", -math.inf
     TEMPERATURES = tuple(2.0 ** (e / 2) for e in range(-6, 9))
 
-    def partial(self, out, y):
+    def partial(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(k, T)``: per genome and temperature, the summed log-likelihood of the true labels."""
         k, b, c = out.shape
         out = out.to(torch.float64)
         idx = y.view(1, b, 1).expand(k, b, 1)
         return torch.stack([torch.log_softmax(out / t, -1).gather(-1, idx).sum((1, 2)) for t in self.TEMPERATURES], -1)
 
-    def finish(self, total, n):
+    def finish(self, total: torch.Tensor, n: int) -> torch.Tensor:
         return total.max(-1).values / n
 
 
@@ -171,7 +173,7 @@ class NegMSE:
 
     name, worst = "neg_mse", -math.inf
 
-    def check(self, out, y):
+    def check(self, out: torch.Tensor, y: torch.Tensor) -> None:
         """``out``: one model's output on a few examples, ``(b, ...)``; ``y``: all targets."""
         if out[0].numel() != y[0].numel():
             raise ValueError(
@@ -182,11 +184,13 @@ class NegMSE:
     def _err(self, out, y):
         return out.reshape(out.shape[0], y.shape[0], -1).to(torch.float64) - y.reshape(y.shape[0], -1).to(torch.float64)
 
-    def partial(self, out, y):
+    def partial(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-genome sums of the squared errors (averaged over each example's outputs), ``(k,)``."""
         e = self._err(out, y)
         return e.pow(2).mean(-1).sum(-1)
 
-    def finish(self, total, n):
+    def finish(self, total: torch.Tensor, n: int) -> torch.Tensor:
+        """Minus the mean error per genome, ``(k,)``."""
         return -total / n
 
 
@@ -195,7 +199,8 @@ class NegMAE(NegMSE):
 
     name = "neg_mae"
 
-    def partial(self, out, y):
+    def partial(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-genome sums of the absolute errors (averaged over each example's outputs), ``(k,)``."""
         return self._err(out, y).abs().mean(-1).sum(-1)
 
 
@@ -270,19 +275,19 @@ class Evaluator:
 
     def __init__(
         self,
-        adapter,
-        X,
-        y,
-        metric=None,
+        adapter: Any,
+        X: Any,
+        y: Any,
+        metric: Any = None,
         *,
         batch_size: Optional[int] = None,
         strategy: Strategy = "auto",
         chunk: Optional[int] = None,
         autocast: Optional[torch.dtype] = None,
         channels_last: bool = False,
-        prepare=None,
+        prepare: Optional[Callable] = None,
         shares: str = "equal",
-    ):
+    ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.adapter = adapter
@@ -387,14 +392,14 @@ class Evaluator:
         """The fitness tuple of one individual (DEAP's ``evaluate`` contract)."""
         return self.evaluate([individual])[0]
 
-    def map(self, func, iterable) -> list:
+    def map(self, func: Callable, iterable: Iterable) -> list:
         """DEAP's ``toolbox.map``: batched when ``func`` is this evaluator, the builtin ``map`` otherwise."""
         if registered_as(func, self):
             return self.evaluate(list(iterable))
         return list(map(func, iterable))
 
     # -- the work -----------------------------------------------------------------
-    def evaluate(self, individuals) -> list:
+    def evaluate(self, individuals: Iterable) -> list:
         """Fitness tuples for ``individuals``; those whose fitness is already valid are not re-run."""
         individuals = list(individuals)
         todo = [i for i, ind in enumerate(individuals) if not (hasattr(ind, "fitness") and ind.fitness.valid)]
@@ -529,7 +534,7 @@ class Evaluator:
         return result
 
     @torch.no_grad()
-    def scores(self, individuals, *, prepared: bool = False) -> list:
+    def scores(self, individuals: Sequence, *, prepared: bool = False) -> list:
         """One float per individual (or ``(D,)`` genome tensor), ignoring any fitness they hold.
         ``prepared``: ``prepare`` has already run on them."""
         genomes = [ind.genome if isinstance(ind, TensorIndividual) else ind for ind in individuals]

@@ -10,6 +10,8 @@ pickling. Copies and pickles hold one row only, never the storage of the whole p
 
 import copy
 
+from typing import Any, Union
+
 import torch
 
 __all__ = ["TensorIndividual", "genome_equal"]
@@ -30,7 +32,7 @@ class TensorIndividual:
 
     __hash__ = None  # type: ignore[assignment]  # equality is by value, as for DEAP's list individuals
 
-    def __init__(self, data=()):
+    def __init__(self, data: Any = ()):
         if not isinstance(data, torch.Tensor):
             data = torch.as_tensor(list(data), dtype=torch.float32)
         if data.dim() != 1:
@@ -119,7 +121,7 @@ class TensorIndividual:
         self.__dict__.update(state)
 
 
-def genome_equal(ind1, ind2) -> bool:
+def genome_equal(ind1: "GenomeLike", ind2: "GenomeLike") -> bool:
     """True when two individuals (or genome tensors) hold the same genome, element for element.
 
     Pass it as ``tools.HallOfFame(k, similar=genome_equal)``; DEAP's default ``operator.eq`` also works
@@ -128,3 +130,6 @@ def genome_equal(ind1, ind2) -> bool:
     a = ind1.genome if isinstance(ind1, TensorIndividual) else ind1
     b = ind2.genome if isinstance(ind2, TensorIndividual) else ind2
     return a.shape == b.shape and a.device == b.device and bool(torch.equal(a, b))
+
+
+GenomeLike = Union[torch.Tensor, TensorIndividual]  # a (D,) genome, or an individual that holds one

@@ -10,11 +10,12 @@ is ``None``, from torch's default generator of the genome's device (seeded by :f
 """
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
+from deap import tools
 
-from .individual import TensorIndividual
+from .individual import GenomeLike, TensorIndividual
 
 __all__ = [
     "initBlend",
@@ -48,7 +49,9 @@ def _uniform(generator):
 ######################################
 
 
-def initBlend(individuals: Sequence, parents, *, generator: Optional[torch.Generator] = None) -> Sequence:
+def initBlend(
+    individuals: Sequence, parents: Union[torch.Tensor, Sequence], *, generator: Optional[torch.Generator] = None
+) -> Sequence:
     """Fill each individual with a blend of the parents' genomes, in place.
 
     With two parents each individual is ``a * p1 + (1 - a) * p2`` with its own ``a ~ U(0, 1)`` (MeGA).
@@ -97,7 +100,12 @@ def initBlend(individuals: Sequence, parents, *, generator: Optional[torch.Gener
 
 
 def cxBlend(
-    ind1, ind2, alpha: float = 0.0, per_element: bool = False, *, generator: Optional[torch.Generator] = None
+    ind1: GenomeLike,
+    ind2: GenomeLike,
+    alpha: float = 0.0,
+    per_element: bool = False,
+    *,
+    generator: Optional[torch.Generator] = None,
 ) -> tuple:
     """Blend two genomes in place.
 
@@ -173,7 +181,7 @@ def sparse_indices(
 
 
 def mutSparseGaussian(
-    individual, mu: float, sigma: float, indpb: float, *, generator: Optional[torch.Generator] = None
+    individual: GenomeLike, mu: float, sigma: float, indpb: float, *, generator: Optional[torch.Generator] = None
 ) -> tuple:
     """Add N(mu, sigma^2) noise to each gene independently with probability ``indpb``, in place.
 
@@ -203,7 +211,7 @@ def layout_spans(layout: Sequence) -> list:
 
 
 def mutLayerGaussian(
-    individual,
+    individual: GenomeLike,
     layout: Sequence,
     mu: float,
     sigma: float,
@@ -243,7 +251,7 @@ def mutLayerGaussian(
 ######################################
 
 
-def selElite(halloffame) -> list:
+def selElite(halloffame: Optional[tools.HallOfFame]) -> list:
     """Elitism (the default of :func:`mega_deap.eaMeGA`): the hall of fame's best goes back into the
     population.
 
@@ -253,6 +261,6 @@ def selElite(halloffame) -> list:
     return [halloffame[0]] if halloffame is not None and len(halloffame) else []
 
 
-def selNoElite(halloffame) -> list:
+def selNoElite(halloffame: Optional[tools.HallOfFame]) -> list:
     """No elitism: nothing is carried over; the hall of fame still records the best ever."""
     return []

@@ -13,7 +13,7 @@ ever copying more than one row per clone. If every row is taken (someone keeps o
 import os
 import warnings
 import weakref
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -62,7 +62,14 @@ class TensorPopulation:
     its last two rows are scratch space for the second child of a mating that the algorithm discards.
     """
 
-    def __init__(self, size: int, dim: int, *, device=None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        size: int,
+        dim: int,
+        *,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         size, dim = int(size), int(dim)
         if size < 1:
             raise ValueError(f"population size must be at least 1, got {size}")

@@ -7,7 +7,7 @@ registry, the population, the toolbox and a hall of fame, and runs :func:`mega_d
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterable, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -73,8 +73,8 @@ def mega_toolbox(
     indpb: float = 0.02,
     layerpb: float = 0.02,
     alpha: float = 0.0,
-    layout=None,
-    repair=None,
+    layout: Optional[Sequence] = None,
+    repair: Any = None,
     breeding: Literal["batched", "per-individual"] = "batched",
 ) -> base.Toolbox:
     """The paper's toolbox: registrations only.
@@ -135,6 +135,8 @@ def _as_xy(val_data):
     raise TypeError(f"val_data must be (X, y) or an iterable of (x, y) batches, got {type(val_data).__name__}")
 
 
+# validation data: (X, y) tensors or arrays, or an iterable of (x, y) batches (a DataLoader)
+ValData = Union[tuple, list, Iterable]
 GENOMES = ("weights", "coefficients")
 # merge's and cma_merge's fitness: chosen by the held-out study's rule on its development tasks (README),
 # among the metrics that keep the accuracy guarantee
@@ -162,14 +164,14 @@ def _holdout(X, y, fraction, seed):
 
 def merge(
     models: list,
-    val_data,
+    val_data: ValData,
     *,
     popsize: int = 20,
     ngen: int = 20,
     npar: int = 4,
     tournsize: int = 3,
     seed: int = 0,
-    device=None,
+    device: Optional[Union[str, torch.device]] = None,
     mutation: str = "sparse",
     sigma: Optional[float] = None,
     indpb: Optional[float] = None,
@@ -185,7 +187,7 @@ def merge(
     breeding: Literal["batched", "per-individual"] = "batched",
     autocast: Optional[torch.dtype] = None,
     align: Union[bool, str] = False,
-    calibration=None,
+    calibration: Any = None,
     genome: Literal["weights", "coefficients"] = "weights",
     granularity: Optional[str] = None,
     include_parents: bool = True,
@@ -524,18 +526,18 @@ def _cma_individual(icls, device, dtype, values):
 
 def cma_merge(
     models: list,
-    val_data,
+    val_data: ValData,
     *,
     ngen: int = 20,
     lambda_: Optional[int] = None,
     sigma: float = 0.3,
     seed: int = 0,
     align: Union[bool, str] = True,
-    calibration=None,
+    calibration: Any = None,
     granularity: str = "tensor",
     metric: str = DEFAULT_METRIC,
     batch_size: Optional[int] = None,
-    device=None,
+    device: Optional[Union[str, torch.device]] = None,
     include_parents: bool = True,
     verbose: bool = False,
     progress: bool = True,
@@ -661,7 +663,7 @@ class TreeResult:
     merges: list
 
 
-def merge_tree(models: list, val_data, *, seed: int = 0, **kwargs) -> TreeResult:
+def merge_tree(models: list, val_data: ValData, *, seed: int = 0, **kwargs: Any) -> TreeResult:
     """Merge 2^k models pairwise, level by level (8 -> 4 -> 2 -> 1), each pair with :func:`merge`.
 
     The pair ``j`` of the run gets seed ``seed + j``; other keyword arguments go to :func:`merge`.

@@ -15,7 +15,7 @@
 """
 
 import copy
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -115,7 +115,7 @@ def match_activations(
     return perms
 
 
-def activation_matching(models: list, data, *, reference: int = 0, batch_size: int = 256) -> list:
+def activation_matching(models: list, data: Any, *, reference: int = 0, batch_size: int = 256) -> list:
     """Copies of ``models`` (``nn.Module``s of one architecture) with hidden units permuted so that each
     unit correlates best with the reference model's unit of the same index, on the inputs of ``data``
     (a tensor or ``(X, y)``; labels are never used). The reference comes back as an unchanged copy, and every
@@ -198,7 +198,7 @@ def _unit_stats(model: nn.Module, names: Sequence[str], X: torch.Tensor, batch_s
 def repair_interpolation(
     model: nn.Module,
     parents: list,
-    data,
+    data: Any,
     *,
     weights: Optional[Sequence[float]] = None,
     batch_size: int = 256,

@@ -12,11 +12,11 @@ one-hot genome ``c[:, j] = 1``.
 ``deap.algorithms.eaGenerateUpdate``).
 """
 
-from typing import Literal
+from typing import Any, ContextManager, Literal
 
 import torch
 
-from ..adapters.base import Adapter, LayoutEntry
+from ..adapters.base import Adapter, LayoutEntry, GenomeLike
 
 __all__ = ["CoefficientAdapter", "GRANULARITIES"]
 
@@ -119,7 +119,7 @@ class CoefficientAdapter(Adapter):
         self.inner.repair_rows_(w, torch.arange(len(w), device=w.device))  # running variances stay positive
         return w
 
-    def decode(self, genome) -> torch.Tensor:
+    def decode(self, genome: GenomeLike) -> torch.Tensor:
         """The weights a coefficient genome (``(G * k,)``) stands for: a new ``(D,)`` tensor, repaired by
         the inner adapter (running variances kept positive)."""
         return self._decode(self._check_genome(genome).unsqueeze(0))[0]
@@ -129,10 +129,10 @@ class CoefficientAdapter(Adapter):
         return list(self._decode(torch.stack([self._check_genome(g) for g in genomes])))
 
     # -- the adapter contract ------------------------------------------------------
-    def check(self, model) -> None:
+    def check(self, model: Any) -> None:
         self.inner.check(model)
 
-    def genome(self, model=None) -> torch.Tensor:
+    def genome(self, model: Any = None) -> torch.Tensor:
         """The coefficients whose decoding is nearest (least squares, per group) to ``model``'s weights
         (default: the template, a copy of parent 0); a parent gets its one-hot genome."""
         w = self.inner.genome(model).to(torch.float64)
@@ -143,20 +143,20 @@ class CoefficientAdapter(Adapter):
             out[g] = torch.linalg.lstsq(P[mask], w[mask].unsqueeze(1)).solution.squeeze(1)
         return out.reshape(-1).to(self.dtype)
 
-    def load(self, genome, model=None):
+    def load(self, genome: GenomeLike, model: Any = None) -> Any:
         return self.inner.load(self.decode(genome), model)
 
-    def to_model(self, genome):
+    def to_model(self, genome: GenomeLike) -> Any:
         return self.inner.to_model(self.decode(genome))
 
-    def state_dict(self, genome) -> dict:
+    def state_dict(self, genome: GenomeLike) -> dict:
         return self.inner.state_dict(self.decode(genome))
 
-    def forward(self, genome, x) -> torch.Tensor:
+    def forward(self, genome: GenomeLike, x: torch.Tensor) -> torch.Tensor:
         return self.inner.forward(self.decode(genome), x)
 
-    def forward_batch(self, genomes: torch.Tensor, x) -> torch.Tensor:
+    def forward_batch(self, genomes: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.inner.forward_batch(self._decode(genomes), x)
 
-    def eval_mode(self):
+    def eval_mode(self) -> ContextManager:
         return self.inner.eval_mode()

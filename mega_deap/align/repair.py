@@ -8,7 +8,7 @@ model); :class:`BatchNormRepair` does the same to a genome, so that an
 """
 
 import copy
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ def calibration_inputs(data, *, name: str = "calibration") -> torch.Tensor:
 
 
 @torch.no_grad()
-def repair_batchnorm(model: nn.Module, data, *, batches: Optional[int] = None, batch_size: int = 256) -> nn.Module:
+def repair_batchnorm(model: nn.Module, data: Any, *, batches: Optional[int] = None, batch_size: int = 256) -> nn.Module:
     """Recompute the running mean and variance of every BatchNorm layer of ``model`` on ``data``, in place.
 
     Each layer's statistics become the average over the batches (``momentum=None``, PyTorch's cumulative
@@ -109,7 +109,7 @@ class BatchNormRepair:
     it is scored; it costs a forward pass over the calibration inputs per candidate.
     """
 
-    def __init__(self, adapter, data, *, batches: Optional[int] = None, batch_size: int = 256):
+    def __init__(self, adapter: Any, data: Any, *, batches: Optional[int] = None, batch_size: int = 256) -> None:
         model = getattr(adapter, "model", None)
         if not isinstance(model, nn.Module):
             raise TypeError("BatchNorm repair needs a PyTorch model's adapter (TorchAdapter)")

@@ -48,7 +48,7 @@ class PermutationSpec:
     axes: dict = field(default_factory=dict)
     taps: dict = field(default_factory=dict)
 
-    def groups_of(self, g):
+    def groups_of(self, g: int) -> list:
         """``[(name, axis, segment)]``: where group ``g`` acts."""
         return [(n, a, s) for n, ax in self.axes.items() for a, segs in ax.items() for s in segs if s.group == g]
 
