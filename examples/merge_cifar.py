@@ -207,9 +207,10 @@ def main(argv=None):
         }
     )
     rows.append({"model": "MeGA" + (", aligned" if args.align else ""), **accs(result.model)})
-    table = format_table(rows)
     better = max(rows[: len(parents)], key=lambda r: r["val_acc"])  # the parent one would pick without the test split
     gain = {k: rows[-1][k] - better[k] for k in ("val_acc", "test_acc")}
+    # the report's last row: the paired difference (points), the number a user of this merge looks for
+    table = format_table(rows + [{"model": f"MeGA − the better parent on validation ({better['model']})", **gain}])
 
     os.makedirs(args.out, exist_ok=True)
     merged_path = save_model(
@@ -247,10 +248,6 @@ def main(argv=None):
         f"(fitness) / {len(splits.test[1])} test images; parents {t_parents:.1f} s, merge {t_merge:.1f} s\n"
     )
     say(table)
-    say(
-        f"\nMeGA minus the parent with the better validation accuracy ({better['model']}): validation "
-        f"{100 * gain['val_acc']:+.2f} points, test {100 * gain['test_acc']:+.2f} points"
-    )
     print(f"\nwrote {os.path.join(args.out, 'results.json')}, {png}, {merged_path}")  # even with --quiet
     return report
 
