@@ -42,6 +42,7 @@ def test_readme_main_command_runs_the_example(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| MeGA |" in proc.stdout and (tmp_path / "out" / "results.json").exists()
+    assert "| MeGA − the better parent on validation (parent" in proc.stdout
 
 
 def test_import_pulls_no_optional_framework():
