@@ -8,9 +8,10 @@ evaluate and scores them in one call, so DEAP's own ``eaSimple`` batches as well
 Strategies: ``"loop"`` runs the model once per genome (weights read as views of the population row);
 ``"stacked"`` runs a chunk of genomes through an MLP as one batched matrix product per layer
 (:mod:`mega_deap.adapters.stacked`; models of ``Linear`` layers and element-wise activations only); ``"vmap"`` runs
-``torch.func.vmap`` over a chunk of genomes; ``"measure"`` times them on the first four genomes of the
-first batch it sees and keeps the fastest (the loop's scores are kept, so it costs up to four extra
-evaluations, once); ``"auto"`` is the documented rule: on CPU ``"stacked"`` where the model allows it and
+``torch.func.vmap`` over a chunk of genomes; ``"measure"`` times them on the first genomes (up to four) of
+the first call, each warmed up once and then timed in interleaved rounds, and keeps the fastest (the loop's
+scores are kept, so it costs a few extra evaluations, once; a strategy that fails is never chosen);
+``"auto"`` is the documented rule: on CPU ``"stacked"`` where the model allows it and
 at least four genomes fit in a chunk, else ``"loop"`` (measured on 2 cores: the stacked digits MLP ran
 about 20 % faster per genome than the loop, a wide MLP no faster; a vmapped small CNN or ResNet about 3x
 slower than the loop), and ``"measure"`` on CUDA, where the one-off measurement is cheap next to a run. A
@@ -507,29 +508,36 @@ class Evaluator:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _measure(self, genomes, k=4):
-        """``measure``: time the strategies on the first ``k`` genomes (the loop's scores are kept, so the
-        measurement costs at most ``k`` extra evaluations, once per evaluator)."""
+    def _measure(self, genomes, k=4, repeats=3):
+        """``measure``: time the strategies on the first ``k`` genomes (as many as the call has, at least one):
+        each strategy runs once untimed (a cold first call would count its allocations and kernel choice
+        against it), then ``repeats`` interleaved timed rounds; the median decides. A strategy that fails
+        (a model vmap cannot batch) is never chosen. The loop's scores of the untimed run are kept, so the
+        measurement costs ``(1 + repeats) x 3`` evaluations of at most ``k`` genomes, once per evaluator."""
         sub_g = genomes[:k]
-        self._sync()
-        t = time.perf_counter()
-        result = self._run_loop(sub_g)
-        self._sync()
-        timings = {"loop": time.perf_counter() - t}
+        runs = {"loop": self._run_loop, "vmap": self._run_vmap}
         if self._stacked is not None:
-            t = time.perf_counter()
-            self._run_stacked(sub_g)
-            self._sync()
-            timings["stacked"] = time.perf_counter() - t
-        try:
-            t = time.perf_counter()
-            self._run_vmap(sub_g)
-            self._sync()
-            timings["vmap"] = time.perf_counter() - t
-        except Exception as err:  # a model vmap cannot batch (data-dependent control flow, ...)
-            timings["vmap"] = float("inf")
-            self.measure_error = f"{type(err).__name__}: {err}"
-        self._chosen = min(timings, key=timings.get)
+            runs["stacked"] = self._run_stacked
+        result = None
+        times: dict = {name: [] for name in runs}
+        for name, run in runs.items():  # warm-up, untimed
+            try:
+                out = run(sub_g)
+                result = out if name == "loop" else result
+            except Exception as err:  # a model vmap cannot batch (data-dependent control flow, ...)
+                times[name] = None
+                self.measure_error = f"{type(err).__name__}: {err}"
+        for _ in range(repeats):
+            for name, run in runs.items():
+                if times[name] is None:
+                    continue
+                self._sync()
+                t = time.perf_counter()
+                run(sub_g)
+                self._sync()
+                times[name].append(time.perf_counter() - t)
+        timings = {name: (sorted(ts)[len(ts) // 2] if ts else float("inf")) for name, ts in times.items()}
+        self._chosen = min(timings, key=lambda name: timings[name])
         self.measured_timings = timings
         return result
 
@@ -547,14 +555,10 @@ class Evaluator:
         n = self.X.shape[0]
         with self.adapter.eval_mode(), self._autocast():
             head: Optional[tuple] = None
-            if self.strategy == "measure" and self._chosen is None and len(genomes) >= 4:
+            if self.strategy == "measure" and self._chosen is None:  # measured on this call's first genomes
                 head = self._measure(genomes)
                 genomes = genomes[len(head[0]) :]
-            strategy = (
-                self.strategy
-                if self.strategy != "measure"
-                else (self._chosen or ("vmap" if self.device.type == "cuda" else "loop"))
-            )
+            strategy = self.strategy if self.strategy != "measure" else self._chosen
             if not genomes:
                 assert head is not None  # every genome went into the measurement
                 totals, finite = head

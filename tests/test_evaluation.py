@@ -158,3 +158,34 @@ def test_default_batch_size_rule_and_bad_batch_size(digits, digit_mlps):
     assert accuracy(ad, *digits["val"]).batch_size == 2048
     with pytest.raises(ValueError, match="batch_size must be a positive number"):
         accuracy(ad, *digits["val"], batch_size=0)
+
+
+class _Branchy(torch.nn.Module):
+    """A model vmap cannot batch: control flow on a tensor's value."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        out = self.fc(x)
+        return out if float(out.sum()) > -1e9 else -out
+
+
+def test_measure_with_fewer_than_four_genomes_measures_and_never_picks_a_failing_strategy(digits):
+    """Two genomes in the first call (a rank's share of a small population, a small CMA-ES generation): the
+    strategies are still measured, each warmed up and timed more than once, and vmap, which cannot run
+    this model, is not chosen; the scores are the loop's."""
+    from mega_deap import Evaluator
+    from mega_deap.adapters import TorchAdapter
+
+    torch.manual_seed(0)
+    ad = TorchAdapter(_Branchy())
+    X, y = digits["val"]
+    genomes = [ad.genome(), ad.genome() * 0.5]
+    loop = Evaluator(ad, X, y, strategy="loop").scores(genomes)
+    meas = Evaluator(ad, X, y, strategy="measure")
+    assert meas.scores(genomes) == loop
+    assert meas.chosen == "loop" and meas.measured_timings["vmap"] == float("inf")
+    assert "vmap" in meas.measure_error or meas.measure_error
+    assert meas.scores(genomes[:1]) == loop[:1]  # later calls use what it chose
