@@ -15,6 +15,7 @@ from collections import namedtuple
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional, Union
 
 import torch
+from mega_deap.checks import SettingError, SettingTypeError
 
 __all__ = ["Adapter", "GenomeLike", "LayoutEntry", "KeepValid", "register_adapter", "unregister_adapter", "adapter_for"]
 
@@ -141,9 +142,9 @@ class Adapter(abc.ABC):
     def _check_genome(self, genome) -> torch.Tensor:
         genome = getattr(genome, "genome", genome)
         if not isinstance(genome, torch.Tensor):
-            raise TypeError(f"a genome is a 1-D tensor or a TensorIndividual, got {type(genome).__name__}")
+            raise SettingTypeError(f"a genome is a 1-D tensor or a TensorIndividual, got {type(genome).__name__}")
         if genome.dim() != 1 or genome.shape[0] != self.dim:
-            raise ValueError(f"genome has shape {tuple(genome.shape)}, this adapter expects ({self.dim},)")
+            raise SettingError(f"genome has shape {tuple(genome.shape)}, this adapter expects ({self.dim},)")
         return genome
 
     def check_all(self, models: list) -> None:
@@ -152,7 +153,7 @@ class Adapter(abc.ABC):
             try:
                 self.check(m)
             except ValueError as err:
-                raise ValueError(f"model {i}: {err}") from None
+                raise SettingError(f"model {i}: {err}") from None
 
     def genomes(self, models: list) -> torch.Tensor:
         """The genomes of several models, ``(k, D)``; a clear error for the first one that does not fit."""
@@ -184,7 +185,7 @@ class Adapter(abc.ABC):
             entry = next(e for e in self.layout if e.offset <= pos < e.offset + e.numel)
             value = float(genomes[model, pos])
             who = names[model] if names else f"model {model}"
-            raise ValueError(
+            raise SettingError(
                 f"{who} has {value} in tensor {entry.name!r} (element {pos - entry.offset}): "
                 f"parents must be finite, except buffer entries that are the same inf in every parent"
             )
@@ -267,7 +268,7 @@ def adapter_for(model: Any) -> type:
             best = (rank, adapter)
     if best is None:
         known = ", ".join(t if isinstance(t, str) else f"{t.__module__}:{t.__qualname__}" for t, _ in _REGISTRY)
-        raise TypeError(
+        raise SettingTypeError(
             f"no adapter is registered for {type(model).__module__}.{type(model).__qualname__} "
             f"(registered: {known}); register one with mega_deap.adapters.register_adapter"
         )

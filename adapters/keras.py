@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .base import Adapter, LayoutEntry, GenomeLike
+from mega_deap.checks import SettingError, SettingTypeError
 
 __all__ = ["KerasAdapter"]
 
@@ -64,9 +65,9 @@ class KerasAdapter(Adapter):
     def __init__(self, model: Any, *, buffers: bool = True, var_floor: float = 1e-5):
         keras = _keras()
         if not isinstance(model, keras.Model):
-            raise TypeError(f"KerasAdapter wraps a keras.Model, got {type(model).__name__}")
+            raise SettingTypeError(f"KerasAdapter wraps a keras.Model, got {type(model).__name__}")
         if not model.built or not model.weights:
-            raise ValueError("the Keras model has no weights yet: build it (call it once or give it an Input) first")
+            raise SettingError("the Keras model has no weights yet: build it (call it once or give it an Input) first")
         self.model, self.buffers, self.var_floor = model, buffers, float(var_floor)
         self.backend = keras.backend.backend()
         weights = _float_weights(model, buffers)
@@ -78,7 +79,7 @@ class KerasAdapter(Adapter):
         self.layout, self.dim = tuple(layout), offset
         dtypes = {str(v.dtype) for v, _ in weights}
         if len(dtypes) > 1:
-            raise ValueError(f"all weights of the genome must share one dtype, found {sorted(dtypes)}")
+            raise SettingError(f"all weights of the genome must share one dtype, found {sorted(dtypes)}")
         self.dtype = getattr(torch, dtypes.pop())
         if self.backend == "torch":
             self.device = weights[0][0].value.device
@@ -113,17 +114,17 @@ class KerasAdapter(Adapter):
         """Raise ValueError unless ``model`` has this adapter's layout (order, shapes, dtype)."""
         keras = _keras()
         if not isinstance(model, keras.Model):
-            raise TypeError(f"expected a keras.Model, got {type(model).__name__}")
+            raise SettingTypeError(f"expected a keras.Model, got {type(model).__name__}")
         theirs = _float_weights(model, self.buffers)
         for i, (e, (v, kind)) in enumerate(zip(self.layout, theirs)):
             shape = tuple(int(s) for s in v.shape)
             if e.shape != shape or e.kind != kind:
-                raise ValueError(
+                raise SettingError(
                     f"{model.name} differs from the template at weight {i}: expected {e.name!r} "
                     f"of shape {e.shape}, got {v.path!r} of shape {shape}"
                 )
             if _generic(e.name) != _generic(v.path):
-                raise ValueError(
+                raise SettingError(
                     f"{model.name} differs from the template at weight {i}: expected a weight named "
                     f"like {e.name!r}, got {v.path!r} (same shape, another layer)"
                 )
@@ -131,7 +132,7 @@ class KerasAdapter(Adapter):
             first = (
                 self.layout[len(theirs)].name if len(theirs) < len(self.layout) else theirs[len(self.layout)][0].path
             )
-            raise ValueError(
+            raise SettingError(
                 f"{model.name} has {len(theirs)} genome weights, the template has {len(self.layout)}; "
                 f"first unmatched: {first!r}"
             )

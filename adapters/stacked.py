@@ -18,6 +18,7 @@ import operator
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from mega_deap.checks import SettingError
 
 __all__ = ["StackedForward", "stacked_forward"]
 
@@ -163,7 +164,7 @@ class StackedForward:
         if node.args[0] not in self.batched:
             h = h.expand(k, *h.shape)
         if h.dim() != 3:
-            raise ValueError(
+            raise SettingError(
                 f"layer {node.target!r} gets inputs of shape {tuple(h.shape[1:])} per genome; "
                 "the stacked forward takes (batch, features) only"
             )

@@ -20,6 +20,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .base import Adapter, KeepValid, LayoutEntry, GenomeLike
+from mega_deap.checks import SettingError, SettingTypeError
 
 __all__ = ["TorchAdapter", "LayoutEntry", "KeepValid"]  # the last two re-exported from .base
 
@@ -57,17 +58,17 @@ class TorchAdapter(Adapter):
 
     def __init__(self, model: nn.Module, *, buffers: bool = True, var_floor: float = 1e-5):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"TorchAdapter wraps a torch.nn.Module, got {type(model).__name__}")
+            raise SettingTypeError(f"TorchAdapter wraps a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.buffers = buffers
         self.var_floor = float(var_floor)
         entries = _entries(model, buffers)
         if not entries:
-            raise ValueError(f"{type(model).__name__} has no floating-point parameters to put in a genome")
+            raise SettingError(f"{type(model).__name__} has no floating-point parameters to put in a genome")
         dtypes = {t.dtype for _, t, _ in entries}
         if len(dtypes) > 1:
             first = {t.dtype: n for n, t, _ in reversed(entries)}
-            raise ValueError(
+            raise SettingError(
                 "all tensors of the genome must share one dtype, found "
                 + ", ".join(f"{d} (e.g. {first[d]!r})" for d in dtypes)
             )
@@ -133,22 +134,22 @@ class TorchAdapter(Adapter):
     def check(self, model: Any) -> None:
         """Raise ValueError unless ``model`` has this adapter's layout (names, shapes, dtype, device)."""
         if not isinstance(model, nn.Module):
-            raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+            raise SettingTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
         theirs = _entries(model, self.buffers)
         for i, (e, (name, t, _kind)) in enumerate(zip(self.layout, theirs)):
             if e.name != name or e.shape != tuple(t.shape):
-                raise ValueError(
+                raise SettingError(
                     f"{type(model).__name__} differs from the template at tensor {i}: expected "
                     f"{e.name!r} of shape {e.shape}, got {name!r} of shape {tuple(t.shape)}"
                 )
             if t.dtype != self.dtype:
-                raise ValueError(f"tensor {name!r} has dtype {t.dtype}, the template has {self.dtype}")
+                raise SettingError(f"tensor {name!r} has dtype {t.dtype}, the template has {self.dtype}")
             if t.device != self.device:
-                raise ValueError(f"tensor {name!r} is on {t.device}, the template is on {self.device}")
+                raise SettingError(f"tensor {name!r} is on {t.device}, the template is on {self.device}")
         if len(theirs) != len(self.layout):
             extra = self.layout[len(theirs) :] or [n for n, _, _ in theirs[len(self.layout) :]]
             first = extra[0].name if isinstance(extra[0], LayoutEntry) else extra[0]
-            raise ValueError(
+            raise SettingError(
                 f"{type(model).__name__} has {len(theirs)} genome tensors, the template has "
                 f"{len(self.layout)}; first unmatched: {first!r}"
             )
@@ -228,7 +229,7 @@ class TorchAdapter(Adapter):
     def forward_batch(self, genomes: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Outputs for k genomes at once, ``(k, batch, ...)``, with ``torch.func.vmap``."""
         if genomes.dim() != 2 or genomes.shape[1] != self.dim:
-            raise ValueError(f"genomes has shape {tuple(genomes.shape)}, expected (k, {self.dim})")
+            raise SettingError(f"genomes has shape {tuple(genomes.shape)}, expected (k, {self.dim})")
         return vmap(self._forward_rows, in_dims=(0, None))(genomes, x)
 
     def eval_mode(self) -> ContextManager:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import save_checkpoint
-from .checks import check_toolbox_settings, run_sizes, writable_file
+from .checks import SettingError, check_toolbox_settings, run_sizes, writable_file
 from .operators import selElite
 from .resume import resume, run_settings
 
@@ -58,13 +58,13 @@ def _tournsize(toolbox):
 def _check(population, toolbox, ngen, npar):
     run_sizes(ngen, npar)
     if len(population) < max(npar, 2):
-        raise ValueError(f"population of {len(population)} is smaller than npar={npar}")
+        raise SettingError(f"population of {len(population)} is smaller than npar={npar}")
     tsize = _tournsize(toolbox)
     if tsize is not None and len(population) < tsize:
-        raise ValueError(f"population of {len(population)} is smaller than the tournament size {tsize}")
+        raise SettingError(f"population of {len(population)} is smaller than the tournament size {tsize}")
     for name in ("evaluate", "select", "mate", "mutate", "clone"):
         if not hasattr(toolbox, name):
-            raise ValueError(f"the toolbox has no {name!r} registered")
+            raise SettingError(f"the toolbox has no {name!r} registered")
 
 
 def _save(path, main, **state):

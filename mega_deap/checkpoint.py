@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .checks import SettingError
 from .files import atomic_write, tensor_digest
 from .rng import rng_state
 
@@ -24,7 +25,7 @@ __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
 FORMAT = "mega_deap.checkpoint/2"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SettingError):
     """A checkpoint file that cannot be trusted: truncated, corrupted, or not ours."""
 
 

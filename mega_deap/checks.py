@@ -6,15 +6,35 @@ import numbers
 import os
 from typing import Optional
 
-__all__ = ["integer", "run_sizes", "choice", "probability", "nonnegative", "writable_file", "check_toolbox_settings"]
+__all__ = [
+    "SettingError",
+    "SettingTypeError",
+    "integer",
+    "run_sizes",
+    "choice",
+    "probability",
+    "nonnegative",
+    "writable_file",
+    "check_toolbox_settings",
+]
+
+
+class SettingError(ValueError):
+    """A setting or an input the caller gave that cannot be used: the message names it, the value it got and
+    what was expected. Every ValueError that mega_deap raises itself is one; a plain ValueError from below
+    (torch, NumPy) is not, so a command line can tell the user's mistake from a fault in the library."""
+
+
+class SettingTypeError(TypeError):
+    """As :class:`SettingError`, for a value of the wrong type."""
 
 
 def integer(name: str, value, minimum: Optional[int] = None) -> int:
     """``value`` as an int, refusing floats (20.5 or 20.0), bools and strings."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
+        raise SettingTypeError(f"{name} must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise SettingError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
@@ -23,26 +43,26 @@ def run_sizes(ngen, npar) -> None:
     integer("ngen", ngen)
     integer("npar", npar)
     if ngen < 0:
-        raise ValueError(f"ngen must be >= 0, got {ngen}")
+        raise SettingError(f"ngen must be >= 0, got {ngen}")
     if npar < 2:
-        raise ValueError(f"npar must be >= 2 (the first two winners mate), got {npar}")
+        raise SettingError(f"npar must be >= 2 (the first two winners mate), got {npar}")
 
 
 def choice(name: str, value, options: tuple):
     if value not in options:
-        raise ValueError(f"{name} must be one of {', '.join(repr(o) for o in options)}, got {value!r}")
+        raise SettingError(f"{name} must be one of {', '.join(repr(o) for o in options)}, got {value!r}")
     return value
 
 
 def probability(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        raise SettingError(f"{name} must be a probability in [0, 1], got {value!r}")
     return float(value)
 
 
 def nonnegative(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise SettingError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
@@ -50,13 +70,13 @@ def writable_file(name: str, path) -> str:
     """``path`` can be written: not a folder, and its folder exists (or can be made) and is writable."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise ValueError(f"{name} {path!r} is a folder; expected a file path")
+        raise SettingError(f"{name} {path!r} is a folder; expected a file path")
     folder = os.path.dirname(os.path.abspath(path))
     existing = folder
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
-        raise ValueError(f"{name} {path!r} cannot be written: {existing!r} is not a writable folder")
+        raise SettingError(f"{name} {path!r} cannot be written: {existing!r} is not a writable folder")
     return path
 
 
@@ -88,4 +108,4 @@ def check_toolbox_settings(toolbox) -> None:
                 try:
                     _KEYWORDS[key](f"toolbox.{alias}'s {key}", value)
                 except TypeError as err:
-                    raise ValueError(str(err)) from None
+                    raise SettingError(str(err)) from None

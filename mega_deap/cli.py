@@ -15,9 +15,11 @@ import importlib
 import importlib.util
 import os
 import sys
+import traceback
 
 import torch
 
+from mega_deap.checks import SettingError, SettingTypeError
 from mega_deap.evaluation import METRICS
 
 __all__ = ["main", "build_parser", "load_callable", "UsageError"]
@@ -287,9 +289,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         written = run(args)
-    except (UsageError, ValueError, TypeError) as err:  # ours and the library's checks: the user's mistake
+    except (UsageError, SettingError, SettingTypeError) as err:  # the user's mistake, as our checks name it
         print(f"mega-merge: error: {err}", file=sys.stderr)
         return 2
+    except Exception:  # anything else is a fault: its traceback is what a bug report needs
+        traceback.print_exc()
+        print("mega-merge: internal error (the traceback above belongs in a bug report)", file=sys.stderr)
+        return 1
     print("wrote " + ", ".join(written))
     return 0
 

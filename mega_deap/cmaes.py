@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .checks import writable_file
+from .checks import SettingError, writable_file
 from .rng import set_rng_state
 
 __all__ = ["eaGenerateUpdate", "CMA_STATE"]
@@ -47,12 +47,12 @@ def _resume(path, strategy, halloffame, logbook, settings: dict, ngen: int, make
     if saved.get("settings") != settings:
         old, new = saved.get("settings") or {}, settings
         key = next((k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)), "settings")
-        raise ValueError(
+        raise SettingError(
             f"checkpoint {path!r} belongs to another job: its {key} is {old.get(key)!r}, this run's is "
             f"{new.get(key)!r}; start a new checkpoint or resume the run that wrote it"
         )
     if meta["gen"] + 1 > ngen:
-        raise ValueError(f"checkpoint {path!r} is after generation {meta['gen']}, past this run's ngen={ngen}")
+        raise SettingError(f"checkpoint {path!r} is after generation {meta['gen']}, past this run's ngen={ngen}")
     _restore(strategy, saved["strategy"])
     if halloffame is not None:
         halloffame.clear()
@@ -99,7 +99,7 @@ def eaGenerateUpdate(
     if checkpoint is not None:
         writable_file("checkpoint", checkpoint)
         if make is None:
-            raise ValueError("a checkpoint needs make(genome) to rebuild the hall of fame on resume")
+            raise SettingError("a checkpoint needs make(genome) to rebuild the hall of fame on resume")
     logbook = tools.Logbook()
     logbook.header = ["gen", "nevals"] + (stats.fields if stats else [])
     start = 0

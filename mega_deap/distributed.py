@@ -16,6 +16,7 @@ import time
 from typing import Optional, Sequence
 
 import torch
+from .checks import SettingError
 
 __all__ = [
     "init_from_env",
@@ -153,7 +154,7 @@ class ShardedScores:
 
     def __init__(self, shares: str = "equal"):
         if shares not in SHARES:
-            raise ValueError(f"shares must be one of {SHARES}, got {shares!r}")
+            raise SettingError(f"shares must be one of {SHARES}, got {shares!r}")
         self.mode = shares
         self.rate = None  # this rank's genomes per second, last call
         self.weights: Optional[list] = None

@@ -34,6 +34,7 @@ import torch
 from . import distributed
 from .files import tensor_digest
 from .individual import TensorIndividual
+from .checks import SettingError, SettingTypeError
 
 __all__ = [
     "Evaluator",
@@ -81,30 +82,30 @@ class Accuracy:
     def check(self, out: torch.Tensor, y: torch.Tensor) -> None:
         """``out``: one model's output on a few examples, ``(b, C)``; ``y``: all labels, ``(n,)``."""
         if y.dim() == 2 and y.shape[1] == 1:
-            raise ValueError(
+            raise SettingError(
                 f"validation labels have shape {tuple(y.shape)}: {self.name} needs class indices of "
                 f"shape (n,) (y.squeeze(1))"
             )
         if y.dim() == 2:
-            raise ValueError(
+            raise SettingError(
                 f"validation labels have shape {tuple(y.shape)}, one-hot or scores: {self.name} needs "
                 f"class indices of shape (n,) (y.argmax(1))"
             )
         if y.dim() != 1:
-            raise ValueError(f"validation labels must have shape (n,), got {tuple(y.shape)}")
+            raise SettingError(f"validation labels must have shape (n,), got {tuple(y.shape)}")
         if y.dtype == torch.bool or y.dtype.is_floating_point or y.dtype.is_complex:
-            raise ValueError(
+            raise SettingError(
                 f"{self.name} needs integer class labels, got dtype {y.dtype} (for regression "
                 "targets use metric='neg_mse' or 'neg_mae')"
             )
         if out.dim() != 2:
-            raise ValueError(
+            raise SettingError(
                 f"{self.name} needs logits of shape (batch, classes) from the model, got {tuple(out.shape)}"
             )
         classes = out.shape[-1]
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= classes:
-            raise ValueError(
+            raise SettingError(
                 f"validation labels span [{lo}, {hi}] but the model outputs {classes} classes "
                 f"(labels must lie in [0, {classes - 1}])"
             )
@@ -177,7 +178,7 @@ class NegMSE:
     def check(self, out: torch.Tensor, y: torch.Tensor) -> None:
         """``out``: one model's output on a few examples, ``(b, ...)``; ``y``: all targets."""
         if out[0].numel() != y[0].numel():
-            raise ValueError(
+            raise SettingError(
                 f"the model outputs {tuple(out.shape[1:])} per example but the targets are "
                 f"{tuple(y.shape[1:])} per example"
             )
@@ -225,7 +226,7 @@ def get_metric(name: str):
     """A new metric object by its name in :data:`METRICS` (the one registry that ``merge``, the command
     line and the fitness functions share)."""
     if name not in METRICS:
-        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {name!r}")
+        raise SettingError(f"metric must be one of {sorted(METRICS)}, got {name!r}")
     return METRICS[name]()
 
 
@@ -290,27 +291,27 @@ class Evaluator:
         shares: str = "equal",
     ) -> None:
         if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+            raise SettingError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.adapter = adapter
         self.metric = metric if metric is not None else Accuracy()
         self.device = torch.device(adapter.device)
         X = torch.as_tensor(X)
         y = torch.as_tensor(y)
         if X.shape[0] != y.shape[0]:
-            raise ValueError(f"X has {X.shape[0]} examples but y has {y.shape[0]}")
+            raise SettingError(f"X has {X.shape[0]} examples but y has {y.shape[0]}")
         if X.shape[0] == 0:
-            raise ValueError("the validation set is empty")
+            raise SettingError("the validation set is empty")
         if X.is_floating_point():
             X = X.to(adapter.dtype)
         self.X = X.to(self.device)
         if channels_last:
             if self.X.dim() != 4:
-                raise ValueError(f"channels_last needs 4-D inputs (N, C, H, W), got shape {tuple(self.X.shape)}")
+                raise SettingError(f"channels_last needs 4-D inputs (N, C, H, W), got shape {tuple(self.X.shape)}")
             self.X = self.X.contiguous(memory_format=torch.channels_last)
         self.y = y.to(self.device)
         self.batch_size = int(batch_size) if batch_size is not None else default_batch_size(self.X)
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive number of examples, got {batch_size!r}")
+            raise SettingError(f"batch_size must be a positive number of examples, got {batch_size!r}")
         self.strategy = strategy  # "auto" settles after the template check below
         self.chunk = chunk
         self.autocast = autocast
@@ -325,14 +326,14 @@ class Evaluator:
             template = self._runner.genome()
             out = self._runner.forward(template, self.X[: min(2, len(self.X))])
         if not isinstance(out, torch.Tensor):
-            raise TypeError(
+            raise SettingTypeError(
                 f"the model returns a {type(out).__name__}, not a tensor of outputs: the evaluator "
                 f"needs forward() to return the logits (or predictions) as one tensor"
             )
         self.metric.check(out, self.y)
         self._stacked, self.stacked_reason = self._stacked_forward(template, out)
         if strategy == "stacked" and self._stacked is None:
-            raise ValueError(
+            raise SettingError(
                 f"strategy='stacked' needs a model of Linear layers and element-wise activations: {self.stacked_reason}"
             )
         self._stacked_chunk = self.chunk or (

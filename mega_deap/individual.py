@@ -13,6 +13,7 @@ import copy
 from typing import Any, Union
 
 import torch
+from .checks import SettingError
 
 __all__ = ["TensorIndividual", "genome_equal"]
 
@@ -36,7 +37,7 @@ class TensorIndividual:
         if not isinstance(data, torch.Tensor):
             data = torch.as_tensor(list(data), dtype=torch.float32)
         if data.dim() != 1:
-            raise ValueError(f"a TensorIndividual wraps a 1-D genome tensor, got shape {tuple(data.shape)}")
+            raise SettingError(f"a TensorIndividual wraps a 1-D genome tensor, got shape {tuple(data.shape)}")
         self._data = data
         self._owner = None  # (population, row) when the tensor is a row of a population buffer
 

@@ -16,6 +16,7 @@ import torch
 from deap import tools
 
 from .individual import GenomeLike, TensorIndividual
+from .checks import SettingError, SettingTypeError
 
 __all__ = [
     "initBlend",
@@ -34,7 +35,7 @@ def _genome(ind):
         return ind.genome
     if isinstance(ind, torch.Tensor) and ind.dim() == 1:
         return ind
-    raise TypeError(f"expected a TensorIndividual or a 1-D tensor, got {type(ind).__name__}")
+    raise SettingTypeError(f"expected a TensorIndividual or a 1-D tensor, got {type(ind).__name__}")
 
 
 def _uniform(generator):
@@ -64,20 +65,22 @@ def initBlend(
     """
     if isinstance(parents, torch.Tensor):
         if parents.dim() != 2:
-            raise ValueError(f"parents must be a (k, D) tensor, got shape {tuple(parents.shape)}")
+            raise SettingError(f"parents must be a (k, D) tensor, got shape {tuple(parents.shape)}")
         parents = list(parents)
     parents = [_genome(p) for p in parents]
     if len(parents) < 2:
-        raise ValueError(f"initBlend needs at least two parents, got {len(parents)}")
+        raise SettingError(f"initBlend needs at least two parents, got {len(parents)}")
     for i, p in enumerate(parents):
         if p.shape != parents[0].shape:
-            raise ValueError(f"parent {i} has genome shape {tuple(p.shape)}, parent 0 has {tuple(parents[0].shape)}")
+            raise SettingError(f"parent {i} has genome shape {tuple(p.shape)}, parent 0 has {tuple(parents[0].shape)}")
     gdev = generator.device if generator is not None else "cpu"
     cache = {}
     for ind in individuals:
         row = _genome(ind)
         if row.shape != parents[0].shape:
-            raise ValueError(f"individual has genome shape {tuple(row.shape)}, parents have {tuple(parents[0].shape)}")
+            raise SettingError(
+                f"individual has genome shape {tuple(row.shape)}, parents have {tuple(parents[0].shape)}"
+            )
         key = (row.device, row.dtype)
         if key not in cache:
             cache[key] = [p.to(device=row.device, dtype=row.dtype) for p in parents]
@@ -123,10 +126,10 @@ def cxBlend(
     :returns: ``(ind1, ind2)``.
     """
     if not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha!r}")
+        raise SettingError(f"alpha must be >= 0, got {alpha!r}")
     a, b = _genome(ind1), _genome(ind2)
     if a.shape != b.shape:
-        raise ValueError(f"cxBlend: genome shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
+        raise SettingError(f"cxBlend: genome shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
     if per_element:
         u = torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device)
         gamma = (1.0 + 2.0 * alpha) * u - alpha
@@ -159,7 +162,7 @@ def sparse_indices(
     :returns: an int64 tensor of sorted distinct positions, on ``device``.
     """
     if not 0.0 <= indpb <= 1.0:
-        raise ValueError(f"indpb must be a probability in [0, 1], got {indpb}")
+        raise SettingError(f"indpb must be a probability in [0, 1], got {indpb}")
     if indpb == 0.0 or size == 0:
         return torch.empty(0, dtype=torch.long, device=device)
     if indpb == 1.0:
@@ -196,7 +199,7 @@ def mutSparseGaussian(
     :returns: ``(individual,)``.
     """
     if not sigma >= 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma!r}")
+        raise SettingError(f"sigma must be >= 0, got {sigma!r}")
     g = _genome(individual)
     idx = sparse_indices(g.shape[0], indpb, generator=generator, device=g.device)
     if idx.numel():
@@ -231,9 +234,9 @@ def mutLayerGaussian(
     :returns: ``(individual,)``.
     """
     if not sigma >= 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma!r}")
+        raise SettingError(f"sigma must be >= 0, got {sigma!r}")
     if not 0.0 <= layerpb <= 1.0:
-        raise ValueError(f"layerpb must be a probability in [0, 1], got {layerpb!r}")
+        raise SettingError(f"layerpb must be a probability in [0, 1], got {layerpb!r}")
     g = _genome(individual)
     spans = layout_spans(layout)
     if not spans:

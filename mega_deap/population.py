@@ -18,6 +18,7 @@ from typing import Optional, Union
 import torch
 
 from .individual import TensorIndividual
+from .checks import SettingError, SettingTypeError
 
 __all__ = ["TensorPopulation", "default_device"]
 
@@ -72,11 +73,11 @@ class TensorPopulation:
     ):
         size, dim = int(size), int(dim)
         if size < 1:
-            raise ValueError(f"population size must be at least 1, got {size}")
+            raise SettingError(f"population size must be at least 1, got {size}")
         if dim < 1:
-            raise ValueError(f"genome length (dim) must be at least 1, got {dim}")
+            raise SettingError(f"genome length (dim) must be at least 1, got {dim}")
         if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+            raise SettingError(f"dtype must be a floating-point dtype, got {dtype}")
         self.size, self.dim, self.dtype = size, dim, dtype
         self.device = torch.device(device) if device is not None else default_device()
         need = (2 * size + 2) * dim * torch.empty((), dtype=dtype).element_size()
@@ -129,9 +130,9 @@ class TensorPopulation:
         """
         n = self.size if n is None else int(n)
         if not (isinstance(icls, type) and issubclass(icls, TensorIndividual)):
-            raise TypeError(f"icls must be a TensorIndividual subclass, got {icls!r}")
+            raise SettingTypeError(f"icls must be a TensorIndividual subclass, got {icls!r}")
         if n > len(self._free):
-            raise ValueError(
+            raise SettingError(
                 f"asked for {n} individuals but only {len(self._free)} of the population's "
                 f"{self.rows.shape[0]} rows are free"
             )
@@ -158,9 +159,9 @@ class TensorPopulation:
         Register it as ``toolbox.register("clone", pop.clone)``.
         """
         if not isinstance(individual, TensorIndividual):
-            raise TypeError(f"TensorPopulation.clone takes a TensorIndividual, got {type(individual).__name__}")
+            raise SettingTypeError(f"TensorPopulation.clone takes a TensorIndividual, got {type(individual).__name__}")
         if individual.genome.shape != (self.dim,):
-            raise ValueError(
+            raise SettingError(
                 f"individual has genome shape {tuple(individual.genome.shape)}, the population holds ({self.dim},)"
             )
         if not self._free:

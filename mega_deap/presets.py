@@ -16,7 +16,7 @@ from deap import base, creator, tools
 from . import rng
 from .algorithms import eaMeGA, varMeGA
 from .breeding import varMeGABatched
-from .checks import choice, integer, nonnegative, probability, run_sizes, writable_file
+from .checks import SettingError, SettingTypeError, choice, integer, nonnegative, probability, run_sizes, writable_file
 from .evaluation import Evaluator, Strategy, get_metric
 from .files import tensor_digest
 from .individual import TensorIndividual, genome_equal
@@ -99,7 +99,7 @@ def mega_toolbox(
         tb.register("mutate", mutSparseGaussian, mu=mu, sigma=sigma, indpb=indpb)
     else:
         if layout is None:
-            raise ValueError("mutation='layer' needs the genome's layout (adapter.layout)")
+            raise SettingError("mutation='layer' needs the genome's layout (adapter.layout)")
         tb.register("mutate", mutLayerGaussian, layout=layout, mu=mu, sigma=sigma, layerpb=layerpb)
     tb.register("elite", selElite)
     tb.register("vary", varMeGABatched if breeding == "batched" else varMeGA)  # batched: while the
@@ -132,7 +132,7 @@ def _as_xy(val_data):
     if hasattr(val_data, "__iter__"):  # a DataLoader or any iterable of (x, y) batches
         xs, ys = zip(*[(x, y) for x, y in val_data])
         return torch.cat([torch.as_tensor(x) for x in xs]), torch.cat([torch.as_tensor(y) for y in ys])
-    raise TypeError(f"val_data must be (X, y) or an iterable of (x, y) batches, got {type(val_data).__name__}")
+    raise SettingTypeError(f"val_data must be (X, y) or an iterable of (x, y) batches, got {type(val_data).__name__}")
 
 
 # validation data: (X, y) tensors or arrays, or an iterable of (x, y) batches (a DataLoader)
@@ -147,7 +147,7 @@ DEFAULT_MUTATION = {"weights": (0.01, 0.02), "coefficients": (0.05, 0.2)}  # (si
 def _belongs(name, value, mode, setting, wanted) -> None:
     """Refuse ``name`` given (not ``None``) where ``mode`` is not ``wanted``: a setting that would be ignored."""
     if value is not None and setting != wanted:
-        raise ValueError(f"{name}={value!r} belongs to {mode}={wanted!r}, but {mode}={setting!r}")
+        raise SettingError(f"{name}={value!r} belongs to {mode}={wanted!r}, but {mode}={setting!r}")
 
 
 def _holdout(X, y, fraction, seed):
@@ -155,7 +155,7 @@ def _holdout(X, y, fraction, seed):
     n = len(y)
     m = int(round(fraction * n))
     if not 0 < m < n:
-        raise ValueError(
+        raise SettingError(
             f"holdout={fraction} holds out {m} of {n} validation examples; it must leave at least one on each side"
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -257,7 +257,7 @@ def merge(
     """
     models = list(models)
     if len(models) < 2:
-        raise ValueError(f"merge needs at least two models, got {len(models)}")
+        raise SettingError(f"merge needs at least two models, got {len(models)}")
     # 1. every setting, before any work
     evaluator_metric = get_metric(metric)
     integer("popsize", popsize)
@@ -265,13 +265,13 @@ def merge(
     integer("tournsize", tournsize, 1)
     integer("seed", seed)
     if popsize < max(npar, tournsize, 2):
-        raise ValueError(f"popsize={popsize} is smaller than npar={npar} or tournsize={tournsize}")
+        raise SettingError(f"popsize={popsize} is smaller than npar={npar} or tournsize={tournsize}")
     choice("genome", genome, GENOMES)
     choice("mutation", mutation, MUTATIONS)
     _belongs("granularity", granularity, "genome", genome, "coefficients")
     _belongs("layerpb", layerpb, "mutation", mutation, "layer")
     if indpb is not None and mutation == "layer":
-        raise ValueError(
+        raise SettingError(
             f"indpb={indpb!r} is the per-gene rate of mutation='sparse'; mutation='layer' mutates "
             "whole tensors at rate layerpb"
         )
@@ -288,11 +288,11 @@ def merge(
     choice("shares", shares, ("equal", "throughput"))
     matching = _matching(align)
     if not isinstance(include_parents, bool):
-        raise TypeError(f"include_parents must be True or False, got {include_parents!r}")
+        raise SettingTypeError(f"include_parents must be True or False, got {include_parents!r}")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
-        raise ValueError(f"holdout must be a fraction of the validation set in [0, 1), got {holdout!r}")
+        raise SettingError(f"holdout must be a fraction of the validation set in [0, 1), got {holdout!r}")
     if hof_size is not None and not holdout:
-        raise ValueError(
+        raise SettingError(
             f"hof_size={hof_size!r} is the hall of fame that holdout chooses from; without a "
             "holdout fraction the merge keeps the one best"
         )
@@ -301,7 +301,7 @@ def merge(
     rescale = _check_calibration(models, matching, calibration) and genome == "weights"
     seeds = len(models) + (1 if matching else 0) + (1 if rescale else 0)
     if include_parents and popsize < seeds:
-        raise ValueError(
+        raise SettingError(
             f"popsize={popsize} cannot hold the {len(models)} parents"
             + (" and their average" if matching else "")
             + (" and its REPAIRed copy" if rescale else "")
@@ -417,7 +417,7 @@ def _matching(align) -> Optional[str]:
         return DEFAULT_MATCHING
     if align in MATCHINGS:
         return align
-    raise ValueError(f"align must be True, False or one of {MATCHINGS}, got {align!r}")
+    raise SettingError(f"align must be True, False or one of {MATCHINGS}, got {align!r}")
 
 
 def _check_calibration(models, matching, calibration) -> bool:
@@ -428,7 +428,7 @@ def _check_calibration(models, matching, calibration) -> bool:
     torch_models = isinstance(models[0], torch.nn.Module)
     has_bn = torch_models and bool(batchnorm_layers(models[0]))
     if calibration is not None and not has_bn and not matching:
-        raise ValueError(
+        raise SettingError(
             "calibration inputs were given, but they serve BatchNorm repair (the model has no "
             "BatchNorm layer) or, with align, activation matching and REPAIR (align=False)"
         )
@@ -569,12 +569,12 @@ def cma_merge(
 
     models = list(models)
     if len(models) < 2:
-        raise ValueError(f"cma_merge needs at least two models, got {len(models)}")
+        raise SettingError(f"cma_merge needs at least two models, got {len(models)}")
     integer("ngen", ngen, 1)
     integer("seed", seed)
     nonnegative("sigma", sigma)
     if not isinstance(include_parents, bool):
-        raise TypeError(f"include_parents must be True or False, got {include_parents!r}")
+        raise SettingTypeError(f"include_parents must be True or False, got {include_parents!r}")
     if lambda_ is not None:
         integer("lambda_", lambda_, 2)
     choice("granularity", granularity, ("tensor", "layer", "unit"))
@@ -671,7 +671,7 @@ def merge_tree(models: list, val_data: ValData, *, seed: int = 0, **kwargs: Any)
     models = list(models)
     n = len(models)
     if n < 2 or n & (n - 1):
-        raise ValueError(f"merge_tree merges a power of two of models (2, 4, 8, ...), got {n}")
+        raise SettingError(f"merge_tree merges a power of two of models (2, 4, 8, ...), got {n}")
     levels: list = [models]
     merges: list = []
     while len(levels[-1]) > 1:

@@ -13,6 +13,7 @@ from deap import base, tools
 from .checkpoint import load_checkpoint
 from .files import tensor_digest
 from .rng import set_rng_state
+from .checks import SettingError
 
 __all__ = ["unwrap", "toolbox_fingerprint", "population_digest", "run_settings", "resume"]
 
@@ -93,7 +94,7 @@ def resume(
     saved = meta.get("extra", {})
     for key in sorted(set(saved) | set(settings)):
         if key in _WHAT and saved.get(key) != settings.get(key):
-            raise ValueError(
+            raise SettingError(
                 f"checkpoint {path!r} belongs to another job: its {_WHAT[key]} differs from this "
                 f"run's ({saved.get(key)!r} there, {settings.get(key)!r} here); start a new "
                 f"checkpoint or resume the run that wrote it"
@@ -102,22 +103,22 @@ def resume(
             old, new = saved.get(key, {}), settings[key]
             for alias in sorted(set(old) | set(new)):
                 if old.get(alias) != new.get(alias):
-                    raise ValueError(
+                    raise SettingError(
                         f"checkpoint {path!r} was written with toolbox.{alias} = {old.get(alias)}, "
                         f"this run registers {new.get(alias)}; resume with the same toolbox or "
                         f"start a new checkpoint"
                     )
         elif saved.get(key) != settings.get(key):
-            raise ValueError(
+            raise SettingError(
                 f"checkpoint {path!r} was written with {key}={saved.get(key)!r}, this run has "
                 f"{key}={settings.get(key)!r}"
             )
     if meta["gen"] > ngen:
-        raise ValueError(f"checkpoint {path!r} is at generation {meta['gen']}, past this run's ngen={ngen}")
+        raise SettingError(f"checkpoint {path!r} is at generation {meta['gen']}, past this run's ngen={ngen}")
     G = tensors["population"]
     D = len(population[0])
     if G.shape != (len(population), D):
-        raise ValueError(
+        raise SettingError(
             f"checkpoint {path!r} holds a population of {G.shape[0]} x {G.shape[1]}, this run has "
             f"{len(population)} x {D}"
         )

@@ -180,3 +180,23 @@ def test_an_example_out_that_is_a_file_is_refused_before_work(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"merge_cifar.py: error: --out {str(tmp_path / 'afile')!r} is a file; expected a folder"
     ]
+
+
+def test_an_internal_error_shows_its_traceback(folder, monkeypatch, capsys):
+    """A ValueError from inside the library (here: a merge that fails after the checks passed) is a fault,
+    not the user's mistake: its traceback is printed and the exit status is 1, not one line and 2."""
+    import mega_deap
+    from mega_deap import cli as cli_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("an index went wrong deep inside")
+
+    monkeypatch.setattr(mega_deap, "merge", broken)
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend(str(folder))
+    code = cli_module.main(
+        ["a.safetensors", "b.pt", "--model", "mynets:make_net", "--data", "mynets:validation", "--out", "o", "--quiet"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback (most recent call last)" in err and "an index went wrong" in err
+    assert "internal error" in err

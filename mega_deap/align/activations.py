@@ -23,7 +23,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import fx, nn
 
 from ..adapters.torch import TorchAdapter
-from ..checks import integer
+from ..checks import SettingError, SettingTypeError, integer
 from .matching import apply_permutations
 from .repair import calibration_inputs
 from .spec import PermutationSpec, permutation_spec
@@ -34,7 +34,7 @@ __all__ = ["activation_matching", "match_activations", "repair_interpolation"]
 def _inputs(data) -> torch.Tensor:
     X = calibration_inputs(data)
     if len(X) < 2:
-        raise ValueError(f"calibration data must hold at least two inputs, got {len(X)}")
+        raise SettingError(f"calibration data must hold at least two inputs, got {len(X)}")
     return X
 
 
@@ -126,14 +126,16 @@ def activation_matching(models: list, data: Any, *, reference: int = 0, batch_si
     """
     models = list(models)
     if len(models) < 2:
-        raise ValueError(f"activation_matching needs at least two models, got {len(models)}")
+        raise SettingError(f"activation_matching needs at least two models, got {len(models)}")
     integer("reference", reference)
     if not 0 <= reference < len(models):
-        raise ValueError(f"reference must index one of the {len(models)} models, got {reference}")
+        raise SettingError(f"reference must index one of the {len(models)} models, got {reference}")
     integer("batch_size", batch_size, 1)
     for i, m in enumerate(models):
         if not isinstance(m, nn.Module):
-            raise TypeError(f"activation_matching aligns torch.nn.Module models; model {i} is a {type(m).__name__}")
+            raise SettingTypeError(
+                f"activation_matching aligns torch.nn.Module models; model {i} is a {type(m).__name__}"
+            )
     X = _inputs(data)
     TorchAdapter(models[reference]).check_all(models)
     spec = permutation_spec(models[reference])
@@ -217,7 +219,7 @@ def repair_interpolation(
     if weights is None:
         weights = [1.0 / len(parents)] * len(parents)
     if len(weights) != len(parents):
-        raise ValueError(f"weights has {len(weights)} entries for {len(parents)} parents")
+        raise SettingError(f"weights has {len(weights)} entries for {len(parents)} parents")
     TorchAdapter(model).check_all([model, *parents])
     spec = permutation_spec(model)
     layers = _hidden_layers(model, spec)

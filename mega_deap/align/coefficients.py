@@ -17,6 +17,7 @@ from typing import Any, ContextManager, Literal
 import torch
 
 from ..adapters.base import Adapter, LayoutEntry, GenomeLike
+from ..checks import SettingError
 
 __all__ = ["CoefficientAdapter", "GRANULARITIES"]
 
@@ -38,9 +39,9 @@ class CoefficientAdapter(Adapter):
         self, inner: Adapter, parents: torch.Tensor, *, granularity: Literal["tensor", "layer", "unit"] = "tensor"
     ):
         if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+            raise SettingError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         if parents.dim() != 2 or parents.shape[1] != inner.dim or parents.shape[0] < 2:
-            raise ValueError(f"parents must be (k >= 2, {inner.dim}) genomes, got shape {tuple(parents.shape)}")
+            raise SettingError(f"parents must be (k >= 2, {inner.dim}) genomes, got shape {tuple(parents.shape)}")
         self.inner, self.granularity = inner, granularity
         self.model = inner.model
         self.k = parents.shape[0]

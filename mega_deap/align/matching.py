@@ -17,7 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from ..adapters.torch import TorchAdapter
-from ..checks import integer
+from ..checks import SettingError, SettingTypeError, integer
 from .spec import PermutationSpec, permutation_spec
 
 __all__ = ["weight_matching", "match_permutations", "apply_permutations"]
@@ -109,15 +109,15 @@ def weight_matching(models: list, *, reference: int = 0, max_iter: int = 100, se
     """
     models = list(models)
     if len(models) < 2:
-        raise ValueError(f"weight_matching needs at least two models, got {len(models)}")
+        raise SettingError(f"weight_matching needs at least two models, got {len(models)}")
     integer("reference", reference)
     if not 0 <= reference < len(models):
-        raise ValueError(f"reference must index one of the {len(models)} models, got {reference}")
+        raise SettingError(f"reference must index one of the {len(models)} models, got {reference}")
     integer("max_iter", max_iter, 1)
     integer("seed", seed)
     for i, m in enumerate(models):
         if not isinstance(m, nn.Module):
-            raise TypeError(f"weight_matching aligns torch.nn.Module models; model {i} is a {type(m).__name__}")
+            raise SettingTypeError(f"weight_matching aligns torch.nn.Module models; model {i} is a {type(m).__name__}")
     TorchAdapter(models[reference]).check_all(models)  # one architecture, or the first difference named
     ref_state = models[reference].state_dict()
     spec = permutation_spec(models[reference])

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..checks import integer
+from ..checks import SettingError, SettingTypeError, integer
 from ..files import tensor_digest
 
 __all__ = ["repair_batchnorm", "BatchNormRepair", "batchnorm_layers", "calibration_inputs"]
@@ -41,14 +41,14 @@ def calibration_inputs(data, *, name: str = "calibration") -> torch.Tensor:
     elif hasattr(data, "__iter__"):
         parts = [b[0] if isinstance(b, (tuple, list)) else b for b in data]
         if not parts or not all(isinstance(p, torch.Tensor) for p in parts):
-            raise TypeError(f"{name} must be inputs (n, ...), (X, y) or batches of them")
+            raise SettingTypeError(f"{name} must be inputs (n, ...), (X, y) or batches of them")
         X = torch.cat(parts)
     else:
-        raise TypeError(f"{name} must be inputs (n, ...), (X, y) or batches of them, got {type(data).__name__}")
+        raise SettingTypeError(f"{name} must be inputs (n, ...), (X, y) or batches of them, got {type(data).__name__}")
     if X.dim() < 2 or len(X) < 2:
-        raise ValueError(f"{name} needs at least 2 inputs of shape (n, ...), got shape {tuple(X.shape)}")
+        raise SettingError(f"{name} needs at least 2 inputs of shape (n, ...), got shape {tuple(X.shape)}")
     if not X.is_floating_point():
-        raise ValueError(f"{name} inputs must be floating point, got {X.dtype}")
+        raise SettingError(f"{name} inputs must be floating point, got {X.dtype}")
     return X
 
 
@@ -67,10 +67,10 @@ def repair_batchnorm(model: nn.Module, data: Any, *, batches: Optional[int] = No
     :returns: ``model``.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"repair_batchnorm repairs a torch.nn.Module, got {type(model).__name__}")
+        raise SettingTypeError(f"repair_batchnorm repairs a torch.nn.Module, got {type(model).__name__}")
     layers = batchnorm_layers(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no BatchNorm layer with running statistics to repair")
+        raise SettingError(f"{type(model).__name__} has no BatchNorm layer with running statistics to repair")
     X = calibration_inputs(data)
     integer("batch_size", batch_size, 2)
     if batches is not None:
@@ -112,11 +112,11 @@ class BatchNormRepair:
     def __init__(self, adapter: Any, data: Any, *, batches: Optional[int] = None, batch_size: int = 256) -> None:
         model = getattr(adapter, "model", None)
         if not isinstance(model, nn.Module):
-            raise TypeError("BatchNorm repair needs a PyTorch model's adapter (TorchAdapter)")
+            raise SettingTypeError("BatchNorm repair needs a PyTorch model's adapter (TorchAdapter)")
         if not getattr(adapter, "buffers", False):
-            raise ValueError("BatchNorm repair needs the running statistics in the genome (buffers=True)")
+            raise SettingError("BatchNorm repair needs the running statistics in the genome (buffers=True)")
         if not batchnorm_layers(model):
-            raise ValueError(
+            raise SettingError(
                 f"calibration data was given, but {type(model).__name__} has no BatchNorm layer "
                 "whose statistics it could repair"
             )

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from ..checks import SettingError, SettingTypeError
 
 __all__ = ["PermutationSpec", "Segment", "permutation_spec"]
 
@@ -174,7 +175,7 @@ class _Tracer:
             return self.FIXED
         ga, gb = self.expand(a[0]), self.expand(b[0])
         if self.total(ga) != self.total(gb):
-            raise ValueError(
+            raise SettingError(
                 f"node {node.name!r} ({node.format_node()}) combines {self.total(ga)} and {self.total(gb)} features"
             )
         if len(ga) == 1 and len(gb) > 1:
@@ -188,7 +189,7 @@ class _Tracer:
                     self.parent[y] = x
                     self.fixed[x] = self.fixed[x] or self.fixed[y]
         else:
-            raise ValueError(
+            raise SettingError(
                 f"node {node.name!r} ({node.format_node()}) adds feature axes laid out differently "
                 f"({[self.size[g] for g in ga]} against {[self.size[g] for g in gb]} units)"
             )
@@ -196,7 +197,7 @@ class _Tracer:
 
     # -- the walk -----------------------------------------------------------------
     def unsupported(self, node, why=""):
-        raise ValueError(
+        raise SettingError(
             f"weight matching cannot derive the permutations of {type(self.model).__name__}: "
             f"node {node.name!r} ({node.format_node()}) is not supported{': ' + why if why else ''}. "
             "Supported: Linear, Conv (groups=1), BatchNorm, element-wise activations, dropout, "
@@ -367,7 +368,7 @@ class _Tracer:
         try:
             graph = fx.symbolic_trace(self.model).graph
         except Exception as err:
-            raise ValueError(
+            raise SettingError(
                 f"weight matching needs a model that torch.fx can trace; tracing "
                 f"{type(self.model).__name__} failed: {type(err).__name__}: {err}"
             ) from None
@@ -454,10 +455,10 @@ class _Tracer:
             groups = self.expand(x[0])
             total = sum(self.size[g] for g in groups)
             if features % total:
-                raise ValueError(f"node {node.name!r} reads {features} features from {total} units")
+                raise SettingError(f"node {node.name!r} reads {features} features from {total} units")
             repeat = features // total if x[1] else 1
             if not x[1] and features != total:
-                raise ValueError(f"node {node.name!r} reads {features} features from {total} units")
+                raise SettingError(f"node {node.name!r} reads {features} features from {total} units")
             segs, start = [], 0
             for g in groups:
                 segs.append(Segment(g, start, repeat))
@@ -487,5 +488,5 @@ def permutation_spec(model: nn.Module) -> PermutationSpec:
     """The hidden-unit permutation structure of ``model`` (see the module docstring); a ``ValueError``
     naming the node for a graph it cannot follow."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"permutation_spec needs a torch.nn.Module, got {type(model).__name__}")
+        raise SettingTypeError(f"permutation_spec needs a torch.nn.Module, got {type(model).__name__}")
     return _Tracer(model).run()
