@@ -15,7 +15,7 @@ from . import distributed
 from .checkpoint import save_checkpoint
 from .checks import SettingError, check_toolbox_settings, run_sizes, writable_file
 from .operators import selElite
-from .resume import resume, run_settings
+from .resume import resume, run_settings, toolbox_generators
 
 __all__ = ["eaMeGA", "varMeGA", "evaluate_invalid"]
 
@@ -67,10 +67,12 @@ def _check(population, toolbox, ngen, npar):
             raise SettingError(f"the toolbox has no {name!r} registered")
 
 
-def _save(path, main, **state):
-    """Rank 0 writes the checkpoint (every rank holds the same state); the others wait for it."""
+def _save(path, main, toolbox, **state):
+    """Rank 0 writes the checkpoint (every rank holds the same state); the others wait for it. The states of
+    the generators the toolbox's operators were registered with are saved with it."""
     if main:
-        save_checkpoint(path, **state)
+        gens = {name: g.get_state() for name, g in toolbox_generators(toolbox).items()}
+        save_checkpoint(path, states=gens, **state)
     distributed.barrier()
 
 
@@ -134,7 +136,14 @@ def eaMeGA(
         logbook.record(gen=0, nevals=nevals, **(stats.compile(population) if stats else {}))
         if checkpoint is not None:
             _save(
-                checkpoint, main, gen=0, population=population, halloffame=halloffame, logbook=logbook, extra=settings
+                checkpoint,
+                main,
+                toolbox,
+                gen=0,
+                population=population,
+                halloffame=halloffame,
+                logbook=logbook,
+                extra=settings,
             )
         start = 1
         if verbose:
@@ -165,7 +174,14 @@ def eaMeGA(
         logbook.record(gen=gen, nevals=nevals, **record)
         if checkpoint is not None:
             _save(
-                checkpoint, main, gen=gen, population=population, halloffame=halloffame, logbook=logbook, extra=settings
+                checkpoint,
+                main,
+                toolbox,
+                gen=gen,
+                population=population,
+                halloffame=halloffame,
+                logbook=logbook,
+                extra=settings,
             )
         if verbose:
             tqdm.write(logbook.stream)

@@ -51,7 +51,14 @@ def _jsonable(x):
 
 
 def save_checkpoint(
-    path, *, gen: int, population: list, halloffame=None, logbook=None, extra: Optional[dict] = None
+    path,
+    *,
+    gen: int,
+    population: list,
+    halloffame=None,
+    logbook=None,
+    extra: Optional[dict] = None,
+    states: Optional[dict] = None,
 ) -> str:
     """Write the state of a run after generation ``gen`` to ``path`` (atomically).
 
@@ -59,6 +66,8 @@ def save_checkpoint(
     :param halloffame: a ``tools.HallOfFame`` or ``None``.
     :param logbook: a ``tools.Logbook`` or ``None``.
     :param extra: more JSON-able settings to keep (checked on resume by the caller).
+    :param states: more tensors to keep, ``{name: tensor}`` (the states of the generators that operators
+                   were registered with), stored as ``state/<name>``.
     """
     from safetensors.torch import save_file
 
@@ -68,6 +77,7 @@ def save_checkpoint(
     if hof:
         tensors["halloffame"] = torch.stack([ind.genome for ind in hof]).cpu().contiguous()
     tensors.update({k: v.cpu().contiguous() for k, v in rng_tensors.items()})
+    tensors.update({f"state/{k}": v.cpu().contiguous() for k, v in (states or {}).items()})
     meta = {
         "format": FORMAT,
         "gen": int(gen),

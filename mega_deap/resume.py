@@ -8,6 +8,7 @@ population (in order), the hall of fame, the logbook and every random source.
 import functools
 from typing import Optional
 
+import torch
 from deap import base, tools
 
 from .checkpoint import load_checkpoint
@@ -15,7 +16,7 @@ from .files import tensor_digest
 from .rng import set_rng_state
 from .checks import SettingError
 
-__all__ = ["unwrap", "toolbox_fingerprint", "population_digest", "run_settings", "resume"]
+__all__ = ["unwrap", "toolbox_fingerprint", "toolbox_generators", "population_digest", "run_settings", "resume"]
 
 ALIASES = ("clone", "select", "mate", "mutate", "vary", "elite", "evaluate", "map")
 
@@ -40,9 +41,28 @@ def unwrap(f, layers: Optional[list] = None) -> tuple:
         f = inner
 
 
+def _describe(value) -> str:
+    """A keyword's value as the fingerprint compares it: its ``repr``, but a ``torch.Generator`` by its device
+    (its repr holds a memory address, and its state is saved in the checkpoint instead)."""
+    if isinstance(value, torch.Generator):
+        return f"torch.Generator(device={str(value.device)!r})"
+    return repr(value)
+
+
+def toolbox_generators(tb: base.Toolbox, aliases=ALIASES) -> dict:
+    """``{"alias.keyword": generator}``: the ``torch.Generator`` objects the toolbox's registrations bind;
+    their states go into a checkpoint and come back on resume."""
+    out = {}
+    for alias in aliases:
+        f = getattr(tb, alias, None)
+        if f is not None:
+            out.update({f"{alias}.{k}": v for k, v in unwrap(f)[1].items() if isinstance(v, torch.Generator)})
+    return out
+
+
 def toolbox_fingerprint(tb: base.Toolbox, aliases=ALIASES) -> dict:
     """What a toolbox registers, as comparable JSON-able data: ``{alias: [function name, [[keyword, repr]]]}``
-    (an adapter's ``layout`` keyword is named, not printed)."""
+    (an adapter's ``layout`` keyword is named, not printed; a ``torch.Generator`` by its device)."""
     out = {}
     for alias in aliases:
         f = getattr(tb, alias, None)
@@ -51,7 +71,7 @@ def toolbox_fingerprint(tb: base.Toolbox, aliases=ALIASES) -> dict:
         base_f, kw = unwrap(f)
         out[alias] = [
             getattr(base_f, "__qualname__", type(base_f).__qualname__),
-            sorted([k, "layout" if k == "layout" else repr(v)] for k, v in kw.items()),
+            sorted([k, "layout" if k == "layout" else _describe(v)] for k, v in kw.items()),
         ]
     return out
 
@@ -140,4 +160,9 @@ def resume(
     for record in meta["logbook"]:
         logbook.record(**record)
     set_rng_state(meta["rng"], tensors)
+    for name, generator in toolbox_generators(toolbox).items():
+        state = tensors.get(f"state/{name}")
+        if state is None:
+            raise SettingError(f"checkpoint {path!r} has no state for the generator of {name}")
+        generator.set_state(state)
     return meta["gen"] + 1

@@ -239,3 +239,36 @@ def test_a_kill_at_any_file_operation_leaves_a_complete_checkpoint(tmp_path, dig
     assert meta["gen"] in (1, 2)
     r = mega_deap.merge(digit_mlps, digits["val"], popsize=4, ngen=2, verbose=False, checkpoint=str(ckpt))
     assert [x["gen"] for x in r.logbook] == [0, 1, 2]
+
+
+def _generator_run(digits, digit_mlps, ngen, ckpt):
+    """eaMeGA whose blend and mutation draw from their own torch.Generator (a new object every run, as a
+    script that is started again makes it), checkpointed."""
+    from deap import tools
+
+    from mega_deap import TensorPopulation, cxBlend, eaMeGA, initBlend, mutSparseGaussian
+    from mega_deap.adapters import TorchAdapter, accuracy
+    from mega_deap.presets import default_stats, ensure_creator_classes, mega_toolbox
+
+    mega_deap.seed(0)
+    ad = TorchAdapter(digit_mlps[0])
+    pop = TensorPopulation(6, ad.dim, device="cpu")
+    ev = accuracy(ad, *digits["val"])
+    tb = mega_toolbox(pop, ev)
+    gen = torch.Generator().manual_seed(5)
+    tb.register("mate", cxBlend, generator=gen)
+    tb.register("mutate", mutSparseGaussian, mu=0.0, sigma=0.05, indpb=0.1, generator=gen)
+    inds = initBlend(pop.individuals(ensure_creator_classes()), ad.genomes(digit_mlps))
+    hof = tools.HallOfFame(1, similar=mega_deap.genome_equal)
+    final, log = eaMeGA(inds, tb, ngen, stats=default_stats(), halloffame=hof, verbose=False, checkpoint=str(ckpt))
+    return [ind.genome.clone() for ind in final], [dict(r) for r in log]
+
+
+def test_resume_with_a_generator_keyword_continues_with_the_same_bits(tmp_path, digits, digit_mlps):
+    """A registration with generator=torch.Generator() (documented) could never resume: the fingerprint
+    compared keywords by repr, which holds a memory address. Now the generator is compared by its device and
+    its state travels in the checkpoint, so a run stopped after generation 2 resumes to the same bits."""
+    whole, log = _generator_run(digits, digit_mlps, 4, tmp_path / "whole.ckpt")
+    _generator_run(digits, digit_mlps, 2, tmp_path / "run.ckpt")
+    resumed, log2 = _generator_run(digits, digit_mlps, 4, tmp_path / "run.ckpt")
+    assert log2 == log and all(torch.equal(a, b) for a, b in zip(resumed, whole))
