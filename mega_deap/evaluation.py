@@ -499,7 +499,9 @@ class Evaluator:
         bounds = [i * n // parts for i in range(parts + 1)]
         return self._score(
             (torch.stack(genomes[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])),
-            lambda G, xb: self._stacked(G, xb, reuse=True),
+            # kept out= buffers, except under autocast: an op writing into out= is not autocast (it would run
+            # in float32 while the loop runs in bfloat16)
+            lambda G, xb: self._stacked(G, xb, reuse=self.autocast is None),
         )  # overwritten by the next call
 
     def _run(self, strategy, genomes):

@@ -172,3 +172,26 @@ def test_eval_mode_restores_what_was_training():
     with ad.eval_mode():
         pass
     assert not any(m.training for m in model.modules())
+
+
+def test_stacked_forward_under_autocast_runs_in_the_autocast_dtype(digit_mlps, digits):
+    """The stacked forward writes into kept out= buffers, which autocast skips: under autocast=bfloat16 it ran
+    in float32. Its scores under autocast now differ from float32's and follow the loop's under autocast."""
+    from mega_deap import Evaluator
+    from mega_deap.adapters import TorchAdapter
+    from mega_deap.evaluation import get_metric
+
+    ad = TorchAdapter(digit_mlps[0])
+    X, y = digits["val"]
+    genomes = [ad.genome(), ad.genome() * 0.9, ad.genome() * 1.1, ad.genome() * 0.8]
+
+    def scores(strategy, autocast):
+        ev = Evaluator(ad, X, y, get_metric("neg_log_loss"), strategy=strategy, autocast=autocast)
+        return torch.tensor(ev.scores(genomes), dtype=torch.float64)
+
+    full = scores("stacked", None)
+    half = scores("stacked", torch.bfloat16)
+    loop_half = scores("loop", torch.bfloat16)
+    assert not torch.equal(half, full)  # it really ran in bfloat16
+    torch.testing.assert_close(half, loop_half, rtol=0.02, atol=0.02)  # as the loop does under autocast
+    torch.testing.assert_close(half, full, rtol=0.05, atol=0.05)  # and near float32 all the same
