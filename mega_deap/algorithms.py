@@ -123,8 +123,11 @@ def eaMeGA(
     logbook.header = ["gen", "nevals"] + (stats.fields if stats else [])
 
     settings = run_settings(toolbox, npar, population) if checkpoint is not None else None
-    if checkpoint is not None and os.path.exists(checkpoint):
-        assert settings is not None
+    resuming = checkpoint is not None and distributed.agree(
+        os.path.exists(checkpoint), f"checkpoint {checkpoint!r} exists"
+    )
+    if resuming:
+        assert checkpoint is not None and settings is not None
         start = resume(checkpoint, population, toolbox, halloffame, logbook, settings, ngen)
         if verbose:
             tqdm.write(f"resuming from {checkpoint} after generation {start - 1}")

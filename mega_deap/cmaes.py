@@ -103,7 +103,7 @@ def eaGenerateUpdate(
     logbook = tools.Logbook()
     logbook.header = ["gen", "nevals"] + (stats.fields if stats else [])
     start = 0
-    if checkpoint is not None and os.path.exists(checkpoint):
+    if checkpoint is not None and distributed.agree(os.path.exists(checkpoint), f"checkpoint {checkpoint!r} exists"):
         start = _resume(checkpoint, strategy, halloffame, logbook, settings or {}, ngen, make)
         if verbose:
             tqdm.write(f"resuming from {checkpoint} after generation {start - 1}")

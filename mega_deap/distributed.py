@@ -122,6 +122,28 @@ def shares(n: int, weights: Optional[Sequence[float]] = None) -> list:
     return out
 
 
+def agree(value: bool, what: str) -> bool:
+    """``value``, the same on every rank, or a :class:`~mega_deap.checks.SettingError` on every rank naming
+    which ranks differ (a decision one rank takes alone, such as whether a checkpoint exists in a folder the
+    ranks do not share, would otherwise send them down different paths: a hang, not an error). Without a
+    process group: ``value``."""
+    if not active():
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    mine = torch.tensor([int(bool(value))], dtype=torch.int64, device=_device_for_collectives(device))
+    flags = [torch.zeros_like(mine) for _ in range(world_size())]
+    torch.distributed.all_gather(flags, mine)
+    seen = [bool(f.item()) for f in flags]
+    if len(set(seen)) > 1:
+        yes = [r for r, f in enumerate(seen) if f]
+        no = [r for r, f in enumerate(seen) if not f]
+        raise SettingError(
+            f"{what} is true on rank(s) {yes} and false on rank(s) {no}: every rank must see the same files "
+            "(a folder all ranks share, or the same copy on every node)"
+        )
+    return value
+
+
 def _device_for_collectives(device: torch.device) -> torch.device:
     backend = torch.distributed.get_backend()
     return device if backend == "nccl" else torch.device("cpu")

@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py, once without a process group and once under torchrun: a merge whose
-result rank 0 writes to OUT (safetensors + JSON). MODE: "single", "dist", or "diverge" (rank 1 uses
-another seed, which the guard must catch)."""
+result rank 0 writes to OUT (safetensors + JSON). MODE: "single", "dist", "diverge" (rank 1 uses
+another seed, which the guard must catch) or "unshared" (rank 1 cannot see the checkpoint rank 0 resumes)."""
 
 import json
 import os
@@ -39,6 +39,9 @@ def main(mode, out):
 
     algorithms.save_checkpoint = recorded_save
     ckpt = os.path.join(out, f"run-{mode}.ckpt")
+    if mode == "unshared":  # rank 0 sees the single run's checkpoint, rank 1 a folder without it
+        ckpt = os.path.join(out, "run-single.ckpt") if distributed.rank() == 0 else os.path.join(out, "r1", "run.ckpt")
+        os.makedirs(os.path.dirname(ckpt), exist_ok=True)
     a = mega_deap.merge(
         mlps, val, popsize=10, ngen=3, seed=seed, progress=False, device="cpu", checkpoint=ckpt, verbose=True
     )

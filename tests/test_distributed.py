@@ -180,3 +180,15 @@ def test_checksum_is_per_genome_whatever_the_chunk_and_sees_one_flipped_bit():
     flipped[3].view(torch.int32)[11] ^= 1
     diff = (_checksum(flipped) != ref).reshape(-1, 2).any(1)
     assert diff.tolist() == [False, False, False, True, False]
+
+
+def test_a_checkpoint_only_some_ranks_can_see_is_an_error_on_every_rank_not_a_hang(tmp_path):
+    """Rank 0 finds a checkpoint to resume, rank 1 (another folder) does not: each decided alone, and one
+    waited at a barrier while the other waited in an all-gather. Now every rank stops with the same error."""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    single = run([sys.executable, CHILD, "single", str(tmp_path)])
+    assert single.returncode == 0, single.stderr[-3000:]
+    proc = torchrun("unshared", tmp_path)  # run()'s timeout turns a hang into a failure
+    assert proc.returncode != 0
+    assert proc.stderr.count("exists is true on rank(s) [0] and false on rank(s) [1]") >= 2, proc.stderr[-3000:]
