@@ -274,6 +274,7 @@ class Evaluator:
 
     STACK_NUMBERS = 2**18  # the loop's stacked outputs per chunk of genomes (see __init__)
     STACKED_NUMBERS = 2**20  # the widest layer's activations per chunk of the stacked forward (see chunk)
+    DECODED_NUMBERS = 2**25  # coefficient genomes decoded at once: at most this many weights (128 MiB float32)
 
     def __init__(
         self,
@@ -548,14 +549,25 @@ class Evaluator:
     def scores(self, individuals: Sequence, *, prepared: bool = False) -> list:
         """One float per individual (or ``(D,)`` genome tensor), ignoring any fitness they hold.
         ``prepared``: ``prepare`` has already run on them."""
-        genomes = [ind.genome if isinstance(ind, TensorIndividual) else ind for ind in individuals]
-        if not genomes:
+        raw = [ind.genome if isinstance(ind, TensorIndividual) else ind for ind in individuals]
+        if not raw:
             return []
-        genomes = self.adapter.decode_many(genomes)  # weight genomes as they are; coefficients decoded, at once
+        # weight genomes are scored as they are; coefficient genomes are decoded into weights a few at a time
+        # (at most DECODED_NUMBERS numbers), so memory stays O(N x G x k) plus one bounded chunk of weights
+        step = len(raw) if self._runner is self.adapter else max(1, self.DECODED_NUMBERS // self._runner.dim)
+        parts = [self._scores_of(raw[i : i + step], prepared) for i in range(0, len(raw), step)]
+        totals, finite = torch.cat([t for t, _ in parts]), torch.cat([f for _, f in parts])
+        self.evaluations += totals.shape[0]
+        values = self.metric.finish(totals, self.X.shape[0])
+        values = torch.where(finite & torch.isfinite(values), values, torch.full_like(values, self.metric.worst))
+        return [float(v) for v in values.tolist()]
+
+    def _scores_of(self, raw: list, prepared: bool) -> tuple:
+        """Totals and validity of a chunk of genomes (decoded here), as :meth:`_score` gives them."""
+        genomes = self.adapter.decode_many(raw)
         if self.prepare is not None and not prepared:
             for g in genomes:
                 self.prepare(g)
-        n = self.X.shape[0]
         with self.adapter.eval_mode(), self._autocast():
             head: Optional[tuple] = None
             if self.strategy == "measure" and self._chosen is None:  # measured on this call's first genomes
@@ -568,7 +580,4 @@ class Evaluator:
             else:
                 run = self._run(strategy, genomes)
                 totals, finite = run if head is None else (torch.cat([head[0], run[0]]), torch.cat([head[1], run[1]]))
-        self.evaluations += totals.shape[0]
-        values = self.metric.finish(totals, n)
-        values = torch.where(finite & torch.isfinite(values), values, torch.full_like(values, self.metric.worst))
-        return [float(v) for v in values.tolist()]
+        return totals, finite

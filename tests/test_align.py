@@ -416,3 +416,30 @@ def test_merge_tree_passes_the_alignment_keywords_on(digit_mlps, digits):
     )
     assert [len(level) for level in tree.levels] == [4, 2, 1]
     assert all(isinstance(m.adapter, CoefficientAdapter) and m.adapter.dim == 8 for m in tree.merges)
+
+
+def test_coefficient_genomes_are_decoded_a_bounded_chunk_at_a_time(digit_mlps, digits, monkeypatch):
+    """A coefficient genome is G x k numbers; its weights are D. The evaluator decodes a bounded number of
+    genomes at a time (DECODED_NUMBERS weights), with the same scores as all at once."""
+    from mega_deap import Evaluator
+
+    adapter, parents = CoefficientAdapter.from_parents(list(digit_mlps), device="cpu")
+    genomes = [parents[0], parents[1], parents.mean(0)] + [parents.mean(0) + 0.1 * i for i in range(5)]
+    whole = Evaluator(adapter, *digits["val"]).scores(genomes)
+    sizes = []
+    decode = adapter.decode_many
+    monkeypatch.setattr(adapter, "decode_many", lambda gs: sizes.append(len(gs)) or decode(gs))
+    monkeypatch.setattr(Evaluator, "DECODED_NUMBERS", 3 * adapter.inner.dim)
+    assert Evaluator(adapter, *digits["val"]).scores(genomes) == whole
+    assert sizes[-3:] == [3, 3, 2] and max(sizes) * adapter.inner.dim <= 3 * adapter.inner.dim
+
+
+def test_unit_coefficients_of_rank_deficient_groups_decode_back(digit_mlps):
+    """granularity="unit" makes one-element groups (a bias entry) and, with two equal parents, every group is
+    rank-deficient: genome() still finds coefficients that decode back to the model (CUDA's least squares
+    refuses such systems; the CPU's SVD driver solves them)."""
+    twins = [digit_mlps[0], copy.deepcopy(digit_mlps[0])]
+    adapter, _ = CoefficientAdapter.from_parents(twins, device="cpu", granularity="unit")
+    genome = adapter.genome(digit_mlps[0])
+    assert torch.isfinite(genome).all()
+    torch.testing.assert_close(adapter.decode(genome), adapter.inner.genome(digit_mlps[0]), rtol=1e-5, atol=1e-6)

@@ -136,13 +136,16 @@ class CoefficientAdapter(Adapter):
     def genome(self, model: Any = None) -> torch.Tensor:
         """The coefficients whose decoding is nearest (least squares, per group) to ``model``'s weights
         (default: the template, a copy of parent 0); a parent gets its one-hot genome."""
-        w = self.inner.genome(model).to(torch.float64)
-        P = self.parents.T.to(torch.float64)  # (D, k)
-        out = torch.empty(len(self.layout), self.k, dtype=torch.float64, device=self.device)
+        # on the CPU in float64 with the SVD-based driver: it solves rank-deficient groups (two equal parents, a
+        # one-element group with k > 1: granularity="unit"), which CUDA's least squares refuses
+        w = self.inner.genome(model).to(device="cpu", dtype=torch.float64)
+        P = self.parents.T.to(device="cpu", dtype=torch.float64)  # (D, k)
+        gid = self.gid.cpu()
+        out = torch.empty(len(self.layout), self.k, dtype=torch.float64)
         for g in range(len(self.layout)):
-            mask = self.gid == g
-            out[g] = torch.linalg.lstsq(P[mask], w[mask].unsqueeze(1)).solution.squeeze(1)
-        return out.reshape(-1).to(self.dtype)
+            mask = gid == g
+            out[g] = torch.linalg.lstsq(P[mask], w[mask].unsqueeze(1), driver="gelsd").solution.squeeze(1)
+        return out.reshape(-1).to(device=self.device, dtype=self.dtype)
 
     def load(self, genome: GenomeLike, model: Any = None) -> Any:
         return self.inner.load(self.decode(genome), model)
