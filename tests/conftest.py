@@ -84,3 +84,17 @@ def load_script(name, folder="examples"):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def permuted_copy(model, seed):
+    """``model`` with every hidden-unit group shuffled by a seeded random permutation: the same function."""
+    import copy
+
+    from mega_deap.align import apply_permutations, permutation_spec
+
+    spec = permutation_spec(model)
+    g = torch.Generator().manual_seed(seed)
+    perms = {k: torch.randperm(n, generator=g).numpy() for k, n in spec.sizes.items()}
+    other = copy.deepcopy(model)
+    other.load_state_dict(apply_permutations(model.state_dict(), spec, perms))
+    return other

@@ -9,27 +9,16 @@ import torch
 from torch import nn
 
 import mega_deap
+from conftest import permuted_copy
 from mega_deap.adapters import TorchAdapter
 from mega_deap.align import (
     activation_matching,
-    apply_permutations,
-    permutation_spec,
     repair_interpolation,
     weight_matching,
 )
 from mega_deap.experiments.heldout_study import PlainCNN
 from mega_deap.experiments.models import MLP, SmallCNN, resnet_cifar
 from mega_deap.experiments.report import weight_average
-
-
-def _permuted_copy(model, seed):
-    """``model`` with every hidden unit group shuffled by a seeded random permutation: the same function."""
-    spec = permutation_spec(model)
-    g = torch.Generator().manual_seed(seed)
-    perms = {k: torch.randperm(n, generator=g).numpy() for k, n in spec.sizes.items()}
-    other = copy.deepcopy(model)
-    other.load_state_dict(apply_permutations(model.state_dict(), spec, perms))
-    return other
 
 
 MODELS = {
@@ -55,7 +44,7 @@ def test_activation_matching_recovers_a_known_permutation(name):
     make, shape = MODELS[name]
     torch.manual_seed(0)
     a = _randomised(make())
-    b = _permuted_copy(a, seed=1)
+    b = permuted_copy(a, seed=1)
     X = torch.randn(256, *shape, generator=torch.Generator().manual_seed(2))
     assert not torch.equal(TorchAdapter(a).genome(), TorchAdapter(b).genome())
     ref, aligned = activation_matching([a, b], X)

@@ -10,7 +10,6 @@ from torch import nn
 from mega_deap.align import (
     BatchNormRepair,
     CoefficientAdapter,
-    apply_permutations,
     cma_merge,
     permutation_spec,
     repair_batchnorm,
@@ -18,7 +17,7 @@ from mega_deap.align import (
 )
 from mega_deap.experiments.models import MLP, CifarResNet, SmallCNN
 
-from conftest import SmallCNN as TinyCNN
+from conftest import SmallCNN as TinyCNN, permuted_copy
 
 
 class FlattenCNN(nn.Module):
@@ -60,21 +59,12 @@ CASES = [
 ]
 
 
-def _permuted_copy(model, seed):
-    spec = permutation_spec(model)
-    g = torch.Generator().manual_seed(seed)
-    perms = {k: torch.randperm(n, generator=g).numpy() for k, n in spec.sizes.items()}
-    other = copy.deepcopy(model)
-    other.load_state_dict(apply_permutations(model.state_dict(), spec, perms))
-    return other
-
-
 @pytest.mark.parametrize("name,factory,shape", CASES, ids=[c[0] for c in CASES])
 def test_permutations_preserve_the_function_and_matching_recovers_the_identity(name, factory, shape):
     torch.manual_seed(0)
     model = _randomised(factory())
     x = torch.randn(*shape)
-    other = _permuted_copy(model, seed=1)
+    other = permuted_copy(model, seed=1)
     changed = [k for k in model.state_dict() if not torch.equal(model.state_dict()[k], other.state_dict()[k])]
     assert changed, "the random permutation moved nothing"
     with torch.no_grad():
@@ -101,7 +91,7 @@ def test_residual_streams_share_one_permutation_and_padded_channels_get_their_ow
 def test_k_parents_all_align_to_the_reference():
     torch.manual_seed(0)
     model = _randomised(SmallCNN(1, 10))
-    others = [_permuted_copy(model, seed=s) for s in (1, 2, 3)]
+    others = [permuted_copy(model, seed=s) for s in (1, 2, 3)]
     out = weight_matching([others[0], model, others[1], others[2]], reference=1)
     assert len(out) == 4
     for m in out:

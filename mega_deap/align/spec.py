@@ -19,6 +19,8 @@ Anything else stops the derivation with a ``ValueError`` naming the node.
 import operator
 from dataclasses import dataclass, field
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -54,7 +56,9 @@ class PermutationSpec:
         return [(n, a, s) for n, ax in self.axes.items() for a, segs in ax.items() for s in segs if s.group == g]
 
 
-_SAME = {  # modules and functions whose output has the input's feature groups
+# element-wise nonlinearities: they keep the input's feature groups, and activation matching reads units
+# after them
+_NONLINEAR: dict[str, Any] = {
     "modules": (
         nn.ReLU,
         nn.ReLU6,
@@ -68,17 +72,6 @@ _SAME = {  # modules and functions whose output has the input's feature groups
         nn.Hardtanh,
         nn.Softplus,
         nn.Mish,
-        nn.Dropout,
-        nn.Dropout1d,
-        nn.Dropout2d,
-        nn.Identity,
-        nn.MaxPool1d,
-        nn.MaxPool2d,
-        nn.AvgPool1d,
-        nn.AvgPool2d,
-        nn.AdaptiveAvgPool1d,
-        nn.AdaptiveAvgPool2d,
-        nn.AdaptiveMaxPool2d,
     ),
     "functions": {
         F.relu,
@@ -91,6 +84,31 @@ _SAME = {  # modules and functions whose output has the input's feature groups
         F.hardtanh,
         F.softplus,
         F.mish,
+        torch.relu,
+        torch.sigmoid,
+        torch.tanh,
+        F.sigmoid,
+        F.tanh,
+    },
+    "methods": {"relu", "sigmoid", "tanh", "relu_"},
+}
+_SAME = {  # modules and functions whose output has the input's feature groups
+    "modules": _NONLINEAR["modules"]
+    + (
+        nn.Dropout,
+        nn.Dropout1d,
+        nn.Dropout2d,
+        nn.Identity,
+        nn.MaxPool1d,
+        nn.MaxPool2d,
+        nn.AvgPool1d,
+        nn.AvgPool2d,
+        nn.AdaptiveAvgPool1d,
+        nn.AdaptiveAvgPool2d,
+        nn.AdaptiveMaxPool2d,
+    ),
+    "functions": _NONLINEAR["functions"]
+    | {
         F.dropout,
         F.max_pool1d,
         F.max_pool2d,
@@ -99,13 +117,8 @@ _SAME = {  # modules and functions whose output has the input's feature groups
         F.adaptive_avg_pool1d,
         F.adaptive_avg_pool2d,
         F.adaptive_max_pool2d,
-        torch.relu,
-        torch.sigmoid,
-        torch.tanh,
-        F.sigmoid,
-        F.tanh,
     },
-    "methods": {"relu", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "relu_"},
+    "methods": _NONLINEAR["methods"] | {"contiguous", "clone", "detach", "float"},
 }
 _ELEMENTWISE = {
     operator.add,
@@ -400,46 +413,11 @@ class _Tracer:
                 self.unsupported(node, f"op {node.op}")
         return self.build()
 
-    _NONLINEAR_MODULES = (
-        nn.ReLU,
-        nn.ReLU6,
-        nn.LeakyReLU,
-        nn.GELU,
-        nn.SiLU,
-        nn.ELU,
-        nn.Tanh,
-        nn.Sigmoid,
-        nn.Hardswish,
-        nn.Hardtanh,
-        nn.Softplus,
-        nn.Mish,
-    )
-    _NONLINEAR = {
-        F.relu,
-        F.relu6,
-        F.leaky_relu,
-        F.gelu,
-        F.silu,
-        F.elu,
-        F.hardswish,
-        F.hardtanh,
-        F.softplus,
-        F.mish,
-        torch.relu,
-        torch.sigmoid,
-        torch.tanh,
-        F.sigmoid,
-        F.tanh,
-        "relu",
-        "relu_",
-        "sigmoid",
-        "tanh",
-    }
-
     def nonlinear(self, node):
         if node.op == "call_module":
-            return isinstance(self.modules[node.target], self._NONLINEAR_MODULES)
-        return node.op in ("call_function", "call_method") and node.target in self._NONLINEAR
+            return isinstance(self.modules[node.target], _NONLINEAR["modules"])
+        key = "functions" if node.op == "call_function" else "methods"
+        return node.op in ("call_function", "call_method") and node.target in _NONLINEAR[key]
 
     def build(self):
         axes = {}
