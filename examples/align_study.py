@@ -1,6 +1,6 @@
 """Align, then evolve: every way of merging two parents, over seeds, in two settings.
 
-    python examples/align_study.py --out results/align               # the README table (about 50 min, 2 cores)
+    python examples/align_study.py --out results/align   # docs/studies/alignment.md (about 50 min, 2 cores)
     python examples/align_study.py --models mlp --seeds 2 --quiet    # a quick look
 
 Settings: parents trained on the same training split from different seeds ("same-data"), and parents

@@ -3,7 +3,7 @@
     KERAS_BACKEND=torch python examples/merge_keras.py
 
 Trains two small Keras MLPs on scikit-learn's digits from different seeds, then composes the DEAP
-toolbox by hand (exactly as the README does for PyTorch) and merges them. Validation accuracy is the
+toolbox by hand (exactly as the user guide does for PyTorch) and merges them. Validation accuracy is the
 fitness; test accuracy is reported beside it and never used.
 """
 
