@@ -5,6 +5,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -81,7 +82,9 @@ def test_readme_python_runs_as_written(digits, digit_mlps, tmp_path, monkeypatch
     assert (tmp_path / "merged.pt").exists()
     assert model_accuracy(merged, X_val, y_val) >= max(model_accuracy(m, X_val, y_val) for m in digit_mlps)
     env = {"model_a": digit_mlps[0], "X_val": X_val, "y_val": y_val}
-    exec(compile(compose, "README.md", "exec"), env)
+    with warnings.catch_warnings():  # the block creates creator classes other tests have created too
+        warnings.simplefilter("ignore", RuntimeWarning)
+        exec(compile(compose, "README.md", "exec"), env)
     ind = env["pop"].individuals(env["creator"].Individual)[0]
     ind.genome.copy_(env["adapter"].genome())  # model_a itself: scored as the fitness says
     (score,) = env["toolbox"].evaluate(ind)
@@ -94,7 +97,9 @@ def test_guide_api_tour_runs(digits, digit_mlps):
     X_val, y_val = digits["val"]
     env = {"model_a": digit_mlps[0], "model_b": digit_mlps[1], "X_val": X_val, "y_val": y_val}
     tour = tour.replace("ngen=20", "ngen=3")  # the same calls, fewer generations
-    exec(compile(tour, "docs/guide/toolbox.md", "exec"), env)
+    with warnings.catch_warnings():  # the block creates creator classes other tests have created too
+        warnings.simplefilter("ignore", RuntimeWarning)
+        exec(compile(tour, "docs/guide/toolbox.md", "exec"), env)
     log = env["logbook"]
     assert log.select("gen") == [0, 1, 2, 3]
     assert env["merged"] is not digit_mlps[0] and env["hof"][0].fitness.values[0] >= log.select("max")[0]
