@@ -64,3 +64,19 @@ def test_every_public_name_is_documented(name, obj):
     if name.endswith("__init__"):
         return  # the class's docstring documents its constructor
     assert inspect.getdoc(obj), f"{name} has no docstring"
+
+
+def test_no_docstring_line_holds_two_fields():
+    """Documentation tools read one :param: (or :returns:) field per line; a second one on the same line
+    vanishes into the first one's text."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    crowded = [
+        f"{path.relative_to(root)}:{i}"
+        for path in [*root.glob("mega_deap/**/*.py"), *root.glob("adapters/*.py")]
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if len(re.findall(r":(?:param [^:]+|returns|raises [^:]+):", line)) > 1
+    ]
+    assert not crowded, crowded
