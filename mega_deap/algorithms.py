@@ -67,7 +67,7 @@ def _check(population, toolbox, ngen, npar):
             raise SettingError(f"the toolbox has no {name!r} registered")
 
 
-def _save(path, main, toolbox, **state):
+def save_on_rank0(path, main, toolbox, **state):
     """Rank 0 writes the checkpoint (every rank holds the same state); the others wait for it. The states of
     the generators the toolbox's operators were registered with are saved with it."""
     if main:
@@ -138,7 +138,7 @@ def eaMeGA(
             halloffame.update(population)
         logbook.record(gen=0, nevals=nevals, **(stats.compile(population) if stats else {}))
         if checkpoint is not None:
-            _save(
+            save_on_rank0(
                 checkpoint,
                 main,
                 toolbox,
@@ -176,7 +176,7 @@ def eaMeGA(
         record = stats.compile(population) if stats else {}
         logbook.record(gen=gen, nevals=nevals, **record)
         if checkpoint is not None:
-            _save(
+            save_on_rank0(
                 checkpoint,
                 main,
                 toolbox,

@@ -15,7 +15,8 @@ from deap import base, tools
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .algorithms import save_on_rank0
+from .checkpoint import load_checkpoint
 from .checks import SettingError, writable_file
 from .rng import set_rng_state
 
@@ -121,16 +122,16 @@ def eaGenerateUpdate(
         record = stats.compile(population) if stats else {}
         logbook.record(gen=gen, nevals=len(population), **record)
         if checkpoint is not None:
-            if main:
-                save_checkpoint(
-                    checkpoint,
-                    gen=gen,
-                    population=population,
-                    halloffame=halloffame,
-                    logbook=logbook,
-                    extra={"settings": settings or {}, "strategy": _state(strategy)},
-                )
-            distributed.barrier()
+            save_on_rank0(
+                checkpoint,
+                main,
+                toolbox,
+                gen=gen,
+                population=population,
+                halloffame=halloffame,
+                logbook=logbook,
+                extra={"settings": settings or {}, "strategy": _state(strategy)},
+            )
         if verbose:
             tqdm.write(logbook.stream)
         if progress and "max" in record:

@@ -13,6 +13,10 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHILD = str(ROOT / "tests" / "distributed_child.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+needs_gloo = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
 
 
 def run(args, timeout=300):
@@ -27,8 +31,8 @@ def torchrun(mode, out):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
+    if needs_gloo.args[0]:  # a mark does not apply to a fixture
+        pytest.skip(needs_gloo.kwargs["reason"])
     out = tmp_path_factory.mktemp("dist")
     single = run([sys.executable, CHILD, "single", str(out)])
     assert single.returncode == 0, single.stderr[-3000:]
@@ -71,9 +75,8 @@ def test_only_rank_0_writes_and_prints(runs):
     assert (runs / "stdout-dist.txt").read_text() == (runs / "stdout-single.txt").read_text() != ""
 
 
+@needs_gloo
 def test_a_diverged_rank_stops_every_rank_with_a_clear_error(tmp_path):
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     proc = torchrun("diverge", tmp_path)
     assert proc.returncode != 0
     assert "DivergedError" in proc.stderr and "differs from rank 0's" in proc.stderr
@@ -98,9 +101,8 @@ def test_without_a_process_group_nothing_changes():
     assert distributed.is_main()
 
 
+@needs_gloo
 def test_the_benchmark_runs_and_checks_the_bits():
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     from conftest import load_script
 
     bench = load_script("bench_distributed", "benchmarks")
@@ -109,9 +111,8 @@ def test_the_benchmark_runs_and_checks_the_bits():
     assert "| 2 |" in bench.table(res)
 
 
+@needs_gloo
 def test_the_hpo_study_shards_its_trainings_with_the_same_result(tmp_path):
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     single = run([sys.executable, CHILD, "hpo-single", str(tmp_path)])
     assert single.returncode == 0, single.stderr[-3000:]
     dist = run(
@@ -138,9 +139,8 @@ def test_the_hpo_study_shards_its_trainings_with_the_same_result(tmp_path):
     assert sum(shares) == len(s["epochs_run"]) and min(shares) > 0  # each rank trained its share only
 
 
+@needs_gloo
 def test_merge_cifar_under_torchrun_reports_what_one_process_reports(tmp_path):
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     script = str(ROOT / "examples" / "merge_cifar.py")
     quick = ["--epochs", "2", "--popsize", "4", "--ngen", "2", "--quiet"]
     one = run([sys.executable, script, "--out", str(tmp_path / "one"), *quick])
@@ -182,11 +182,10 @@ def test_checksum_is_per_genome_whatever_the_chunk_and_sees_one_flipped_bit():
     assert diff.tolist() == [False, False, False, True, False]
 
 
+@needs_gloo
 def test_a_checkpoint_only_some_ranks_can_see_is_an_error_on_every_rank_not_a_hang(tmp_path):
     """Rank 0 finds a checkpoint to resume, rank 1 (another folder) does not: each decided alone, and one
     waited at a barrier while the other waited in an all-gather. Now every rank stops with the same error."""
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     single = run([sys.executable, CHILD, "single", str(tmp_path)])
     assert single.returncode == 0, single.stderr[-3000:]
     proc = torchrun("unshared", tmp_path)  # run()'s timeout turns a hang into a failure

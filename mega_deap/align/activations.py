@@ -14,7 +14,6 @@
   weight and bias. On networks with BatchNorm, :func:`~mega_deap.align.repair_batchnorm` does the same job.
 """
 
-import copy
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -23,8 +22,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import fx, nn
 
 from ..adapters.torch import TorchAdapter
-from ..checks import SettingError, SettingTypeError, integer
-from .matching import apply_permutations
+from ..checks import SettingError, integer
+from .matching import checked_models, permuted_copies
 from .repair import calibration_inputs
 from .spec import PermutationSpec, permutation_spec
 
@@ -124,31 +123,13 @@ def activation_matching(models: list, data: Any, *, reference: int = 0, batch_si
     :raises ValueError: for a graph whose permutations cannot be derived (the message names the node),
                         models whose state dicts differ, or data that is not a batch of inputs.
     """
-    models = list(models)
-    if len(models) < 2:
-        raise SettingError(f"activation_matching needs at least two models, got {len(models)}")
-    integer("reference", reference)
-    if not 0 <= reference < len(models):
-        raise SettingError(f"reference must index one of the {len(models)} models, got {reference}")
+    models = checked_models("activation_matching", models, reference)
     integer("batch_size", batch_size, 1)
-    for i, m in enumerate(models):
-        if not isinstance(m, nn.Module):
-            raise SettingTypeError(
-                f"activation_matching aligns torch.nn.Module models; model {i} is a {type(m).__name__}"
-            )
-    X = _inputs(data)
-    TorchAdapter(models[reference]).check_all(models)
-    spec = permutation_spec(models[reference])
     first = next(models[reference].parameters())
-    X = X.to(device=first.device, dtype=first.dtype)
-    out = []
-    for i, m in enumerate(models):
-        new = copy.deepcopy(m)
-        if i != reference:
-            perms = match_activations(spec, models[reference], m, X, batch_size=batch_size)
-            new.load_state_dict(apply_permutations(m.state_dict(), spec, perms))
-        out.append(new)
-    return out
+    X = _inputs(data).to(device=first.device, dtype=first.dtype)
+    return permuted_copies(
+        models, reference, lambda spec, m: match_activations(spec, models[reference], m, X, batch_size=batch_size)
+    )
 
 
 def _hidden_layers(model: nn.Module, spec: PermutationSpec) -> list:

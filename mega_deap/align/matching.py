@@ -107,25 +107,41 @@ def weight_matching(models: list, *, reference: int = 0, max_iter: int = 100, se
     :raises ValueError: for a graph whose permutations cannot be derived (the message names the node), or
                         models whose state dicts differ.
     """
+    models = checked_models("weight_matching", models, reference)
+    integer("max_iter", max_iter, 1)
+    integer("seed", seed)
+    ref_state = models[reference].state_dict()
+    return permuted_copies(
+        models,
+        reference,
+        lambda spec, m: match_permutations(spec, ref_state, m.state_dict(), max_iter=max_iter, seed=seed),
+    )
+
+
+def checked_models(name: str, models: list, reference: int) -> list:
+    """``models`` as a list, checked for a matching called ``name``: at least two ``nn.Module``s of one
+    architecture (the first difference named), ``reference`` an index into them."""
     models = list(models)
     if len(models) < 2:
-        raise SettingError(f"weight_matching needs at least two models, got {len(models)}")
+        raise SettingError(f"{name} needs at least two models, got {len(models)}")
     integer("reference", reference)
     if not 0 <= reference < len(models):
         raise SettingError(f"reference must index one of the {len(models)} models, got {reference}")
-    integer("max_iter", max_iter, 1)
-    integer("seed", seed)
     for i, m in enumerate(models):
         if not isinstance(m, nn.Module):
-            raise SettingTypeError(f"weight_matching aligns torch.nn.Module models; model {i} is a {type(m).__name__}")
+            raise SettingTypeError(f"{name} aligns torch.nn.Module models; model {i} is a {type(m).__name__}")
     TorchAdapter(models[reference]).check_all(models)  # one architecture, or the first difference named
-    ref_state = models[reference].state_dict()
+    return models
+
+
+def permuted_copies(models: list, reference: int, perms_of) -> list:
+    """Copies of ``models``, each but the reference with its units permuted by ``perms_of(spec, model)``
+    (``{group: permutation}``); the reference comes back as an unchanged copy."""
     spec = permutation_spec(models[reference])
     out = []
     for i, m in enumerate(models):
         new = copy.deepcopy(m)
         if i != reference:
-            perms = match_permutations(spec, ref_state, m.state_dict(), max_iter=max_iter, seed=seed)
-            new.load_state_dict(apply_permutations(m.state_dict(), spec, perms))
+            new.load_state_dict(apply_permutations(m.state_dict(), spec, perms_of(spec, m)))
         out.append(new)
     return out
