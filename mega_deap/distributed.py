@@ -181,7 +181,8 @@ class ShardedScores:
         self.rate = None  # this rank's genomes per second, last call
         self.weights: Optional[list] = None
 
-    def __call__(self, genomes: list, score) -> list:
+    def __call__(self, genomes: list, score, nobj: int = 1) -> list:
+        """Everyone's scores, in order: floats, or ``nobj``-tuples when ``nobj`` > 1."""
         dist = torch.distributed
         n, p, me = len(genomes), world_size(), rank()
         if n == 0:
@@ -215,15 +216,19 @@ class ShardedScores:
         local = score(genomes[start:stop]) if stop > start else []
         took = time.perf_counter() - t0
         # 3. everyone's scores, in order
-        width = max(b - a for a, b in cuts)
+        width = max(b - a for a, b in cuts) * nobj
         buf = torch.full((width + 1,), float("nan"), dtype=torch.float64, device=device)
-        buf[: len(local)] = torch.tensor(local, dtype=torch.float64, device=device)
+        buf[: len(local) * nobj] = torch.tensor(local, dtype=torch.float64, device=device).reshape(-1)
         buf[width] = (stop - start) / took if took > 0 and stop > start else 0.0
         gathered = [torch.empty_like(buf) for _ in range(p)]
         dist.all_gather(gathered, buf)
-        out: list[float] = []
+        out: list = []
         for (a, b), t in zip(cuts, gathered):
-            out.extend(float(v) for v in t[: b - a].tolist())
+            values = t[: (b - a) * nobj].tolist()
+            if nobj == 1:
+                out.extend(float(v) for v in values)
+            else:
+                out.extend(tuple(values[i : i + nobj]) for i in range(0, len(values), nobj))
         rates = [float(t[width]) for t in gathered]
         if all(r > 0 for r in rates):
             self.weights = rates

@@ -25,195 +25,31 @@ defaults): ``runner`` and ``decode_many`` (which adapter runs the genomes, and w
 
 import contextlib
 import functools
-import math
 import time
-from typing import Any, Callable, Iterable, Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 
-from . import distributed
+from .batched import BatchedFitness, finite_or_worst, registered_as
 from .files import tensor_digest
 from .individual import TensorIndividual
 from .checks import SettingError, SettingTypeError
+from .metrics import (  # noqa: F401  (where they were before the metrics had a module of their own)
+    METRICS,
+    Accuracy,
+    AccuracyLogLik,
+    NegLogLoss,
+    NegLogLossTempered,
+    NegMAE,
+    NegMSE,
+    correct,
+    get_metric,
+)
 
-__all__ = [
-    "Evaluator",
-    "registered_as",
-    "Accuracy",
-    "AccuracyLogLik",
-    "NegLogLoss",
-    "NegLogLossTempered",
-    "NegMSE",
-    "NegMAE",
-    "METRICS",
-    "get_metric",
-    "correct",
-    "STRATEGIES",
-]
+__all__ = ["Evaluator", "registered_as", "default_batch_size", "STRATEGIES"]
 
 STRATEGIES = ("auto", "loop", "stacked", "vmap", "measure")
 Strategy = Literal["auto", "loop", "stacked", "vmap", "measure"]
-
-
-######################################
-# Metrics                            #
-######################################
-
-
-def correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """How many argmax predictions are right: ``out`` ``(..., B, C)`` logits, ``y`` ``(B,)`` class labels ->
-    ``(...)`` float64 counts. The one accuracy computation of the package (fitness, reports, studies)."""
-    return (out.argmax(-1) == y).sum(-1).to(torch.float64)  # integer counts, exact
-
-
-def log_likelihood(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The summed log-probability of the true labels: ``out`` ``(k, B, C)`` logits, ``y`` ``(B,)`` class
-    labels -> ``(k,)`` float64 (the log-softmax in float64)."""
-    k, b, c = out.shape
-    logp = torch.log_softmax(out.to(torch.float64), -1)
-    return logp.gather(-1, y.view(1, b, 1).expand(k, b, 1)).sum((1, 2))
-
-
-class Accuracy:
-    """Fraction of correct argmax predictions. Worst value: 0."""
-
-    name, worst = "accuracy", 0.0
-
-    def check(self, out: torch.Tensor, y: torch.Tensor) -> None:
-        """``out``: one model's output on a few examples, ``(b, C)``; ``y``: all labels, ``(n,)``."""
-        if y.dim() == 2 and y.shape[1] == 1:
-            raise SettingError(
-                f"validation labels have shape {tuple(y.shape)}: {self.name} needs class indices of "
-                f"shape (n,) (y.squeeze(1))"
-            )
-        if y.dim() == 2:
-            raise SettingError(
-                f"validation labels have shape {tuple(y.shape)}, one-hot or scores: {self.name} needs "
-                f"class indices of shape (n,) (y.argmax(1))"
-            )
-        if y.dim() != 1:
-            raise SettingError(f"validation labels must have shape (n,), got {tuple(y.shape)}")
-        if y.dtype == torch.bool or y.dtype.is_floating_point or y.dtype.is_complex:
-            raise SettingError(
-                f"{self.name} needs integer class labels, got dtype {y.dtype} (for regression "
-                "targets use metric='neg_mse' or 'neg_mae')"
-            )
-        if out.dim() != 2:
-            raise SettingError(
-                f"{self.name} needs logits of shape (batch, classes) from the model, got {tuple(out.shape)}"
-            )
-        classes = out.shape[-1]
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= classes:
-            raise SettingError(
-                f"validation labels span [{lo}, {hi}] but the model outputs {classes} classes "
-                f"(labels must lie in [0, {classes - 1}])"
-            )
-
-    def partial(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-genome sums over a data batch; ``out`` is ``(k, B, C)``."""
-        return correct(out, y)
-
-    def finish(self, total: torch.Tensor, n: int) -> torch.Tensor:
-        """The metric of each genome from its sums over all ``n`` examples, ``(k,)``."""
-        return total / n
-
-
-class NegLogLoss(Accuracy):
-    """Negative mean cross-entropy of the logits against class labels (maximise it). Worst value: -inf.
-    Smoother than accuracy: it tells apart candidates that get the same examples right."""
-
-    name, worst = "neg_log_loss", -math.inf
-
-    def partial(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return log_likelihood(out, y)
-
-
-class AccuracyLogLik(Accuracy):
-    """Accuracy, ties broken by the log-likelihood: DEAP's lexicographic order of ``(accuracy,
-    log-likelihood)`` as one number, ``(correct + p) / n``, where ``p = exp(mean log-likelihood)`` (the
-    geometric mean of the probabilities given to the true labels) lies in ``[0, 1]``. The tie-break is worth
-    at most one example, so a candidate with more examples right is never below one with fewer, however
-    confident; among candidates with as many right, the better log-likelihood wins. Worst value: 0.
-
-    Why not the log-likelihood alone: networks trained to fit their data are over-confident, so their
-    log-likelihood is poor however accurate they are, and a less confident, less accurate blend beats them.
-    """
-
-    name, worst = "accuracy_ll", 0.0
-
-    def partial(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``(k, 2)``: per genome, the examples right and the summed log-likelihood of the true labels."""
-        return torch.stack([correct(out, y), log_likelihood(out, y)], -1)
-
-    def finish(self, total: torch.Tensor, n: int) -> torch.Tensor:
-        """``(right + exp(mean log-likelihood)) / n`` per genome, from ``(k, 2)`` sums."""
-        return (total[..., 0] + torch.exp(total[..., 1] / n)) / n
-
-
-class NegLogLossTempered(Accuracy):
-    """The log-likelihood after the best temperature for each candidate: ``max_T`` of the mean
-    log-likelihood of ``softmax(out / T)``, over ``T`` in :attr:`TEMPERATURES` (a log-spaced grid from 1/8 to
-    16). Invariant, to the grid's resolution, to how confident a candidate is. Worst value: -inf."""
-
-    name, worst = "neg_log_loss_tempered", -math.inf
-    TEMPERATURES = tuple(2.0 ** (e / 2) for e in range(-6, 9))
-
-    def partial(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``(k, T)``: per genome and temperature, the summed log-likelihood of the true labels."""
-        k, b, c = out.shape
-        out = out.to(torch.float64)
-        idx = y.view(1, b, 1).expand(k, b, 1)
-        return torch.stack([torch.log_softmax(out / t, -1).gather(-1, idx).sum((1, 2)) for t in self.TEMPERATURES], -1)
-
-    def finish(self, total: torch.Tensor, n: int) -> torch.Tensor:
-        return total.max(-1).values / n
-
-
-class NegMSE:
-    """Negative mean squared error (maximise it). Worst value: -inf."""
-
-    name, worst = "neg_mse", -math.inf
-
-    def check(self, out: torch.Tensor, y: torch.Tensor) -> None:
-        """``out``: one model's output on a few examples, ``(b, ...)``; ``y``: all targets."""
-        if out[0].numel() != y[0].numel():
-            raise SettingError(
-                f"the model outputs {tuple(out.shape[1:])} per example but the targets are "
-                f"{tuple(y.shape[1:])} per example"
-            )
-
-    def _err(self, out, y):
-        return out.reshape(out.shape[0], y.shape[0], -1).to(torch.float64) - y.reshape(y.shape[0], -1).to(torch.float64)
-
-    def partial(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-genome sums of the squared errors (averaged over each example's outputs), ``(k,)``."""
-        e = self._err(out, y)
-        return e.pow(2).mean(-1).sum(-1)
-
-    def finish(self, total: torch.Tensor, n: int) -> torch.Tensor:
-        """Minus the mean error per genome, ``(k,)``."""
-        return -total / n
-
-
-class NegMAE(NegMSE):
-    """Negative mean absolute error (maximise it). Worst value: -inf."""
-
-    name = "neg_mae"
-
-    def partial(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-genome sums of the absolute errors (averaged over each example's outputs), ``(k,)``."""
-        return self._err(out, y).abs().mean(-1).sum(-1)
-
-
-METRICS = {
-    "accuracy_ll": AccuracyLogLik,
-    "accuracy": Accuracy,
-    "neg_log_loss": NegLogLoss,
-    "neg_log_loss_tempered": NegLogLossTempered,
-    "neg_mse": NegMSE,
-    "neg_mae": NegMAE,
-}
 
 
 def default_batch_size(X: torch.Tensor) -> int:
@@ -222,34 +58,16 @@ def default_batch_size(X: torch.Tensor) -> int:
     return 256 if X.dim() >= 4 else 2048
 
 
-def get_metric(name: str):
-    """A new metric object by its name in :data:`METRICS` (the one registry that ``merge``, the command
-    line and the fitness functions share)."""
-    if name not in METRICS:
-        raise SettingError(f"metric must be one of {sorted(METRICS)}, got {name!r}")
-    return METRICS[name]()
-
-
-######################################
-# The evaluator                      #
-######################################
-
-
-def registered_as(func, obj) -> bool:
-    """True when ``func`` is ``obj`` itself, or ``obj`` registered in a DEAP toolbox (a ``functools.partial``
-    that binds nothing): how a ``toolbox.map`` recognises its own evaluator."""
-    while isinstance(func, functools.partial) and not func.args and not func.keywords:
-        func = func.func
-    return func is obj
-
-
-class Evaluator:
+class Evaluator(BatchedFitness):
     """Fitness of genomes on one validation set, batched.
 
     :param adapter: a model adapter (``TorchAdapter``, ``KerasAdapter``).
     :param X: validation inputs, ``(n, ...)``; moved to the adapter's device once.
     :param y: validation targets, ``(n,)`` class labels or ``(n, ...)`` regression targets.
-    :param metric: an ``Accuracy``, ``NegMSE`` or ``NegMAE`` instance (or any with the same methods).
+    :param metric: a metric of :mod:`mega_deap.metrics` (``Accuracy()`` by default; ``GroupAccuracy`` gives
+                   one value per group of classes), or a function of a genome's whole output made with
+                   :func:`mega_deap.objectives.on_outputs`; one value or several (``nobj``, DEAP's
+                   ``weights``).
     :param batch_size: validation examples per forward pass; ``None`` (the default) picks by the inputs'
                        shape: 256 for image batches (4-D inputs), 2,048 otherwise, the fastest of those
                        measured on 2 CPU cores (BENCHMARKS.md: a small CNN was fastest at 250 of 250 to
@@ -293,8 +111,16 @@ class Evaluator:
     ) -> None:
         if strategy not in STRATEGIES:
             raise SettingError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        super().__init__(shares)
         self.adapter = adapter
         self.metric = metric if metric is not None else Accuracy()
+        if getattr(self.metric, "needs_data", True) is False:
+            raise SettingError(
+                f"{getattr(self.metric, 'name', self.metric)!r} is a function of the model (on_model): "
+                "score it with mega_deap.objectives.ModelEvaluator, not on validation data"
+            )
+        self.nobj = int(getattr(self.metric, "nobj", 1))
+        self.weights = tuple(getattr(self.metric, "weights", (1.0,) * self.nobj))
         self.device = torch.device(adapter.device)
         X = torch.as_tensor(X)
         y = torch.as_tensor(y)
@@ -317,11 +143,9 @@ class Evaluator:
         self.chunk = chunk
         self.autocast = autocast
         self.prepare = prepare
-        self._sharded = distributed.ShardedScores(shares)
         self._runner = adapter.runner  # what runs the forward passes (the parents' adapter for coefficients)
         self._chosen = None  # what "measure" settled on
         self.measured_timings = None
-        self.evaluations = 0
         self._fingerprint: Optional[dict] = None
         with torch.no_grad(), adapter.eval_mode():
             template = self._runner.genome()
@@ -332,6 +156,8 @@ class Evaluator:
                 f"needs forward() to return the logits (or predictions) as one tensor"
             )
         self.metric.check(out, self.y)
+        if hasattr(self.metric, "bind"):  # a function of the whole output: it gets these labels
+            self.metric = self.metric.bind(self.y)
         self._stacked, self.stacked_reason = self._stacked_forward(template, out)
         if strategy == "stacked" and self._stacked is None:
             raise SettingError(
@@ -390,40 +216,16 @@ class Evaluator:
                 self._fingerprint["prepare"] = fp() if callable(fp) else type(self.prepare).__name__
         return self._fingerprint
 
-    # -- DEAP hooks -------------------------------------------------------------
-    def __call__(self, individual) -> tuple:
-        """The fitness tuple of one individual (DEAP's ``evaluate`` contract)."""
-        return self.evaluate([individual])[0]
-
-    def map(self, func: Callable, iterable: Iterable) -> list:
-        """DEAP's ``toolbox.map``: batched when ``func`` is this evaluator, the builtin ``map`` otherwise."""
-        if registered_as(func, self):
-            return self.evaluate(list(iterable))
-        return list(map(func, iterable))
+    def _scorer(self, genomes: list) -> Callable:
+        """Weight genomes are repaired (``prepare``) by every rank, all of them, since it writes into the
+        individuals; each rank then scores its share."""
+        if self.prepare is not None and self._runner is self.adapter:
+            for g in genomes:
+                self.prepare(g)
+            return functools.partial(self.scores, prepared=True)
+        return self.scores
 
     # -- the work -----------------------------------------------------------------
-    def evaluate(self, individuals: Iterable) -> list:
-        """Fitness tuples for ``individuals``; those whose fitness is already valid are not re-run."""
-        individuals = list(individuals)
-        todo = [i for i, ind in enumerate(individuals) if not (hasattr(ind, "fitness") and ind.fitness.valid)]
-        pending = set(todo)
-        results = [None if i in pending else tuple(ind.fitness.values) for i, ind in enumerate(individuals)]
-        if todo:
-            batch = [individuals[i] for i in todo]
-            if distributed.active():  # every rank holds these individuals; each scores its share
-                genomes = [ind.genome if isinstance(ind, TensorIndividual) else ind for ind in batch]
-                if self.prepare is not None and self._runner is self.adapter:
-                    for g in genomes:  # weight genomes: it writes into the individuals, so every rank repairs all
-                        self.prepare(g)
-                    scores = self._sharded(genomes, functools.partial(self.scores, prepared=True))
-                else:
-                    scores = self._sharded(genomes, self.scores)
-            else:
-                scores = self.scores(batch)
-            for i, s in zip(todo, scores):
-                results[i] = (s,)
-        return results
-
     def _autocast(self):
         if self.autocast is None:
             return contextlib.nullcontext()
@@ -469,12 +271,13 @@ class Evaluator:
         data batch, not once per genome."""
         totals, checks = [], []
         batches = list(self._batches())
+        combine = getattr(self.metric, "combine", None)  # sums by default
         for chunk in chunks:
             t = f = None
             for xb, yb in batches:
                 out = run(chunk, xb)
                 pt, pf = self.metric.partial(out, yb), self._nan_count(out)
-                t, f = (pt, pf) if t is None else (t + pt, f + pf)
+                t, f = (pt, pf) if t is None else (combine(t, pt) if combine else t + pt, f + pf)
             totals.append(t)
             checks.append(f)
         return torch.cat(totals), torch.cat(checks) == 0
@@ -547,8 +350,8 @@ class Evaluator:
 
     @torch.no_grad()
     def scores(self, individuals: Sequence, *, prepared: bool = False) -> list:
-        """One float per individual (or ``(D,)`` genome tensor), ignoring any fitness they hold.
-        ``prepared``: ``prepare`` has already run on them."""
+        """One value per individual (or ``(D,)`` genome tensor), ignoring any fitness they hold: a float, or
+        a tuple of ``nobj`` floats. ``prepared``: ``prepare`` has already run on them."""
         raw = [ind.genome if isinstance(ind, TensorIndividual) else ind for ind in individuals]
         if not raw:
             return []
@@ -559,8 +362,7 @@ class Evaluator:
         totals, finite = torch.cat([t for t, _ in parts]), torch.cat([f for _, f in parts])
         self.evaluations += totals.shape[0]
         values = self.metric.finish(totals, self.X.shape[0])
-        values = torch.where(finite & torch.isfinite(values), values, torch.full_like(values, self.metric.worst))
-        return [float(v) for v in values.tolist()]
+        return finite_or_worst(values, finite, self.metric.worst)
 
     def _scores_of(self, raw: list, prepared: bool) -> tuple:
         """Totals and validity of a chunk of genomes (decoded here), as :meth:`_score` gives them."""
