@@ -9,6 +9,8 @@ is one :class:`Adapter` subclass and one :func:`register_adapter` call.
 """
 
 import abc
+import contextlib
+import functools
 import importlib
 import sys
 from collections import namedtuple
@@ -133,6 +135,14 @@ class Adapter(abc.ABC):
         (``(k, B, ...)`` out, as ``k`` calls of :meth:`forward`), or ``(None, reason)`` where the model does
         not allow it. Here: none."""
         return None, f"{type(self).__name__} has no stacked forward"
+
+    @contextlib.contextmanager
+    def bound(self, genome: GenomeLike) -> Any:
+        """A context manager giving the model to call with ``genome``'s weights, for a function of the model
+        (:func:`mega_deap.objectives.on_model`): here a callable running :meth:`forward` on ``genome``;
+        :class:`~mega_deap.adapters.TorchAdapter` gives the module itself, its tensors swapped for views of
+        ``genome`` while the context lasts."""
+        yield functools.partial(self.forward, self._check_genome(genome))
 
     def decode_many(self, genomes: list) -> list:
         """The weight genomes (``(D,)`` each, for :attr:`runner`) that ``genomes`` stand for: here the

@@ -142,13 +142,32 @@ class StackedForward:
         self.modules = modules  # the model's named modules, for the nodes that call one
         self._buffers: dict = {}  # Linear node -> its product's buffer, with reuse=True
 
-    def __call__(self, genomes: torch.Tensor, x: torch.Tensor, *, reuse: bool = False) -> torch.Tensor:
+    def __call__(
+        self, genomes: torch.Tensor, x: torch.Tensor, *, reuse: bool = False, per_genome: bool = False
+    ) -> torch.Tensor:
         """``reuse``: write every layer's products into buffers kept for the next call of the same shapes (no
         new megabytes per call; on CPU fresh pages cost more than small products). The output is then
-        overwritten by the next call: read it first."""
+        overwritten by the next call: read it first. ``per_genome``: ``x`` is ``(k, B, features)``, each
+        genome's own inputs (rollouts), not inputs shared by all; for models whose input goes straight into
+        layers (no reshape of it)."""
+        if per_genome:
+            self._check_per_genome(genomes, x)
         if genomes.shape[0] == 1:  # a batch of one product goes to another kernel, whose bits can differ:
-            return self(genomes.expand(2, -1), x, reuse=reuse)[:1]  # a genome's outputs never depend on its chunk
-        return self._run(genomes, x, reuse)
+            x2 = x.expand(2, *x.shape[1:]) if per_genome else x  # a genome's outputs never depend on its chunk
+            return self(genomes.expand(2, -1), x2, reuse=reuse, per_genome=per_genome)[:1]
+        return self._run(genomes, x, reuse, per_genome)
+
+    def _check_per_genome(self, genomes, x):
+        if x.dim() != 3 or x.shape[0] != genomes.shape[0]:
+            raise SettingError(
+                f"per-genome inputs must have shape (k={genomes.shape[0]}, batch, features), got {tuple(x.shape)}"
+            )
+        fixed = [n.name for n in self.graph.nodes if n.op not in ("placeholder", "output") and n not in self.batched]
+        if fixed:
+            raise SettingError(
+                f"the model transforms its input before any layer ({', '.join(fixed)}): the stacked forward "
+                "takes per-genome inputs only where they go straight into layers"
+            )
 
     def _out(self, node, shape, like, reuse):
         if not reuse:
@@ -158,10 +177,10 @@ class StackedForward:
             buf = self._buffers[node] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
 
-    def _linear(self, node, h, genomes, reuse):
+    def _linear(self, node, h, genomes, reuse, per_genome=False):
         k = genomes.shape[0]
         (w_off, w_shape), bias = self.linears[node]
-        if node.args[0] not in self.batched:
+        if node.args[0] not in self.batched and not per_genome:
             h = h.expand(k, *h.shape)
         if h.dim() != 3:
             raise SettingError(
@@ -174,7 +193,7 @@ class StackedForward:
             return torch.bmm(h, w, out=out)
         return torch.baddbmm(genomes[:, bias[0] : bias[0] + bias[1]].unsqueeze(1), h, w, out=out)
 
-    def _run(self, genomes, x, reuse):
+    def _run(self, genomes, x, reuse, per_genome=False):
         env = {}
 
         def load(a):
@@ -185,9 +204,11 @@ class StackedForward:
                 env[node] = x
             elif node.op == "output":
                 out = load(node.args[0])
-                return out if node.args[0] in self.batched else out.unsqueeze(0).expand(genomes.shape[0], *out.shape)
+                if node.args[0] in self.batched or per_genome:
+                    return out
+                return out.unsqueeze(0).expand(genomes.shape[0], *out.shape)
             elif node in self.linears:
-                env[node] = self._linear(node, env[node.args[0]], genomes, reuse)
+                env[node] = self._linear(node, env[node.args[0]], genomes, reuse, per_genome)
             elif node in self.in_place:
                 env[node] = self.in_place[node](env[node.args[0]])
             elif node in self.dims:  # softmax-like: (x, dim) with the dim moved past the genome axis

@@ -10,10 +10,12 @@ buffers such as ``num_batches_tracked`` never are. ``repair_`` keeps running var
 ``keep_valid()`` is a DEAP decorator that applies it after ``mate`` and ``mutate``.
 """
 
+import contextlib
 import copy
+import functools
 from collections import OrderedDict
 
-from typing import Any, ContextManager, Optional
+from typing import Any, ContextManager, Iterator, Optional
 
 import torch
 from torch import nn
@@ -202,12 +204,34 @@ class TorchAdapter(Adapter):
         genome = self._check_genome(genome)
         if self._slots is None:
             return functional_call(self.model, self.tensors(genome), (x,))
+        saved = self._swap(genome)
+        try:
+            return self.model(x)
+        finally:
+            for table, leaf, original in saved:
+                table[leaf] = original
+
+    def _swap(self, genome):
+        """Put views of ``genome`` in the template's tensor slots; returns what to put back."""
         views = [genome[e.offset : e.offset + e.numel].view(e.shape) for e in self.layout]
         saved = [(table, leaf, table[leaf]) for table, leaf, _ in self._slots]
+        for table, leaf, i in self._slots:
+            table[leaf] = views[i]
+        return saved
+
+    @contextlib.contextmanager
+    def bound(self, genome: GenomeLike) -> Iterator[Any]:
+        """The template module itself with its tensors swapped for views of ``genome`` (no copy) while the
+        context lasts, put back after: call it, or any of its methods, as the model with ``genome``'s
+        weights. Models with parametrizations get a callable running :meth:`forward` instead. Not
+        thread-safe on one adapter."""
+        genome = self._check_genome(genome)
+        if self._slots is None:
+            yield functools.partial(self.forward, genome)
+            return
+        saved = self._swap(genome)
         try:
-            for table, leaf, i in self._slots:
-                table[leaf] = views[i]
-            return self.model(x)
+            yield self.model
         finally:
             for table, leaf, original in saved:
                 table[leaf] = original

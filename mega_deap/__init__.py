@@ -12,7 +12,9 @@ if _importlib_util.find_spec("mega_deap.adapters") is None:  # adapters/ is inst
 from .individual import TensorIndividual, genome_equal
 from .population import TensorPopulation, default_device
 from .operators import initBlend, cxBlend, mutSparseGaussian, mutLayerGaussian, selElite, selNoElite
-from .evaluation import Evaluator, Accuracy, AccuracyLogLik, NegLogLoss, NegMSE, NegMAE, METRICS
+from .evaluation import Evaluator
+from .metrics import Accuracy, AccuracyLogLik, NegLogLoss, NegMSE, NegMAE, GroupAccuracy, METRICS
+from .objectives import on_outputs, on_model, ModelEvaluator
 from .algorithms import eaMeGA, varMeGA, evaluate_invalid
 from .breeding import varMeGABatched
 from .checkpoint import CheckpointError
@@ -38,7 +40,11 @@ __all__ = [
     "NegLogLoss",
     "NegMSE",
     "NegMAE",
+    "GroupAccuracy",
     "METRICS",
+    "on_outputs",
+    "on_model",
+    "ModelEvaluator",
     "eaMeGA",
     "varMeGA",
     "varMeGABatched",
