@@ -17,7 +17,9 @@ from . import rng
 from .algorithms import eaMeGA, varMeGA
 from .breeding import varMeGABatched
 from .checks import SettingError, SettingTypeError, choice, integer, nonnegative, probability, run_sizes, writable_file
-from .evaluation import Evaluator, Strategy, get_metric
+from .evaluation import Evaluator, Strategy
+from .metrics import GroupAccuracy, get_metric
+from .objectives import ModelEvaluator, ModelObjective
 from .files import tensor_digest
 from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian, selElite
@@ -150,6 +152,51 @@ def _belongs(name, value, mode, setting, wanted) -> None:
         raise SettingError(f"{name}={value!r} belongs to {mode}={wanted!r}, but {mode}={setting!r}")
 
 
+def _metric(metric) -> Any:
+    """``merge``'s ``metric`` as an object: a name from the registry (``None``: the default), or a metric
+    or objective of one value as given."""
+    if metric is None or isinstance(metric, str):
+        return get_metric(DEFAULT_METRIC if metric is None else metric)
+    if not (hasattr(metric, "finish") or isinstance(metric, ModelObjective)):
+        raise SettingTypeError(
+            f"metric must be a name in METRICS, a metric object or an objective (on_outputs, on_model), "
+            f"got {type(metric).__name__}"
+        )
+    if getattr(metric, "nobj", 1) != 1:
+        raise SettingError(
+            f"metric {getattr(metric, 'name', metric)!r} gives {metric.nobj} values: several objectives "
+            "are a Pareto merge, merge(..., objectives=...)"
+        )
+    return metric
+
+
+def _objectives(objectives) -> Any:
+    """``merge``'s ``objectives``: class groups (lists of labels) as :class:`GroupAccuracy`, or a metric or
+    objective of two or more values as given."""
+    if isinstance(objectives, (list, tuple)) and all(isinstance(g, (list, tuple, range)) for g in objectives):
+        if len(objectives) < 2:
+            raise SettingError(f"objectives needs two or more class groups, got {len(objectives)}")
+        return GroupAccuracy([list(g) for g in objectives])
+    if not (hasattr(objectives, "finish") or isinstance(objectives, ModelObjective)):
+        raise SettingTypeError(
+            "objectives must be class groups ([[0, 1, ...], [5, 6, ...]]) or a metric or objective of several "
+            f"values, got {type(objectives).__name__}"
+        )
+    if getattr(objectives, "nobj", 1) < 2:
+        raise SettingError(
+            f"objectives {getattr(objectives, 'name', objectives)!r} gives one value per genome: pass it as metric="
+        )
+    return objectives
+
+
+def _evaluator(adapter, X, y, metric, **kwargs) -> Any:
+    """The evaluator of ``metric``: a :class:`ModelEvaluator` for a function of the model, else an
+    :class:`Evaluator` on ``(X, y)``."""
+    if isinstance(metric, ModelObjective):
+        return ModelEvaluator(adapter, metric, shares=kwargs.get("shares", "equal"))
+    return Evaluator(adapter, X, y, metric, **kwargs)
+
+
 def _holdout(X, y, fraction, seed):
     """``(fitness part, held-out part)`` of the validation set: a seeded split, ``fraction`` held out."""
     n = len(y)
@@ -168,8 +215,8 @@ def merge(
     *,
     popsize: int = 20,
     ngen: int = 20,
-    npar: int = 4,
-    tournsize: int = 3,
+    npar: Optional[int] = None,
+    tournsize: Optional[int] = None,
     seed: int = 0,
     device: Optional[Union[str, torch.device]] = None,
     mutation: str = "sparse",
@@ -177,14 +224,14 @@ def merge(
     indpb: Optional[float] = None,
     layerpb: Optional[float] = None,
     alpha: float = 0.0,
-    metric: str = DEFAULT_METRIC,
+    metric: Any = None,
     batch_size: Optional[int] = None,
     strategy: Strategy = "auto",
     buffers: bool = True,
     verbose: bool = False,
     progress: bool = True,
     checkpoint: Optional[str] = None,
-    breeding: Literal["batched", "per-individual"] = "batched",
+    breeding: Optional[Literal["batched", "per-individual"]] = None,
     autocast: Optional[torch.dtype] = None,
     align: Union[bool, str] = False,
     calibration: Any = None,
@@ -194,8 +241,13 @@ def merge(
     holdout: float = 0.0,
     hof_size: Optional[int] = None,
     shares: str = "equal",
-) -> MergeResult:
-    """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`.
+    objectives: Any = None,
+    cxpb: Optional[float] = None,
+    mutpb: Optional[float] = None,
+) -> Any:
+    """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`;
+    with ``objectives``, the front of merges over several objectives (NSGA-II) as a
+    :class:`~mega_deap.pareto.ParetoResult`.
 
     :param models: two or more models of one architecture (parents): ``nn.Module``, Keras 3 models, or any
                    type with a registered adapter (:func:`mega_deap.adapters.register_adapter`).
@@ -203,8 +255,8 @@ def merge(
                      computed on it alone; keep the test split out.
     :param popsize: N, individuals per generation.
     :param ngen: G, generations.
-    :param npar: K, tournament winners per child (the first two mate).
-    :param tournsize: tournament size of ``tools.selTournament``.
+    :param npar: K, tournament winners per child (the first two mate); 4 by default.
+    :param tournsize: tournament size of ``tools.selTournament``; 3 by default.
     :param seed: fixes every random draw of the run.
     :param device: where the population and the evaluation live (``cuda`` when available by default).
     :param mutation: ``"sparse"`` (each gene with ``indpb`` gets N(0, sigma^2)) or ``"layer"``
@@ -212,7 +264,10 @@ def merge(
                      ``indpb`` default to 0.01 and 0.02 for weight genomes (the paper), 0.05 and 0.2 for
                      coefficient genomes. ``indpb`` with ``mutation="layer"``, or ``layerpb`` without it, is
                      refused.
-    :param metric: the fitness, a name in :data:`mega_deap.evaluation.METRICS`: ``"accuracy"`` (the default,
+    :param metric: the fitness: a metric object, an objective of one value
+                   (:func:`mega_deap.objectives.on_outputs`, or :func:`~mega_deap.objectives.on_model`, for
+                   which ``val_data`` may be ``None``), or a name in :data:`mega_deap.metrics.METRICS`:
+                   ``"accuracy"`` (the default,
                    the paper's: with the parents in the first population the result is never less accurate
                    on the validation data than the best of them; chosen on the development tasks of the
                    held-out study, see README), ``"accuracy_ll"`` (accuracy, ties broken by the
@@ -222,7 +277,8 @@ def merge(
     :param checkpoint: a file to write after every generation and to resume from when it exists.
     :param verbose: print the logbook, a line per generation.
     :param progress: a progress bar (on a terminal only; never in a log file).
-    :param breeding: ``"batched"`` (a generation's variation as tensor operations) or ``"per-individual"``.
+    :param breeding: ``"batched"`` (a generation's variation as tensor operations; the default) or
+                     ``"per-individual"``.
     :param batch_size: validation examples per forward pass (:class:`~mega_deap.Evaluator`).
     :param strategy: how the evaluator runs the genomes (:class:`~mega_deap.Evaluator`).
     :param autocast: a dtype to autocast evaluation to, for GPUs (:class:`~mega_deap.Evaluator`).
@@ -254,16 +310,46 @@ def merge(
                     the member of the hall of fame (the ``hof_size`` best, default 10) that scores best on
                     it. 0 (the default): the fitness's best, as in the paper; ``hof_size`` is then refused.
                     With a hold-out the accuracy guarantee holds on the fitness part only.
+    :param objectives: several objectives, for a Pareto merge (:func:`mega_deap.pareto.pareto_merge`): a
+                       list of class groups (``[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]``: the accuracy on each,
+                       :class:`mega_deap.metrics.GroupAccuracy`), or any metric or objective of two or more
+                       values (DEAP's ``weights``). The run is NSGA-II (``tools.selNSGA2``, mates by
+                       ``tools.selTournamentDCD``; ``popsize`` a multiple of 4) with ``cxpb`` (default 1) and
+                       ``mutpb`` (default 1); ``metric``, ``npar``, ``tournsize``, ``breeding``, ``holdout`` and
+                       ``hof_size`` belong to the single-objective run and are refused with it.
+    :param cxpb: with ``objectives`` only: the probability that a pair of mates is crossed.
+    :param mutpb: with ``objectives`` only: the probability that each child is mutated.
     """
     models = list(models)
     if len(models) < 2:
         raise SettingError(f"merge needs at least two models, got {len(models)}")
     # 1. every setting, before any work
-    evaluator_metric = get_metric(metric)
+    if objectives is not None:
+        for name, value in (("metric", metric), ("npar", npar), ("tournsize", tournsize), ("breeding", breeding)):
+            if value is not None:
+                raise SettingError(
+                    f"{name}={value!r} belongs to the single-objective merge; with objectives the run is NSGA-II"
+                )
+        if holdout or hof_size is not None:
+            raise SettingError(
+                "holdout and hof_size choose one merge; with objectives the merge returns the whole front"
+            )
+        evaluator_metric = _objectives(objectives)
+    else:
+        for name, value in (("cxpb", cxpb), ("mutpb", mutpb)):
+            if value is not None:
+                raise SettingError(f"{name}={value!r} is NSGA-II's; it belongs to a merge with objectives")
+        evaluator_metric = _metric(metric)
+    npar = 4 if npar is None else npar
+    tournsize = 3 if tournsize is None else tournsize
+    breeding = "batched" if breeding is None else breeding
+    model_objective = isinstance(evaluator_metric, ModelObjective)
     integer("popsize", popsize)
     run_sizes(ngen, npar)
     integer("tournsize", tournsize, 1)
     integer("seed", seed)
+    if objectives is not None and popsize % 4:
+        raise SettingError(f"popsize={popsize}: NSGA-II's dominance tournament needs a multiple of 4")
     if popsize < max(npar, tournsize, 2):
         raise SettingError(f"popsize={popsize} is smaller than npar={npar} or tournsize={tournsize}")
     choice("genome", genome, GENOMES)
@@ -299,6 +385,7 @@ def merge(
     hof_size = 10 if hof_size is None else hof_size
     integer("hof_size", hof_size, 1)
     rescale = _check_calibration(models, matching, calibration) and genome == "weights"
+    rescale = rescale and (calibration is not None or not model_objective)  # REPAIR reads inputs
     seeds = len(models) + (1 if matching else 0) + (1 if rescale else 0)
     if include_parents and popsize < seeds:
         raise SettingError(
@@ -311,15 +398,13 @@ def merge(
         integer("batch_size", batch_size, 1)
     if checkpoint is not None:
         writable_file("checkpoint", checkpoint)
-    X, y = _as_xy(val_data)
+    if model_objective and holdout:
+        raise SettingError(f"holdout splits validation data; objective {evaluator_metric.name!r} reads none")
+    X, y = (None, None) if model_objective and val_data is None else _as_xy(val_data)
     select_data = None
     if holdout:
         (X, y), select_data = _holdout(X, y, holdout, seed)
-    adapter, genomes, evaluator, prepare = _build(
-        models,
-        X,
-        y,
-        evaluator_metric,
+    build_kwargs = dict(
         align=matching,
         genome=genome,
         granularity=granularity,
@@ -331,6 +416,27 @@ def merge(
         autocast=autocast,
         shares=shares,
     )
+    if objectives is not None:
+        from .pareto import pareto_merge
+
+        return pareto_merge(
+            models,
+            X,
+            y,
+            evaluator_metric,
+            popsize=popsize,
+            ngen=ngen,
+            seed=seed,
+            cxpb=1.0 if cxpb is None else cxpb,
+            mutpb=1.0 if mutpb is None else mutpb,
+            toolbox_kwargs=dict(mutation=mutation, sigma=sigma, indpb=indpb, layerpb=layerpb, alpha=alpha),
+            build_kwargs=build_kwargs,
+            include_parents=include_parents,
+            verbose=verbose,
+            progress=progress,
+            checkpoint=checkpoint,
+        )
+    adapter, genomes, evaluator, prepare = _build(models, X, y, evaluator_metric, **build_kwargs)
     pop = TensorPopulation(popsize, adapter.dim, device=adapter.device, dtype=adapter.dtype)
 
     # 2. the initial population: blends (the paper), and the parents themselves (include_parents)
@@ -382,7 +488,7 @@ def merge(
             adapter,
             select_data[0],
             select_data[1],
-            get_metric(metric),
+            evaluator_metric,
             batch_size=batch_size,
             strategy=strategy,
             autocast=autocast,
@@ -472,6 +578,8 @@ def _build(
     if align == "weights":
         models = alignment.weight_matching(models)
     elif align == "activations":
+        if calibration is None and X is None:
+            raise SettingError("align='activations' matches units on inputs: give calibration inputs")
         models = alignment.activation_matching(models, calibration if calibration is not None else torch.as_tensor(X))
     if genome == "weights":
         adapter, genomes = adapter_for(models[0]).from_parents(models, device=device, buffers=buffers)
@@ -482,7 +590,7 @@ def _build(
         )
     has_bn = isinstance(models[0], torch.nn.Module) and bool(alignment.batchnorm_layers(models[0]))
     prepare = alignment.BatchNormRepair(adapter.runner, calibration) if calibration is not None and has_bn else None
-    evaluator = Evaluator(
+    evaluator = _evaluator(
         adapter,
         X,
         y,
@@ -504,7 +612,7 @@ def _result(adapter, best, prepare, parents, X, y, metric, batch_size) -> tuple:
     if parents is None or prepare is None:
         return _model_of(adapter, best, prepare), best.genome.clone(), best.fitness.values[0]
     weights = adapter.decode_many(list(parents))  # the parents' own weights (coefficients: one-hot rows)
-    scores = Evaluator(adapter.runner, X, y, metric, batch_size=batch_size).scores(weights)
+    scores = _evaluator(adapter.runner, X, y, metric, batch_size=batch_size).scores(weights)
     j = max(range(len(scores)), key=lambda i: (scores[i], -i))
     if scores[j] <= best.fitness.values[0]:
         return _model_of(adapter, best, prepare), best.genome.clone(), best.fitness.values[0]
