@@ -11,7 +11,16 @@ if _importlib_util.find_spec("mega_deap.adapters") is None:  # adapters/ is inst
 
 from .individual import TensorIndividual, genome_equal
 from .population import TensorPopulation, default_device
-from .operators import initBlend, cxBlend, mutSparseGaussian, mutLayerGaussian, selElite, selNoElite
+from .operators import (
+    initBlend,
+    initModel,
+    initNoise,
+    cxBlend,
+    mutSparseGaussian,
+    mutLayerGaussian,
+    selElite,
+    selNoElite,
+)
 from .evaluation import Evaluator
 from .metrics import Accuracy, AccuracyLogLik, NegLogLoss, NegMSE, NegMAE, GroupAccuracy, METRICS
 from .objectives import on_outputs, on_model, ModelEvaluator
@@ -29,6 +38,8 @@ __all__ = [
     "TensorPopulation",
     "default_device",
     "initBlend",
+    "initModel",
+    "initNoise",
     "cxBlend",
     "mutSparseGaussian",
     "mutLayerGaussian",

@@ -20,6 +20,8 @@ from .checks import SettingError, SettingTypeError
 
 __all__ = [
     "initBlend",
+    "initModel",
+    "initNoise",
     "cxBlend",
     "mutSparseGaussian",
     "mutLayerGaussian",
@@ -94,6 +96,71 @@ def initBlend(
         row.copy_(ps[0]).mul_(w[0])
         for wj, pj in zip(w[1:], ps[1:]):
             row.add_(pj, alpha=wj)
+    return individuals
+
+
+def initModel(individuals: Sequence, adapter, *, generator: Optional[torch.Generator] = None) -> Sequence:
+    """Fill each individual with a fresh initialisation of the adapter's model: every module's own
+    ``reset_parameters()`` (PyTorch's default initialisation, or the model's), run on a copy of the template,
+    then read as a genome (evolution from scratch, as in Such et al.'s Deep GA).
+
+    :param individuals: the individuals to fill.
+    :param adapter: a :class:`~mega_deap.adapters.TorchAdapter` (its ``model`` is the template, left as it is).
+    :param generator: a CPU ``torch.Generator`` drawing one seed per individual, under which its modules are
+                      reset (torch's global generator is restored after); ``None``: the global generator
+                      itself (seeded by :func:`mega_deap.seed`).
+    :returns: ``individuals``.
+    """
+    import copy
+
+    template = getattr(adapter, "model", None)
+    if not isinstance(template, torch.nn.Module):
+        raise SettingTypeError(
+            f"initModel needs a TorchAdapter (a torch.nn.Module template), got {type(adapter).__name__}"
+        )
+    model = copy.deepcopy(template)
+    resets = [m for m in model.modules() if callable(getattr(m, "reset_parameters", None))]
+    if not resets:
+        raise SettingError(f"{type(template).__name__} has no module with reset_parameters(): nothing to initialise")
+    for ind in individuals:
+        row = _genome(ind)
+        if row.shape != (adapter.dim,):
+            raise SettingError(
+                f"individual has genome shape {tuple(row.shape)}, the adapter's genome is ({adapter.dim},)"
+            )
+        if generator is None:
+            for m in resets:
+                m.reset_parameters()
+        else:
+            seed = int(torch.randint(2**62, (), generator=generator))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for m in resets:
+                    m.reset_parameters()
+        row.copy_(adapter.genome(model))
+    return individuals
+
+
+def initNoise(
+    individuals: Sequence, center: GenomeLike, sigma: float, *, generator: Optional[torch.Generator] = None
+) -> Sequence:
+    """Fill each individual with ``center + sigma * N(0, I)``: a population around one model (a trained
+    network, or one initialisation).
+
+    :param center: a ``(D,)`` genome (or an individual).
+    :param sigma: the noise's standard deviation, >= 0.
+    :param generator: the torch.Generator for the noise (on the genome's device; default generator if ``None``).
+    :returns: ``individuals``.
+    """
+    center = _genome(center)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0 or math.isinf(sigma):
+        raise SettingError(f"sigma must be a finite number >= 0, got {sigma!r}")
+    for ind in individuals:
+        row = _genome(ind)
+        if row.shape != center.shape:
+            raise SettingError(f"individual has genome shape {tuple(row.shape)}, center has {tuple(center.shape)}")
+        noise = torch.randn(row.shape, generator=generator, device=row.device, dtype=row.dtype)
+        row.copy_(noise.mul_(float(sigma)).add_(center.to(device=row.device, dtype=row.dtype)))
     return individuals
 
 
