@@ -11,7 +11,8 @@ the ``--truncation`` best are the parents, and each child is a uniformly drawn p
 ``--elite-candidates`` best individuals re-scored on ``--elite-episodes`` further episodes, since a few
 episodes flatter a lucky policy. Every individual is re-scored each generation on new episodes. The run stops
 when the elite scores the maximum (500) on all of its further episodes, then the elite is tested on 100 new
-episodes: CartPole-v1 counts as solved at a mean return of 475. Writes ``results.json`` (``mean_return``, the curve, the settings) and ``returns.png``.
+episodes: CartPole-v1 counts as solved at a mean return of 475. Writes ``results.json`` (``mean_return``, the
+curve, the settings) and ``returns.png``.
 """
 
 import argparse
