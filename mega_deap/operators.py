@@ -10,7 +10,7 @@ is ``None``, from torch's default generator of the genome's device (seeded by :f
 """
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from deap import tools
@@ -99,7 +99,7 @@ def initBlend(
     return individuals
 
 
-def initModel(individuals: Sequence, adapter, *, generator: Optional[torch.Generator] = None) -> Sequence:
+def initModel(individuals: Sequence, adapter: Any, *, generator: Optional[torch.Generator] = None) -> Sequence:
     """Fill each individual with a fresh initialisation of the adapter's model: every module's own
     ``reset_parameters()`` (PyTorch's default initialisation, or the model's), run on a copy of the template,
     then read as a genome (evolution from scratch, as in Such et al.'s Deep GA).
@@ -119,7 +119,7 @@ def initModel(individuals: Sequence, adapter, *, generator: Optional[torch.Gener
             f"initModel needs a TorchAdapter (a torch.nn.Module template), got {type(adapter).__name__}"
         )
     model = copy.deepcopy(template)
-    resets = [m for m in model.modules() if callable(getattr(m, "reset_parameters", None))]
+    resets: list = [m.reset_parameters for m in model.modules() if callable(getattr(m, "reset_parameters", None))]
     if not resets:
         raise SettingError(f"{type(template).__name__} has no module with reset_parameters(): nothing to initialise")
     for ind in individuals:
@@ -129,14 +129,14 @@ def initModel(individuals: Sequence, adapter, *, generator: Optional[torch.Gener
                 f"individual has genome shape {tuple(row.shape)}, the adapter's genome is ({adapter.dim},)"
             )
         if generator is None:
-            for m in resets:
-                m.reset_parameters()
+            for reset in resets:
+                reset()
         else:
             seed = int(torch.randint(2**62, (), generator=generator))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                for m in resets:
-                    m.reset_parameters()
+                for reset in resets:
+                    reset()
         row.copy_(adapter.genome(model))
     return individuals
 
@@ -152,15 +152,15 @@ def initNoise(
     :param generator: the torch.Generator for the noise (on the genome's device; default generator if ``None``).
     :returns: ``individuals``.
     """
-    center = _genome(center)
+    center_: torch.Tensor = _genome(center)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0 or math.isinf(sigma):
         raise SettingError(f"sigma must be a finite number >= 0, got {sigma!r}")
     for ind in individuals:
         row = _genome(ind)
-        if row.shape != center.shape:
-            raise SettingError(f"individual has genome shape {tuple(row.shape)}, center has {tuple(center.shape)}")
+        if row.shape != center_.shape:
+            raise SettingError(f"individual has genome shape {tuple(row.shape)}, center has {tuple(center_.shape)}")
         noise = torch.randn(row.shape, generator=generator, device=row.device, dtype=row.dtype)
-        row.copy_(noise.mul_(float(sigma)).add_(center.to(device=row.device, dtype=row.dtype)))
+        row.copy_(noise.mul_(float(sigma)).add_(center_.to(device=row.device, dtype=row.dtype)))
     return individuals
 
 
