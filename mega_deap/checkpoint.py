@@ -71,7 +71,7 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
-    rng_meta, rng_tensors = rng_state()
+    rng_meta, rng_tensors = rng_state(population[0].genome.device if population else None)
     tensors = {"population": torch.stack([ind.genome for ind in population]).cpu().contiguous()}
     hof = list(halloffame) if halloffame is not None else []
     if hof:

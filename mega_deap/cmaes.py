@@ -63,7 +63,7 @@ def _resume(path, strategy, halloffame, logbook, settings: dict, ngen: int, make
             halloffame.insert(item)
     for record in meta["logbook"]:
         logbook.record(**record)
-    set_rng_state(meta["rng"], tensors)
+    set_rng_state(meta["rng"], tensors, make(tensors["population"][0]).genome.device)
     return meta["gen"] + 1
 
 

@@ -159,7 +159,7 @@ def resume(
                 del item
     for record in meta["logbook"]:
         logbook.record(**record)
-    set_rng_state(meta["rng"], tensors)
+    set_rng_state(meta["rng"], tensors, population[0].genome.device)
     for name, generator in toolbox_generators(toolbox).items():
         state = tensors.get(f"state/{name}")
         if state is None:

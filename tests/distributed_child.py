@@ -76,6 +76,33 @@ def main(mode, out):
     distributed.shutdown()
 
 
+def nccl(out):
+    """Two ranks on two GPUs (NCCL): a merge run whole, and the same merge interrupted after generation 2
+    and resumed, each rank drawing from its own cuda:r generator; rank 0 writes both results."""
+    import mega_deap
+    from mega_deap import distributed
+    from conftest import train_mlp
+    from safetensors.torch import save_file
+    from sklearn.datasets import load_digits
+
+    torch.distributed.init_process_group("nccl")
+    torch.cuda.set_device(distributed.rank())
+    device = torch.device("cuda", distributed.rank())
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor(X / 16.0, dtype=torch.float32)
+    y = torch.tensor(y, dtype=torch.long)
+    train, val = (X[:1000], y[:1000]), (X[1000:1300], y[1000:1300])
+    mlps = [train_mlp(train, 1, epochs=3), train_mlp(train, 2, epochs=3)]
+    kw = dict(popsize=10, seed=0, progress=False, device=device)
+    whole = mega_deap.merge(mlps, val, ngen=4, **kw)
+    ckpt = os.path.join(out, "nccl.ckpt")
+    mega_deap.merge(mlps, val, ngen=2, checkpoint=ckpt, **kw)
+    resumed = mega_deap.merge(mlps, val, ngen=4, checkpoint=ckpt, **kw)
+    if distributed.is_main():
+        save_file({"whole": whole.genome.cpu(), "resumed": resumed.genome.cpu()}, os.path.join(out, "nccl.safetensors"))
+    distributed.shutdown()
+
+
 def hpo(mode, out):
     """The HPO study's run, sharded: rank 0 writes what it found."""
     import importlib.util
@@ -109,7 +136,9 @@ def hpo(mode, out):
 
 
 if __name__ == "__main__":
-    if sys.argv[1].startswith("hpo-"):
+    if sys.argv[1] == "nccl":
+        nccl(sys.argv[2])
+    elif sys.argv[1].startswith("hpo-"):
         hpo(sys.argv[1][4:], sys.argv[2])
     else:
         main(sys.argv[1], sys.argv[2])

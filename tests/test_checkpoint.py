@@ -272,3 +272,28 @@ def test_resume_with_a_generator_keyword_continues_with_the_same_bits(tmp_path, 
     _generator_run(digits, digit_mlps, 2, tmp_path / "run.ckpt")
     resumed, log2 = _generator_run(digits, digit_mlps, 4, tmp_path / "run.ckpt")
     assert log2 == log and all(torch.equal(a, b) for a, b in zip(resumed, whole))
+
+
+def test_cuda_rng_state_is_the_runs_device_restored_on_each_ranks_own(monkeypatch):
+    """Rank 0 saves the state of the device its run draws from; rank r restores it into cuda:r (every rank
+    breeds the same population, so every rank's own device holds that state), never rank 0's unused cuda:r
+    state. CUDA is mocked: what is checked is which state goes where."""
+    from mega_deap.rng import rng_state, set_rng_state
+
+    states = {0: torch.tensor([1, 1], dtype=torch.uint8), 1: torch.tensor([2, 2], dtype=torch.uint8)}
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: states[torch.device(device).index])
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device: calls.append((state.tolist(), torch.device(device)))
+    )
+    meta, tensors = rng_state("cuda:0")  # rank 0 writes
+    assert tensors["rng.cuda"].tolist() == [1, 1] and not [k for k in tensors if k.startswith("rng.cuda.")]
+    set_rng_state(meta, tensors, "cuda:1")  # rank 1 resumes on its own device
+    assert calls == [([1, 1], torch.device("cuda:1"))]
+    calls.clear()  # a checkpoint of an earlier version held every device of the writer
+    legacy = {"rng.torch": tensors["rng.torch"], "rng.cuda.0": states[0], "rng.cuda.1": states[1]}
+    set_rng_state(meta, legacy, "cuda:1")
+    assert calls == [([1, 1], torch.device("cuda:1"))]
+    calls.clear()  # a CPU run has no CUDA state to restore
+    set_rng_state(meta, tensors, "cpu")
+    assert calls == [] and "rng.cuda" not in rng_state("cpu")[1]

@@ -97,3 +97,27 @@ def test_checkpoint_and_resume_on_one_gpu_bit_for_bit(gpu_mlps, gpu_val, tmp_pat
     resumed = mega_deap.merge(gpu_mlps, gpu_val, ngen=4, checkpoint=path, **kw)
     assert torch.equal(resumed.genome, whole.genome)
     assert [dict(r) for r in resumed.logbook] == [dict(r) for r in whole.logbook]
+
+
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2 or not torch.distributed.is_nccl_available(), reason="needs two GPUs and NCCL"
+)
+def test_two_nccl_ranks_resume_bit_for_bit(tmp_path):
+    """Each rank restores the CUDA generator of its own device from rank 0's checkpoint: a run interrupted
+    after generation 2 and resumed on two GPUs gives the uninterrupted run's result."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    child = pathlib.Path(__file__).with_name("distributed_child.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(
+        cmd + [str(child), "nccl", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = load_file(tmp_path / "nccl.safetensors")
+    assert torch.equal(got["whole"], got["resumed"])
