@@ -7,17 +7,17 @@ The population starts from the policy's own initialisation (``initModel``); each
 plays ``--episodes`` episodes, all ``N x episodes`` of them in one vectorised CartPole (gymnasium's own numpy
 vector environment) with one stacked forward of the whole population per step (``on_model(batched=True)``);
 the ``--truncation`` best are the parents, and each child is a uniformly drawn parent plus Gaussian noise
-(``mutSparseGaussian`` with ``indpb=1``). As in the Deep GA, the elite (kept unmutated) is the best of the
-``--elite-candidates`` best individuals re-scored on ``--elite-episodes`` further episodes, since a few
-episodes flatter a lucky policy. Every individual is re-scored each generation on new episodes. The run stops
-when the elite scores the maximum (500) on all of its further episodes, then the elite is tested on 100 new
-episodes: CartPole-v1 counts as solved at a mean return of 475. Writes ``results.json`` (``mean_return``, the
-curve, the settings) and ``returns.png``.
+(``mutSparseGaussian`` with ``indpb=1``, bred for the whole generation at once by ``varMutantsBatched``). As
+in the Deep GA, the elite (kept unmutated) is the best of the ``--elite-candidates`` best individuals
+re-scored on ``--elite-episodes`` further episodes, since a few episodes flatter a lucky policy. Every
+individual is re-scored each generation on new episodes. The run stops when the elite scores the maximum
+(500) on all of its further episodes, then the elite is tested on 100 new episodes: CartPole-v1 counts as
+solved at a mean return of 475. Writes ``results.json`` (``mean_return``, the curve, the settings) and
+``returns.png``.
 """
 
 import argparse
 import os
-import random
 import sys
 import time
 
@@ -173,12 +173,9 @@ def main(argv=None):
         say(f"gen {gen:3d}  best {logbook[-1]['max']:6.1f}  mean {logbook[-1]['avg']:6.1f}  elite {best_further:6.1f}")
         if best_further >= MAX_STEPS or gen == args.ngen:
             break
-        children, child = [toolbox.clone(elite)], None
-        for _ in range(args.popsize - 1):
-            (child,) = toolbox.mutate(toolbox.clone(random.choice(parents)))
-            children.append(child)
+        children = [toolbox.clone(elite)] + mega_deap.varMutantsBatched(parents, toolbox, args.popsize - 1)
         population[:] = children
-        del children, parents, child
+        del children, parents, candidates
     seconds = time.perf_counter() - t0
     best = elite.genome.clone()
     test = mega_deap.ModelEvaluator(

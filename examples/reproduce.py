@@ -26,7 +26,21 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SECTIONS = ("merge", "hierarchical", "keras", "align", "heldout", "hpo", "ablation", "bench", "bench-dist", "bench-gpu")
+SECTIONS = (
+    "merge",
+    "hierarchical",
+    "keras",
+    "align",
+    "heldout",
+    "hpo",
+    "ablation",
+    "pareto",
+    "neuroevolution",
+    "bench",
+    "bench-dist",
+    "bench-gpu",
+    "bench-peers",
+)
 DOC = {
     "merge": "docs/studies/merge.md",
     "hierarchical": "docs/studies/merge.md",
@@ -35,12 +49,18 @@ DOC = {
     "heldout": "docs/studies/alignment.md",
     "hpo": "docs/studies/hpo.md",
     "ablation": "docs/studies/ablation.md",
+    "pareto": "docs/studies/toolkit.md",
+    "neuroevolution": "docs/studies/toolkit.md",
+    "bench-peers": "docs/benchmarks.md",
     "bench": "docs/benchmarks.md",
     "bench-dist": "docs/benchmarks.md",
     "bench-gpu": "docs/benchmarks.md",
 }  # the page each section's table is written into
 # the GPU table: no GPU here, so it is rendered from the JSON files that bench_merge.py wrote on one
 GPU_RESULTS = ("benchmarks/results_gpu_resnet56.json", "benchmarks/results_gpu_mlp.json")
+# the peers' table: EvoTorch, EvoX and PyGAD are an optional extra, so it is rendered from the JSON that
+# bench_peers.py wrote in an environment that has them
+PEERS_RESULTS = "benchmarks/results_peers.json"
 
 
 def load(name, folder="examples"):
@@ -289,6 +309,94 @@ def section_ablation(out, quick):
     return head, ex.table(rows), {"rows": rows}
 
 
+def section_pareto(out, quick):
+    """The Pareto merge of two class-biased parents (digits, small CNNs) over seeds: the front's most
+    balanced point (the best worst-group accuracy on validation) against the parents and their ensemble."""
+    ex = load("pareto_merge")
+    seeds = range(1 if quick else 5)
+    rows = []
+    for seed in seeds:
+        argv = ["--dataset", "digits", "--seed", str(seed), "--out", str(out / "pareto" / f"seed{seed}"), "--quiet"]
+        r = ex.main(argv + (["--epochs", "2", "--popsize", "8", "--ngen", "2"] if quick else []))
+        balanced = max(r["front"], key=lambda p: (min(p["values"]), p["values"]))
+        best_parent = max(r["parents"], key=lambda p: min(p["values"]))
+        rows.append(
+            {
+                "front": len(r["front"]),
+                "parent": best_parent,
+                "ensemble": r["output_ensemble"],
+                "balanced": balanced,
+                "seconds": r["seconds"]["merge"],
+            }
+        )
+
+    def cell(key, split):
+        return ms([min(row[key][split]) for row in rows])
+
+    lines = [
+        "| model | worst-group validation accuracy | worst-group test accuracy |",
+        "|---|---|---|",
+        f"| the better parent (on its worst group) | {cell('parent', 'values')} | {cell('parent', 'test')} |",
+        f"| output ensemble of the two | {cell('ensemble', 'values')} | {cell('ensemble', 'test')} |",
+        f"| the front's most balanced merge | {cell('balanced', 'values')} | {cell('balanced', 'test')} |",
+        "",
+        f"Points on the front: {ms([row['front'] for row in rows], scale=1, digits=1)}; merge time "
+        f"{ms([row['seconds'] for row in rows], scale=1, digits=1)} s.",
+    ]
+    head = (
+        f"digits, two small CNNs each trained on a class-biased part (95 % of its half of the classes), "
+        f"`merge(objectives=[[0..4], [5..9]], align='weights')`, N = 40, G = 40; mean ± std over "
+        f"{len(rows)} seed(s); a model's score is its accuracy on its worse half of the classes"
+    )
+    return head, "\n".join(lines), {"rows": rows}
+
+
+def section_neuroevolution(out, quick):
+    """CartPole-v1 from scratch with the Deep GA example, over seeds."""
+    ex = load("neuroevolution")
+    seeds = range(2 if quick else 10)
+    runs = []
+    for seed in seeds:
+        r = ex.main(["--seed", str(seed), "--out", str(out / "neuroevolution" / f"seed{seed}"), "--quiet"])
+        runs.append(r)
+    solved = sum(r["solved"] for r in runs)
+    lines = [
+        "| seeds | solved (mean return >= 475, 100 new episodes) | mean return | generations | evaluations | seconds |",
+        "|---|---|---|---|---|---|",
+        f"| {len(runs)} | {solved} of {len(runs)} | {ms([r['mean_return'] for r in runs], scale=1, digits=1)} | "
+        f"{ms([r['generations'] for r in runs], scale=1, digits=1)} | "
+        f"{ms([r['evaluations'] for r in runs], scale=1, digits=0)} | "
+        f"{ms([r['seconds'] for r in runs], scale=1, digits=2)} |",
+    ]
+    head = (
+        "CartPole-v1, a 4-16-2 tanh policy, N = 100, truncation to 20, sigma = 0.1, 3 episodes per individual "
+        "and generation, elite re-scored on 30 episodes; mean ± std over seeds"
+    )
+    kept = [{k: r[k] for k in ("mean_return", "generations", "seconds")} for r in runs]
+    return head, "\n".join(lines), {"runs": kept}
+
+
+def section_bench_peers(out, quick):
+    """The peers' table from the JSON ``benchmarks/bench_peers.py`` wrote (its command and environment are
+    printed with it); nothing is run here."""
+    import json
+
+    path = ROOT / PEERS_RESULTS
+    if not path.exists():
+        return f"No {PEERS_RESULTS}.", "", {}
+    res = json.loads(path.read_text())
+    lines = load("bench_peers", folder="benchmarks").table(res["rows"])
+    env = res["environment"]
+    head = (
+        f"weights from scratch (best fitness: validation accuracy for the digits MLP, mean return for the "
+        f"CartPole policy), G = {res['ngen']}, {res['seeds']} seeds, N evaluations per "
+        f"generation; seconds per generation are medians; produced by `{res['command']}` on "
+        f"{env['cpu_count']} CPU cores, {env['threads']} threads, {env['machine']}, versions "
+        f"{', '.join(f'{k} {v}' for k, v in env['versions'].items())}; rendered here from {PEERS_RESULTS}"
+    )
+    return head, "\n".join(lines), {"result": res}
+
+
 def section_bench(out, quick):
     bench = load("bench_merge", folder="benchmarks")
     argv = ["--json", str(out / "bench.json")] + (["--quick", "--device", "cpu"] if quick else ["--device", "cpu"])
@@ -436,7 +544,7 @@ def bench_table(res):
 
 
 def block(section, head, table, env, command):
-    where = "rendered with" if section == "bench-gpu" else "ran with"
+    where = "rendered with" if section in ("bench-gpu", "bench-peers") else "ran with"
     return (
         f"<!-- reproduce:{section} -->\n*{head}*\n\n{table}\n\n"
         f"<sub>`{command}` {where}: {env}</sub>\n<!-- /reproduce:{section} -->"

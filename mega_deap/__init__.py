@@ -25,7 +25,7 @@ from .evaluation import Evaluator
 from .metrics import Accuracy, AccuracyLogLik, NegLogLoss, NegMSE, NegMAE, GroupAccuracy, METRICS
 from .objectives import on_outputs, on_model, ModelEvaluator
 from .algorithms import eaMeGA, varMeGA, evaluate_invalid
-from .breeding import varMeGABatched
+from .breeding import varMeGABatched, varMutants, varMutantsBatched
 from .checkpoint import CheckpointError
 from .presets import mega_toolbox, merge, cma_merge, merge_tree, MergeResult, TreeResult, default_stats
 from .rng import seed
@@ -59,6 +59,8 @@ __all__ = [
     "eaMeGA",
     "varMeGA",
     "varMeGABatched",
+    "varMutants",
+    "varMutantsBatched",
     "evaluate_invalid",
     "CheckpointError",
     "mega_toolbox",

@@ -19,6 +19,7 @@ differ from the per-individual path (which uses ``random`` for selection), the d
 """
 
 import functools
+import random
 from typing import Optional
 
 import torch
@@ -29,7 +30,7 @@ from .operators import cxBlend, layout_spans, mutLayerGaussian, mutSparseGaussia
 from .population import TensorPopulation
 from .resume import unwrap
 
-__all__ = ["varMeGABatched", "batched_plan"]
+__all__ = ["varMeGABatched", "batched_plan", "varMutants", "varMutantsBatched"]
 
 _CHUNK_ELEMENTS = (
     2**20
@@ -152,5 +153,76 @@ def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: 
             seg = rows[dest_rows[child], off : off + n]  # a view of the child's row
             seg.add_(torch.randn(n, dtype=rows.dtype, device=device).mul_(kw["sigma"]).add_(kw["mu"]))
     for adapter in plan["mutate_repairs"]:
+        adapter.repair_rows_(rows, dest)
+    return children
+
+
+######################################
+# Mutants of parents (the Deep GA)   #
+######################################
+
+
+def varMutants(parents: list, toolbox: base.Toolbox, lambda_: int) -> list:
+    """The Deep GA's breeding (Such et al., 2017): ``lambda_`` children, each ``toolbox.mutate`` of a clone of
+    a parent drawn uniformly (``random.choice``), fitness invalidated. Only calls the toolbox, as DEAP's
+    ``varAnd`` does; with truncation selection (``tools.selBest``) for ``parents`` and an elite kept aside,
+    it is the whole algorithm.
+
+    :returns: the ``lambda_`` children, in order.
+    """
+    children = []
+    for _ in range(lambda_):
+        (child,) = toolbox.mutate(toolbox.clone(random.choice(parents)))
+        del child.fitness.values
+        children.append(child)
+    return children
+
+
+def varMutantsBatched(parents: list, toolbox: base.Toolbox, lambda_: int) -> list:
+    """:func:`varMutants`'s children, bred at once: the parents drawn in one ``randint``, their rows gathered
+    into the children's rows, and every mutation one ``index_add_`` (``indpb`` < 1) or one dense Gaussian
+    (``indpb`` = 1). Used when ``clone`` is a :class:`TensorPopulation`'s and ``mutate`` is
+    :func:`mutSparseGaussian` (possibly under an adapter's ``keep_valid()``); anything else falls back to
+    :func:`varMutants`. Random numbers: torch's generator of the buffer's device (the draws differ from the
+    per-individual path, which draws the parents from ``random``; the distributions do not).
+
+    :returns: ``lambda_`` children, views of free rows of the population's buffer, fitness invalid.
+    """
+    clone, ckw, crep = _peel(getattr(toolbox, "clone", None))
+    mutate, ukw, urep = _peel(getattr(toolbox, "mutate", None))
+    pop = getattr(clone, "__self__", None)
+    batched = (
+        lambda_ >= 1
+        and not ckw
+        and not crep
+        and isinstance(pop, TensorPopulation)
+        and getattr(clone, "__func__", None) is TensorPopulation.clone
+        and mutate is mutSparseGaussian
+        and set(ukw) == {"mu", "sigma", "indpb"}
+        and bool(parents)
+        and all(pop.row_of(ind) is not None for ind in parents)
+    )
+    taken = pop.take_rows(type(parents[0]), lambda_) if batched and isinstance(pop, TensorPopulation) else None
+    if taken is None or not isinstance(pop, TensorPopulation):
+        return varMutants(parents, toolbox, lambda_)
+    children, dest = taken
+    rows, device, D = pop.rows, pop.device, pop.dim
+    src = torch.tensor([pop.row_of(ind) for ind in parents], dtype=torch.long, device=device)
+    chosen = src[torch.randint(len(parents), (lambda_,), device=device)]
+    step = max(1, _CHUNK_ELEMENTS // D)
+    mu, sigma, indpb = float(ukw["mu"]), float(ukw["sigma"]), float(ukw["indpb"])
+    for c in range(0, lambda_, step):
+        sl = slice(c, c + step)
+        block = rows.index_select(0, chosen[sl])
+        if indpb == 1.0:  # every gene: a dense draw, the same distribution as a hit on every position
+            block.add_(torch.normal(mu, sigma, block.shape, dtype=rows.dtype, device=device))
+        rows.index_copy_(0, dest[sl], block)
+        del block
+    if indpb < 1.0:
+        hits = sparse_indices(lambda_ * D, indpb, device=device)
+        if hits.numel():
+            flat = dest[hits // D] * D + hits % D
+            rows.view(-1).index_add_(0, flat, torch.normal(mu, sigma, hits.shape, dtype=rows.dtype, device=device))
+    for adapter in urep:
         adapter.repair_rows_(rows, dest)
     return children

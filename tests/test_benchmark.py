@@ -60,3 +60,21 @@ def test_bench_merge_quick_takes_the_sizes_it_is_given(tmp_path):
     )
     (r,) = res["rows"]
     assert r["evals"] == 5 + 3 * 4 and r["val"] == 32
+
+
+def test_bench_peers_quick(tmp_path):
+    """mega_deap's own row, and every peer either measured or skipped with the extra to install."""
+    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "benchmarks" / "bench_peers.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "peers.json"
+    res = bench.main(["--quick", "--json", str(out)])
+    assert out.exists()
+    ours = {r["task"]: r for r in res["rows"] if r["library"] == "mega_deap"}
+    assert set(ours) == {"digits MLP", "CartPole policy"}
+    for r in ours.values():
+        assert r["N"] == 8 and r["s_per_gen"] > 0 and r["ratio_to_mega_deap"] == 1
+    assert 0 <= ours["digits MLP"]["best"] <= 1 and 8 <= ours["CartPole policy"]["best"] <= 500
+    ran = {r["library"] for r in res["rows"]}
+    assert ran | set(res["skipped"]) == set(bench.PEERS)
+    assert all("pip install" in why for why in res["skipped"].values())

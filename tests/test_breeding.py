@@ -286,3 +286,40 @@ def test_every_position_of_every_child_mutates_at_the_stated_rate(path):
         total += len(kids)
         del kids
     assert np.all(np.abs(hits / total - p) < 5 * math.sqrt(p * (1 - p) / total)), hits / total
+
+
+def test_var_mutants_batched_against_the_per_individual_path(classes):
+    """The Deep GA's children bred at once: each is one parent plus N(mu, sigma^2) on the genes indpb picks,
+    the parents drawn uniformly, as varMutants does one child at a time; any other operator falls back."""
+    from deap import base
+
+    from mega_deap import TensorPopulation, mutSparseGaussian, varMutants, varMutantsBatched
+
+    D, n_par, lam = 300, 4, 400
+    for indpb in (1.0, 0.1):
+        pop = TensorPopulation(lam + n_par, D, device="cpu")
+        parents = pop.individuals(classes["tensor"], n_par)
+        for i, p in enumerate(parents):
+            p.genome.fill_(1000.0 * i)
+            p.fitness.values = (float(i),)
+        tb = base.Toolbox()
+        tb.register("clone", pop.clone)
+        tb.register("mutate", mutSparseGaussian, mu=0.5, sigma=2.0, indpb=indpb)
+        torch.manual_seed(0)
+        kids = varMutantsBatched(parents, tb, lam)
+        assert len(kids) == lam and all(pop.row_of(k) is not None and not k.fitness.valid for k in kids)
+        G = torch.stack([k.genome for k in kids]).double()
+        which = (G / 1000.0).round()  # each child's parent, from its genes (the noise is small against 1000)
+        assert bool((which == which[:, :1]).all())  # one parent per child
+        counts = torch.bincount(which[:, 0].long(), minlength=n_par)
+        assert counts.min() > lam / n_par * 0.7  # parents drawn uniformly (expected 100 each)
+        noise = G - 1000.0 * which
+        hit = noise != 0
+        assert abs(float(hit.double().mean()) - indpb) < 0.02
+        assert abs(float(noise[hit].mean()) - 0.5) < 0.05 and abs(float(noise[hit].std()) - 2.0) < 0.05
+        for i, p in enumerate(parents):  # the parents are untouched
+            assert bool((p.genome == 1000.0 * i).all())
+    tb.register("mutate", lambda ind: (ind,))  # a custom operator: the per-individual path
+    random_kids = varMutantsBatched(parents, tb, 5)
+    assert all(any(torch.equal(k.genome, p.genome) for p in parents) for k in random_kids)
+    assert varMutants(parents, tb, 3)[0].fitness.valid is False

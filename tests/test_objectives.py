@@ -231,3 +231,13 @@ def test_deap_algorithms_take_objectives(digits, digit_mlps):
     everything = [ind.fitness.values for ind in inds2] + values
     best = set(tuple(everything[i]) for i in nondominated(everything, (1.0, -1.0)))
     assert best <= set(map(tuple, values))
+
+
+def test_merge_takes_an_outputs_objective(digits, digit_mlps):
+    """merge(metric=on_outputs(...)): eaMeGA under the user's non-decomposable metric; the result's fitness is
+    that metric of the returned model, and never below the parents' (they are in the first population)."""
+    X, y = digits["val"]
+    r = md.merge(digit_mlps, digits["val"], metric=on_outputs(macro_f1), popsize=6, ngen=2, progress=False)
+    with torch.no_grad():
+        assert r.fitness == pytest.approx(macro_f1(r.model(X), y), abs=1e-12)
+        assert r.fitness >= max(macro_f1(m(X), y) for m in digit_mlps)

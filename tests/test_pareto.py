@@ -62,6 +62,12 @@ def test_pareto_merge_front(digits, biased_mlps):
     assert r.to_json()["front"] == [list(v) for v in r.values]
 
 
+def test_pareto_result_plot(tmp_path, digits, biased_mlps):
+    r = mega_deap.merge(biased_mlps, digits["val"], objectives=GROUPS, popsize=8, ngen=1, seed=0, progress=False)
+    r.plot(str(tmp_path / "front.png"))
+    assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_pareto_merge_is_reproducible_and_resumes_bit_for_bit(tmp_path, digits, biased_mlps):
     kw = dict(objectives=GROUPS, popsize=8, seed=3, progress=False)
     whole = mega_deap.merge(biased_mlps, digits["val"], ngen=4, **kw)
@@ -114,3 +120,52 @@ def test_pareto_example(tmp_path):
     assert saved["objectives"] == report["objectives"] and len(saved["front"]) >= 1
     assert all(len(p["values"]) == 2 and len(p["test"]) == 2 for p in saved["front"] + saved["parents"])
     assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ea_nsga2_tensor_individuals_match_deap_list_individuals():
+    """The same NSGA-II run over DEAP's list individuals and over tensor individuals, with DEAP's own list
+    operators on integer genes (exact in float32): the same populations and the same front."""
+    import copy
+    import random
+
+    from deap import base, creator, tools
+
+    from mega_deap import TensorIndividual, TensorPopulation, genome_equal
+    from mega_deap.pareto import eaNSGA2
+
+    if not hasattr(creator, "FitNSGA2Test"):
+        creator.create("FitNSGA2Test", base.Fitness, weights=(1.0, -1.0))
+        creator.create("ListNSGA2Test", list, fitness=creator.FitNSGA2Test)
+        creator.create("TensorNSGA2Test", TensorIndividual, fitness=creator.FitNSGA2Test)
+
+    def objectives(ind):
+        v = [float(x) for x in ind]
+        return sum(v[:6]), sum((x - 4.0) ** 2 for x in v[6:]) + v[0]
+
+    def run(kind):
+        random.seed(5)
+        start = [[random.randint(0, 9) for _ in range(12)] for _ in range(16)]
+        tb = base.Toolbox()
+        tb.register("evaluate", objectives)
+        tb.register("mate", tools.cxTwoPoint)
+        tb.register("mutate", tools.mutUniformInt, low=0, up=9, indpb=0.2)
+        tb.register("select", tools.selNSGA2)
+        if kind == "list":
+            pop = [creator.ListNSGA2Test(g) for g in start]
+            tb.register("clone", copy.deepcopy)
+            front = tools.ParetoFront()
+        else:
+            rows = TensorPopulation(16, 12, device="cpu")
+            pop = rows.individuals(creator.TensorNSGA2Test)
+            for ind, g in zip(pop, start):
+                ind.genome.copy_(torch.tensor(g, dtype=torch.float32))
+            tb.register("clone", rows.clone)
+            front = tools.ParetoFront(similar=genome_equal)
+        random.seed(6)
+        pop, log = eaNSGA2(pop, tb, 6, cxpb=0.9, mutpb=0.5, halloffame=front, verbose=False)
+        return [[float(x) for x in ind] for ind in pop], sorted(tuple(i.fitness.values) for i in front)
+
+    lists, tensors = run("list"), run("tensor")
+    assert lists[0] == tensors[0] and lists[1] == tensors[1]
+    values = lists[1]
+    assert nondominated(values, (1.0, -1.0)) == list(range(len(values)))
