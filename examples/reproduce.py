@@ -333,12 +333,17 @@ def section_pareto(out, quick):
     def cell(key, split):
         return ms([min(row[key][split]) for row in rows])
 
+    def gain(split):
+        d = [min(row["balanced"][split]) - min(row["parent"][split]) for row in rows]
+        return f"{ms(d)}; above it in {sum(x > 0 for x in d)} of {len(d)} seeds"
+
     lines = [
         "| model | worst-group validation accuracy | worst-group test accuracy |",
         "|---|---|---|",
         f"| the better parent (on its worst group) | {cell('parent', 'values')} | {cell('parent', 'test')} |",
         f"| output ensemble of the two | {cell('ensemble', 'values')} | {cell('ensemble', 'test')} |",
         f"| the front's most balanced merge | {cell('balanced', 'values')} | {cell('balanced', 'test')} |",
+        f"| most balanced merge minus the better parent, per seed | {gain('values')} | {gain('test')} |",
         "",
         f"Points on the front: {ms([row['front'] for row in rows], scale=1, digits=1)}; merge time "
         f"{ms([row['seconds'] for row in rows], scale=1, digits=1)} s.",
