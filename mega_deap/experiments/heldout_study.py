@@ -47,7 +47,7 @@ CANDIDATE_METRICS = ("accuracy_ll", "accuracy", "neg_log_loss", "neg_log_loss_te
 GUARANTEED_METRICS = ("accuracy_ll", "accuracy")
 CANDIDATE_MATCHINGS = ("weights", "activations")
 METHODS = (
-    ("best parent",)
+    ("best parent", "best parent by validation")
     + tuple(f"merge, {m}" for m in CANDIDATE_METRICS)
     + ("MeGA (paper)",)
     + tuple(f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS)
@@ -297,7 +297,7 @@ def summarize(runs: list) -> list:
                 "delta_min": float(d.min()),
                 "gap": gap,
                 "below_val": below,
-                "seconds": float(np.mean([r[name][2] for r in used])),
+                "seconds": float(np.mean([r[name][2] if len(r[name]) > 2 else 0.0 for r in used])),
             }
         )
     return rows
