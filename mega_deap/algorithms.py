@@ -76,6 +76,60 @@ def save_on_rank0(path, main, toolbox, **state):
     distributed.barrier()
 
 
+def begin_run(
+    population: list,
+    toolbox: base.Toolbox,
+    ngen: int,
+    stats: Optional[tools.Statistics],
+    halloffame: Optional[tools.HallOfFame],
+    checkpoint: Optional[str],
+    settings: Optional[dict],
+    verbose: bool,
+) -> tuple:
+    """The start the package's generational loops share (:func:`eaMeGA`, :func:`mega_deap.pareto.eaNSGA2`):
+    a logbook; then, when ``checkpoint`` exists (every rank agreeing), the run restored from it, else
+    generation 0 evaluated, the hall of fame updated, recorded and saved. ``verbose``: print (rank 0 only).
+
+    :returns: ``(logbook, the first generation still to run, save)``; ``save(gen)`` writes the checkpoint
+              after generation ``gen`` (nothing without one).
+    """
+    main = distributed.is_main()  # in a process group, only rank 0 prints and writes
+    verbose = verbose and main
+    logbook = tools.Logbook()
+    logbook.header = ["gen", "nevals"] + (stats.fields if stats else [])
+
+    def save(gen: int) -> None:
+        if checkpoint is not None:
+            save_on_rank0(
+                checkpoint,
+                main,
+                toolbox,
+                gen=gen,
+                population=population,
+                halloffame=halloffame,
+                logbook=logbook,
+                extra=settings,
+            )
+
+    resuming = checkpoint is not None and distributed.agree(
+        os.path.exists(checkpoint), f"checkpoint {checkpoint!r} exists"
+    )
+    if resuming:
+        assert checkpoint is not None and settings is not None
+        start = resume(checkpoint, population, toolbox, halloffame, logbook, settings, ngen)
+        if verbose:
+            tqdm.write(f"resuming from {checkpoint} after generation {start - 1}")
+        return logbook, start, save
+    nevals = evaluate_invalid(population, toolbox)  # generation 0: the initial population
+    if halloffame is not None:
+        halloffame.update(population)
+    logbook.record(gen=0, nevals=nevals, **(stats.compile(population) if stats else {}))
+    save(0)
+    if verbose:
+        tqdm.write(logbook.stream)
+    return logbook, 1, save
+
+
 def eaMeGA(
     population: list,
     toolbox: base.Toolbox,
@@ -119,38 +173,8 @@ def eaMeGA(
     progress = (verbose if progress is None else progress) and main
     if checkpoint is not None:
         writable_file("checkpoint", checkpoint)
-    logbook = tools.Logbook()
-    logbook.header = ["gen", "nevals"] + (stats.fields if stats else [])
-
     settings = run_settings(toolbox, npar, population) if checkpoint is not None else None
-    resuming = checkpoint is not None and distributed.agree(
-        os.path.exists(checkpoint), f"checkpoint {checkpoint!r} exists"
-    )
-    if resuming:
-        assert checkpoint is not None and settings is not None
-        start = resume(checkpoint, population, toolbox, halloffame, logbook, settings, ngen)
-        if verbose:
-            tqdm.write(f"resuming from {checkpoint} after generation {start - 1}")
-    else:
-        # generation 0: evaluate the initial population
-        nevals = evaluate_invalid(population, toolbox)
-        if halloffame is not None:
-            halloffame.update(population)
-        logbook.record(gen=0, nevals=nevals, **(stats.compile(population) if stats else {}))
-        if checkpoint is not None:
-            save_on_rank0(
-                checkpoint,
-                main,
-                toolbox,
-                gen=0,
-                population=population,
-                halloffame=halloffame,
-                logbook=logbook,
-                extra=settings,
-            )
-        start = 1
-        if verbose:
-            tqdm.write(logbook.stream)
+    logbook, start, save = begin_run(population, toolbox, ngen, stats, halloffame, checkpoint, settings, verbose)
 
     bar = tqdm(
         range(start, ngen + 1),
@@ -175,17 +199,7 @@ def eaMeGA(
         del offspring
         record = stats.compile(population) if stats else {}
         logbook.record(gen=gen, nevals=nevals, **record)
-        if checkpoint is not None:
-            save_on_rank0(
-                checkpoint,
-                main,
-                toolbox,
-                gen=gen,
-                population=population,
-                halloffame=halloffame,
-                logbook=logbook,
-                extra=settings,
-            )
+        save(gen)
         if verbose:
             tqdm.write(logbook.stream)
         if progress and "max" in record:

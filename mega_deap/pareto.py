@@ -12,7 +12,6 @@ the front of merges over per-group accuracies (:class:`mega_deap.metrics.GroupAc
 several values, and :meth:`ParetoResult.plot` draws the front with the parents on it.
 """
 
-import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -22,10 +21,10 @@ from deap import base, creator, tools
 from tqdm.auto import tqdm
 
 from . import distributed
-from .algorithms import evaluate_invalid, save_on_rank0
+from .algorithms import begin_run, evaluate_invalid
 from .checks import SettingError, writable_file
 from .individual import TensorIndividual, genome_equal
-from .resume import resume, run_settings
+from .resume import run_settings
 
 __all__ = ["eaNSGA2", "pareto_merge", "ParetoResult", "pareto_classes", "nondominated"]
 
@@ -91,41 +90,11 @@ def eaNSGA2(
     main = distributed.is_main()
     verbose = verbose and main
     progress = (verbose if progress is None else progress) and main
-    logbook = tools.Logbook()
-    logbook.header = ["gen", "nevals"] + (stats.fields if stats else [])
     settings = None
     if checkpoint is not None:
         settings = run_settings(toolbox, 2, population)
         settings["nsga2"] = [float(cxpb), float(mutpb)]
-    resuming = checkpoint is not None and distributed.agree(
-        os.path.exists(checkpoint), f"checkpoint {checkpoint!r} exists"
-    )
-
-    def save(gen):
-        if checkpoint is not None:
-            save_on_rank0(
-                checkpoint,
-                main,
-                toolbox,
-                gen=gen,
-                population=population,
-                halloffame=halloffame,
-                logbook=logbook,
-                extra=settings,
-            )
-
-    if resuming:
-        assert checkpoint is not None and settings is not None
-        start = resume(checkpoint, population, toolbox, halloffame, logbook, settings, ngen)
-    else:
-        nevals = evaluate_invalid(population, toolbox)
-        if halloffame is not None:
-            halloffame.update(population)
-        logbook.record(gen=0, nevals=nevals, **(stats.compile(population) if stats else {}))
-        save(0)
-        start = 1
-        if verbose:
-            tqdm.write(logbook.stream)
+    logbook, start, save = begin_run(population, toolbox, ngen, stats, halloffame, checkpoint, settings, verbose)
     bar = tqdm(
         range(start, ngen + 1),
         desc="NSGA-II",
