@@ -6,7 +6,7 @@ paper's toolbox and the one-call ``merge`` are in :mod:`mega_deap.presets`.
 """
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from deap import base, tools
 from tqdm.auto import tqdm
@@ -130,6 +130,19 @@ def begin_run(
     return logbook, 1, save
 
 
+def generation_bar(start: int, ngen: int, desc: str, progress: bool) -> Any:
+    """The generations ``start`` to ``ngen`` under a tqdm bar that counts from ``start - 1`` (a resumed run);
+    ``disable=None``: a bar on a terminal, nothing in a log file."""
+    return tqdm(
+        range(start, ngen + 1),
+        desc=desc,
+        disable=None if progress else True,
+        leave=False,
+        initial=start - 1,
+        total=ngen,
+    )
+
+
 def eaMeGA(
     population: list,
     toolbox: base.Toolbox,
@@ -176,14 +189,7 @@ def eaMeGA(
     settings = run_settings(toolbox, npar, population) if checkpoint is not None else None
     logbook, start, save = begin_run(population, toolbox, ngen, stats, halloffame, checkpoint, settings, verbose)
 
-    bar = tqdm(
-        range(start, ngen + 1),
-        desc="eaMeGA",
-        disable=None if progress else True,
-        leave=False,
-        initial=start - 1,
-        total=ngen,
-    )  # disable=None: a bar on a terminal, nothing in a log file
+    bar = generation_bar(start, ngen, "eaMeGA", progress)
     for gen in bar:
         # 1. breed: npar tournament winners per child, the first two mate, the first child is kept
         elite = getattr(toolbox, "elite", selElite)(halloffame)

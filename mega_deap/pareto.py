@@ -21,7 +21,7 @@ from deap import base, creator, tools
 from tqdm.auto import tqdm
 
 from . import distributed
-from .algorithms import begin_run, evaluate_invalid
+from .algorithms import begin_run, evaluate_invalid, generation_bar
 from .checks import SettingError, writable_file
 from .individual import TensorIndividual, genome_equal
 from .resume import run_settings
@@ -95,14 +95,7 @@ def eaNSGA2(
         settings = run_settings(toolbox, 2, population)
         settings["nsga2"] = [float(cxpb), float(mutpb)]
     logbook, start, save = begin_run(population, toolbox, ngen, stats, halloffame, checkpoint, settings, verbose)
-    bar = tqdm(
-        range(start, ngen + 1),
-        desc="NSGA-II",
-        disable=None if progress else True,
-        leave=False,
-        initial=start - 1,
-        total=ngen,
-    )
+    bar = generation_bar(start, ngen, "NSGA-II", progress)
     for gen in bar:
         _crowding(population)
         offspring = [toolbox.clone(ind) for ind in tools.selTournamentDCD(population, mu)]
