@@ -28,6 +28,8 @@ from torch import nn
 
 import mega_deap
 from mega_deap.adapters import TorchAdapter
+from mega_deap.checkpoint import load_checkpoint, save_checkpoint
+from mega_deap.rng import set_rng_state
 from mega_deap.experiments import pyplot, save_figure, write_json
 
 SOLVED = 475.0  # CartPole-v1's reward threshold, over 100 episodes
@@ -48,6 +50,12 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=16, help="hidden units of the policy")
     p.add_argument("--test-episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="write the run's state here after every generation; re-running with it resumes",
+    )
     p.add_argument("--out", default="results/neuroevolution")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -109,6 +117,28 @@ def rollout_returns(policy, episodes: int, seed: int, vectorization: str = "vect
     return total.reshape(k, episodes).mean(1)
 
 
+def resume(path, settings, population, logbook):
+    """The generation to start from: 0, or, when ``path`` holds a checkpoint of this run (the same settings;
+    another run's is refused in one line), the one after it, with the population, the logbook and every
+    random source restored (safetensors and JSON: no unpickling)."""
+    if not os.path.exists(path):
+        return 0
+    meta, tensors = load_checkpoint(path)
+    if meta.get("extra") != settings:
+        saved = meta.get("extra") or {}
+        key = next((k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)), "?")
+        raise SystemExit(
+            f"neuroevolution.py: error: checkpoint {path!r} belongs to another run ({key} is {saved.get(key)!r} "
+            f"there, {settings.get(key)!r} here)"
+        )
+    for ind, g in zip(population, tensors["population"]):
+        ind.genome.copy_(g)
+    for record in meta["logbook"]:
+        logbook.record(**record)
+    set_rng_state(meta["rng"], tensors, "cpu")
+    return meta["gen"] + 1
+
+
 def plot(curve, path):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -157,8 +187,10 @@ def main(argv=None):
     for name, fn in (("avg", np.mean), ("max", np.max)):
         stats.register(name, fn)
     logbook = tools.Logbook()
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "quiet", "checkpoint", "ngen")}
+    start = resume(args.checkpoint, settings, population, logbook) if args.checkpoint else 0
     t0 = time.perf_counter()
-    for gen in range(args.ngen + 1):
+    for gen in range(start, args.ngen + 1):
         state["gen"] = gen
         for ind in population:  # every individual, the elite too, on this generation's episodes
             del ind.fitness.values
@@ -176,6 +208,8 @@ def main(argv=None):
         children = [toolbox.clone(elite)] + mega_deap.varMutantsBatched(parents, toolbox, args.popsize - 1)
         population[:] = children
         del children, parents, candidates
+        if args.checkpoint:  # the next generation's population, bred, and every random source
+            save_checkpoint(args.checkpoint, gen=gen, population=population, logbook=logbook, extra=settings)
     seconds = time.perf_counter() - t0
     best = elite.genome.clone()
     test = mega_deap.ModelEvaluator(

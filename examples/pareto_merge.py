@@ -34,6 +34,11 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a file written after every generation; an interrupted run started again resumes from it",
+    )
     p.add_argument("--out", default="results/pareto_merge")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -105,6 +110,7 @@ def main(argv=None):
         device=device,
         align=False if args.align == "none" else args.align,
         progress=not args.quiet,
+        checkpoint=args.checkpoint,
     )
     t_merge = time.perf_counter() - t0
 

@@ -111,3 +111,16 @@ def test_neuroevolution_example_solves_cartpole(tmp_path):
     assert (tmp_path / "returns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = load_script("neuroevolution").main(["--out", str(tmp_path / "again"), "--quiet", "--seed", "1"])
     assert again["curve"] == report["curve"]  # one seed fixes the run
+
+
+def test_neuroevolution_resumes_from_its_checkpoint(tmp_path):
+    ne = load_script("neuroevolution")
+    whole = ne.main(["--out", str(tmp_path / "whole"), "--quiet", "--seed", "2"])
+    assert whole["generations"] >= 2  # so that the interrupted run below stops before the end
+    ckpt = str(tmp_path / "run.ckpt")
+    part = ["--out", str(tmp_path / "part"), "--quiet", "--seed", "2", "--checkpoint", ckpt]
+    ne.main(part + ["--ngen", "1"])  # interrupted: stops after generation 1
+    resumed = ne.main(part)
+    assert resumed["curve"] == whole["curve"] and resumed["mean_return"] == whole["mean_return"]
+    with pytest.raises(SystemExit, match="belongs to another run \\(sigma"):
+        ne.main(part + ["--sigma", "0.2"])

@@ -113,9 +113,12 @@ def test_merge_takes_a_model_objective(digits, digit_mlps):
 
 
 def test_pareto_example(tmp_path):
-    report = load_script("pareto_merge").main(
-        ["--dataset", "digits", "--epochs", "3", "--popsize", "8", "--ngen", "2", "--out", str(tmp_path), "--quiet"]
-    )
+    argv = ["--dataset", "digits", "--epochs", "3", "--popsize", "8", "--out", str(tmp_path), "--quiet"]
+    ckpt = ["--checkpoint", str(tmp_path / "run.ckpt")]
+    report = load_script("pareto_merge").main(argv + ["--ngen", "2"])
+    load_script("pareto_merge").main(argv + ckpt + ["--ngen", "1"])  # interrupted after one generation
+    resumed = load_script("pareto_merge").main(argv + ckpt + ["--ngen", "2"])
+    assert resumed["front"] == report["front"]  # the resumed run's front is the whole run's
     saved = json.loads((tmp_path / "front.json").read_text())
     assert saved["objectives"] == report["objectives"] and len(saved["front"]) >= 1
     assert all(len(p["values"]) == 2 and len(p["test"]) == 2 for p in saved["front"] + saved["parents"])
