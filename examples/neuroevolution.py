@@ -28,8 +28,9 @@ from torch import nn
 
 import mega_deap
 from mega_deap.adapters import TorchAdapter
-from mega_deap.checkpoint import load_checkpoint, save_checkpoint
-from mega_deap.rng import set_rng_state
+from mega_deap.checkpoint import save_checkpoint
+from mega_deap.checks import SettingError
+from mega_deap.resume import resume
 from mega_deap.experiments import pyplot, save_figure, write_json
 
 SOLVED = 475.0  # CartPole-v1's reward threshold, over 100 episodes
@@ -117,28 +118,6 @@ def rollout_returns(policy, episodes: int, seed: int, vectorization: str = "vect
     return total.reshape(k, episodes).mean(1)
 
 
-def resume(path, settings, population, logbook):
-    """The generation to start from: 0, or, when ``path`` holds a checkpoint of this run (the same settings;
-    another run's is refused in one line), the one after it, with the population, the logbook and every
-    random source restored (safetensors and JSON: no unpickling)."""
-    if not os.path.exists(path):
-        return 0
-    meta, tensors = load_checkpoint(path)
-    if meta.get("extra") != settings:
-        saved = meta.get("extra") or {}
-        key = next((k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)), "?")
-        raise SystemExit(
-            f"neuroevolution.py: error: checkpoint {path!r} belongs to another run ({key} is {saved.get(key)!r} "
-            f"there, {settings.get(key)!r} here)"
-        )
-    for ind, g in zip(population, tensors["population"]):
-        ind.genome.copy_(g)
-    for record in meta["logbook"]:
-        logbook.record(**record)
-    set_rng_state(meta["rng"], tensors, "cpu")
-    return meta["gen"] + 1
-
-
 def plot(curve, path):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -188,7 +167,12 @@ def main(argv=None):
         stats.register(name, fn)
     logbook = tools.Logbook()
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "quiet", "checkpoint", "ngen")}
-    start = resume(args.checkpoint, settings, population, logbook) if args.checkpoint else 0
+    start = 0
+    if args.checkpoint and os.path.exists(args.checkpoint):  # population, logbook, every random source
+        try:
+            start = resume(args.checkpoint, population, toolbox, None, logbook, settings, args.ngen)
+        except SettingError as err:  # another run's checkpoint: one line
+            raise SystemExit(f"neuroevolution.py: error: {err}") from None
     t0 = time.perf_counter()
     for gen in range(start, args.ngen + 1):
         state["gen"] = gen

@@ -19,7 +19,7 @@ import time
 import torch
 
 import mega_deap
-from mega_deap.experiments import add_data_args, format_table, pyplot, save_figure, setup, train_or_load, write_json
+from mega_deap.experiments import add_data_args, format_table, setup, train_or_load, write_json
 from mega_deap.experiments.align_study import biased_parts
 
 
@@ -55,23 +55,6 @@ def group_values(models, X, y, groups):
     logits = torch.stack([m.eval()(X) for m in models]).mean(0)
     right = (logits.argmax(-1) == y).double()
     return tuple(float(right[torch.isin(y, torch.tensor(g))].mean()) for g in groups)
-
-
-def plot_front(result, ensemble, path):
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.8, 4.6), dpi=120)
-    pts = sorted(result.values, key=lambda v: v[0])
-    ax.step([p[0] for p in pts], [p[1] for p in pts], where="pre", color="C0", alpha=0.4)  # what the front attains
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color="C0", label=f"front of merges ({len(pts)})")
-    for i, p in enumerate(result.parents):
-        ax.plot(p[0], p[1], "s", color=f"C{i + 1}", markersize=9, label=f"parent {i + 1}")
-    ax.plot(ensemble[0], ensemble[1], "*", color="k", markersize=12, label="output ensemble (2 models)")
-    ax.set_xlabel(f"validation {result.names[0]}")
-    ax.set_ylabel(f"validation {result.names[1]}")
-    ax.set_title("Pareto merge of two class-biased parents")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    return save_figure(fig, path)
 
 
 def main(argv=None):
@@ -137,7 +120,11 @@ def main(argv=None):
         columns=["model"] + [f"val_acc {n}" for n in names] + [f"test_acc {n}" for n in names],
     )
     os.makedirs(args.out, exist_ok=True)
-    png = plot_front(result, ensemble_val, os.path.join(args.out, "front.png"))
+    png = result.plot(
+        os.path.join(args.out, "front.png"),
+        title="Pareto merge of two class-biased parents (validation)",
+        extra={"output ensemble (2 models)": ensemble_val},
+    )
     report = {
         "dataset": splits.name,
         "model": model_name,

@@ -55,6 +55,13 @@ def _tournsize(toolbox):
     return getattr(getattr(toolbox, "select", None), "keywords", {}).get("tournsize")
 
 
+def require_registered(toolbox: base.Toolbox, names: tuple) -> None:
+    """Refuse a toolbox without one of ``names`` registered, naming it (before any work)."""
+    for name in names:
+        if not hasattr(toolbox, name):
+            raise SettingError(f"the toolbox has no {name!r} registered")
+
+
 def _check(population, toolbox, ngen, npar):
     run_sizes(ngen, npar)
     if len(population) < max(npar, 2):
@@ -62,9 +69,7 @@ def _check(population, toolbox, ngen, npar):
     tsize = _tournsize(toolbox)
     if tsize is not None and len(population) < tsize:
         raise SettingError(f"population of {len(population)} is smaller than the tournament size {tsize}")
-    for name in ("evaluate", "select", "mate", "mutate", "clone"):
-        if not hasattr(toolbox, name):
-            raise SettingError(f"the toolbox has no {name!r} registered")
+    require_registered(toolbox, ("evaluate", "select", "mate", "mutate", "clone"))
 
 
 def save_on_rank0(path, main, toolbox, **state):

@@ -95,6 +95,17 @@ def batched_plan(toolbox: base.Toolbox, population: list) -> Optional[dict]:
     }
 
 
+def _mutate_rows(rows: torch.Tensor, dest: torch.Tensor, mu: float, sigma: float, indpb: float) -> None:
+    """:func:`mutSparseGaussian` on the buffer rows ``dest``, all at once: one draw of the hit positions over
+    their genes, one ``index_add_`` of N(mu, sigma^2) noise."""
+    D = rows.shape[1]
+    hits = sparse_indices(dest.shape[0] * D, indpb, device=rows.device)
+    if hits.numel():
+        flat = dest[hits // D] * D + hits % D
+        noise = torch.normal(mu, sigma, hits.shape, dtype=rows.dtype, device=rows.device)
+        rows.view(-1).index_add_(0, flat, noise)
+
+
 def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: int = 4) -> list:
     """:func:`~mega_deap.varMeGA`'s children, bred for the whole generation at once (see the module).
 
@@ -139,11 +150,7 @@ def varMeGABatched(population: list, toolbox: base.Toolbox, lambda_: int, npar: 
     # 3. every mutation: one draw of hit positions over all children's genes, one scatter
     kind, kw = plan["mutation"]
     if kind == "sparse":
-        hits = sparse_indices(lambda_ * D, float(kw["indpb"]), device=device)
-        if hits.numel():
-            flat = dest[hits // D] * D + hits % D
-            noise = torch.normal(float(kw["mu"]), float(kw["sigma"]), hits.shape, dtype=rows.dtype, device=device)
-            rows.view(-1).index_add_(0, flat, noise)
+        _mutate_rows(rows, dest, float(kw["mu"]), float(kw["sigma"]), float(kw["indpb"]))
     else:
         spans = layout_spans(kw["layout"])
         struck = torch.rand(lambda_, len(spans), dtype=torch.float64, device=device) < kw["layerpb"]
@@ -191,23 +198,24 @@ def varMutantsBatched(parents: list, toolbox: base.Toolbox, lambda_: int) -> lis
     clone, ckw, crep = _peel(getattr(toolbox, "clone", None))
     mutate, ukw, urep = _peel(getattr(toolbox, "mutate", None))
     pop = getattr(clone, "__self__", None)
-    batched = (
+    if not (
         lambda_ >= 1
+        and parents
         and not ckw
         and not crep
         and isinstance(pop, TensorPopulation)
         and getattr(clone, "__func__", None) is TensorPopulation.clone
         and mutate is mutSparseGaussian
         and set(ukw) == {"mu", "sigma", "indpb"}
-        and bool(parents)
-        and all(pop.row_of(ind) is not None for ind in parents)
-    )
-    taken = pop.take_rows(type(parents[0]), lambda_) if batched and isinstance(pop, TensorPopulation) else None
-    if taken is None or not isinstance(pop, TensorPopulation):
+    ):
+        return varMutants(parents, toolbox, lambda_)
+    parent_rows = [pop.row_of(ind) for ind in parents]
+    taken = None if None in parent_rows else pop.take_rows(type(parents[0]), lambda_)
+    if taken is None:  # a parent outside the buffer, or no free rows for a batch
         return varMutants(parents, toolbox, lambda_)
     children, dest = taken
     rows, device, D = pop.rows, pop.device, pop.dim
-    src = torch.tensor([pop.row_of(ind) for ind in parents], dtype=torch.long, device=device)
+    src = torch.tensor(parent_rows, dtype=torch.long, device=device)
     chosen = src[torch.randint(len(parents), (lambda_,), device=device)]
     step = max(1, _CHUNK_ELEMENTS // D)
     mu, sigma, indpb = float(ukw["mu"]), float(ukw["sigma"]), float(ukw["indpb"])
@@ -219,10 +227,7 @@ def varMutantsBatched(parents: list, toolbox: base.Toolbox, lambda_: int) -> lis
         rows.index_copy_(0, dest[sl], block)
         del block
     if indpb < 1.0:
-        hits = sparse_indices(lambda_ * D, indpb, device=device)
-        if hits.numel():
-            flat = dest[hits // D] * D + hits % D
-            rows.view(-1).index_add_(0, flat, torch.normal(mu, sigma, hits.shape, dtype=rows.dtype, device=device))
+        _mutate_rows(rows, dest, mu, sigma, indpb)
     for adapter in urep:
         adapter.repair_rows_(rows, dest)
     return children

@@ -271,14 +271,17 @@ class Evaluator(BatchedFitness):
         data batch, not once per genome."""
         totals, checks = [], []
         batches = list(self._batches())
-        combine = getattr(self.metric, "combine", None)  # sums by default
+        combine = getattr(self.metric, "combine", None)  # the data batches' parts joined once; else summed
         for chunk in chunks:
-            t = f = None
+            parts, f = [], None
             for xb, yb in batches:
                 out = run(chunk, xb)
-                pt, pf = self.metric.partial(out, yb), self._nan_count(out)
-                t, f = (pt, pf) if t is None else (combine(t, pt) if combine else t + pt, f + pf)
-            totals.append(t)
+                parts.append(self.metric.partial(out, yb))
+                pf = self._nan_count(out)
+                f = pf if f is None else f + pf
+                if combine is None and len(parts) == 2:
+                    parts = [parts[0] + parts[1]]  # a running sum, in the batches' order
+            totals.append(combine(parts) if combine is not None else parts[0])
             checks.append(f)
         return torch.cat(totals), torch.cat(checks) == 0
 

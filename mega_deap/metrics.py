@@ -235,10 +235,22 @@ class GroupAccuracy(Accuracy):
         self.nobj = len(groups)
         self.weights = (1.0,) * self.nobj
         self.sizes: Optional[torch.Tensor] = None
+        self._table = torch.full((max(seen) + 1,), self.nobj, dtype=torch.long)  # class -> group index
+        for i, g in enumerate(groups):
+            self._table[g] = i
 
-    def _member(self, y: torch.Tensor) -> torch.Tensor:
-        """``(B, m)`` float64: whether each example belongs to each group."""
-        return torch.stack([torch.isin(y, torch.tensor(g, device=y.device)) for g in self.groups], -1).double()
+    def _group_ids(self, y: torch.Tensor) -> torch.Tensor:
+        """Each label's group index, ``(B,)``; ``nobj`` for a class in no group. One lookup in a table of
+        classes, moved to the labels' device once (:meth:`bind` keeps it there)."""
+        if self._table.device != y.device:
+            self._table = self._table.to(y.device)
+        last = self._table.shape[0] - 1
+        return torch.where(y <= last, self._table[y.clamp(0, last)], self.nobj)
+
+    def _counts(self, gid: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``values`` ``(k, B)`` summed per group, ``(k, m)`` float64."""
+        out = torch.zeros(values.shape[0], self.nobj + 1, dtype=torch.float64, device=values.device)
+        return out.index_add_(1, gid, values.to(torch.float64))[:, : self.nobj]
 
     def check(self, out: torch.Tensor, y: torch.Tensor) -> None:
         """As :meth:`Accuracy.check`, and every group within the model's classes and present in ``y``."""
@@ -247,19 +259,20 @@ class GroupAccuracy(Accuracy):
         for i, g in enumerate(self.groups):
             if max(g) >= classes:
                 raise SettingError(f"group {i} holds class {max(g)} but the model outputs {classes} classes")
-        for i, size in enumerate(self._member(y).sum(0).tolist()):
+        sizes = torch.bincount(self._group_ids(y), minlength=self.nobj + 1)[: self.nobj]
+        for i, size in enumerate(sizes.tolist()):
             if size == 0:
                 raise SettingError(f"group {i} ({self.groups[i]}) has no example in the validation labels")
 
     def bind(self, y: torch.Tensor) -> "GroupAccuracy":
         """A copy that knows each group's number of examples in ``y`` (the evaluator's labels)."""
         bound = copy.copy(self)
-        bound.sizes = self._member(y).sum(0)
+        bound.sizes = torch.bincount(bound._group_ids(y), minlength=self.nobj + 1)[: self.nobj].to(torch.float64)
         return bound
 
     def partial(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(k, m)``: per genome and group, the examples right."""
-        return (out.argmax(-1) == y).double() @ self._member(y)
+        return self._counts(self._group_ids(y), out.argmax(-1) == y)
 
     def finish(self, total: torch.Tensor, n: int) -> torch.Tensor:
         """Each group's accuracy, ``(k, m)``."""

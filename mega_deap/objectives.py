@@ -101,7 +101,7 @@ def _row(v: Any, obj: _Objective) -> list:
 class OutputObjective(_Objective):
     """A function of one genome's outputs on the whole validation set (:func:`on_outputs`), in the shape of
     a metric of :mod:`mega_deap.metrics`: ``partial`` keeps the outputs, ``combine`` joins the data
-    batches, ``finish`` calls the function."""
+    batches' parts once, ``finish`` calls the function."""
 
     def __init__(self, fn: Callable, weights: Any, name: Optional[str], vectorized: bool) -> None:
         super().__init__(fn, weights, name)
@@ -122,9 +122,9 @@ class OutputObjective(_Objective):
         float32."""
         return out.to(torch.promote_types(out.dtype, torch.float32), copy=True)
 
-    def combine(self, total: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-        """The outputs of consecutive data batches, end to end: ``(k, n, ...)``."""
-        return torch.cat([total, part], 1)
+    def combine(self, parts: list) -> torch.Tensor:
+        """The outputs of the consecutive data batches, end to end in one copy: ``(k, n, ...)``."""
+        return torch.cat(parts, 1)
 
     def finish(self, total: torch.Tensor, n: int) -> torch.Tensor:
         """The function of each genome's outputs ``(n, ...)`` and the labels: ``(k,)`` or ``(k, nobj)``."""
@@ -244,7 +244,8 @@ class ModelEvaluator(BatchedFitness):
         self.chunk = chunk
         self.prepare = None
         self._runner = adapter.runner
-        self._plan: Any = None  # the stacked forward once checked; False: not used
+        self._plan: Any = None  # the stacked forward; False: not used
+        self._checked = False  # whether the stacked forward gave the loop's outputs on a first call
         if strategy == "loop":
             self._plan = False
         elif objective.batched:
@@ -259,7 +260,7 @@ class ModelEvaluator(BatchedFitness):
         """The stacked forward, checked against the loop on the first call's first genome."""
         if self._plan is False:
             return None
-        if not getattr(self, "_checked", False):
+        if not self._checked:
             try:
                 got = self._plan(genomes[:1], x[:1], per_genome=True)[0]
                 want = self._runner.forward(genomes[0], x[0])

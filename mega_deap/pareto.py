@@ -21,7 +21,7 @@ from deap import base, creator, tools
 from tqdm.auto import tqdm
 
 from . import distributed
-from .algorithms import begin_run, evaluate_invalid, generation_bar
+from .algorithms import begin_run, evaluate_invalid, generation_bar, require_registered
 from .checks import SettingError, writable_file
 from .individual import TensorIndividual, genome_equal
 from .resume import run_settings
@@ -79,9 +79,7 @@ def eaNSGA2(
     mu = len(population)
     if mu < 4 or mu % 4:
         raise SettingError(f"NSGA-II's dominance tournament needs a population that is a multiple of 4, got {mu}")
-    for name in ("evaluate", "select", "mate", "mutate", "clone"):
-        if not hasattr(toolbox, name):
-            raise SettingError(f"the toolbox has no {name!r} registered")
+    require_registered(toolbox, ("evaluate", "select", "mate", "mutate", "clone"))
     for name, p in (("cxpb", cxpb), ("mutpb", mutpb)):
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise SettingError(f"{name} must be a probability in [0, 1], got {p!r}")
@@ -120,7 +118,7 @@ def eaNSGA2(
     return population, logbook
 
 
-def pareto_classes(nobj: int, weights: tuple) -> type:
+def pareto_classes(weights: tuple) -> type:
     """``creator.FitnessPareto<...>`` with these ``weights`` and a TensorIndividual class carrying it,
     created on first use."""
     tag = "_".join(("p" if w > 0 else "m") + str(abs(w)).replace(".", "d") for w in weights)
@@ -156,23 +154,29 @@ class ParetoResult:
             "parents": [list(v) for v in self.parents],
         }
 
-    def plot(self, path: str, title: str = "Pareto merge: the front of merges") -> None:
-        """The front (two objectives: the first two) with the parents, as a PNG at ``path`` (matplotlib)."""
+    def plot(self, path: str, title: str = "Pareto merge: the front of merges", extra: Optional[dict] = None) -> str:
+        """The front (the first two objectives, as measured on the fitness data) with the parents on it, as a
+        PNG at ``path`` (matplotlib); ``extra``: more points to draw, ``{label: (x, y)}`` (an ensemble, say).
+        Where both objectives are maximised, a step line shows what the front attains. Returns ``path``."""
         from .experiments.report import pyplot, save_figure
 
         plt = pyplot()
-        fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+        fig, ax = plt.subplots(figsize=(5.8, 4.6), dpi=120)
         pts = sorted(self.values, key=lambda v: v[0])
-        ax.step([p[0] for p in pts], [p[1] for p in pts], where="pre", color="C0", alpha=0.4)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color="C0", label=f"front of merges ({len(pts)})")
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        if all(w > 0 for w in self.weights[:2]):
+            ax.step(xs, ys, where="pre", color="C0", alpha=0.4)
+        ax.plot(xs, ys, "o", color="C0", label=f"front of merges ({len(pts)})")
         for i, p in enumerate(self.parents):
-            ax.plot(p[0], p[1], "s", color=f"C{i + 1}", markersize=8, label=f"parent {i + 1}")
+            ax.plot(p[0], p[1], "s", color=f"C{i + 1}", markersize=9, label=f"parent {i + 1}")
+        for label, (x, y) in (extra or {}).items():
+            ax.plot(x, y, "*", color="k", markersize=12, label=label)
         ax.set_xlabel(self.names[0])
         ax.set_ylabel(self.names[1] if len(self.names) > 1 else "")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=8)
-        save_figure(fig, path)
+        return save_figure(fig, path)
 
 
 def pareto_merge(
@@ -206,7 +210,7 @@ def pareto_merge(
         raise SettingError(f"objectives must give two or more values per genome (weights), got {evaluator.nobj}")
     pop = TensorPopulation(popsize, adapter.dim, device=adapter.device, dtype=adapter.dtype)
     rng.seed(seed)
-    icls = pareto_classes(evaluator.nobj, evaluator.weights)
+    icls = pareto_classes(evaluator.weights)
     toolbox = mega_toolbox(pop, evaluator, layout=adapter.layout, repair=adapter, **toolbox_kwargs)
     toolbox.register("select", tools.selNSGA2)
     toolbox.unregister("vary")

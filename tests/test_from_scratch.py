@@ -122,5 +122,5 @@ def test_neuroevolution_resumes_from_its_checkpoint(tmp_path):
     ne.main(part + ["--ngen", "1"])  # interrupted: stops after generation 1
     resumed = ne.main(part)
     assert resumed["curve"] == whole["curve"] and resumed["mean_return"] == whole["mean_return"]
-    with pytest.raises(SystemExit, match="belongs to another run \\(sigma"):
+    with pytest.raises(SystemExit, match="written with sigma=0.1, this run has sigma=0.2"):
         ne.main(part + ["--sigma", "0.2"])
