@@ -26,7 +26,8 @@ import time
 import mega_deap
 from mega_deap import Evaluator, distributed
 from mega_deap.adapters import TorchAdapter
-from mega_deap.evaluation import METRICS, get_metric
+from mega_deap.cli import add_ga_arguments
+from mega_deap.evaluation import get_metric
 from mega_deap.align import batchnorm_layers, repair_batchnorm, weight_matching
 from mega_deap.experiments import (
     add_data_args,
@@ -58,22 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--parent-seeds", type=int, nargs="+", default=[56, 57])
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--popsize", type=int, default=20)
-    p.add_argument("--ngen", type=int, default=20)
-    p.add_argument("--npar", type=int, default=4, help="tournament winners per child (K)")
-    p.add_argument("--tournsize", type=int, default=3)
-    p.add_argument(
-        "--indpb",
-        type=float,
-        default=None,
-        help="per-gene mutation probability (default: 0.02 for weights, 0.2 for coefficients)",
-    )
-    p.add_argument(
-        "--sigma",
-        type=float,
-        default=None,
-        help="mutation noise standard deviation (default: 0.01 for weights, 0.05 for coefficients)",
-    )
+    add_ga_arguments(p)  # --metric --popsize --ngen --npar --tournsize --sigma --indpb --genome --no-parents
     p.add_argument("--seed", type=int, default=0, help="fixes the validation split and every GA draw")
     p.add_argument(
         "--align",
@@ -86,23 +72,6 @@ def parse_args(argv=None):
         default=1024,
         metavar="N",
         help="with --align: training images for BatchNorm repair (0: no repair)",
-    )
-    p.add_argument(
-        "--genome",
-        choices=("weights", "coefficients"),
-        default="weights",
-        help="weights (the paper) or per-tensor x per-parent mixing coefficients",
-    )
-    p.add_argument(
-        "--no-parents",
-        action="store_true",
-        help="the paper's initial population: blends only, without the parents themselves",
-    )
-    p.add_argument(
-        "--metric",
-        choices=sorted(METRICS),
-        default="accuracy",
-        help="the fitness (accuracy: the paper's; accuracy_ll: accuracy, ties broken by the log-likelihood)",
     )
     p.add_argument(
         "--checkpoint",

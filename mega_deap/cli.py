@@ -85,6 +85,46 @@ class _Formatter(argparse.HelpFormatter):
         return text
 
 
+def add_ga_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The GA's settings of ``merge`` as flags, shared by ``mega-merge`` and ``examples/merge_cifar.py``:
+    ``--metric --popsize --ngen --npar --tournsize --sigma --indpb --genome --no-parents``."""
+    p.add_argument(
+        "--metric",
+        choices=sorted(METRICS),
+        default="accuracy",
+        help="the fitness (accuracy: the paper's; accuracy_ll: accuracy, ties broken by the log-likelihood; "
+        "neg_mse or neg_mae for regression)",
+    )
+    p.add_argument("--popsize", type=int, default=20, help="individuals per generation (N)")
+    p.add_argument("--ngen", type=int, default=20, help="generations (G)")
+    p.add_argument("--npar", type=int, default=4, help="tournament winners per child (K); the first two mate")
+    p.add_argument("--tournsize", type=int, default=3, help="tournament size")
+    p.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help="mutation noise standard deviation (default: 0.01 for weights, 0.05 for coefficients)",
+    )
+    p.add_argument(
+        "--indpb",
+        type=float,
+        default=None,
+        help="per-gene mutation probability (default: 0.02 for weights, 0.2 for coefficients)",
+    )
+    p.add_argument(
+        "--genome",
+        choices=("weights", "coefficients"),
+        default="weights",
+        help="weights: every weight is a gene (the paper); coefficients: per-tensor x per-parent mixing coefficients",
+    )
+    p.add_argument(
+        "--no-parents",
+        action="store_true",
+        help="start from blends only, as the paper (default: the parents are in the first population)",
+    )
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mega-merge`` command line."""
     p = argparse.ArgumentParser(prog="mega-merge", description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter)
@@ -108,17 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'calibration': X} (required; with 'calibration', every candidate's BatchNorm "
         "statistics are recomputed on those inputs before it is scored)",
     )
-    p.add_argument(
-        "--metric",
-        choices=sorted(METRICS),
-        default="accuracy",
-        help="the fitness (accuracy: the paper's; accuracy_ll: accuracy, ties broken by the log-likelihood; "
-        "neg_mse or neg_mae for regression)",
-    )
-    p.add_argument("--popsize", type=int, default=20, help="individuals per generation (N)")
-    p.add_argument("--ngen", type=int, default=20, help="generations (G)")
-    p.add_argument("--npar", type=int, default=4, help="tournament winners per child (K); the first two mate")
-    p.add_argument("--tournsize", type=int, default=3, help="tournament size")
+    add_ga_arguments(p)
     p.add_argument(
         "--mutation",
         choices=("sparse", "layer"),
@@ -126,32 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="sparse: each weight with --indpb; layer: each tensor (the reference code's)",
     )
     p.add_argument(
-        "--sigma",
-        type=float,
-        default=None,
-        help="mutation noise standard deviation (default: 0.01 for weights, 0.05 for coefficients)",
-    )
-    p.add_argument(
-        "--indpb",
-        type=float,
-        default=None,
-        help="per-gene mutation probability (default: 0.02 for weights, 0.2 for coefficients)",
-    )
-    p.add_argument(
         "--align",
         action="store_true",
         help="weight-match the parents' hidden units to the first checkpoint's before merging",
-    )
-    p.add_argument(
-        "--genome",
-        choices=("weights", "coefficients"),
-        default="weights",
-        help="weights: every weight is a gene (the paper); coefficients: per-tensor x per-parent mixing coefficients",
-    )
-    p.add_argument(
-        "--no-parents",
-        action="store_true",
-        help="start from blends only, as the paper (default: the parents are in the first population)",
     )
     p.add_argument(
         "--holdout",
