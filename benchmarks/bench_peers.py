@@ -325,17 +325,22 @@ def measure(task, N, name, args):
 
 
 def table(rows):
-    """The rows as Markdown lines."""
+    """The rows as Markdown lines: time per generation and best fitness, each also as a ratio to mega_deap's
+    at the same task and N (time: above 1, the peer is slower; fitness: below 1, the peer ended lower)."""
+    ours = {(r["task"], r["N"]): r for r in rows if r["library"] == "mega_deap"}
     lines = [
-        "| task | N | library | algorithm | s / generation | x mega_deap | best fitness after G (mean; seeds) |",
-        "|---|---|---|---|---|---|---|",
+        "| task | N | library | algorithm | s / generation | time x mega_deap | best fitness after G (mean; seeds) "
+        "| best x mega_deap |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = f"{r['ratio_to_mega_deap']:.2f}" if r.get("ratio_to_mega_deap") is not None else "-"
         seeds = ", ".join(f"{b:.3f}" for b in r["best_seeds"])
         best = f"{r['best']:.3f} ({seeds})" if r["best"] is not None else r["note"]
+        ref = ours.get((r["task"], r["N"]))
+        fit = f"{r['best'] / ref['best']:.2f}" if r["best"] is not None and ref and ref["best"] else "-"
         head = f"| {r['task']} | {r['N']:,} | {r['library']} | {r['algorithm']}"
-        lines.append(f"{head} | {r['s_per_gen']:.4f} | {ratio} | {best} |")
+        lines.append(f"{head} | {r['s_per_gen']:.4f} | {ratio} | {best} | {fit} |")
     return lines
 
 
