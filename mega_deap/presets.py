@@ -21,6 +21,7 @@ from .evaluation import Evaluator, Strategy
 from .metrics import GroupAccuracy, get_metric
 from .objectives import ModelEvaluator, ModelObjective
 from .files import tensor_digest
+from .gate import classification_metric, gate_parent
 from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian, selElite
 from .population import TensorPopulation
@@ -126,6 +127,10 @@ class MergeResult:
     adapter: Any  # the adapter the genome belongs to (a CoefficientAdapter for coefficient genomes)
     population: Optional[list] = field(repr=False, default=None)
     toolbox: Optional[base.Toolbox] = field(repr=False, default=None)
+    # the significance gate (:mod:`mega_deap.gate`): its p-value (None: no gate ran), and the index of the
+    # parent returned instead of the merge (None: the merge is returned)
+    gate_p: Optional[float] = None
+    parent: Optional[int] = None
 
 
 def _as_xy(val_data):
@@ -144,6 +149,45 @@ GENOMES = ("weights", "coefficients")
 # among the metrics that keep the accuracy guarantee
 DEFAULT_METRIC = "accuracy"
 DEFAULT_MUTATION = {"weights": (0.01, 0.02), "coefficients": (0.05, 0.2)}  # (sigma, indpb)
+# the significance gate's level (gate="auto" with a classification metric): chosen by the held-out study's
+# rule on its development tasks (README)
+DEFAULT_GATE = 0.2
+
+
+def _gate_level(gate, metric) -> Optional[float]:
+    """``gate`` as a level, or ``None`` (no gate): ``"auto"`` is :data:`DEFAULT_GATE` for a classification
+    metric (:func:`mega_deap.gate.classification_metric`) and no gate otherwise."""
+    if gate is None:
+        return None
+    if isinstance(gate, str):
+        if gate != "auto":
+            raise SettingError(f"gate must be 'auto', None or a level in (0, 1], got {gate!r}")
+        return DEFAULT_GATE if classification_metric(metric) else None
+    if isinstance(gate, bool) or not isinstance(gate, (int, float)) or not 0 < gate <= 1:
+        raise SettingError(f"gate must be 'auto', None or a level in (0, 1], got {gate!r}")
+    if not classification_metric(metric):
+        raise SettingError(
+            f"gate={gate!r} tests paired class predictions on the validation labels; metric "
+            f"{getattr(metric, 'name', metric)!r} is not a built-in classification metric (use gate=None)"
+        )
+    return float(gate)
+
+
+def _gated(adapter, result: tuple, models, parents, X, y, fit_data, metric, level, batch_size, buffers) -> tuple:
+    """The gate (:func:`mega_deap.gate.gate_parent`) on a merge's ``result`` ``(model, genome, fitness)``:
+    ``(model, genome, fitness, p, parent)``, with the parent with the best accuracy on ``(X, y)`` (the test
+    reads the parents as given in ``models``; the model returned is decoded from its genome in ``parents``,
+    with alignment its units permuted, the same function) in place of the merge where the merge does not
+    beat it at ``level``. A returned parent's fitness is computed on ``fit_data``."""
+    model, genome_, fitness = result
+    j, p = gate_parent(model, models, X, y, level, batch_size=batch_size, device=adapter.device, buffers=buffers)
+    if j is None:
+        return model, genome_, fitness, p, None
+    runner = adapter.runner
+    weights = adapter.decode_many([parents[j]])[0].clone()  # with alignment: the permuted parent, same function
+    fit_x, fit_y = fit_data
+    score = _evaluator(runner, fit_x, fit_y, metric, batch_size=batch_size).scores([weights])[0]
+    return runner.to_model(weights), parents[j].clone(), score, p, j
 
 
 def _belongs(name, value, mode, setting, wanted) -> None:
@@ -244,6 +288,7 @@ def merge(
     objectives: Any = None,
     cxpb: Optional[float] = None,
     mutpb: Optional[float] = None,
+    gate: Union[float, str, None] = "auto",
 ) -> Any:
     """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`;
     with ``objectives``, the front of merges over several objectives (NSGA-II) as a
@@ -319,6 +364,12 @@ def merge(
                        ``hof_size`` belong to the single-objective run and are refused with it.
     :param cxpb: with ``objectives`` only: the probability that a pair of mates is crossed.
     :param mutpb: with ``objectives`` only: the probability that each child is mutated.
+    :param gate: the significance gate (:mod:`mega_deap.gate`): the merge is returned only when McNemar's
+                 exact one-sided test on the validation predictions says it is more accurate than the
+                 parent with the best validation accuracy at this level; else that parent is returned
+                 (``MergeResult.parent`` says which, ``gate_p`` the p-value). ``"auto"`` (the default):
+                 :data:`DEFAULT_GATE` (chosen on the development tasks of the held-out study, see README)
+                 with a classification metric, no gate with any other; ``None``: no gate (the paper).
     """
     models = list(models)
     if len(models) < 2:
@@ -334,12 +385,17 @@ def merge(
             raise SettingError(
                 "holdout and hof_size choose one merge; with objectives the merge returns the whole front"
             )
-        evaluator_metric = _objectives(objectives)
+        if gate != "auto" and gate is not None:
+            raise SettingError(
+                f"gate={gate!r} keeps one merge or its best parent; with objectives the merge returns the whole front"
+            )
+        evaluator_metric, gate_level = _objectives(objectives), None
     else:
         for name, value in (("cxpb", cxpb), ("mutpb", mutpb)):
             if value is not None:
                 raise SettingError(f"{name}={value!r} is NSGA-II's; it belongs to a merge with objectives")
         evaluator_metric = _metric(metric)
+        gate_level = _gate_level(gate, evaluator_metric)
     npar = 4 if npar is None else npar
     tournsize = 3 if tournsize is None else tournsize
     breeding = "batched" if breeding is None else breeding
@@ -401,7 +457,7 @@ def merge(
     if model_objective and holdout:
         raise SettingError(f"holdout splits validation data; objective {evaluator_metric.name!r} reads none")
     X, y = (None, None) if model_objective and val_data is None else _as_xy(val_data)
-    select_data = None
+    select_data, val_xy = None, (X, y)
     if holdout:
         (X, y), select_data = _holdout(X, y, holdout, seed)
     build_kwargs = dict(
@@ -499,6 +555,20 @@ def merge(
     model, genome_, fitness = _result(
         adapter, best, prepare, genomes if include_parents and not holdout else None, X, y, evaluator.metric, batch_size
     )
+    gate_p, parent = None, None
+    if gate_level is not None:  # 5. the significance gate, on the whole validation set
+        model, genome_, fitness, gate_p, parent = _gated(
+            adapter,
+            (model, genome_, fitness),
+            models,
+            genomes,
+            *val_xy,
+            (X, y),
+            evaluator.metric,
+            gate_level,
+            batch_size,
+            buffers,
+        )
     return MergeResult(
         model=model,
         genome=genome_,
@@ -508,6 +578,8 @@ def merge(
         adapter=adapter,
         population=individuals,
         toolbox=toolbox,
+        gate_p=gate_p,
+        parent=parent,
     )
 
 
@@ -650,6 +722,7 @@ def cma_merge(
     verbose: bool = False,
     progress: bool = True,
     checkpoint: Optional[str] = None,
+    gate: Union[float, str, None] = "auto",
 ) -> MergeResult:
     """Merge ``models`` by DEAP's CMA-ES (``deap.cma.Strategy``, DEAP's ``eaGenerateUpdate`` loop) over
     per-tensor (or per-layer, per-unit) x per-parent coefficients, starting from the parents' average.
@@ -668,6 +741,7 @@ def cma_merge(
     :param checkpoint: a file to write after every generation and to resume from when it exists, as
                        :func:`merge`'s (:func:`mega_deap.cmaes.eaGenerateUpdate`); a checkpoint of another job
                        is refused.
+    :param gate: the significance gate, as :func:`merge`'s.
     :returns: a :class:`MergeResult`; its ``genome`` is the coefficient genome.
     Random source: NumPy's global generator (CMA-ES's samples), seeded from ``seed``.
     """
@@ -687,6 +761,7 @@ def cma_merge(
         integer("lambda_", lambda_, 2)
     choice("granularity", granularity, ("tensor", "layer", "unit"))
     scorer = get_metric(metric)
+    gate_level = _gate_level(gate, scorer)
     if checkpoint is not None:
         writable_file("checkpoint", checkpoint)
     X, y = _as_xy(val_data)
@@ -750,6 +825,11 @@ def cma_merge(
     model, genome_, fitness = _result(
         adapter, hof[0], prepare, genomes if include_parents else None, X, y, scorer, batch_size
     )
+    gate_p, parent = None, None
+    if gate_level is not None:
+        model, genome_, fitness, gate_p, parent = _gated(
+            adapter, (model, genome_, fitness), models, genomes, X, y, (X, y), scorer, gate_level, batch_size, True
+        )
     return MergeResult(
         model=model,
         genome=genome_,
@@ -759,6 +839,8 @@ def cma_merge(
         adapter=adapter,
         population=population,
         toolbox=toolbox,
+        gate_p=gate_p,
+        parent=parent,
     )
 
 

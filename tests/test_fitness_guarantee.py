@@ -116,21 +116,28 @@ def test_the_log_likelihood_alone_trades_accuracy_for_confidence(overconfident, 
     the best parent (its 'never worse' holds in log-likelihood only)."""
     val = digits["val"]
     best = max(model_accuracy(m, *val) for m in overconfident)
-    r = mega_deap.merge(
-        overconfident, val, popsize=8, ngen=4, seed=0, progress=False, device="cpu", metric="neg_log_loss"
-    )
+    kw = dict(popsize=8, ngen=4, seed=0, progress=False, device="cpu", metric="neg_log_loss")
+    r = mega_deap.merge(overconfident, val, gate=None, **kw)
     assert model_accuracy(r.model, *val) < best
     assert r.fitness > max(_reference(m(val[0]).detach(), val[1])[1] for m in overconfident)
+    # the significance gate (on by default) sees a merge less accurate than the best parent, and returns it
+    gated = mega_deap.merge(overconfident, val, **kw)
+    assert gated.parent is not None and gated.gate_p > 0.5
+    assert model_accuracy(gated.model, *val) == best
 
 
 def test_cma_merge_keeps_the_parents_among_its_candidates(overconfident, digits):
     """A wild CMA-ES (one generation of two samples, a large step) finds nothing as good as a parent: the
-    parents, scored before it starts, are what it returns; without them it ends below the best parent."""
+    parents, scored before it starts, are what it returns; without them (and without the significance gate)
+    it ends below the best parent; the gate alone brings the best parent back."""
     val = digits["val"]
     best = max(model_accuracy(m, *val) for m in overconfident)
     wild = dict(ngen=1, lambda_=2, sigma=3.0, seed=0, device="cpu")
-    assert model_accuracy(cma_merge(overconfident, val, **wild).model, *val) >= best
-    assert model_accuracy(cma_merge(overconfident, val, include_parents=False, **wild).model, *val) < best
+    assert model_accuracy(cma_merge(overconfident, val, gate=None, **wild).model, *val) >= best
+    alone = cma_merge(overconfident, val, include_parents=False, gate=None, **wild)
+    assert model_accuracy(alone.model, *val) < best
+    gated = cma_merge(overconfident, val, include_parents=False, **wild)
+    assert gated.parent is not None and model_accuracy(gated.model, *val) == best
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,102 @@
+"""A significance gate: keep a merge only when it beats the best parent on validation beyond noise.
+
+A merge chosen on a validation set is, by construction, at least as accurate there as its best parent (the
+parents are among its candidates). On parents that are already close to what their data allows, the
+search keeps finding validation gains of a few examples that are noise, fitted to the validation set, and
+do not carry over to new data. The gate asks whether the gain is larger than chance: McNemar's exact test
+on the paired predictions of the merge and of the parent with the best validation accuracy. Of the
+examples on which exactly one of the two is right, the merge is right on ``b`` and the parent on ``c``;
+under "equally accurate" ``b`` is Binomial(b + c, 1/2), and the one-sided p-value is
+``P(Binomial(b + c, 1/2) >= b)``. Where it is not below the level ``alpha``, the gate returns that parent.
+
+The merge was chosen on the same examples as the test reads, so p is smaller than it would be on fresh data
+(anti-conservative): ``alpha`` is a threshold chosen by measurement (the held-out study, README), not a
+false-positive rate.
+"""
+
+from typing import Any, Optional
+
+import torch
+from scipy import stats
+
+from .checks import SettingError
+from .metrics import Accuracy
+
+__all__ = ["mcnemar_greater", "correct_each", "gate_parent", "classification_metric"]
+
+
+def classification_metric(metric: Any) -> bool:
+    """Whether the gate applies to ``metric``: a built-in classification metric of one value (accuracy,
+    the log-likelihood and their variants), whose data are class labels the predictions are checked on."""
+    return isinstance(metric, Accuracy) and getattr(metric, "nobj", 1) == 1
+
+
+def mcnemar_greater(a_right: torch.Tensor, b_right: torch.Tensor) -> tuple:
+    """McNemar's exact one-sided test that ``a`` is more often right than ``b`` on the same examples.
+
+    :param a_right: ``(n,)`` booleans, whether model ``a`` is right on each example.
+    :param b_right: ``(n,)`` booleans for model ``b``, on the same examples.
+    :returns: ``(wins, losses, p)``: the examples ``a`` gets right and ``b`` wrong, the reverse, and
+              ``P(Binomial(wins + losses, 1/2) >= wins)`` (1 when they never disagree).
+    """
+    if a_right.shape != b_right.shape or a_right.dim() != 1:
+        raise SettingError(
+            f"paired predictions must be two (n,) vectors, got {tuple(a_right.shape)} and {tuple(b_right.shape)}"
+        )
+    wins = int((a_right & ~b_right).sum())
+    losses = int((~a_right & b_right).sum())
+    if wins + losses == 0:
+        return wins, losses, 1.0
+    p = float(stats.binom.sf(wins - 1, wins + losses, 0.5))  # P(X >= wins)
+    return wins, losses, min(1.0, p)
+
+
+@torch.no_grad()
+def correct_each(runner: Any, weights: list, X: Any, y: Any, batch_size: Optional[int] = None) -> torch.Tensor:
+    """``(k, n)`` booleans: whether each of the ``k`` weight vectors (genomes of ``runner``, a weight adapter)
+    predicts each example's class (argmax of its outputs), in inference mode."""
+    X, y = torch.as_tensor(X), torch.as_tensor(y)
+    step = len(y) if batch_size is None else batch_size
+    rows = []
+    with runner.eval_mode():
+        for w in weights:
+            parts = []
+            for i in range(0, len(y), step):
+                xb = X[i : i + step].to(runner.device)
+                out = runner.forward(w, xb)
+                parts.append(out.argmax(-1).cpu() == y[i : i + step].cpu())
+            rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
+def gate_parent(
+    merged: Any,
+    parents: list,
+    X: Any,
+    y: Any,
+    alpha: float,
+    *,
+    batch_size: Optional[int] = None,
+    device: Any = None,
+    buffers: bool = True,
+) -> tuple:
+    """The gate on ``(X, y)`` for a merged model and its parents as given (models of one architecture).
+
+    :returns: ``(j, p)``: ``p`` is :func:`mcnemar_greater`'s p-value of the merge against the parent with
+              the best accuracy on ``(X, y)`` (the first of equals), and ``j`` that parent's index where
+              ``p >= alpha`` (the merge does not beat it), else ``None``. A merge whose weights equal a
+              parent's is that parent, with ``p = 1``.
+    """
+    from mega_deap.adapters import adapter_for
+
+    parents = list(parents)
+    cls = adapter_for(parents[0])
+    runner, genomes = cls.from_parents(parents, device=device, buffers=buffers)
+    mine = cls(merged, buffers=buffers).genome(merged).to(runner.device)
+    for j, g in enumerate(genomes):
+        if torch.equal(mine, g):
+            return j, 1.0
+    right = correct_each(runner, [mine, *genomes], X, y, batch_size)
+    best = int(torch.argmax(right[1:].sum(1)))  # the first of the most accurate
+    _, _, p = mcnemar_greater(right[0], right[1 + best])
+    return (best if p >= alpha else None), p
