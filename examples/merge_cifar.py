@@ -59,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--parent-seeds", type=int, nargs="+", default=[56, 57])
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=256)
-    add_ga_arguments(p)  # --metric --popsize --ngen --npar --tournsize --sigma --indpb --genome --no-parents
+    add_ga_arguments(p)  # --metric --popsize --ngen --npar --tournsize --sigma --indpb --genome --no-parents --gate
     p.add_argument("--seed", type=int, default=0, help="fixes the validation split and every GA draw")
     p.add_argument(
         "--align",
@@ -146,6 +146,7 @@ def main(argv=None):
         genome=args.genome,
         include_parents=not args.no_parents,
         metric=args.metric,
+        gate=args.gate,
     )
     t_merge = time.perf_counter() - t0
 
@@ -175,7 +176,8 @@ def main(argv=None):
             "test_acc": ensemble_accuracy(parents, *splits.test),
         }
     )
-    rows.append({"model": "MeGA" + (", aligned" if args.align else ""), **accs(result.model)})
+    kept = "" if result.parent is None else f" (the gate kept {rows[result.parent]['model']}, p = {result.gate_p:.3g})"
+    rows.append({"model": "MeGA" + (", aligned" if args.align else "") + kept, **accs(result.model)})
     better = max(rows[: len(parents)], key=lambda r: r["val_acc"])  # the parent one would pick without the test split
     gain = {k: rows[-1][k] - better[k] for k in ("val_acc", "test_acc")}
     # the report's last row: the paired difference (points), the number a user of this merge looks for
@@ -207,6 +209,7 @@ def main(argv=None):
         "logbook": [dict(r) for r in result.logbook],
         "metric": args.metric,
         "mega_val_fitness": result.fitness,
+        "gate": {"p": result.gate_p, "parent": result.parent},
         "mega_minus_better_parent": gain,
         "seconds": {"parents": t_parents, "merge": t_merge},
         "files": {"merged_model": merged_path, "plot": png},

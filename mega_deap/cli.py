@@ -122,7 +122,29 @@ def add_ga_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="store_true",
         help="start from blends only, as the paper (default: the parents are in the first population)",
     )
+    p.add_argument(
+        "--gate",
+        type=gate_level,
+        default="auto",
+        metavar="{auto,none,LEVEL}",
+        help="the significance gate: keep the merge only when McNemar's test on validation says it beats the best "
+        "parent at this level, else return that parent (auto: the default level with a classification metric; "
+        "none: no gate, as the paper)",
+    )
     return p
+
+
+def gate_level(text: str):
+    """``--gate``'s value: ``"auto"``, ``None`` (``none``) or a level in (0, 1]."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        level = float(text)
+    except ValueError:
+        level = float("nan")
+    if not 0 < level <= 1:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a level in (0, 1], got {text!r}")
+    return level
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,10 +273,13 @@ def run(args) -> list:
         genome=args.genome,
         include_parents=not args.no_parents,
         holdout=args.holdout,
+        gate=args.gate,
         calibration=calibration,
     )
     ad = result.adapter.runner  # score the weights (what a coefficient genome decodes into)
-    names = [os.path.basename(p) for p in args.checkpoints] + ["MeGA"]
+    names = [os.path.basename(p) for p in args.checkpoints]
+    kept = None if result.parent is None else f"the gate kept {names[result.parent]}, p = {result.gate_p:.3g}"
+    names.append("MeGA" if kept is None else f"MeGA ({kept})")
     genomes = [ad.genome(m.to(device)) for m in models] + [ad.genome(result.model)]
     rows = [{"model": name} for name in names]
     classifying = isinstance(get_metric(args.metric), Accuracy)  # every classification metric reports accuracy
@@ -283,7 +308,13 @@ def run(args) -> list:
     ]
     written.append(
         write_json(
-            {"settings": vars(args), "rows": rows, "logbook": [dict(r) for r in result.logbook], "files": written[:]},
+            {
+                "settings": vars(args),
+                "rows": rows,
+                "gate": {"p": result.gate_p, "parent": result.parent},
+                "logbook": [dict(r) for r in result.logbook],
+                "files": written[:],
+            },
             os.path.join(args.out, "results.json"),
         )
     )

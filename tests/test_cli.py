@@ -73,6 +73,26 @@ def test_module_in_the_current_folder_and_files_listed_even_quiet(folder):
     assert (folder / "merged" / "results.json").exists()
 
 
+def test_the_gate_from_the_command_line(folder):
+    """--gate 1 always keeps a parent (p <= 1), and the table and results.json say which; --gate none
+    returns the merge itself."""
+    import json
+
+    common = ["a.safetensors", "b.pt", "--model", "mynets:make_net", "--data", "mynets:validation"]
+    for gate, out in (("1", "g1"), ("none", "g0")):
+        proc = cli(folder, *common, "--popsize", "4", "--ngen", "1", "--gate", gate, "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads((folder / out / "results.json").read_text())
+        if gate == "1":
+            assert report["gate"]["parent"] in (0, 1) and 0 < report["gate"]["p"] <= 1
+            assert "the gate kept" in proc.stdout
+        else:
+            assert report["gate"] == {"p": None, "parent": None} and "the gate kept" not in proc.stdout
+    proc = cli(folder, *common, "--gate", "2", "--out", "g2")  # argparse's usage, then the one error line
+    assert proc.returncode == 2 and not (folder / "g2").exists()
+    assert "argument --gate: expected auto, none or a level in (0, 1], got '2'" in proc.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     "args,needles",
     [
@@ -92,6 +112,7 @@ def test_module_in_the_current_folder_and_files_listed_even_quiet(folder):
         (["a.safetensors", "b.pt", "--model", "make_net"], ["expected 'module:function'"]),
         (["a.safetensors", "b.pt", "--out", "afile"], ["--out 'afile' is a file"]),
         (["a.safetensors", "b.pt", "--sigma", "-1"], ["sigma must be a finite number >= 0"]),
+        (["a.safetensors", "b.pt", "--gate", "0.05", "--metric", "neg_mse"], ["not a built-in classification"]),
     ],
 )
 def test_mistakes_end_in_one_line(folder, args, needles):
@@ -121,6 +142,7 @@ def test_help_is_plain_and_complete(folder):
         "--metric",
         "--model",
         "--data",
+        "--gate",
     ):
         block = text.split(f"  {flag}", 1)[1].split("\n  -", 1)[0]  # its entry, up to the next option
         assert len(block.split()) > 2, f"{flag} has no help"

@@ -127,7 +127,9 @@ def test_merge_cifar_example_on_digits(tmp_path):
     report = load_example("merge_cifar").main(argv)
     saved = json.loads((out / "results.json").read_text())
     names = [r["model"] for r in saved["rows"]]
-    assert names == ["parent 1 (seed 56)", "parent 2 (seed 57)", "weight averaging", "output ensemble", "MeGA"]
+    assert names[:4] == ["parent 1 (seed 56)", "parent 2 (seed 57)", "weight averaging", "output ensemble"]
+    kept = saved["gate"]["parent"]  # the significance gate (on by default) may return a parent: the row says
+    assert names[4] == "MeGA" if kept is None else names[4].startswith(f"MeGA (the gate kept {names[kept]}, p = ")
     assert all(isinstance(r["val_acc"], float) and isinstance(r["test_acc"], float) for r in saved["rows"])
     assert saved["rows"] == report["rows"] and len(saved["logbook"]) == 4
     check_png(out / "fitness.png")
@@ -279,7 +281,10 @@ def test_mega_merge_cli(tmp_path, digits, digit_mlps):
     )
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
-    assert [r["model"] for r in res["rows"]] == ["p0.safetensors", "p1.pt", "MeGA"]
+    names = [r["model"] for r in res["rows"]]
+    kept = res["gate"]["parent"]  # the significance gate may return a parent: the row says which
+    assert names[:2] == ["p0.safetensors", "p1.pt"]
+    assert names[2] == "MeGA" if kept is None else names[2].startswith(f"MeGA (the gate kept {names[kept]}, p = ")
     assert res["rows"][0]["val_accuracy"] == pytest.approx(model_accuracy(digit_mlps[0], *digits["val"]))
     assert "test_accuracy" in res["rows"][2]
     check_png(out / "fitness.png")
