@@ -1,16 +1,21 @@
 """Merge defaults chosen on development tasks and reported on held-out ones, with over-fitting parents.
 
-    python examples/heldout_study.py --out results/heldout   # docs/studies/alignment.md (about 15 min, 2 cores)
+    python examples/heldout_study.py --out results/heldout   # docs/studies/alignment.md (about 10 min, 2 cores)
     python examples/heldout_study.py --tasks digits-mlp-subset --seeds 2   # a quick look
 
-Tasks (``mega_deap.experiments.heldout_study``): development, on which merge's default fitness and
-matching are chosen: a digits MLP on 30 % of its training data, digits CNNs with and without BatchNorm on
-20 %-noisy labels; held out, reported only: a wider digits CNN without BatchNorm on 30 % of its data, a
-BatchNorm MLP on 30 % of breast cancer, a two-hidden-layer MLP on noisy labels of a 10-class synthetic
-task. Every parent is trained until it fits its data.
-Each task in two settings: same-data parents (two seeds) and different-data parents (class-biased
-parts). The rule (:func:`~mega_deap.experiments.heldout_study.choose_metric`) reads the development tables
-only; the held-out tables are printed beside it, never used by it.
+Tasks (``mega_deap.experiments.heldout_study``), in two rounds of choosing:
+
+- development (round 1 chose merge's default fitness and matching on them; round 2 too): a digits MLP on
+  30 % of its training data, digits CNNs with and without BatchNorm on 20 %-noisy labels;
+- round-1 held out (reported in round 1; round 2 chose the significance gate's level on them and the
+  development tasks): a wider digits CNN without BatchNorm on 30 % of its data, a BatchNorm MLP on 30 % of
+  breast cancer, a two-hidden-layer MLP on noisy labels of a 10-class synthetic task;
+- held out (new in round 2, reported only): a three-block BatchNorm CNN on 20 % of digits, a BatchNorm MLP
+  on 30 %-noisy digits labels, an MLP on 25 % of a 6-class synthetic task.
+
+Every parent is trained until it fits its data. Each task in two settings: same-data parents (two seeds)
+and different-data parents (class-biased parts). The rules (``choose_metric``, ``choose_matching``,
+``choose_gate``) read only the tables of their round; the held-out tables are printed beside them.
 """
 
 import argparse
@@ -19,7 +24,7 @@ import sys
 import time
 
 from mega_deap.experiments import heldout_study as study
-from mega_deap.presets import DEFAULT_MATCHING, DEFAULT_METRIC
+from mega_deap.presets import DEFAULT_GATE, DEFAULT_MATCHING, DEFAULT_METRIC
 from mega_deap.experiments import write_json
 from mega_deap.experiments.align_study import SETTINGS
 
@@ -56,13 +61,14 @@ def main(argv=None):
                     f"{name} {setting} seed {seed}: "
                     + ", ".join(f"{m} {v[1]:.3f}" for m, v in runs[-1].items() if m in study.METHODS)
                 )
-            results[f"{name}/{setting}"] = {
-                "runs": runs,
-                "rows": study.summarize(runs),
-                "held_out": task not in study.DEVELOPMENT,
-            }
-    dev = {k: r["rows"] for k, r in results.items() if not r["held_out"]}
-    choices = {"fitness": study.choose_metric(dev), "matching": study.choose_matching(dev)} if dev else {}
+            results[f"{name}/{setting}"] = {"runs": runs, "rows": study.summarize(runs), "role": study.ROLES[name]}
+    choices = {}
+    round1 = {k: r["rows"] for k, r in results.items() if r["role"] == "development"}
+    if round1:  # round 1: the fitness and the matching, on the development tasks
+        choices.update(fitness=study.choose_metric(round1), matching=study.choose_matching(round1))
+    round2 = {k: r["rows"] for k, r in results.items() if r["role"] != "held out"}
+    if round2:  # round 2: the gate, on the development and round-1 held-out tasks, with the defaults
+        choices["gate"] = study.choose_gate(round2, DEFAULT_METRIC, DEFAULT_MATCHING)
     os.makedirs(args.out, exist_ok=True)
     write_json(
         {"settings": vars(args), "results": results, "choices": choices, "seconds": time.perf_counter() - t0},
@@ -73,15 +79,26 @@ def main(argv=None):
     return {"results": results, "choices": choices}
 
 
+ROLE_ORDER = ("development", "round-1 held out", "held out")
+# rows of the gate at levels other than the default: chosen among, not shown in the tables
+HIDDEN = {study.gated(m, g) for m in study.GATED for g in study.CANDIDATE_GATES if g not in (None, DEFAULT_GATE)}
+
+
+def default_row(method: str) -> str:
+    """The row of ``method`` as its defaults run it: behind the default gate, if any."""
+    return method if DEFAULT_GATE is None else study.gated(method, DEFAULT_GATE)
+
+
 def summary(results, choices) -> str:
     """README's short form: per table, each default method's test accuracy minus the best parent's (mean and
     sd over seeds, points), the gap to the ensemble that merge(align=True) closes, and the rule's choices."""
     methods = (
         ("best parent by validation", "the parent chosen on validation"),
-        (f"merge, {DEFAULT_METRIC}", "`merge()`"),
-        (f"merge(align={DEFAULT_MATCHING!r})", "`merge(align=True)`"),
-        ("coefficient GA, aligned", "coefficient GA"),
-        ("cma_merge", "`cma_merge`"),
+        (f"merge, {DEFAULT_METRIC}", "`merge(gate=None)`"),
+        (default_row(f"merge, {DEFAULT_METRIC}"), "`merge()`"),
+        (default_row(f"merge(align={DEFAULT_MATCHING!r})"), "`merge(align=True)`"),
+        (default_row("coefficient GA, aligned"), "coefficient GA"),
+        (default_row("cma_merge"), "`cma_merge`"),
     )
     out = [
         "| task / parents | tasks | best parent, test % | "
@@ -89,9 +106,9 @@ def summary(results, choices) -> str:
         + " | ensemble | gap closed by `merge(align=True)` |",
         "|---" * (len(methods) + 5) + "|",
     ]
-    for held in (False, True):
+    for role in ROLE_ORDER:
         for key, res in results.items():
-            if res["held_out"] != held:
+            if res["role"] != role:
                 continue
             rows = {r["method"]: r for r in res["rows"]}
             best = rows["best parent"]
@@ -100,9 +117,9 @@ def summary(results, choices) -> str:
                 for m, _ in methods
             ]
             ens = rows["output ensemble"]["test"] - best["test"]
-            gap = rows.get(f"merge(align={DEFAULT_MATCHING!r})", {}).get("gap", float("nan"))
+            gap = rows.get(default_row(f"merge(align={DEFAULT_MATCHING!r})"), {}).get("gap", float("nan"))
             out.append(
-                f"| {key} | {'held out' if held else 'development'} | {100 * best['test']:.2f} | "
+                f"| {key} | {role} | {100 * best['test']:.2f} | "
                 + " | ".join(cells)
                 + f" | {100 * ens:+.2f} | "
                 + ("no gap" if gap != gap else f"{100 * gap:.0f} %")
@@ -115,33 +132,90 @@ def summary(results, choices) -> str:
         for what, (chosen, scores) in choices.items()
     ]
     return (
-        f"`merge()` is `merge(metric={DEFAULT_METRIC!r})`, `merge(align=True)` is `merge(align={DEFAULT_MATCHING!r})`. "
+        f"`merge()` is `merge(metric={DEFAULT_METRIC!r}, gate={DEFAULT_GATE!r})`, `merge(align=True)` is "
+        f"`merge(align={DEFAULT_MATCHING!r})`; the coefficient GA and `cma_merge` run with their default gate too. "
         "Test accuracy minus the best parent's (points, mean ± sd over seeds; the best parent is the one "
         "better on test, the harder baseline: an oracle no method that sees only validation data can match, as "
         "the column of the parent chosen on validation shows); ensemble: the output ensemble's, for scale.\n\n"
         + "\n".join(out)
-        + "\n\nOn the development tables (test accuracy minus the best parent's, worst "
-        "table and mean):\n\n" + "\n".join(lines)
+        + "\n\nOn the tables each round chose on (the fitness and the matching: development; the gate: "
+        "development and round-1 held out; test accuracy minus the best parent's, worst table and mean):\n\n"
+        + "\n".join(lines)
     )
+
+
+def gate_effect(results, level=DEFAULT_GATE) -> list:
+    """What the gate at ``level`` changes, per role of the tables and default method: over every seed of
+    every table of that role, the mean change of test accuracy (gated minus ungated), the runs it changes,
+    how many for the better and the worse, and a two-sided Wilcoxon signed-rank test on the changed runs,
+    Holm-corrected over the methods of a role. Rows ``{role, method, mean, changed, runs, better, worse,
+    p}``."""
+    from scipy.stats import wilcoxon
+
+    from mega_deap.experiments.ablation import holm
+
+    bases = (f"merge, {DEFAULT_METRIC}", f"merge(align={DEFAULT_MATCHING!r})", "coefficient GA, aligned", "cma_merge")
+    rows = []
+    for role in ROLE_ORDER:
+        runs = [run for res in results.values() if res["role"] == role for run in res["runs"]]
+        group = []
+        for b in bases:
+            if not runs or study.gated(b, level) not in runs[0]:
+                continue
+            d = [run[study.gated(b, level)][1] - run[b][1] for run in runs]
+            moved = [x for x in d if x != 0]
+            p = float(wilcoxon(moved).pvalue) if len(moved) > 1 else 1.0
+            group.append(
+                {
+                    "role": role,
+                    "method": b,
+                    "mean": sum(d) / len(d),
+                    "changed": len(moved),
+                    "runs": len(d),
+                    "better": sum(x > 0 for x in moved),
+                    "worse": sum(x < 0 for x in moved),
+                    "p": p,
+                }
+            )
+        for row, p in zip(group, holm([r["p"] for r in group])):
+            row["p"] = p
+        rows += group
+    return rows
 
 
 def table(results, choices) -> str:
     """The rule's choices, then one Markdown table per task and setting, development first."""
     out = []
     for what, (chosen, scores) in choices.items():
+        tables = "Development and round-1 held-out" if what == "gate" else "Development"
         out.append(
-            f"Development tables only, each candidate {what}'s worst and mean test accuracy minus the best "
+            f"{tables} tables only, each candidate {what}'s worst and mean test accuracy minus the best "
             "parent's (points): "
             + "; ".join(f"`{m}` {100 * w:+.2f} / {100 * a:+.2f}" for m, (w, a) in scores.items())
             + f". The rule (the highest worst case) chooses **`{chosen}`**.\n"
         )
-    for held in (False, True):
+    effect = gate_effect(results) if DEFAULT_GATE is not None else []
+    if effect:
+        out.append(
+            f"What the gate at its default level ({DEFAULT_GATE}) changes: test accuracy of each default method "
+            "with the gate minus without, over every seed of every table of a kind (points); p: two-sided "
+            "Wilcoxon signed-rank test on the runs it changes, Holm-corrected over the four methods of a kind.\n"
+        )
+        out.append("| tables | method | mean change | runs changed | better / worse | p (Holm) |")
+        out.append("|---|---|---|---|---|---|")
+        for r in effect:
+            out.append(
+                f"| {r['role']} | {r['method']} | {100 * r['mean']:+.2f} | {r['changed']} of {r['runs']} | "
+                f"{r['better']} / {r['worse']} | {r['p']:.2g} |"
+            )
+        out.append("")
+    for role in ROLE_ORDER:
         for key, res in results.items():
-            if res["held_out"] != held:
+            if res["role"] != role:
                 continue
             parents = res["runs"][0]["parents"]
             out.append(
-                f"**{key}** ({'held out' if held else 'development'}, {len(res['runs'])} seeds; seed 0's "
+                f"**{key}** ({role}, {len(res['runs'])} seeds; seed 0's "
                 f"parents: training accuracy {', '.join(f'{100 * a:.0f} %' for a in parents['train_acc'])}, "
                 f"mean confidence on validation {', '.join(f'{100 * c:.0f} %' for c in parents['mean_confidence'])}, "
                 f"validation accuracy {', '.join(f'{100 * a:.0f} %' for a in parents['val_acc'])})\n"
@@ -152,6 +226,8 @@ def table(results, choices) -> str:
             )
             out.append("|---|---|---|---|---|---|---|---|")
             for r in res["rows"]:
+                if r["method"] in HIDDEN:  # the gate's other levels: in the rule's line above only
+                    continue
                 plain = r["method"] in ("best parent", "output ensemble")
                 gap = "" if plain else ("no gap" if r["gap"] != r["gap"] else f"{100 * r['gap']:.0f} %")
                 delta = "" if plain else f"{100 * r['delta']:+.2f} ± {100 * r['delta_sd']:.2f}"

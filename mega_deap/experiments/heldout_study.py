@@ -3,9 +3,13 @@
 Every task trains its parents until they fit their training data (over-confident, as trained networks
 are): on a subset of the training split, or with noisy labels, for many epochs. Each task has two
 settings, as the align study: ``same-data`` (two seeds, one training set) and ``different-data`` (each
-parent on a class-biased part, :func:`~mega_deap.experiments.align_study.biased_parts`). Tasks in
-:data:`DEVELOPMENT` choose (the fitness metric, by :func:`choose_metric`); tasks in :data:`HELD_OUT` only
-report. Fitness and every choice inside a merge see the validation split alone; the test split reports.
+parent on a class-biased part, :func:`~mega_deap.experiments.align_study.biased_parts`).
+
+Two rounds of choosing. Round 1: the tasks in :data:`DEVELOPMENT` chose the fitness metric and the
+matching (:func:`choose_metric`, :func:`choose_matching`); :data:`HELD_OUT_1` reported. Round 2: those
+six tasks, all seen by then, chose the significance gate's level (:func:`choose_gate`); the tasks in
+:data:`HELD_OUT`, new in round 2 and not run before the choice, only report. Fitness and every choice
+inside a merge see the validation split alone; the test split reports.
 """
 
 import time
@@ -18,6 +22,7 @@ import torch.nn.functional as F
 
 from mega_deap import merge
 from mega_deap.align import batchnorm_layers, cma_merge
+from mega_deap.gate import gate_parent
 from .align_study import SETTINGS, biased_parts, gap_closed
 from .data import Splits, digits_splits, split_train_val
 from .models import MLP, SmallCNN
@@ -27,7 +32,10 @@ from .train import model_accuracy, train_model
 __all__ = [
     "Task",
     "DEVELOPMENT",
+    "HELD_OUT_1",
     "HELD_OUT",
+    "ROLES",
+    "CANDIDATE_GATES",
     "TASKS",
     "CANDIDATE_METRICS",
     "CANDIDATE_MATCHINGS",
@@ -39,6 +47,7 @@ __all__ = [
     "choose",
     "choose_metric",
     "choose_matching",
+    "choose_gate",
 ]
 
 CANDIDATE_METRICS = ("accuracy_ll", "accuracy", "neg_log_loss", "neg_log_loss_tempered")
@@ -46,12 +55,31 @@ CANDIDATE_METRICS = ("accuracy_ll", "accuracy", "neg_log_loss", "neg_log_loss_te
 # ones under which a merge is never less accurate than its best parent on validation (a default must be)
 GUARANTEED_METRICS = ("accuracy_ll", "accuracy")
 CANDIDATE_MATCHINGS = ("weights", "activations")
+# the significance gate's candidate levels (mega_deap.gate); None: no gate
+CANDIDATE_GATES = (None, 0.01, 0.05, 0.2)
+# the methods each gate level is applied to (a gate reads a method's merged model; the GA is not rerun)
+GATED = (
+    "merge, accuracy",
+    "merge, accuracy_ll",
+    *(f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS),
+    "coefficient GA, aligned",
+    "cma_merge",
+)
+
+
+def gated(method: str, level: float) -> str:
+    """The row name of ``method`` behind the gate at ``level``."""
+    return f"{method}, gate {level}"
+
+
 METHODS = (
     ("best parent", "best parent by validation")
     + tuple(f"merge, {m}" for m in CANDIDATE_METRICS)
     + ("MeGA (paper)",)
     + tuple(f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS)
-    + ("coefficient GA, aligned", "cma_merge", "output ensemble")
+    + ("coefficient GA, aligned", "cma_merge")
+    + tuple(gated(m, g) for m in GATED for g in CANDIDATE_GATES if g is not None)
+    + ("output ensemble",)
 )
 
 
@@ -73,12 +101,23 @@ DEVELOPMENT = (
     Task("digits-cnn-bn-noise", "digits", "smallcnn", "noise", 0.2, 60),
     Task("digits-cnn-noise", "digits", "plaincnn", "noise", 0.2, 60),
 )
-HELD_OUT = (
+HELD_OUT_1 = (
     Task("digits-widecnn-subset", "digits", "widecnn", "subset", 0.3, 150),
     Task("cancer-mlp-bn-subset", "breast_cancer", "mlp-bn", "subset", 0.3, 150),
     Task("synthetic-deepmlp-noise", "synthetic", "deepmlp", "noise", 0.2, 80),
 )
-TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT}
+HELD_OUT = (
+    Task("digits-deepcnn-bn-subset", "digits", "deepcnn-bn", "subset", 0.2, 150),
+    Task("digits-mlp-bn-noise", "digits", "mlp-bn", "noise", 0.3, 80),
+    Task("synthetic6-mlp-subset", "synthetic6", "mlp", "subset", 0.25, 200),
+)
+TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT_1 + HELD_OUT}
+# what each task's tables do: choose in both rounds; report in round 1 and choose in round 2; report only
+ROLES = {
+    **{t.name: "development" for t in DEVELOPMENT},
+    **{t.name: "round-1 held out" for t in HELD_OUT_1},
+    **{t.name: "held out" for t in HELD_OUT},
+}
 
 
 class PlainCNN(nn.Module):
@@ -94,6 +133,24 @@ class PlainCNN(nn.Module):
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         return self.fc(F.relu(self.conv2(x)).mean((2, 3)))
+
+
+class DeepBNCNN(nn.Module):
+    """Three conv-BatchNorm-ReLU blocks (pooling after the first two), global average pooling, linear."""
+
+    def __init__(self, in_channels=1, num_classes=10, width=16):
+        super().__init__()
+        chans = (in_channels, width, 2 * width, 2 * width)
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in zip(chans, chans[1:]))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(b) for b in chans[1:])
+        self.fc = nn.Linear(chans[-1], num_classes)
+
+    def forward(self, x):
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            x = F.relu(bn(conv(x)))
+            if i < 2:
+                x = F.max_pool2d(x, 2)
+        return self.fc(x.mean((2, 3)))
 
 
 class BNMLP(nn.Module):
@@ -124,6 +181,17 @@ def _tabular(name):
             n_clusters_per_class=2,
             class_sep=1.5,
             random_state=7,
+        )
+    elif name == "synthetic6":
+        X, y = datasets.make_classification(
+            n_samples=2400,
+            n_features=30,
+            n_informative=12,
+            n_redundant=4,
+            n_classes=6,
+            n_clusters_per_class=2,
+            class_sep=1.2,
+            random_state=21,
         )
     else:
         raise ValueError(f"unknown data set {name!r}")
@@ -160,6 +228,8 @@ def build(task: Task, splits: Splits) -> nn.Module:
         return PlainCNN(splits.in_channels, splits.num_classes)
     if task.model == "widecnn":
         return PlainCNN(splits.in_channels, splits.num_classes, width=32)
+    if task.model == "deepcnn-bn":
+        return DeepBNCNN(splits.in_channels, splits.num_classes)
     if task.model == "deepmlp":
         return MLP(features, splits.num_classes, hidden=(128, 64))
     raise ValueError(f"unknown model {task.model!r}")
@@ -224,6 +294,16 @@ def run_task(
         out[name] = (*accs(model), time.perf_counter() - t)
         if say:
             say(f"  {task.name} {setting} seed {seed} {name}: val {out[name][0]:.4f} test {out[name][1]:.4f}")
+        if name not in GATED:
+            return
+        for level in CANDIDATE_GATES:  # the gate, as merge(gate=level) applies it, on this merge
+            if level is None or gated(name, level) not in methods:
+                continue
+            t = time.perf_counter()
+            j, p = gate_parent(model, parents, *splits.val, level)
+            seconds = out[name][2] + time.perf_counter() - t  # the merge's and the gate's
+            out[gated(name, level)] = (*(accs(model) if j is None else parent_accs[j]), seconds)
+            out.setdefault("gate_p", {})[name] = p
 
     parent_accs = [accs(p) for p in parents]
     best = max(range(2), key=lambda i: parent_accs[i][1])  # the harder baseline: the better one on test
@@ -236,7 +316,8 @@ def run_task(
         "val_acc": [a[0] for a in parent_accs],
         "mean_confidence": conf,
     }
-    common = dict(popsize=popsize, ngen=ngen, seed=seed, progress=False, device="cpu")
+    # gate=None: each method's own merge; the gated rows apply the gate to it (the GA runs once)
+    common = dict(popsize=popsize, ngen=ngen, seed=seed, progress=False, device="cpu", gate=None)
     for metric in CANDIDATE_METRICS:
         timed(f"merge, {metric}", lambda metric=metric: merge(parents, splits.val, metric=metric, **common).model)
     timed("MeGA (paper)", lambda: merge(parents, splits.val, include_parents=False, metric="accuracy", **common).model)
@@ -252,7 +333,9 @@ def run_task(
     timed(
         "cma_merge",
         lambda: (
-            cma_merge(parents, splits.val, ngen=ngen, lambda_=popsize, seed=seed, calibration=calib, device="cpu").model
+            cma_merge(
+                parents, splits.val, ngen=ngen, lambda_=popsize, seed=seed, calibration=calib, device="cpu", gate=None
+            ).model
         ),
     )
     if "output ensemble" in methods:
@@ -305,12 +388,14 @@ def summarize(runs: list) -> list:
 
 def choose(tables: dict, methods: dict) -> tuple:
     """The rule that chose ``merge``'s defaults, applied to development tables only (``{table name:
-    summarize(...) rows}``): of ``methods`` (``{candidate: the method row it names}``), the one whose worst
-    table (the lowest mean test accuracy minus the best parent's) is highest; ties by the mean over tables.
-    Returns ``(candidate, scores)`` with ``scores[candidate] = (worst, mean)``."""
+    summarize(...) rows}``): of ``methods`` (``{candidate: the method row it names}``, or a tuple of rows),
+    the one whose worst table (the lowest mean test accuracy minus the best parent's, over its rows) is
+    highest; ties by the mean over tables. Returns ``(candidate, scores)`` with ``scores[candidate] = (worst,
+    mean)``."""
     scores = {}
     for candidate, method in methods.items():
-        deltas = [row["delta"] for rows in tables.values() for row in rows if row["method"] == method]
+        names = (method,) if isinstance(method, str) else tuple(method)
+        deltas = [row["delta"] for rows in tables.values() for row in rows if row["method"] in names]
         if deltas:
             scores[candidate] = (min(deltas), float(np.mean(deltas)))
     return max(scores, key=lambda c: scores[c]), scores
@@ -325,3 +410,17 @@ def choose_metric(tables: dict) -> tuple:
 def choose_matching(tables: dict) -> tuple:
     """:func:`choose` over the candidate matchings of ``merge(align=...)`` (with the default fitness)."""
     return choose(tables, {m: f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS})
+
+
+def choose_gate(tables: dict, metric: str, matching: str) -> tuple:
+    """:func:`choose` over the gate's candidate levels (:data:`CANDIDATE_GATES`, ``None``: no gate), each
+    judged on the four default methods at once (``merge`` with fitness ``metric``, ``merge(align=matching)``,
+    the coefficient GA and ``cma_merge``): the worst table of any of them."""
+    bases = (f"merge, {metric}", f"merge(align={matching!r})", "coefficient GA, aligned", "cma_merge")
+    return choose(
+        tables,
+        {
+            ("none" if g is None else str(g)): tuple(b if g is None else gated(b, g) for b in bases)
+            for g in CANDIDATE_GATES
+        },
+    )
