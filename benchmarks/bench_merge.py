@@ -208,7 +208,10 @@ def bench_model(name, n_val, N, G, device, repeats, strategy, alternatives=True,
     children = G * (N - 1)
     D = TorchAdapter(models[0]).dim
     # accuracy fitness, as the floor, (b) and (c) score (merge's default, the log-likelihood, costs more)
-    common = dict(popsize=N, ngen=G, seed=0, device=device, verbose=False, batch_size=len(X), metric="accuracy")
+    # gate=None: the GA's own time (the significance gate adds one forward pass per parent and the merge after it)
+    common = dict(
+        popsize=N, ngen=G, seed=0, device=device, verbose=False, batch_size=len(X), metric="accuracy", gate=None
+    )
     variants = {
         "batched": lambda: mega_deap.merge(models, (X, y), strategy=strategy, **common),
         "per_individual": lambda: mega_deap.merge(
@@ -341,7 +344,15 @@ def bench_parts(name, n_val, N, G, device, repeats=7):
     ]
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in timed_parts]
     common = dict(
-        popsize=N, ngen=G, seed=0, device=device, verbose=False, batch_size=len(X), metric="accuracy", progress=False
+        popsize=N,
+        ngen=G,
+        seed=0,
+        device=device,
+        verbose=False,
+        batch_size=len(X),
+        metric="accuracy",
+        progress=False,
+        gate=None,  # the GA's time, as above
     )
     runs = {k: [] for k in ("merge", "floor", "breeding", "evaluation", "statistics and hall of fame", "eaMeGA")}
     for (owner, attr, part), (_, _, fn) in zip(timed_parts, originals):

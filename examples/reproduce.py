@@ -137,7 +137,8 @@ def section_merge(out, quick):
     head = (
         f"digits, small CNN, {len(reports)} seeds (validation split and GA seed {seeds[0]}..{seeds[-1]}); "
         f"{s['train']:,} train / {s['val']} validation (fitness) / {s['test']} test images; "
-        f"parents and merge {np.mean(secs):.1f} s a seed."
+        f"parents and merge {np.mean(secs):.1f} s a seed; the significance gate returned a parent in "
+        f"{sum(r['gate']['parent'] is not None for r in reports)} of {len(reports)} seeds."
     )
     return head, "\n".join(lines), {"reports": reports}
 

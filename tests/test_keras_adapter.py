@@ -126,6 +126,7 @@ def test_merge_keras_models_on_digits(digits, digit_mlps):
     X, y = digits["val"]
     acc = float((keras.ops.convert_to_numpy(r.model(X.numpy())).argmax(1) == y.numpy()).mean())
     assert acc == pytest.approx(r.fitness, abs=1e-9)
+    assert r.gate_p is not None  # the significance gate ran on the Keras models too
     # the same merge through the torch adapter, equivalent models: fitness of the same order
     rt = mega_deap.merge(digit_mlps, digits["val"], popsize=10, ngen=5, seed=0, verbose=False, metric="accuracy")
     assert abs(rt.fitness - r.fitness) < 0.1
