@@ -166,33 +166,24 @@ class BNMLP(nn.Module):
         return self.fc2(F.relu(self.bn1(self.fc1(x.flatten(1)))))
 
 
+# scikit-learn's make_classification settings of the synthetic tasks
+SYNTHETIC = {
+    "synthetic": dict(
+        n_samples=3000, n_features=40, n_informative=20, n_redundant=5, n_classes=10, class_sep=1.5, random_state=7
+    ),
+    "synthetic6": dict(
+        n_samples=2400, n_features=30, n_informative=12, n_redundant=4, n_classes=6, class_sep=1.2, random_state=21
+    ),
+}
+
+
 def _tabular(name):
     from sklearn import datasets
 
     if name == "breast_cancer":
         X, y = datasets.load_breast_cancer(return_X_y=True)
-    elif name == "synthetic":
-        X, y = datasets.make_classification(
-            n_samples=3000,
-            n_features=40,
-            n_informative=20,
-            n_redundant=5,
-            n_classes=10,
-            n_clusters_per_class=2,
-            class_sep=1.5,
-            random_state=7,
-        )
-    elif name == "synthetic6":
-        X, y = datasets.make_classification(
-            n_samples=2400,
-            n_features=30,
-            n_informative=12,
-            n_redundant=4,
-            n_classes=6,
-            n_clusters_per_class=2,
-            class_sep=1.2,
-            random_state=21,
-        )
+    elif name in SYNTHETIC:
+        X, y = datasets.make_classification(n_clusters_per_class=2, **SYNTHETIC[name])
     else:
         raise ValueError(f"unknown data set {name!r}")
     return torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
