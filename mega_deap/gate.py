@@ -54,9 +54,12 @@ def mcnemar_greater(a_right: torch.Tensor, b_right: torch.Tensor) -> tuple:
 @torch.no_grad()
 def correct_each(runner: Any, weights: list, X: Any, y: Any, batch_size: Optional[int] = None) -> torch.Tensor:
     """``(k, n)`` booleans: whether each of the ``k`` weight vectors (genomes of ``runner``, a weight adapter)
-    predicts each example's class (argmax of its outputs), in inference mode."""
+    predicts each example's class (argmax of its outputs), in inference mode, ``batch_size`` examples a
+    forward pass (the evaluator's default when ``None``)."""
+    from .evaluation import default_batch_size
+
     X, y = torch.as_tensor(X), torch.as_tensor(y)
-    step = len(y) if batch_size is None else batch_size
+    step = default_batch_size(X) if batch_size is None else batch_size
     rows = []
     with runner.eval_mode():
         for w in weights:
