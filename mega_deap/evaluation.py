@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import torch
 
 from .batched import BatchedFitness, finite_or_worst, registered_as
-from .files import tensor_digest
+from .files import code_digest, tensor_digest
 from .individual import TensorIndividual
 from .checks import SettingError, SettingTypeError
 from .metrics import (  # noqa: F401  (where they were before the metrics had a module of their own)
@@ -211,6 +211,9 @@ class Evaluator(BatchedFitness):
                 "metric": getattr(self.metric, "name", type(self.metric).__name__),
                 "validation_sha256": tensor_digest(self.X, self.y),
             }
+            fn = getattr(self.metric, "fn", None)
+            if fn is not None:  # an objective of the outputs (on_outputs): which function, not only its name
+                self._fingerprint["code_sha256"] = code_digest(fn)
             if self.prepare is not None:
                 fp = getattr(self.prepare, "fingerprint", None)
                 self._fingerprint["prepare"] = fp() if callable(fp) else type(self.prepare).__name__

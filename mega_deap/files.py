@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["atomic_write", "tensor_digest"]
+__all__ = ["atomic_write", "tensor_digest", "code_digest"]
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -22,6 +22,53 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
         h.update(f"{tuple(t.shape)}{t.dtype}".encode())
         if t.numel():
             h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def code_digest(fn: Callable) -> str:
+    """SHA-256 of what a callable runs: its bytecode, the names and constants it reads, and those of the
+    functions defined inside it; for a ``functools.partial``, its function and bound arguments; for a
+    callable object, its class's name and ``__call__``. What tells two functions of one name apart in a
+    checkpoint (what a closure's variables or a global hold at run time is not read)."""
+    import functools
+    import types
+
+    h = hashlib.sha256()
+
+    def const(c) -> str:
+        if isinstance(c, frozenset):  # its repr's order follows string hashing, which varies by process
+            return "frozenset(" + repr(sorted(map(const, c))) + ")"
+        if isinstance(c, tuple):
+            return "(" + ",".join(map(const, c)) + ")"
+        return repr(c)
+
+    def feed_code(code: types.CodeType) -> None:
+        h.update(code.co_code)
+        h.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
+        for c in code.co_consts:
+            if isinstance(c, types.CodeType):
+                feed_code(c)
+            else:
+                h.update(const(c).encode())
+
+    def feed(f) -> None:
+        if isinstance(f, functools.partial):
+            h.update(repr((f.args, sorted(f.keywords.items()))).encode())
+            feed(f.func)
+            return
+        f = getattr(f, "__func__", f)  # a bound method: its function
+        code = getattr(f, "__code__", None)
+        if code is None:  # a callable object, or a builtin
+            kind = type(f)
+            h.update(f"{kind.__module__}.{kind.__qualname__}".encode())
+            call = next((vars(k)["__call__"] for k in kind.__mro__ if "__call__" in vars(k)), None)
+            code = getattr(call, "__code__", None)
+        else:
+            h.update(f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', '')}".encode())
+        if code is not None:
+            feed_code(code)
+
+    feed(fn)
     return h.hexdigest()
 
 

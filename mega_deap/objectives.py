@@ -27,6 +27,7 @@ import torch
 
 from .batched import BatchedFitness, finite_or_worst
 from .checks import SettingError, SettingTypeError
+from .files import code_digest
 from .individual import TensorIndividual
 
 __all__ = ["on_outputs", "on_model", "OutputObjective", "ModelObjective", "ModelEvaluator", "Policy"]
@@ -155,7 +156,9 @@ def on_outputs(
     :class:`~mega_deap.Evaluator`'s ``metric`` or as ``merge(metric=...)``.
 
     :param weights: DEAP's fitness weights, one per value: 1 to maximise, -1 to minimise.
-    :param name: what checkpoints and reports call it (the function's name by default).
+    :param name: what checkpoints and reports call it (the function's name by default); a checkpoint also
+                 holds a digest of the function's code, so another function under the same name is another
+                 job.
     :param vectorized: ``fn`` takes a chunk of ``k`` genomes' outputs, ``(k, n, ...)``, and returns ``(k,)`` or
                        ``(k, nobj)`` values: one call per chunk instead of one per genome.
     """
@@ -172,7 +175,9 @@ def on_model(
     ``(k, nobj)`` values. Score it with :class:`ModelEvaluator` (``merge(metric=...)`` builds one).
 
     :param weights: DEAP's fitness weights, one per value: 1 to maximise, -1 to minimise.
-    :param name: what checkpoints and reports call it (the function's name by default).
+    :param name: what checkpoints and reports call it (the function's name by default); a checkpoint also
+                 holds a digest of the function's code, so another function under the same name is another
+                 job.
     """
     return ModelObjective(fn, weights, name, batched)
 
@@ -277,8 +282,14 @@ class ModelEvaluator(BatchedFitness):
         return self._plan
 
     def fingerprint(self) -> dict:
-        """What identifies this evaluation in a checkpoint: the objective's name."""
-        return {"metric": self.metric.name}
+        """What identifies this evaluation in a checkpoint: the objective's name, weights and form, and a
+        digest of its function's code (:func:`mega_deap.files.code_digest`)."""
+        return {
+            "metric": self.metric.name,
+            "weights": list(self.metric.weights),
+            "batched": self.metric.batched,
+            "code_sha256": code_digest(self.metric.fn),
+        }
 
     @torch.no_grad()
     def scores(self, individuals: Sequence) -> list:

@@ -158,6 +158,74 @@ def test_another_metric_is_another_job(tmp_path, digits, digit_mlps):
                 eaMeGA(inds, tb, run_ngen, verbose=False, checkpoint=ckpt)
 
 
+def _mean_weight(model):
+    return float(model[0].weight.mean())
+
+
+def _max_weight(model):
+    return float(model[0].weight.max())
+
+
+def _first_bias(model):
+    return float(model[0].bias[0])
+
+
+def _mean_output(out, y):
+    return float(out.mean())
+
+
+def _max_output(out, y):
+    return float(out.max())
+
+
+@pytest.mark.parametrize("make", ["on_model", "on_outputs"])
+def test_an_objective_of_the_same_name_but_another_function_is_another_job(make, tmp_path, digits, digit_mlps):
+    """A checkpoint knows an objective by its function's code, not only by the name given to it: another
+    function under the same name is refused; the same function (a new objective object) resumes."""
+    from mega_deap import on_model, on_outputs
+
+    if make == "on_model":
+        first, other, val = _mean_weight, _max_weight, None
+        objective = lambda fn: on_model(fn, name="score")  # noqa: E731
+    else:
+        first, other, val = _mean_output, _max_output, digits["val"]
+        objective = lambda fn: on_outputs(fn, name="score")  # noqa: E731
+    ckpt = str(tmp_path / "o.ckpt")
+    kw = dict(popsize=4, verbose=False, checkpoint=ckpt, progress=False, device="cpu")
+    mega_deap.merge(digit_mlps, val, metric=objective(first), ngen=1, **kw)
+    with pytest.raises(ValueError, match="belongs to another job: its evaluation"):
+        mega_deap.merge(digit_mlps, val, metric=objective(other), ngen=2, **kw)
+    r = mega_deap.merge(digit_mlps, val, metric=objective(first), ngen=2, **kw)
+    assert [x["gen"] for x in r.logbook] == [0, 1, 2]
+
+
+def test_code_digest_tells_functions_apart_and_is_stable():
+    from mega_deap.files import code_digest
+
+    assert code_digest(_mean_weight) != code_digest(_max_weight)
+    assert code_digest(_mean_weight) == code_digest(_mean_weight)
+    import functools
+
+    assert code_digest(functools.partial(_mean_weight)) != code_digest(functools.partial(_first_bias))
+    # string hashing varies by process; a set constant must not make the digest vary with it
+    code = (
+        "from mega_deap.files import code_digest\n"
+        "def f(x):\n    return x in {'a', 'b', 'c', 'd'}\n"
+        "print(code_digest(f))"
+    )
+    import os
+    import subprocess
+    import sys
+
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": str(s)}
+        ).stdout
+        for s in (1, 2, 3)
+    }
+    assert len(outs) == 1 and len(outs.pop().strip()) == 64
+
+
 def _rewrite(path, edit, checksum=True):
     """Re-save a checkpoint with its header edited by ``edit(meta) -> meta`` (the header checksum fixed up
     when ``checksum``, so only the field checks stand between the file and a resume)."""
