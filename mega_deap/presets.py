@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from deap import base, creator, tools
 
-from . import rng
+from . import distributed, rng
 from .algorithms import eaMeGA, varMeGA
 from .breeding import varMeGABatched
 from .checks import SettingError, SettingTypeError, choice, integer, nonnegative, probability, run_sizes, writable_file
@@ -171,6 +171,13 @@ def _gate_level(gate, metric) -> Optional[float]:
             f"{getattr(metric, 'name', metric)!r} is not a built-in classification metric (use gate=None)"
         )
     return float(gate)
+
+
+def _gate_line(p, level, parent) -> str:
+    """What ``verbose=True`` prints of the gate: one line."""
+    if parent is None:
+        return f"gate: p = {p:.3g} < {level}: the merge is returned"
+    return f"gate: p = {p:.3g} >= {level}: parent {parent} is returned"
 
 
 def _gated(adapter, result: tuple, models, parents, X, y, fit_data, metric, level, batch_size, buffers) -> tuple:
@@ -569,6 +576,8 @@ def merge(
             batch_size,
             buffers,
         )
+        if verbose and distributed.is_main():  # in a process group, only rank 0 prints
+            print(_gate_line(gate_p, gate_level, parent))
     return MergeResult(
         model=model,
         genome=genome_,
@@ -830,6 +839,8 @@ def cma_merge(
         model, genome_, fitness, gate_p, parent = _gated(
             adapter, (model, genome_, fitness), models, genomes, X, y, (X, y), scorer, gate_level, batch_size, True
         )
+        if verbose and distributed.is_main():  # in a process group, only rank 0 prints
+            print(_gate_line(gate_p, gate_level, parent))
     return MergeResult(
         model=model,
         genome=genome_,

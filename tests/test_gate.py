@@ -140,3 +140,12 @@ def test_bad_gates_are_refused_before_any_work(kwargs, match, digit_mlps, digits
     monkeypatch.setattr(mega_deap.presets, "_build", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(SettingError, match=match):
         mega_deap.merge(digit_mlps, digits["val"], popsize=8, ngen=1, progress=False, device="cpu", **kwargs)
+
+
+def test_verbose_says_what_the_gate_did_and_quiet_says_nothing(digit_mlps, digits, capsys):
+    kw = dict(popsize=4, ngen=1, seed=0, progress=False, device="cpu", gate=1.0)
+    r = mega_deap.merge(digit_mlps, digits["val"], **kw)
+    assert capsys.readouterr().out == ""
+    mega_deap.merge(digit_mlps, digits["val"], verbose=True, **kw)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"gate: p = {r.gate_p:.3g} >= 1.0: parent {r.parent} is returned"
