@@ -44,6 +44,7 @@ import torch
 from deap import tools
 
 import mega_deap
+from mega_deap.experiments import write_json
 from mega_deap.adapters import TorchAdapter
 from mega_deap.presets import ensure_creator_classes
 from mega_deap.experiments import MLP, SmallCNN, resnet_cifar
@@ -581,9 +582,7 @@ def main(argv=None):
         "command": " ".join(sys.argv),
     }
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(result, args.json)  # atomically, the folder made
     return result
 
 

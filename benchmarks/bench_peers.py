@@ -44,6 +44,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 import mega_deap
+from mega_deap.experiments import write_json
 from mega_deap.adapters import TorchAdapter
 
 SIGMA = 0.05
@@ -394,9 +395,7 @@ def main(argv=None):
         "command": " ".join(command),
     }
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(result, args.json)  # atomically, the folder made
     return result
 
 

@@ -22,7 +22,14 @@ from scipy import stats
 from .checks import SettingError
 from .metrics import Accuracy
 
-__all__ = ["mcnemar_greater", "correct_each", "gate_parent", "classification_metric"]
+__all__ = [
+    "mcnemar_greater",
+    "correct_each",
+    "paired_test",
+    "paired_test_models",
+    "gate_parent",
+    "classification_metric",
+]
 
 
 def classification_metric(metric: Any) -> bool:
@@ -58,48 +65,53 @@ def correct_each(runner: Any, weights: list, X: Any, y: Any, batch_size: Optiona
     forward pass (the evaluator's default when ``None``)."""
     from .evaluation import default_batch_size
 
-    X, y = torch.as_tensor(X), torch.as_tensor(y)
+    X, y = torch.as_tensor(X).to(runner.device), torch.as_tensor(y).to(runner.device)  # moved once
     step = default_batch_size(X) if batch_size is None else batch_size
     rows = []
     with runner.eval_mode():
         for w in weights:
-            parts = []
-            for i in range(0, len(y), step):
-                xb = X[i : i + step].to(runner.device)
-                out = runner.forward(w, xb)
-                parts.append(out.argmax(-1).cpu() == y[i : i + step].cpu())
-            rows.append(torch.cat(parts))
-    return torch.stack(rows)
+            rows.append(torch.cat([runner.forward(w, X[i : i + step]).argmax(-1) for i in range(0, len(y), step)]) == y)
+    return torch.stack(rows).cpu()
 
 
-def gate_parent(
+def paired_test(
+    runner: Any, merged: torch.Tensor, parents: list, X: Any, y: Any, batch_size: Optional[int] = None
+) -> tuple:
+    """The gate's test on ``(X, y)`` for weight vectors of ``runner`` (a weight adapter): ``(best, p)``, where
+    ``best`` is the index of the parent with the best accuracy (the first of equals) and ``p``
+    :func:`mcnemar_greater`'s p-value of the merge against it. A merge whose weights equal a parent's is that
+    parent, with ``p = 1``. The gate at level ``alpha`` returns parent ``best`` where ``p >= alpha``."""
+    for j, w in enumerate(parents):
+        if torch.equal(merged, w):
+            return j, 1.0
+    right = correct_each(runner, [merged, *parents], X, y, batch_size)
+    best = int(torch.argmax(right[1:].sum(1)))  # the first of the most accurate
+    return best, mcnemar_greater(right[0], right[1 + best])[2]
+
+
+def paired_test_models(
     merged: Any,
     parents: list,
     X: Any,
     y: Any,
-    alpha: float,
     *,
     batch_size: Optional[int] = None,
     device: Any = None,
     buffers: bool = True,
 ) -> tuple:
-    """The gate on ``(X, y)`` for a merged model and its parents as given (models of one architecture).
-
-    :returns: ``(j, p)``: ``p`` is :func:`mcnemar_greater`'s p-value of the merge against the parent with
-              the best accuracy on ``(X, y)`` (the first of equals), and ``j`` that parent's index where
-              ``p >= alpha`` (the merge does not beat it), else ``None``. A merge whose weights equal a
-              parent's is that parent, with ``p = 1``.
-    """
+    """:func:`paired_test` for models of one architecture: a merged model and its parents as given."""
     from mega_deap.adapters import adapter_for
 
     parents = list(parents)
     cls = adapter_for(parents[0])
     runner, genomes = cls.from_parents(parents, device=device, buffers=buffers)
     mine = cls(merged, buffers=buffers).genome(merged).to(runner.device)
-    for j, g in enumerate(genomes):
-        if torch.equal(mine, g):
-            return j, 1.0
-    right = correct_each(runner, [mine, *genomes], X, y, batch_size)
-    best = int(torch.argmax(right[1:].sum(1)))  # the first of the most accurate
-    _, _, p = mcnemar_greater(right[0], right[1 + best])
+    return paired_test(runner, mine, list(genomes), X, y, batch_size)
+
+
+def gate_parent(merged: Any, parents: list, X: Any, y: Any, alpha: float, **kwargs: Any) -> tuple:
+    """The gate on ``(X, y)`` for a merged model and its parents as given (keywords as
+    :func:`paired_test_models`): ``(j, p)``, ``j`` the index of the parent with the best accuracy where the
+    merge does not beat it at level ``alpha`` (``p >= alpha``), else ``None``."""
+    best, p = paired_test_models(merged, parents, X, y, **kwargs)
     return (best if p >= alpha else None), p

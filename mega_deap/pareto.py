@@ -203,7 +203,7 @@ def pareto_merge(
     from . import rng
     from .operators import initBlend
     from .population import TensorPopulation
-    from .presets import _build, _model_of, mega_toolbox
+    from .presets import _build, _weights_of, mega_toolbox
 
     adapter, genomes, evaluator, prepare = _build(models, X, y, objective, **build_kwargs)
     if evaluator.nobj < 2:
@@ -243,7 +243,7 @@ def pareto_merge(
     parent_values = evaluator.scores([g.clone() for g in genomes])  # (coefficient genomes: one-hot rows)
     names = getattr(evaluator.metric, "names", None) or [f"{evaluator.metric.name}[{i}]" for i in range(evaluator.nobj)]
     return ParetoResult(
-        models=[_model_of(adapter, ind, prepare) for ind in points],
+        models=[adapter.runner.to_model(_weights_of(adapter, ind, prepare)) for ind in points],
         genomes=[ind.genome.clone() for ind in points],
         values=[tuple(ind.fitness.values) for ind in points],
         names=list(names),

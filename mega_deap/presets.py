@@ -21,7 +21,7 @@ from .evaluation import Evaluator, Strategy
 from .metrics import GroupAccuracy, get_metric
 from .objectives import ModelEvaluator, ModelObjective
 from .files import tensor_digest
-from .gate import classification_metric, gate_parent
+from .gate import classification_metric, paired_test
 from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian, selElite
 from .population import TensorPopulation
@@ -180,21 +180,48 @@ def _gate_line(p, level, parent) -> str:
     return f"gate: p = {p:.3g} >= {level}: parent {parent} is returned"
 
 
-def _gated(adapter, result: tuple, models, parents, X, y, fit_data, metric, level, batch_size, buffers) -> tuple:
-    """The gate (:func:`mega_deap.gate.gate_parent`) on a merge's ``result`` ``(model, genome, fitness)``:
-    ``(model, genome, fitness, p, parent)``, with the parent with the best accuracy on ``(X, y)`` (the test
-    reads the parents as given in ``models``; the model returned is decoded from its genome in ``parents``,
-    with alignment its units permuted, the same function) in place of the merge where the merge does not
-    beat it at ``level``. A returned parent's fitness is computed on ``fit_data``."""
-    model, genome_, fitness = result
-    j, p = gate_parent(model, models, X, y, level, batch_size=batch_size, device=adapter.device, buffers=buffers)
-    if j is None:
-        return model, genome_, fitness, p, None
+def _gated(adapter, result: tuple, parents, X, y, fit_data, metric, level, batch_size) -> tuple:
+    """The gate (:func:`mega_deap.gate.paired_test`, on ``(X, y)``) on a merge's ``result`` ``(weights,
+    genome, fitness)``: ``(weights, genome, fitness, p, parent)``, with the parent with the best accuracy
+    in place of the merge where the merge does not beat it at ``level``. The parents are the genomes the
+    merge started from, decoded (with alignment, their units permuted: the same functions as given); a
+    returned parent's fitness is computed on ``fit_data``."""
+    weights, genome_, fitness = result
     runner = adapter.runner
-    weights = adapter.decode_many([parents[j]])[0].clone()  # with alignment: the permuted parent, same function
+    parent_weights = adapter.decode_many(list(parents))
+    best, p = paired_test(runner, weights, parent_weights, X, y, batch_size)
+    if p < level:
+        return weights, genome_, fitness, p, None
     fit_x, fit_y = fit_data
-    score = _evaluator(runner, fit_x, fit_y, metric, batch_size=batch_size).scores([weights])[0]
-    return runner.to_model(weights), parents[j].clone(), score, p, j
+    score = _evaluator(runner, fit_x, fit_y, metric, batch_size=batch_size).scores([parent_weights[best]])[0]
+    return parent_weights[best].clone(), parents[best].clone(), score, p, best
+
+
+def _merge_result(adapter, result, gating, batch_size, verbose, logbook, hof, population, toolbox) -> MergeResult:
+    """The :class:`MergeResult` of ``merge`` and ``cma_merge`` from ``result`` ``(weights, genome, fitness)``
+    (:func:`_result`), behind the significance gate when ``gating`` is ``(parents, (X, y) it tests on, fitness
+    data, metric, level)``; ``verbose`` prints what the gate did (rank 0 only)."""
+    weights, genome_, fitness = result
+    gate_p = parent = None
+    if gating is not None:
+        parents, (X, y), fit_data, metric, level = gating
+        weights, genome_, fitness, gate_p, parent = _gated(
+            adapter, result, parents, X, y, fit_data, metric, level, batch_size
+        )
+        if verbose and distributed.is_main():  # in a process group, only rank 0 prints
+            print(_gate_line(gate_p, level, parent))
+    return MergeResult(
+        model=adapter.runner.to_model(weights),
+        genome=genome_,
+        fitness=fitness,
+        logbook=logbook,
+        halloffame=hof,
+        adapter=adapter,
+        population=population,
+        toolbox=toolbox,
+        gate_p=gate_p,
+        parent=parent,
+    )
 
 
 def _belongs(name, value, mode, setting, wanted) -> None:
@@ -559,37 +586,12 @@ def merge(
         )
         held = judge.scores(list(hof))
         best = hof[max(range(len(hof)), key=lambda i: (held[i], -i))]
-    model, genome_, fitness = _result(
+    result = _result(
         adapter, best, prepare, genomes if include_parents and not holdout else None, X, y, evaluator.metric, batch_size
     )
-    gate_p, parent = None, None
-    if gate_level is not None:  # 5. the significance gate, on the whole validation set
-        model, genome_, fitness, gate_p, parent = _gated(
-            adapter,
-            (model, genome_, fitness),
-            models,
-            genomes,
-            *val_xy,
-            (X, y),
-            evaluator.metric,
-            gate_level,
-            batch_size,
-            buffers,
-        )
-        if verbose and distributed.is_main():  # in a process group, only rank 0 prints
-            print(_gate_line(gate_p, gate_level, parent))
-    return MergeResult(
-        model=model,
-        genome=genome_,
-        fitness=fitness,
-        logbook=logbook,
-        halloffame=hof,
-        adapter=adapter,
-        population=individuals,
-        toolbox=toolbox,
-        gate_p=gate_p,
-        parent=parent,
-    )
+    # 5. the significance gate, on the whole validation set
+    gating = (genomes, val_xy, (X, y), evaluator.metric, gate_level) if gate_level is not None else None
+    return _merge_result(adapter, result, gating, batch_size, verbose, logbook, hof, individuals, toolbox)
 
 
 MATCHINGS = ("weights", "activations")
@@ -686,27 +688,27 @@ def _build(
 
 
 def _result(adapter, best, prepare, parents, X, y, metric, batch_size) -> tuple:
-    """``(model, genome, fitness)`` of a merge: ``best`` decoded (:func:`_model_of`), or, where ``prepare``
+    """``(weights, genome, fitness)`` of a merge: ``best`` decoded (:func:`_weights_of`), or, where ``prepare``
     changed the parents before they were scored (BatchNorm repair) and a parent as it was given scores
     higher on the fitness data, that parent: the merge is never worse than its parents as given.
-    ``parents``: their genomes (``None``: no such guarantee asked for)."""
+    ``parents``: their genomes (``None``: no such guarantee asked for). ``weights`` are the runner's."""
     if parents is None or prepare is None:
-        return _model_of(adapter, best, prepare), best.genome.clone(), best.fitness.values[0]
+        return _weights_of(adapter, best, prepare), best.genome.clone(), best.fitness.values[0]
     weights = adapter.decode_many(list(parents))  # the parents' own weights (coefficients: one-hot rows)
     scores = _evaluator(adapter.runner, X, y, metric, batch_size=batch_size).scores(weights)
     j = max(range(len(scores)), key=lambda i: (scores[i], -i))
     if scores[j] <= best.fitness.values[0]:
-        return _model_of(adapter, best, prepare), best.genome.clone(), best.fitness.values[0]
-    return adapter.runner.to_model(weights[j].clone()), parents[j].clone(), scores[j]
+        return _weights_of(adapter, best, prepare), best.genome.clone(), best.fitness.values[0]
+    return weights[j].clone(), parents[j].clone(), scores[j]
 
 
-def _model_of(adapter, best, prepare):
-    """The merged model: ``best`` decoded into weights, BatchNorm-repaired when ``prepare`` is (again, for
-    weight genomes: the repair recomputes the same statistics from the same weights)."""
+def _weights_of(adapter, best, prepare):
+    """The merged weights: ``best`` decoded, BatchNorm-repaired when ``prepare`` is (again, for weight
+    genomes: the repair recomputes the same statistics from the same weights)."""
     weights = adapter.decode_many([best])[0].clone()
     if prepare is not None:
         prepare(weights)
-    return adapter.runner.to_model(weights)
+    return weights
 
 
 def _cma_individual(icls, device, dtype, values):
@@ -831,28 +833,9 @@ def cma_merge(
         settings=settings,
         make=functools.partial(_cma_individual, icls, adapter.device, adapter.dtype),
     )
-    model, genome_, fitness = _result(
-        adapter, hof[0], prepare, genomes if include_parents else None, X, y, scorer, batch_size
-    )
-    gate_p, parent = None, None
-    if gate_level is not None:
-        model, genome_, fitness, gate_p, parent = _gated(
-            adapter, (model, genome_, fitness), models, genomes, X, y, (X, y), scorer, gate_level, batch_size, True
-        )
-        if verbose and distributed.is_main():  # in a process group, only rank 0 prints
-            print(_gate_line(gate_p, gate_level, parent))
-    return MergeResult(
-        model=model,
-        genome=genome_,
-        fitness=fitness,
-        logbook=logbook,
-        halloffame=hof,
-        adapter=adapter,
-        population=population,
-        toolbox=toolbox,
-        gate_p=gate_p,
-        parent=parent,
-    )
+    result = _result(adapter, hof[0], prepare, genomes if include_parents else None, X, y, scorer, batch_size)
+    gating = (genomes, (X, y), (X, y), scorer, gate_level) if gate_level is not None else None
+    return _merge_result(adapter, result, gating, batch_size, verbose, logbook, hof, population, toolbox)
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from mega_deap import merge
 from mega_deap.align import batchnorm_layers, cma_merge
-from mega_deap.gate import gate_parent
+from mega_deap.gate import paired_test_models
 from .align_study import SETTINGS, biased_parts, gap_closed
 from .data import Splits, digits_splits, split_train_val
 from .models import MLP, SmallCNN
@@ -287,14 +287,13 @@ def run_task(
             say(f"  {task.name} {setting} seed {seed} {name}: val {out[name][0]:.4f} test {out[name][1]:.4f}")
         if name not in GATED:
             return
-        for level in CANDIDATE_GATES:  # the gate, as merge(gate=level) applies it, on this merge
-            if level is None or gated(name, level) not in methods:
-                continue
-            t = time.perf_counter()
-            j, p = gate_parent(model, parents, *splits.val, level)
-            seconds = out[name][2] + time.perf_counter() - t  # the merge's and the gate's
-            out[gated(name, level)] = (*(accs(model) if j is None else parent_accs[j]), seconds)
-            out.setdefault("gate_p", {})[name] = p
+        t = time.perf_counter()
+        best, p = paired_test_models(model, parents, *splits.val)  # the gate's test, as merge(gate=...) runs it
+        seconds = out[name][2] + time.perf_counter() - t  # the merge's and the gate's
+        out.setdefault("gate_p", {})[name] = p
+        for level in CANDIDATE_GATES:  # each level's decision on the one test
+            if level is not None and gated(name, level) in methods:
+                out[gated(name, level)] = (*(out[name][:2] if p < level else parent_accs[best]), seconds)
 
     parent_accs = [accs(p) for p in parents]
     best = max(range(2), key=lambda i: parent_accs[i][1])  # the harder baseline: the better one on test
