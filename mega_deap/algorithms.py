@@ -158,6 +158,7 @@ def eaMeGA(
     verbose: bool = __debug__,
     checkpoint: Optional[str] = None,
     progress: Optional[bool] = None,
+    job: Optional[dict] = None,
 ) -> tuple:
     """The MeGA generational loop.
 
@@ -182,6 +183,9 @@ def eaMeGA(
                        safetensors + JSON), and a run started with an existing checkpoint resumes from it
                        (the population passed in is overwritten, in order, with the saved one); one
                        written with other registered operators or ``npar`` is refused.
+    :param job: JSON-able settings that identify the job beyond the toolbox, ``npar`` and the initial
+                population (:func:`merge` passes its seed: a first population of seeded individuals alone
+                does not show it); a checkpoint written with other ones is refused.
     :returns: ``(population, logbook)``; the logbook records ``gen``, ``nevals`` and the stats.
     """
     _check(population, toolbox, ngen, npar)
@@ -191,7 +195,7 @@ def eaMeGA(
     progress = (verbose if progress is None else progress) and main
     if checkpoint is not None:
         writable_file("checkpoint", checkpoint)
-    settings = run_settings(toolbox, npar, population) if checkpoint is not None else None
+    settings = run_settings(toolbox, npar, population, job) if checkpoint is not None else None
     logbook, start, save = begin_run(population, toolbox, ngen, stats, halloffame, checkpoint, settings, verbose)
 
     bar = generation_bar(start, ngen, "eaMeGA", progress)

@@ -131,6 +131,8 @@ class MergeResult:
     # parent returned instead of the merge (None: the merge is returned)
     gate_p: Optional[float] = None
     parent: Optional[int] = None
+    # the matching the parents were aligned by ("weights", "activations"), or None (not aligned)
+    align: Optional[str] = None
 
 
 def _as_xy(val_data):
@@ -197,7 +199,9 @@ def _gated(adapter, result: tuple, parents, X, y, fit_data, metric, level, batch
     return parent_weights[best].clone(), parents[best].clone(), score, p, best
 
 
-def _merge_result(adapter, result, gating, batch_size, verbose, logbook, hof, population, toolbox) -> MergeResult:
+def _merge_result(
+    adapter, result, gating, batch_size, verbose, logbook, hof, population, toolbox, align=None
+) -> MergeResult:
     """The :class:`MergeResult` of ``merge`` and ``cma_merge`` from ``result`` ``(weights, genome, fitness)``
     (:func:`_result`), behind the significance gate when ``gating`` is ``(parents, (X, y) it tests on, fitness
     data, metric, level)``; ``verbose`` prints what the gate did (rank 0 only)."""
@@ -221,6 +225,7 @@ def _merge_result(adapter, result, gating, batch_size, verbose, logbook, hof, po
         toolbox=toolbox,
         gate_p=gate_p,
         parent=parent,
+        align=align,
     )
 
 
@@ -311,7 +316,7 @@ def merge(
     checkpoint: Optional[str] = None,
     breeding: Optional[Literal["batched", "per-individual"]] = None,
     autocast: Optional[torch.dtype] = None,
-    align: Union[bool, str] = False,
+    align: Union[bool, str] = "auto",
     calibration: Any = None,
     genome: Literal["weights", "coefficients"] = "weights",
     granularity: Optional[str] = None,
@@ -365,11 +370,17 @@ def merge(
                   ``"activations"`` (:func:`mega_deap.align.activation_matching`: units matched by the
                   correlation of their activations on the calibration inputs, or on the validation inputs
                   when none are given; labels are never read), ``"weights"``
-                  (:func:`mega_deap.align.weight_matching`), ``True`` (the default matching,
-                  ``"weights"``, chosen on the development tasks of the held-out study, see README) or
-                  ``False``. With alignment the first population also holds the aligned parents' average,
-                  and for networks without BatchNorm (weight genomes) that average with REPAIR
-                  (:func:`mega_deap.align.repair_interpolation`, on the same inputs).
+                  (:func:`mega_deap.align.weight_matching`), ``True`` (:data:`DEFAULT_MATCHING`,
+                  ``"weights"``, chosen in round 1 of the held-out study), ``False`` (the paper: no
+                  alignment) or ``"auto"`` (the default: :data:`DEFAULT_ALIGN`, ``"activations"``, chosen in
+                  round 3 of the held-out study, see README, wherever the merge can align: a weight genome of
+                  PyTorch modules whose hidden-unit permutations derive, with inputs to match on, and one
+                  objective; else no alignment). ``MergeResult.align`` says which matching ran;
+                  ``verbose=True`` prints what ``"auto"`` chose and why. With alignment the first population
+                  also holds the aligned parents' average, and for networks without BatchNorm (weight
+                  genomes) that average with REPAIR (:func:`mega_deap.align.repair_interpolation`, on the
+                  same inputs); with ``"auto"`` these two join only where ``popsize`` has room beside the
+                  parents.
     :param calibration: inputs (or ``(X, y)``; labels are never used). For models with BatchNorm, every
                         candidate's statistics are recomputed on them before it is scored
                         (:class:`mega_deap.align.BatchNormRepair`), and the returned model carries repaired
@@ -462,7 +473,13 @@ def merge(
     probability("layerpb", layerpb)
     choice("breeding", breeding, BREEDINGS)
     choice("shares", shares, ("equal", "throughput"))
-    matching = _matching(align)
+    matching, align_note = _matching(align, auto=True), None
+    auto = matching == "auto"
+    if auto and objectives is not None:
+        matching, align_note = None, "a Pareto merge (auto aligns merges of one objective)"
+    elif auto:
+        has_inputs = val_data is not None or calibration is not None
+        matching, align_note = _auto_align(models, genome, True if has_inputs else None, calibration)
     if not isinstance(include_parents, bool):
         raise SettingTypeError(f"include_parents must be True or False, got {include_parents!r}")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
@@ -476,7 +493,9 @@ def merge(
     integer("hof_size", hof_size, 1)
     rescale = _check_calibration(models, matching, calibration) and genome == "weights"
     rescale = rescale and (calibration is not None or not model_objective)  # REPAIR reads inputs
-    seeds = len(models) + (1 if matching else 0) + (1 if rescale else 0)
+    if auto and matching:  # a default: the average and its REPAIRed copy join where the population has room
+        rescale = rescale and popsize >= len(models) + 2
+    seeds = len(models) + (0 if auto else (1 if matching else 0) + (1 if rescale else 0))
     if include_parents and popsize < seeds:
         raise SettingError(
             f"popsize={popsize} cannot hold the {len(models)} parents"
@@ -558,6 +577,8 @@ def merge(
         adapter.repair_(ind)
 
     # 3. the run
+    if verbose and auto and distributed.is_main():  # what align="auto" did, in one line (rank 0 only)
+        print(f"align: {matching} matching" if matching else f"align: none: {align_note}")
     hof = tools.HallOfFame(hof_size if holdout else 1, similar=genome_equal)
     individuals, logbook = eaMeGA(
         individuals,
@@ -569,6 +590,7 @@ def merge(
         verbose=verbose,
         checkpoint=checkpoint,
         progress=progress,
+        job={"seed": seed},
     )
 
     # 4. the result: the fitness's best, or the hall of fame's best on the held-out data
@@ -591,22 +613,52 @@ def merge(
     )
     # 5. the significance gate, on the whole validation set
     gating = (genomes, val_xy, (X, y), evaluator.metric, gate_level) if gate_level is not None else None
-    return _merge_result(adapter, result, gating, batch_size, verbose, logbook, hof, individuals, toolbox)
+    return _merge_result(
+        adapter, result, gating, batch_size, verbose, logbook, hof, individuals, toolbox, align=matching
+    )
 
 
 MATCHINGS = ("weights", "activations")
 DEFAULT_MATCHING = "weights"  # align=True; chosen on the held-out study's development tasks (README)
+# merge's align="auto" where the models allow it: chosen by round 3 of the held-out study (README)
+DEFAULT_ALIGN = "activations"
 
 
-def _matching(align) -> Optional[str]:
-    """``align`` as a matching method's name, or ``None`` (no alignment)."""
+def _auto_align(models, genome, X, calibration) -> tuple:
+    """``merge``'s ``align="auto"``: ``(matching, why)``, :data:`DEFAULT_ALIGN` with ``why=None`` where the
+    merge can align; else ``(None, the reason)``. Alignment needs a weight genome (the one round 3 measured),
+    PyTorch modules, inputs to match on (calibration or validation inputs) and a network whose hidden-unit
+    permutations derive (:func:`mega_deap.align.permutation_spec`) with at least one hidden layer."""
+    from .align import permutation_spec
+
+    if genome != "weights":
+        return None, f"genome={genome!r} (auto aligns weight genomes only)"
+    if not all(isinstance(m, torch.nn.Module) for m in models):
+        return None, f"the models are {type(models[0]).__name__}s, not torch.nn.Modules"
+    if calibration is None and X is None:
+        return None, "no inputs to match activations on (no validation inputs, no calibration)"
+    try:
+        spec = permutation_spec(models[0])
+    except (ValueError, TypeError) as e:  # torch.fx cannot trace it, or a node the derivation does not follow
+        return None, f"its hidden-unit permutations do not derive ({type(e).__name__}: {e})"
+    if not spec.sizes:
+        return None, "the network has no hidden units to permute"
+    return DEFAULT_ALIGN, None
+
+
+def _matching(align, auto=False) -> Optional[str]:
+    """``align`` as a matching method's name, or ``None`` (no alignment); ``auto``: ``"auto"`` is accepted
+    (resolved by :func:`_auto_align`)."""
+    if auto and align == "auto":
+        return "auto"
     if align is False:
         return None
     if align is True:
         return DEFAULT_MATCHING
     if align in MATCHINGS:
         return align
-    raise SettingError(f"align must be True, False or one of {MATCHINGS}, got {align!r}")
+    allowed = ("auto", *MATCHINGS) if auto else MATCHINGS
+    raise SettingError(f"align must be True, False or one of {allowed}, got {align!r}")
 
 
 def _check_calibration(models, matching, calibration) -> bool:
@@ -835,7 +887,9 @@ def cma_merge(
     )
     result = _result(adapter, hof[0], prepare, genomes if include_parents else None, X, y, scorer, batch_size)
     gating = (genomes, (X, y), (X, y), scorer, gate_level) if gate_level is not None else None
-    return _merge_result(adapter, result, gating, batch_size, verbose, logbook, hof, population, toolbox)
+    return _merge_result(
+        adapter, result, gating, batch_size, verbose, logbook, hof, population, toolbox, align=matching
+    )
 
 
 @dataclass

@@ -82,15 +82,18 @@ def population_digest(population: list) -> str:
     return tensor_digest(*(ind.genome for ind in population))
 
 
-def run_settings(toolbox: base.Toolbox, npar: int, population: list) -> dict:
+def run_settings(toolbox: base.Toolbox, npar: int, population: list, job: Optional[dict] = None) -> dict:
     """What identifies a run's job, recorded in its checkpoint and compared on resume: ``npar``, the
     registered operators and their settings, a digest of the initial population (parents, layout, seed),
-    and the evaluation (metric and a digest of the validation data) when the evaluator can say."""
+    the evaluation (metric and a digest of the validation data) when the evaluator can say, and ``job``
+    (JSON-able settings the caller knows and the population may not show, such as the seed) when given."""
     settings = {
         "npar": npar,
         "toolbox": toolbox_fingerprint(toolbox),
         "initial_population": population_digest(population),
     }
+    if job is not None:
+        settings["job"] = job
     evaluate, _ = unwrap(getattr(toolbox, "evaluate", None))
     if hasattr(evaluate, "fingerprint"):
         settings["evaluation"] = evaluate.fingerprint()
@@ -100,6 +103,7 @@ def run_settings(toolbox: base.Toolbox, npar: int, population: list) -> dict:
 _WHAT = {
     "initial_population": "initial population (other parents, another layout or another seed)",
     "evaluation": "evaluation (another metric or other validation data)",
+    "job": "settings (another seed)",
 }
 
 

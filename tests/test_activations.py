@@ -160,7 +160,7 @@ def test_merge_refuses_an_unknown_matching_and_unused_calibration(digit_mlps, di
     with pytest.raises(ValueError, match="align must be True, False or one of"):
         mega_deap.merge(digit_mlps, digits["val"], align="correlation")
     with pytest.raises(ValueError, match="calibration inputs were given"):
-        mega_deap.merge(digit_mlps, digits["val"], calibration=digits["train"][0])
+        mega_deap.merge(digit_mlps, digits["val"], calibration=digits["train"][0], align=False)
     with pytest.raises(ValueError, match="align must be"):
         mega_deap.cma_merge(digit_mlps, digits["val"], align="yes")
     # with align, calibration inputs serve the matching and REPAIR: accepted

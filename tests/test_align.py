@@ -9,6 +9,7 @@ from torch import nn
 
 from mega_deap.align import (
     BatchNormRepair,
+    activation_matching,
     CoefficientAdapter,
     cma_merge,
     permutation_spec,
@@ -319,18 +320,15 @@ def test_with_parents_in_the_population_the_merge_is_never_worse_than_the_best_p
     import mega_deap
 
     best_parent = max(_accuracy(m, *digits["val"]) for m in digit_mlps)
-    r = mega_deap.merge(digit_mlps, digits["val"], popsize=6, ngen=0, seed=0, progress=False, device="cpu")
+    kw = dict(popsize=6, ngen=0, seed=0, progress=False, device="cpu", align=False)
+    r = mega_deap.merge(digit_mlps, digits["val"], **kw)
     first = r.population  # generation 0: rows 0 and 1 are the parents
     assert any(torch.equal(ind.genome, r.adapter.genome(digit_mlps[0])) for ind in first)
     assert r.fitness >= best_parent - 1e-9
     assert r.fitness == _accuracy(r.model, *digits["val"])  # the default fitness, computed independently
-    lex = mega_deap.merge(
-        digit_mlps, digits["val"], popsize=6, ngen=0, seed=0, progress=False, device="cpu", metric="accuracy_ll"
-    )
+    lex = mega_deap.merge(digit_mlps, digits["val"], metric="accuracy_ll", **kw)
     assert lex.fitness == pytest.approx(_accuracy_ll(lex.model, *digits["val"]), rel=1e-9)
-    paper = mega_deap.merge(
-        digit_mlps, digits["val"], popsize=6, ngen=0, seed=0, progress=False, device="cpu", include_parents=False
-    )
+    paper = mega_deap.merge(digit_mlps, digits["val"], include_parents=False, **kw)
     assert not any(torch.equal(ind.genome, paper.adapter.genome(m)) for ind in paper.population for m in digit_mlps)
     # the rows after the parents are the paper's blends, drawn identically
     assert all(torch.equal(x.genome, y.genome) for x, y in zip(r.population[2:], paper.population[2:]))
@@ -376,6 +374,76 @@ def test_selection_split_chooses_among_the_hall_of_fame_on_held_out_data(digit_m
         mega_deap.merge(digit_mlps, (X, y), holdout=1.0)
 
 
+class _Branchy(nn.Module):
+    """A hidden layer behind data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if h.sum() > 0:
+            h = h * 1.0
+        return self.b(h)
+
+
+def test_merge_aligns_by_activations_by_default_where_it_can(digit_mlps, digits):
+    """align="auto" (the default) is align="activations" wherever the merge can align: the same bits."""
+    import mega_deap
+
+    kw = dict(popsize=6, ngen=2, seed=0, progress=False, device="cpu", gate=None)
+    auto = mega_deap.merge(digit_mlps, digits["val"], **kw)
+    explicit = mega_deap.merge(digit_mlps, digits["val"], align="activations", **kw)
+    assert auto.align == explicit.align == "activations"
+    assert torch.equal(auto.genome, explicit.genome) and auto.fitness == explicit.fitness
+    # its first population holds the parents matched on the validation inputs (computed here independently)
+    first = mega_deap.merge(digit_mlps, digits["val"], **{**kw, "ngen": 0})
+    _, b = activation_matching(list(digit_mlps), digits["val"][0])
+    assert torch.equal(first.population[1].genome, first.adapter.genome(b))
+    assert not torch.equal(first.population[1].genome, first.adapter.genome(digit_mlps[1]))
+    plain = mega_deap.merge(digit_mlps, digits["val"], align=False, **kw)
+    assert plain.align is None and not torch.equal(plain.genome, auto.genome)
+    # three parents in a population of four: the parents first, the average where there is room; no error
+    three = [*digit_mlps, copy.deepcopy(digit_mlps[0])]
+    r = mega_deap.merge(three, digits["val"], popsize=4, ngen=1, seed=0, progress=False, device="cpu")
+    assert r.align == "activations"
+    with pytest.raises(ValueError, match="cannot hold the 3 parents and their average"):
+        mega_deap.merge(three, digits["val"], popsize=4, ngen=1, align="activations")
+
+
+def test_auto_alignment_falls_back_to_none_and_says_why(digit_mlps, digits, capsys):
+    import mega_deap
+
+    kw = dict(popsize=4, ngen=1, seed=0, progress=False, device="cpu", gate=None)
+    X, y = digits["val"]
+    branchy = []
+    for s in (0, 1):
+        torch.manual_seed(s)
+        branchy.append(_Branchy())
+    cases = [
+        (branchy, {}, "do not derive"),  # torch.fx cannot trace the model
+        ([nn.Sequential(nn.Linear(64, 10)) for _ in range(2)], {}, "no hidden units"),  # nothing to permute
+        (digit_mlps, {"genome": "coefficients"}, "genome='coefficients'"),  # round 3 measured weight genomes
+    ]
+    for models, extra, why in cases:
+        r = mega_deap.merge(models, (X, y), verbose=True, **{**kw, **extra})
+        assert r.align is None
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].startswith("align: none: ") and why in out[0], out[0]
+    # an explicit matching on such a model is refused, naming the node or the tracing failure
+    with pytest.raises(ValueError, match="torch.fx"):
+        mega_deap.merge(branchy, (X, y), align="activations", **kw)
+    # several objectives: no alignment unless asked for
+    groups = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    front = mega_deap.merge(digit_mlps, (X, y), objectives=groups, **kw)
+    unaligned = mega_deap.merge(digit_mlps, (X, y), objectives=groups, align=False, **kw)
+    assert all(torch.equal(g, h) for g, h in zip(front.genomes, unaligned.genomes))
+    # unaligned, "auto" gives the same bits as align=False
+    same = mega_deap.merge(branchy, (X, y), **kw)
+    assert torch.equal(same.genome, mega_deap.merge(branchy, (X, y), align=False, **kw).genome)
+
+
 def test_merge_refuses_bad_alignment_settings_before_any_work(digit_mlps, digits):
     import mega_deap
 
@@ -384,7 +452,7 @@ def test_merge_refuses_bad_alignment_settings_before_any_work(digit_mlps, digits
     with pytest.raises(ValueError, match="cannot hold the 2 parents and their average"):
         mega_deap.merge(digit_mlps, digits["val"], popsize=2, npar=2, tournsize=2, align=True)
     with pytest.raises(ValueError, match="no BatchNorm"):
-        mega_deap.merge(digit_mlps, digits["val"], calibration=digits["train"][0], progress=False)
+        mega_deap.merge(digit_mlps, digits["val"], calibration=digits["train"][0], progress=False, align=False)
 
 
 def test_neg_log_loss_is_the_mean_log_likelihood(digit_mlps, digits):

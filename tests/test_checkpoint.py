@@ -124,7 +124,7 @@ def test_resuming_another_job_is_refused_naming_the_difference(tmp_path, digits,
     X, y = digits["val"]
     cases = [
         (dict(models=[digit_mlps[0], other]), "initial population"),  # other parents, same architecture
-        (dict(seed=1), "initial population"),  # another seed
+        (dict(seed=1), "settings \\(another seed\\)"),  # another seed (the first population is seeded alone)
         (dict(val=(X[:-1], y[:-1])), "evaluation"),  # other validation data
     ]
     for change, what in cases:

@@ -86,7 +86,7 @@ def test_merge_with_the_gate_returns_the_gate_s_choice(digit_mlps, digits):
     """merge(gate=level) is merge(gate=None) followed by the gate: the same merge where it passes, the best
     parent (its weights, its fitness, its index) where it does not; p is recorded either way."""
     val = digits["val"]
-    kw = dict(popsize=8, ngen=3, seed=0, progress=False, device="cpu")
+    kw = dict(popsize=8, ngen=3, seed=0, progress=False, device="cpu", align=False)
     plain = mega_deap.merge(digit_mlps, val, gate=None, **kw)
     assert plain.gate_p is None and plain.parent is None
     for level in (1e-9, 1.0):
@@ -101,6 +101,11 @@ def test_merge_with_the_gate_returns_the_gate_s_choice(digit_mlps, digits):
             assert r.fitness == pytest.approx(model_accuracy(digit_mlps[j], *val), abs=1e-12)
             assert model_accuracy(digit_mlps[j], *val) == max(model_accuracy(m, *val) for m in digit_mlps)
     assert mega_deap.merge(digit_mlps, val, gate=1.0, **kw).parent is not None  # p <= 1: always a parent
+    # merge aligns by default: the parent comes back with its units permuted, the same function
+    aligned = mega_deap.merge(digit_mlps, val, gate=1e-9, **{**kw, "align": "auto"})
+    assert aligned.align == "activations" and aligned.parent is not None
+    with torch.no_grad():
+        torch.testing.assert_close(aligned.model(val[0]), digit_mlps[aligned.parent](val[0]), rtol=1e-5, atol=1e-5)
 
 
 def test_cma_merge_with_the_gate(digit_mlps, digits):

@@ -49,7 +49,9 @@ def test_gated_rows_are_what_merge_with_that_gate_returns():
     out = study.run_task(task, "same-data", 0, popsize=4, ngen=2, methods=methods)
     splits = study.task_splits(task, 0)
     parents, _ = study.train_parents(task, splits, "same-data", 0)
-    r = mega_deap.merge(parents, splits.val, popsize=4, ngen=2, seed=0, progress=False, device="cpu", gate=level)
+    r = mega_deap.merge(
+        parents, splits.val, popsize=4, ngen=2, seed=0, progress=False, device="cpu", gate=level, align=False
+    )
     got = out[study.gated("merge, accuracy", level)]
     assert got[:2] == (model_accuracy(r.model, *splits.val), model_accuracy(r.model, *splits.test))
     assert out["gate_p"]["merge, accuracy"] == r.gate_p

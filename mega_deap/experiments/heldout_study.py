@@ -5,11 +5,13 @@ are): on a subset of the training split, or with noisy labels, for many epochs. 
 settings, as the align study: ``same-data`` (two seeds, one training set) and ``different-data`` (each
 parent on a class-biased part, :func:`~mega_deap.experiments.align_study.biased_parts`).
 
-Two rounds of choosing. Round 1: the tasks in :data:`DEVELOPMENT` chose the fitness metric and the
+Three rounds of choosing. Round 1: the tasks in :data:`DEVELOPMENT` chose the fitness metric and the
 matching (:func:`choose_metric`, :func:`choose_matching`); :data:`HELD_OUT_1` reported. Round 2: those
-six tasks, all seen by then, chose the significance gate's level (:func:`choose_gate`); the tasks in
-:data:`HELD_OUT`, new in round 2 and not run before the choice, only report. Fitness and every choice
-inside a merge see the validation split alone; the test split reports.
+six tasks, all seen by then, chose the significance gate's level (:func:`choose_gate`); :data:`HELD_OUT_2`
+reported. Round 3: those nine tasks, all seen by then, chose ``merge``'s default alignment
+(:func:`choose_alignment`); the tasks in :data:`HELD_OUT`, new in round 3 and not run before the choice,
+only report. Fitness and every choice inside a merge see the validation split alone; the test split
+reports.
 """
 
 import time
@@ -33,9 +35,12 @@ __all__ = [
     "Task",
     "DEVELOPMENT",
     "HELD_OUT_1",
+    "HELD_OUT_2",
     "HELD_OUT",
     "ROLES",
+    "ROUNDS",
     "CANDIDATE_GATES",
+    "CANDIDATE_ALIGNMENTS",
     "TASKS",
     "CANDIDATE_METRICS",
     "CANDIDATE_MATCHINGS",
@@ -48,6 +53,7 @@ __all__ = [
     "choose_metric",
     "choose_matching",
     "choose_gate",
+    "choose_alignment",
 ]
 
 CANDIDATE_METRICS = ("accuracy_ll", "accuracy", "neg_log_loss", "neg_log_loss_tempered")
@@ -57,6 +63,8 @@ GUARANTEED_METRICS = ("accuracy_ll", "accuracy")
 CANDIDATE_MATCHINGS = ("weights", "activations")
 # the significance gate's candidate levels (mega_deap.gate); None: no gate
 CANDIDATE_GATES = (None, 0.01, 0.05, 0.2)
+# round 3: merge's default alignment (None: none, the paper's), each judged as merge runs it by default
+CANDIDATE_ALIGNMENTS = (None, *CANDIDATE_MATCHINGS)
 # the methods each gate level is applied to (a gate reads a method's merged model; the GA is not rerun)
 GATED = (
     "merge, accuracy",
@@ -106,17 +114,32 @@ HELD_OUT_1 = (
     Task("cancer-mlp-bn-subset", "breast_cancer", "mlp-bn", "subset", 0.3, 150),
     Task("synthetic-deepmlp-noise", "synthetic", "deepmlp", "noise", 0.2, 80),
 )
-HELD_OUT = (
+HELD_OUT_2 = (
     Task("digits-deepcnn-bn-subset", "digits", "deepcnn-bn", "subset", 0.2, 150),
     Task("digits-mlp-bn-noise", "digits", "mlp-bn", "noise", 0.3, 80),
     Task("synthetic6-mlp-subset", "synthetic6", "mlp", "subset", 0.25, 200),
 )
-TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT_1 + HELD_OUT}
-# what each task's tables do: choose in both rounds; report in round 1 and choose in round 2; report only
+# written down after round 3's choice and before any of them ran: architectures no earlier round had (a
+# residual MLP, a CNN with a hidden fully connected layer after a flatten) and a new synthetic data set
+HELD_OUT = (
+    Task("digits-resmlp-noise", "digits", "resmlp", "noise", 0.25, 80),
+    Task("digits-lenet-subset", "digits", "lenet", "subset", 0.25, 150),
+    Task("synthetic8-mlp-bn-noise", "synthetic8", "mlp-bn", "noise", 0.25, 100),
+)
+TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT_1 + HELD_OUT_2 + HELD_OUT}
+# what each task's tables do: choose in every round; report in round 1, then choose; report in round 2,
+# then choose; report only
 ROLES = {
     **{t.name: "development" for t in DEVELOPMENT},
     **{t.name: "round-1 held out" for t in HELD_OUT_1},
+    **{t.name: "round-2 held out" for t in HELD_OUT_2},
     **{t.name: "held out" for t in HELD_OUT},
+}
+# the roles whose tables each round's rule reads
+ROUNDS = {
+    1: ("development",),
+    2: ("development", "round-1 held out"),
+    3: ("development", "round-1 held out", "round-2 held out"),
 }
 
 
@@ -166,6 +189,39 @@ class BNMLP(nn.Module):
         return self.fc2(F.relu(self.bn1(self.fc1(x.flatten(1)))))
 
 
+class ResMLP(nn.Module):
+    """A linear stem, residual blocks ``h + relu(linear(h))`` (one residual stream, one permutation), and a
+    linear classifier."""
+
+    def __init__(self, in_features, num_classes, width=96, blocks=2):
+        super().__init__()
+        self.stem = nn.Linear(in_features, width)
+        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x.flatten(1)))
+        for block in self.blocks:
+            h = h + F.relu(block(h))
+        return self.head(h)
+
+
+class LeNet(nn.Module):
+    """Two conv-ReLU-max-pool blocks without BatchNorm, a flatten, a hidden linear layer and a classifier."""
+
+    def __init__(self, in_channels=1, num_classes=10, image_size=8, width=8, hidden=64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.fc1 = nn.Linear(2 * width * (image_size // 4) ** 2, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
 # scikit-learn's make_classification settings of the synthetic tasks
 SYNTHETIC = {
     "synthetic": dict(
@@ -173,6 +229,9 @@ SYNTHETIC = {
     ),
     "synthetic6": dict(
         n_samples=2400, n_features=30, n_informative=12, n_redundant=4, n_classes=6, class_sep=1.2, random_state=21
+    ),
+    "synthetic8": dict(
+        n_samples=2800, n_features=32, n_informative=14, n_redundant=6, n_classes=8, class_sep=1.3, random_state=33
     ),
 }
 
@@ -221,6 +280,10 @@ def build(task: Task, splits: Splits) -> nn.Module:
         return PlainCNN(splits.in_channels, splits.num_classes, width=32)
     if task.model == "deepcnn-bn":
         return DeepBNCNN(splits.in_channels, splits.num_classes)
+    if task.model == "resmlp":
+        return ResMLP(features, splits.num_classes)
+    if task.model == "lenet":
+        return LeNet(splits.in_channels, splits.num_classes, splits.image_size)
     if task.model == "deepmlp":
         return MLP(features, splits.num_classes, hidden=(128, 64))
     raise ValueError(f"unknown model {task.model!r}")
@@ -308,9 +371,15 @@ def run_task(
     }
     # gate=None: each method's own merge; the gated rows apply the gate to it (the GA runs once)
     common = dict(popsize=popsize, ngen=ngen, seed=seed, progress=False, device="cpu", gate=None)
-    for metric in CANDIDATE_METRICS:
-        timed(f"merge, {metric}", lambda metric=metric: merge(parents, splits.val, metric=metric, **common).model)
-    timed("MeGA (paper)", lambda: merge(parents, splits.val, include_parents=False, metric="accuracy", **common).model)
+    for metric in CANDIDATE_METRICS:  # the rows "merge, <metric>" are merges without alignment
+        timed(
+            f"merge, {metric}",
+            lambda metric=metric: merge(parents, splits.val, metric=metric, align=False, **common).model,
+        )
+    timed(
+        "MeGA (paper)",
+        lambda: merge(parents, splits.val, include_parents=False, metric="accuracy", align=False, **common).model,
+    )
     for how in CANDIDATE_MATCHINGS:
         timed(
             f"merge(align={how!r})",
@@ -412,5 +481,22 @@ def choose_gate(tables: dict, metric: str, matching: str) -> tuple:
         {
             ("none" if g is None else str(g)): tuple(b if g is None else gated(b, g) for b in bases)
             for g in CANDIDATE_GATES
+        },
+    )
+
+
+def choose_alignment(tables: dict, metric: str, level) -> tuple:
+    """Round 3: :func:`choose` over ``merge``'s candidate default alignments (:data:`CANDIDATE_ALIGNMENTS`,
+    ``None``: none), each as ``merge`` would run it by default: fitness ``metric`` behind the gate at
+    ``level`` (``None``: no gate)."""
+
+    def row(method):
+        return method if level is None else gated(method, level)
+
+    return choose(
+        tables,
+        {
+            ("none" if a is None else a): row(f"merge, {metric}" if a is None else f"merge(align={a!r})")
+            for a in CANDIDATE_ALIGNMENTS
         },
     )
