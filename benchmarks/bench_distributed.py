@@ -38,8 +38,16 @@ def worker(out, quick=False):
     models = [SmallCNN(3, 10).eval() for _ in range(2)]
     distributed.barrier()
     t0 = time.perf_counter()
-    r = mega_deap.merge(  # gate=None: the GA's time, which the ranks share
-        models, (X, y), popsize=20, ngen=1 if quick else 5, seed=0, progress=False, device="cpu", gate=None
+    r = mega_deap.merge(  # gate=None, align=False: the GA's time, which the ranks share
+        models,
+        (X, y),
+        popsize=20,
+        ngen=1 if quick else 5,
+        seed=0,
+        progress=False,
+        device="cpu",
+        gate=None,
+        align=False,
     )
     seconds = time.perf_counter() - t0
     if distributed.is_main():

@@ -209,9 +209,18 @@ def bench_model(name, n_val, N, G, device, repeats, strategy, alternatives=True,
     children = G * (N - 1)
     D = TorchAdapter(models[0]).dim
     # accuracy fitness, as the floor, (b) and (c) score (merge's default, the log-likelihood, costs more)
-    # gate=None: the GA's own time (the significance gate adds one forward pass per parent and the merge after it)
+    # gate=None, align=False: the GA's own time (the gate adds one forward pass per parent and the merge
+    # after it; alignment two per parent before it)
     common = dict(
-        popsize=N, ngen=G, seed=0, device=device, verbose=False, batch_size=len(X), metric="accuracy", gate=None
+        popsize=N,
+        ngen=G,
+        seed=0,
+        device=device,
+        verbose=False,
+        batch_size=len(X),
+        metric="accuracy",
+        gate=None,
+        align=False,
     )
     variants = {
         "batched": lambda: mega_deap.merge(models, (X, y), strategy=strategy, **common),
@@ -354,6 +363,7 @@ def bench_parts(name, n_val, N, G, device, repeats=7):
         metric="accuracy",
         progress=False,
         gate=None,  # the GA's time, as above
+        align=False,
     )
     runs = {k: [] for k in ("merge", "floor", "breeding", "evaluation", "statistics and hall of fame", "eaMeGA")}
     for (owner, attr, part), (_, _, fn) in zip(timed_parts, originals):

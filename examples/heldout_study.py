@@ -1,21 +1,26 @@
 """Merge defaults chosen on development tasks and reported on held-out ones, with over-fitting parents.
 
-    python examples/heldout_study.py --out results/heldout   # docs/studies/alignment.md (about 10 min, 2 cores)
+    python examples/heldout_study.py --out results/heldout   # docs/studies/alignment.md (about 14 min, 2 cores)
     python examples/heldout_study.py --tasks digits-mlp-subset --seeds 2   # a quick look
 
-Tasks (``mega_deap.experiments.heldout_study``), in two rounds of choosing:
+Tasks (``mega_deap.experiments.heldout_study``), in three rounds of choosing:
 
-- development (round 1 chose merge's default fitness and matching on them; round 2 too): a digits MLP on
-  30 % of its training data, digits CNNs with and without BatchNorm on 20 %-noisy labels;
-- round-1 held out (reported in round 1; round 2 chose the significance gate's level on them and the
-  development tasks): a wider digits CNN without BatchNorm on 30 % of its data, a BatchNorm MLP on 30 % of
-  breast cancer, a two-hidden-layer MLP on noisy labels of a 10-class synthetic task;
-- held out (new in round 2, reported only): a three-block BatchNorm CNN on 20 % of digits, a BatchNorm MLP
-  on 30 %-noisy digits labels, an MLP on 25 % of a 6-class synthetic task.
+- development (round 1 chose merge's default fitness and matching on them; rounds 2 and 3 too): a digits
+  MLP on 30 % of its training data, digits CNNs with and without BatchNorm on 20 %-noisy labels;
+- round-1 held out (reported in round 1; rounds 2 and 3 chose on them): a wider digits CNN without
+  BatchNorm on 30 % of its data, a BatchNorm MLP on 30 % of breast cancer, a two-hidden-layer MLP on noisy
+  labels of a 10-class synthetic task;
+- round-2 held out (reported in round 2; round 3 chose on them): a three-block BatchNorm CNN on 20 % of
+  digits, a BatchNorm MLP on 30 %-noisy digits labels, an MLP on 25 % of a 6-class synthetic task;
+- held out (new in round 3, reported only): a residual MLP on 25 %-noisy digits labels, a LeNet-style CNN
+  (a hidden linear layer after the convolutions) on 25 % of digits, a BatchNorm MLP on 25 %-noisy labels
+  of an 8-class synthetic task.
 
-Every parent is trained until it fits its data. Each task in two settings: same-data parents (two seeds)
-and different-data parents (class-biased parts). The rules (``choose_metric``, ``choose_matching``,
-``choose_gate``) read only the tables of their round; the held-out tables are printed beside them.
+Round 1 chose the fitness and what ``align=True`` means, round 2 the significance gate's level, round 3
+``merge``'s default alignment. Every parent is trained until it fits its data. Each task in two settings:
+same-data parents (two seeds) and different-data parents (class-biased parts). The rules
+(``choose_metric``, ``choose_matching``, ``choose_gate``, ``choose_alignment``) read only the tables of
+their round; the held-out tables are printed beside them.
 """
 
 import argparse
@@ -24,7 +29,7 @@ import sys
 import time
 
 from mega_deap.experiments import heldout_study as study
-from mega_deap.presets import DEFAULT_GATE, DEFAULT_MATCHING, DEFAULT_METRIC
+from mega_deap.presets import DEFAULT_ALIGN, DEFAULT_GATE, DEFAULT_MATCHING, DEFAULT_METRIC
 from mega_deap.experiments import write_json
 from mega_deap.experiments.align_study import SETTINGS
 
@@ -63,12 +68,13 @@ def main(argv=None):
                 )
             results[f"{name}/{setting}"] = {"runs": runs, "rows": study.summarize(runs), "role": study.ROLES[name]}
     choices = {}
-    round1 = {k: r["rows"] for k, r in results.items() if r["role"] == "development"}
-    if round1:  # round 1: the fitness and the matching, on the development tasks
-        choices.update(fitness=study.choose_metric(round1), matching=study.choose_matching(round1))
-    round2 = {k: r["rows"] for k, r in results.items() if r["role"] != "held out"}
-    if round2:  # round 2: the gate, on the development and round-1 held-out tasks, with the defaults
-        choices["gate"] = study.choose_gate(round2, DEFAULT_METRIC, DEFAULT_MATCHING)
+    seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in (1, 2, 3)]
+    if seen[0]:  # round 1: the fitness and the matching, on the development tasks
+        choices.update(fitness=study.choose_metric(seen[0]), matching=study.choose_matching(seen[0]))
+    if seen[1]:  # round 2: the gate, on the development and round-1 held-out tasks, with the defaults
+        choices["gate"] = study.choose_gate(seen[1], DEFAULT_METRIC, DEFAULT_MATCHING)
+    if seen[2]:  # round 3: merge's default alignment, on every table but the new held-out ones
+        choices["alignment"] = study.choose_alignment(seen[2], DEFAULT_METRIC, DEFAULT_GATE)
     os.makedirs(args.out, exist_ok=True)
     write_json(
         {"settings": vars(args), "results": results, "choices": choices, "seconds": time.perf_counter() - t0},
@@ -79,7 +85,23 @@ def main(argv=None):
     return {"results": results, "choices": choices}
 
 
-ROLE_ORDER = ("development", "round-1 held out", "held out")
+ROLE_ORDER = ("development", "round-1 held out", "round-2 held out", "held out")
+# what each choice's rule read (the table's first words)
+READ = {
+    "fitness": "Development",
+    "matching": "Development",
+    "gate": "Development and round-1 held-out",
+    "alignment": "Development, round-1 and round-2 held-out",
+}
+# the methods each default runs as: merge() (the round-3 alignment), merge(align=False) (round 2's merge()),
+# merge(align=True), the coefficient GA and cma_merge
+DEFAULT_METHODS = (
+    f"merge(align={DEFAULT_ALIGN!r})",
+    f"merge, {DEFAULT_METRIC}",
+    f"merge(align={DEFAULT_MATCHING!r})",
+    "coefficient GA, aligned",
+    "cma_merge",
+)
 # rows of the gate at levels other than the default: chosen among, not shown in the tables
 HIDDEN = {study.gated(m, g) for m in study.GATED for g in study.CANDIDATE_GATES if g not in (None, DEFAULT_GATE)}
 
@@ -91,11 +113,11 @@ def default_row(method: str) -> str:
 
 def summary(results, choices) -> str:
     """README's short form: per table, each default method's test accuracy minus the best parent's (mean and
-    sd over seeds, points), the gap to the ensemble that merge(align=True) closes, and the rule's choices."""
+    sd over seeds, points), the gap to the ensemble that ``merge()`` closes, and the rule's choices."""
     methods = (
         ("best parent by validation", "the parent chosen on validation"),
-        (f"merge, {DEFAULT_METRIC}", "`merge(gate=None)`"),
-        (default_row(f"merge, {DEFAULT_METRIC}"), "`merge()`"),
+        (default_row(f"merge(align={DEFAULT_ALIGN!r})"), "`merge()`"),
+        (default_row(f"merge, {DEFAULT_METRIC}"), "`merge(align=False)`"),
         (default_row(f"merge(align={DEFAULT_MATCHING!r})"), "`merge(align=True)`"),
         (default_row("coefficient GA, aligned"), "coefficient GA"),
         (default_row("cma_merge"), "`cma_merge`"),
@@ -103,7 +125,7 @@ def summary(results, choices) -> str:
     out = [
         "| task / parents | tasks | best parent, test % | "
         + " | ".join(m for _, m in methods)
-        + " | ensemble | gap closed by `merge(align=True)` |",
+        + " | ensemble | gap closed by `merge()` |",
         "|---" * (len(methods) + 5) + "|",
     ]
     for role in ROLE_ORDER:
@@ -117,7 +139,7 @@ def summary(results, choices) -> str:
                 for m, _ in methods
             ]
             ens = rows["output ensemble"]["test"] - best["test"]
-            gap = rows.get(default_row(f"merge(align={DEFAULT_MATCHING!r})"), {}).get("gap", float("nan"))
+            gap = rows.get(default_row(f"merge(align={DEFAULT_ALIGN!r})"), {}).get("gap", float("nan"))
             out.append(
                 f"| {key} | {role} | {100 * best['test']:.2f} | "
                 + " | ".join(cells)
@@ -132,15 +154,16 @@ def summary(results, choices) -> str:
         for what, (chosen, scores) in choices.items()
     ]
     return (
-        f"`merge()` is `merge(metric={DEFAULT_METRIC!r}, gate={DEFAULT_GATE!r})`, `merge(align=True)` is "
-        f"`merge(align={DEFAULT_MATCHING!r})`; the coefficient GA and `cma_merge` run with their default gate too. "
+        f"`merge()` is `merge(align={DEFAULT_ALIGN!r}, metric={DEFAULT_METRIC!r}, gate={DEFAULT_GATE!r})` on these "
+        f"models, `merge(align=True)` is `merge(align={DEFAULT_MATCHING!r})`; every method runs with the default "
+        "gate. "
         "Test accuracy minus the best parent's (points, mean ± sd over seeds; the best parent is the one "
         "better on test, the harder baseline: an oracle no method that sees only validation data can match, as "
         "the column of the parent chosen on validation shows); ensemble: the output ensemble's, for scale.\n\n"
         + "\n".join(out)
         + "\n\nOn the tables each round chose on (the fitness and the matching: development; the gate: "
-        "development and round-1 held out; test accuracy minus the best parent's, worst table and mean):\n\n"
-        + "\n".join(lines)
+        "development and round-1 held out; `merge()`'s alignment: development, round-1 and round-2 held out; "
+        "test accuracy minus the best parent's, worst table and mean):\n\n" + "\n".join(lines)
     )
 
 
@@ -154,7 +177,7 @@ def gate_effect(results, level=DEFAULT_GATE) -> list:
 
     from mega_deap.experiments.ablation import holm
 
-    bases = (f"merge, {DEFAULT_METRIC}", f"merge(align={DEFAULT_MATCHING!r})", "coefficient GA, aligned", "cma_merge")
+    bases = DEFAULT_METHODS
     rows = []
     for role in ROLE_ORDER:
         runs = [run for res in results.values() if res["role"] == role for run in res["runs"]]
@@ -187,9 +210,8 @@ def table(results, choices) -> str:
     """The rule's choices, then one Markdown table per task and setting, development first."""
     out = []
     for what, (chosen, scores) in choices.items():
-        tables = "Development and round-1 held-out" if what == "gate" else "Development"
         out.append(
-            f"{tables} tables only, each candidate {what}'s worst and mean test accuracy minus the best "
+            f"{READ[what]} tables only, each candidate {what}'s worst and mean test accuracy minus the best "
             "parent's (points): "
             + "; ".join(f"`{m}` {100 * w:+.2f} / {100 * a:+.2f}" for m, (w, a) in scores.items())
             + f". The rule (the highest worst case) chooses **`{chosen}`**.\n"
@@ -199,7 +221,7 @@ def table(results, choices) -> str:
         out.append(
             f"What the gate at its default level ({DEFAULT_GATE}) changes: test accuracy of each default method "
             "with the gate minus without, over every seed of every table of a kind (points); p: two-sided "
-            "Wilcoxon signed-rank test on the runs it changes, Holm-corrected over the four methods of a kind.\n"
+            "Wilcoxon signed-rank test on the runs it changes, Holm-corrected over the five methods of a kind.\n"
         )
         out.append("| tables | method | mean change | runs changed | better / worse | p (Holm) |")
         out.append("|---|---|---|---|---|---|")

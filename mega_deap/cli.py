@@ -147,6 +147,29 @@ def gate_level(text: str):
     return level
 
 
+def align_value(text: str):
+    """``--align``'s value: ``"auto"``, ``False`` (``none``), ``"weights"`` or ``"activations"``."""
+    values = {"auto": "auto", "none": False, "weights": "weights", "activations": "activations"}
+    if text not in values:
+        raise argparse.ArgumentTypeError(f"expected auto, none, weights or activations, got {text!r}")
+    return values[text]
+
+
+def add_align_argument(p: argparse.ArgumentParser, also: str = "") -> None:
+    """``--align [auto|none|weights|activations]``: merge's ``align`` (bare ``--align``: ``True``, weight
+    matching); ``also``: what the flag does besides, for the help."""
+    p.add_argument(
+        "--align",
+        type=align_value,
+        nargs="?",
+        const=True,
+        default="auto",
+        metavar="{auto,none,weights,activations}",
+        help="align the parents' hidden units to the first one's before merging: auto (activation matching "
+        "where the model allows it), none (the paper), weights or activations; bare --align: weights" + also,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mega-merge`` command line."""
     p = argparse.ArgumentParser(prog="mega-merge", description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter)
@@ -177,11 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="sparse",
         help="sparse: each weight with --indpb; layer: each tensor (the reference code's)",
     )
-    p.add_argument(
-        "--align",
-        action="store_true",
-        help="weight-match the parents' hidden units to the first checkpoint's before merging",
-    )
+    add_align_argument(p)
     p.add_argument(
         "--holdout",
         type=float,
@@ -312,6 +331,7 @@ def run(args) -> list:
                 "settings": vars(args),
                 "rows": rows,
                 "gate": {"p": result.gate_p, "parent": result.parent},
+                "align": result.align,
                 "logbook": [dict(r) for r in result.logbook],
                 "files": written[:],
             },

@@ -93,6 +93,25 @@ def test_the_gate_from_the_command_line(folder):
     assert "argument --gate: expected auto, none or a level in (0, 1], got '2'" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_the_alignment_from_the_command_line(folder):
+    """--align defaults to auto (activation matching here), --align none to the paper's unaligned merge,
+    bare --align to weight matching; results.json says which ran; a wrong value is argparse's one line."""
+    import json
+
+    common = ["a.safetensors", "b.pt", "--model", "mynets:make_net", "--data", "mynets:validation"]
+    for extra, out, want in (
+        ([], "a0", "activations"),
+        (["--align", "none"], "a1", None),
+        (["--align"], "a2", "weights"),
+    ):
+        proc = cli(folder, *common, "--popsize", "4", "--ngen", "1", *extra, "--out", out, "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads((folder / out / "results.json").read_text())["align"] == want
+    proc = cli(folder, *common, "--align", "yes", "--out", "a3")
+    assert proc.returncode == 2 and not (folder / "a3").exists()
+    assert "argument --align: expected auto, none, weights or activations, got 'yes'" in proc.stderr.splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     "args,needles",
     [

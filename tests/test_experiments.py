@@ -127,9 +127,19 @@ def test_merge_cifar_example_on_digits(tmp_path):
     report = load_example("merge_cifar").main(argv)
     saved = json.loads((out / "results.json").read_text())
     names = [r["model"] for r in saved["rows"]]
-    assert names[:4] == ["parent 1 (seed 56)", "parent 2 (seed 57)", "weight averaging", "output ensemble"]
+    # merge aligns by activations by default; the small CNN has BatchNorm: the repaired average is reported
+    assert names[:6] == [
+        "parent 1 (seed 56)",
+        "parent 2 (seed 57)",
+        "weight averaging",
+        "aligned weight averaging",
+        "aligned averaging + BatchNorm repair",
+        "output ensemble",
+    ]
+    assert saved["align"] == "activations"
     kept = saved["gate"]["parent"]  # the significance gate (on by default) may return a parent: the row says
-    assert names[4] == "MeGA" if kept is None else names[4].startswith(f"MeGA (the gate kept {names[kept]}, p = ")
+    mega = "MeGA, aligned by activations"
+    assert names[6] == mega if kept is None else names[6].startswith(f"{mega} (the gate kept {names[kept]}, p = ")
     assert all(isinstance(r["val_acc"], float) and isinstance(r["test_acc"], float) for r in saved["rows"])
     assert saved["rows"] == report["rows"] and len(saved["logbook"]) == 4
     check_png(out / "fitness.png")
@@ -339,13 +349,13 @@ def test_merge_cifar_align_reports_the_aligned_rows_and_repairs_batchnorm(tmp_pa
         "aligned weight averaging",
         "aligned averaging + BatchNorm repair",
         "output ensemble",
-        "MeGA, aligned",
+        "MeGA, aligned by weights",
     ]
     rows = {r["model"]: r for r in report["rows"]}
     # BatchNorm statistics recomputed on training images bring the aligned average back near the parents
     assert rows["aligned averaging + BatchNorm repair"]["val_acc"] > rows["aligned weight averaging"]["val_acc"]
     # the parents are in the first population: the merge is at least the better parent on validation
-    assert rows["MeGA, aligned"]["val_acc"] >= max(rows[n]["val_acc"] for n in names[:2])
+    assert rows["MeGA, aligned by weights"]["val_acc"] >= max(rows[n]["val_acc"] for n in names[:2])
     assert report["settings"]["align"] is True
 
 
