@@ -102,6 +102,10 @@ DEFAULT_METHODS = (
     "coefficient GA, aligned",
     "cma_merge",
 )
+# their names in the tables: how a user calls them
+LABELS = dict(
+    zip(DEFAULT_METHODS, ("`merge()`", "`merge(align=False)`", "`merge(align=True)`", "coefficient GA", "`cma_merge`"))
+)
 # rows of the gate at levels other than the default: chosen among, not shown in the tables
 HIDDEN = {study.gated(m, g) for m in study.GATED for g in study.CANDIDATE_GATES if g not in (None, DEFAULT_GATE)}
 
@@ -111,16 +115,68 @@ def default_row(method: str) -> str:
     return method if DEFAULT_GATE is None else study.gated(method, DEFAULT_GATE)
 
 
+# the half-point rule: a default may lose at most this much mean test accuracy on any held-out table
+HALF_POINT = 0.005
+
+
+def half_point(results, role="held out") -> list:
+    """The half-point rule on the tables of ``role``, per default method: rows ``{method, worst, below,
+    tables, worst_val, below_val}``: its worst table's mean test accuracy minus the best parent's (the one
+    better on test), and the tables where it loses more than :data:`HALF_POINT`; ``*_val``: the same against
+    the parent chosen on validation (what a user without the test split would keep instead)."""
+    rows = []
+    tables = [res for res in results.values() if res["role"] == role]
+    if not tables:
+        return rows
+    for method in DEFAULT_METHODS:
+        name = default_row(method)
+        deltas, deltas_val = [], []
+        for res in tables:
+            runs = [r for r in res["runs"] if name in r]
+            if not runs:
+                continue
+            deltas.append(sum(r[name][1] - r["best parent"][1] for r in runs) / len(runs))
+            deltas_val.append(sum(r[name][1] - r["best parent by validation"][1] for r in runs) / len(runs))
+        if deltas:
+            rows.append(
+                {
+                    "method": method,
+                    "worst": min(deltas),
+                    "below": sum(d < -HALF_POINT for d in deltas),
+                    "tables": len(deltas),
+                    "worst_val": min(deltas_val),
+                    "below_val": sum(d < -HALF_POINT for d in deltas_val),
+                }
+            )
+    return rows
+
+
+def half_point_lines(results, role="held out") -> str:
+    """:func:`half_point` as a Markdown table (points)."""
+    rows = half_point(results, role)
+    if not rows:
+        return ""
+    out = [
+        f"The half-point rule on the {role} tables (test accuracy, points): each default method's worst table, "
+        "and the tables where it loses more than half a point, against the best parent (better on test) and "
+        "against the parent chosen on validation.\n",
+        "| method | worst table vs best parent | tables below -0.5 | worst table vs parent chosen on validation "
+        "| tables below -0.5 |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {LABELS[r['method']]} | {100 * r['worst']:+.2f} | {r['below']} of {r['tables']} | "
+            f"{100 * r['worst_val']:+.2f} | {r['below_val']} of {r['tables']} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def summary(results, choices) -> str:
     """README's short form: per table, each default method's test accuracy minus the best parent's (mean and
     sd over seeds, points), the gap to the ensemble that ``merge()`` closes, and the rule's choices."""
-    methods = (
-        ("best parent by validation", "the parent chosen on validation"),
-        (default_row(f"merge(align={DEFAULT_ALIGN!r})"), "`merge()`"),
-        (default_row(f"merge, {DEFAULT_METRIC}"), "`merge(align=False)`"),
-        (default_row(f"merge(align={DEFAULT_MATCHING!r})"), "`merge(align=True)`"),
-        (default_row("coefficient GA, aligned"), "coefficient GA"),
-        (default_row("cma_merge"), "`cma_merge`"),
+    methods = (("best parent by validation", "the parent chosen on validation"),) + tuple(
+        (default_row(m), LABELS[m]) for m in DEFAULT_METHODS
     )
     out = [
         "| task / parents | tasks | best parent, test % | "
@@ -163,7 +219,10 @@ def summary(results, choices) -> str:
         + "\n".join(out)
         + "\n\nOn the tables each round chose on (the fitness and the matching: development; the gate: "
         "development and round-1 held out; `merge()`'s alignment: development, round-1 and round-2 held out; "
-        "test accuracy minus the best parent's, worst table and mean):\n\n" + "\n".join(lines)
+        "test accuracy minus the best parent's, worst table and mean):\n\n"
+        + "\n".join(lines)
+        + ("\n\n" + half_point_lines(results) if half_point(results) else "")
+        + ("\n" + align_effect_lines(results) if align_effect(results) else "")
     )
 
 
@@ -173,37 +232,75 @@ def gate_effect(results, level=DEFAULT_GATE) -> list:
     how many for the better and the worse, and a two-sided Wilcoxon signed-rank test on the changed runs,
     Holm-corrected over the methods of a role. Rows ``{role, method, mean, changed, runs, better, worse,
     p}``."""
-    from scipy.stats import wilcoxon
-
     from mega_deap.experiments.ablation import holm
 
-    bases = DEFAULT_METHODS
     rows = []
     for role in ROLE_ORDER:
         runs = [run for res in results.values() if res["role"] == role for run in res["runs"]]
-        group = []
-        for b in bases:
-            if not runs or study.gated(b, level) not in runs[0]:
-                continue
-            d = [run[study.gated(b, level)][1] - run[b][1] for run in runs]
-            moved = [x for x in d if x != 0]
-            p = float(wilcoxon(moved).pvalue) if len(moved) > 1 else 1.0
-            group.append(
-                {
-                    "role": role,
-                    "method": b,
-                    "mean": sum(d) / len(d),
-                    "changed": len(moved),
-                    "runs": len(d),
-                    "better": sum(x > 0 for x in moved),
-                    "worse": sum(x < 0 for x in moved),
-                    "p": p,
-                }
-            )
+        group = [
+            {"role": role, "method": b, **paired(runs, study.gated(b, level), b)}
+            for b in DEFAULT_METHODS
+            if runs and study.gated(b, level) in runs[0]
+        ]
         for row, p in zip(group, holm([r["p"] for r in group])):
             row["p"] = p
         rows += group
     return rows
+
+
+def paired(runs, new: str, old: str) -> dict:
+    """Test accuracy of row ``new`` minus row ``old`` over ``runs`` (the same seeds): ``{mean, changed, runs,
+    better, worse, p}``; p: a two-sided Wilcoxon signed-rank test on the runs that differ (1 where fewer than
+    two do)."""
+    from scipy.stats import wilcoxon
+
+    d = [run[new][1] - run[old][1] for run in runs]
+    moved = [x for x in d if x != 0]
+    return {
+        "mean": sum(d) / len(d),
+        "changed": len(moved),
+        "runs": len(d),
+        "better": sum(x > 0 for x in moved),
+        "worse": sum(x < 0 for x in moved),
+        "p": float(wilcoxon(moved).pvalue) if len(moved) > 1 else 1.0,
+    }
+
+
+def align_effect(results) -> list:
+    """What round 3's default alignment changes: ``merge()`` minus ``merge(align=False)`` (both as run by
+    default, behind the default gate), over every seed of every table of each role (:func:`paired`),
+    Holm-corrected over the roles. Rows ``{role, mean, changed, runs, better, worse, p}``."""
+    from mega_deap.experiments.ablation import holm
+
+    new, old = default_row(DEFAULT_METHODS[0]), default_row(DEFAULT_METHODS[1])
+    rows = []
+    for role in ROLE_ORDER:
+        runs = [run for res in results.values() if res["role"] == role for run in res["runs"]]
+        if runs and new in runs[0] and old in runs[0]:
+            rows.append({"role": role, **paired(runs, new, old)})
+    for row, p in zip(rows, holm([r["p"] for r in rows])):
+        row["p"] = p
+    return rows
+
+
+def align_effect_lines(results) -> str:
+    """:func:`align_effect` as a Markdown table (points)."""
+    rows = align_effect(results)
+    if not rows:
+        return ""
+    out = [
+        f"What round 3 changed: test accuracy of `merge()` (`align={DEFAULT_ALIGN!r}`) minus `merge(align=False)` "
+        "(the default before it), over every seed of every table of a kind (points); p: two-sided Wilcoxon "
+        "signed-rank test on the runs that differ, Holm-corrected over the kinds of table.\n",
+        "| tables | mean change | runs that differ | better / worse | p (Holm) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['role']} | {100 * r['mean']:+.2f} | {r['changed']} of {r['runs']} | {r['better']} / {r['worse']} "
+            f"| {r['p']:.2g} |"
+        )
+    return "\n".join(out) + "\n"
 
 
 def table(results, choices) -> str:
@@ -216,6 +313,11 @@ def table(results, choices) -> str:
             + "; ".join(f"`{m}` {100 * w:+.2f} / {100 * a:+.2f}" for m, (w, a) in scores.items())
             + f". The rule (the highest worst case) chooses **`{chosen}`**.\n"
         )
+    for role in ROLE_ORDER[1:]:  # each round's held-out tables, as its rule would have judged them
+        if half_point(results, role):
+            out.append(half_point_lines(results, role))
+    if align_effect(results):
+        out.append(align_effect_lines(results))
     effect = gate_effect(results) if DEFAULT_GATE is not None else []
     if effect:
         out.append(

@@ -67,3 +67,57 @@ def test_the_new_held_out_tasks_build(task):
         assert model(X[:5]).shape == (5, splits.num_classes)
     assert int(y.max()) + 1 == splits.num_classes and study.ROLES[task.name] == "held out"
     assert not set(study.ROLES).symmetric_difference(study.TASKS)
+
+
+def _example():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "heldout_study.py"
+    spec = importlib.util.spec_from_file_location("example_heldout_study", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_half_point_rule_reads_each_default_against_both_parents():
+    """Per held-out table the mean over seeds of (method - parent), against the parent better on test and
+    the one chosen on validation; the worst table, and the tables below -0.5 points."""
+    ex = _example()
+    row = ex.default_row(ex.DEFAULT_METHODS[0])  # merge() as it runs by default
+
+    def run(best, by_val, merged):
+        return {"best parent": (0, best), "best parent by validation": (0, by_val), row: (0, merged)}
+
+    results = {
+        "a/same-data": {"role": "held out", "runs": [run(0.90, 0.89, 0.89), run(0.80, 0.795, 0.79)]},  # -0.01
+        "b/same-data": {"role": "held out", "runs": [run(0.70, 0.69, 0.698), run(0.60, 0.60, 0.60)]},  # -0.001
+        "c/same-data": {"role": "development", "runs": [run(0.5, 0.5, 0.3)]},  # another role: not read
+    }
+    (got,) = ex.half_point(results)
+    assert got["method"] == ex.DEFAULT_METHODS[0] and got["tables"] == 2
+    assert got["worst"] == pytest.approx(-0.01) and got["below"] == 1
+    assert got["worst_val"] == pytest.approx(-0.0025) and got["below_val"] == 0
+    assert ex.half_point(results, role="round-2 held out") == []
+    assert "| `merge()` | -1.00 | 1 of 2 | -0.25 | 0 of 2 |" in ex.half_point_lines(results)
+
+
+def test_align_effect_pairs_merge_with_its_unaligned_self_per_kind_of_table():
+    """merge() minus merge(align=False) (both behind the default gate) per run; Wilcoxon on the runs that
+    differ, Holm over the kinds of table."""
+    from scipy.stats import wilcoxon
+
+    ex = _example()
+    new, old = ex.default_row(ex.DEFAULT_METHODS[0]), ex.default_row(ex.DEFAULT_METHODS[1])
+    gains = [0.02, 0.01, 0.03, -0.01, 0.0, 0.04, 0.05, 0.02]
+    results = {
+        "a/same-data": {"role": "held out", "runs": [{new: (0, 0.5 + g), old: (0, 0.5)} for g in gains]},
+        "b/same-data": {"role": "development", "runs": [{new: (0, 0.5), old: (0, 0.5)} for _ in range(3)]},
+    }
+    rows = {r["role"]: r for r in ex.align_effect(results)}
+    held = rows["held out"]
+    assert (held["changed"], held["runs"], held["better"], held["worse"]) == (7, 8, 6, 1)
+    assert held["mean"] == pytest.approx(sum(gains) / 8)
+    raw = wilcoxon([g for g in gains if g]).pvalue
+    assert held["p"] == pytest.approx(min(1.0, 2 * raw))  # Holm over two kinds: the smaller p times two
+    assert rows["development"]["p"] == 1.0 and rows["development"]["changed"] == 0
