@@ -201,6 +201,24 @@ def timed(fn, device, repeats=1):
     return best
 
 
+def ga_settings(N: int, G: int, device, n_val: int) -> dict:
+    """``merge``'s keywords for every timed run: the paper's N and G, one forward pass over the validation
+    set per genome, accuracy fitness (what the floor and the reference GA score), and neither the
+    significance gate nor alignment (``gate=None, align=False``): the GA's own time (the gate adds one
+    forward pass per parent and the merge after it, alignment two per parent before it)."""
+    return dict(
+        popsize=N,
+        ngen=G,
+        seed=0,
+        device=device,
+        verbose=False,
+        batch_size=n_val,
+        metric="accuracy",
+        gate=None,
+        align=False,
+    )
+
+
 def bench_model(name, n_val, N, G, device, repeats, strategy, alternatives=True, gpu_variants=False):
     """Every variant of one row, interleaved ``repeats`` times: the medians, their spread (min, max) and the
     ratios of medians; the per-child overhead is (merge - floor) / children, in microseconds."""
@@ -208,20 +226,7 @@ def bench_model(name, n_val, N, G, device, repeats, strategy, alternatives=True,
     n_evals = N + G * (N - 1)
     children = G * (N - 1)
     D = TorchAdapter(models[0]).dim
-    # accuracy fitness, as the floor, (b) and (c) score (merge's default, the log-likelihood, costs more)
-    # gate=None, align=False: the GA's own time (the gate adds one forward pass per parent and the merge
-    # after it; alignment two per parent before it)
-    common = dict(
-        popsize=N,
-        ngen=G,
-        seed=0,
-        device=device,
-        verbose=False,
-        batch_size=len(X),
-        metric="accuracy",
-        gate=None,
-        align=False,
-    )
+    common = ga_settings(N, G, device, len(X))
     variants = {
         "batched": lambda: mega_deap.merge(models, (X, y), strategy=strategy, **common),
         "per_individual": lambda: mega_deap.merge(
@@ -353,18 +358,7 @@ def bench_parts(name, n_val, N, G, device, repeats=7):
         (presets, "eaMeGA", "eaMeGA"),
     ]
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in timed_parts]
-    common = dict(
-        popsize=N,
-        ngen=G,
-        seed=0,
-        device=device,
-        verbose=False,
-        batch_size=len(X),
-        metric="accuracy",
-        progress=False,
-        gate=None,  # the GA's time, as above
-        align=False,
-    )
+    common = {**ga_settings(N, G, device, len(X)), "progress": False}
     runs = {k: [] for k in ("merge", "floor", "breeding", "evaluation", "statistics and hall of fame", "eaMeGA")}
     for (owner, attr, part), (_, _, fn) in zip(timed_parts, originals):
         setattr(owner, attr, clock.wrap(part, fn))  # the same functions, timed, for the runs below only

@@ -156,20 +156,34 @@ def half_point_lines(results, role="held out") -> str:
     rows = half_point(results, role)
     if not rows:
         return ""
-    out = [
+    return markdown(
         f"The half-point rule on the {role} tables (test accuracy, points): each default method's worst table, "
         "and the tables where it loses more than half a point, against the best parent (better on test) and "
-        "against the parent chosen on validation.\n",
-        "| method | worst table vs best parent | tables below -0.5 | worst table vs parent chosen on validation "
-        "| tables below -0.5 |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        out.append(
-            f"| {LABELS[r['method']]} | {100 * r['worst']:+.2f} | {r['below']} of {r['tables']} | "
-            f"{100 * r['worst_val']:+.2f} | {r['below_val']} of {r['tables']} |"
-        )
-    return "\n".join(out) + "\n"
+        "against the parent chosen on validation.",
+        (
+            "method",
+            "worst table vs best parent",
+            "tables below -0.5",
+            "worst table vs parent chosen on validation",
+            "tables below -0.5",
+        ),
+        [
+            (
+                LABELS[r["method"]],
+                f"{100 * r['worst']:+.2f}",
+                f"{r['below']} of {r['tables']}",
+                f"{100 * r['worst_val']:+.2f}",
+                f"{r['below_val']} of {r['tables']}",
+            )
+            for r in rows
+        ],
+    )
+
+
+def markdown(caption: str, header: tuple, cells: list) -> str:
+    """``caption``, a blank line, and a Markdown table of ``header`` and rows of ``cells`` (strings)."""
+    lines = [caption + "\n", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
 
 
 def summary(results, choices) -> str:
@@ -288,19 +302,18 @@ def align_effect_lines(results) -> str:
     rows = align_effect(results)
     if not rows:
         return ""
-    out = [
+    return markdown(
         f"What round 3 changed: test accuracy of `merge()` (`align={DEFAULT_ALIGN!r}`) minus `merge(align=False)` "
         "(the default before it), over every seed of every table of a kind (points); p: two-sided Wilcoxon "
-        "signed-rank test on the runs that differ, Holm-corrected over the kinds of table.\n",
-        "| tables | mean change | runs that differ | better / worse | p (Holm) |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        out.append(
-            f"| {r['role']} | {100 * r['mean']:+.2f} | {r['changed']} of {r['runs']} | {r['better']} / {r['worse']} "
-            f"| {r['p']:.2g} |"
-        )
-    return "\n".join(out) + "\n"
+        "signed-rank test on the runs that differ, Holm-corrected over the kinds of table.",
+        ("tables", "mean change", "runs that differ", "better / worse", "p (Holm)"),
+        [(r["role"], *_change_cells(r)) for r in rows],
+    )
+
+
+def _change_cells(r: dict) -> tuple:
+    """A :func:`paired` row's cells: the mean change, the runs that differ, better / worse, p."""
+    return f"{100 * r['mean']:+.2f}", f"{r['changed']} of {r['runs']}", f"{r['better']} / {r['worse']}", f"{r['p']:.2g}"
 
 
 def table(results, choices) -> str:
@@ -321,18 +334,15 @@ def table(results, choices) -> str:
     effect = gate_effect(results) if DEFAULT_GATE is not None else []
     if effect:
         out.append(
-            f"What the gate at its default level ({DEFAULT_GATE}) changes: test accuracy of each default method "
-            "with the gate minus without, over every seed of every table of a kind (points); p: two-sided "
-            "Wilcoxon signed-rank test on the runs it changes, Holm-corrected over the five methods of a kind.\n"
-        )
-        out.append("| tables | method | mean change | runs changed | better / worse | p (Holm) |")
-        out.append("|---|---|---|---|---|---|")
-        for r in effect:
-            out.append(
-                f"| {r['role']} | {r['method']} | {100 * r['mean']:+.2f} | {r['changed']} of {r['runs']} | "
-                f"{r['better']} / {r['worse']} | {r['p']:.2g} |"
+            markdown(
+                f"What the gate at its default level ({DEFAULT_GATE}) changes: test accuracy of each default "
+                "method with the gate minus without, over every seed of every table of a kind (points); p: "
+                "two-sided Wilcoxon signed-rank test on the runs it changes, Holm-corrected over the five methods "
+                "of a kind.",
+                ("tables", "method", "mean change", "runs changed", "better / worse", "p (Holm)"),
+                [(r["role"], r["method"], *_change_cells(r)) for r in effect],
             )
-        out.append("")
+        )
     for role in ROLE_ORDER:
         for key, res in results.items():
             if res["role"] != role:

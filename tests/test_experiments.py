@@ -113,6 +113,17 @@ def test_cifar_resnets_follow_he_et_al():
     assert build_model("smallcnn", 1, 10, 8)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
+# merge_cifar's rows before MeGA's, with alignment, for a model with BatchNorm
+ALIGNED_REPORT = [
+    "parent 1 (seed 56)",
+    "parent 2 (seed 57)",
+    "weight averaging",
+    "aligned weight averaging",
+    "aligned averaging + BatchNorm repair",
+    "output ensemble",
+]
+
+
 def check_png(path):
     import matplotlib.image
 
@@ -128,14 +139,7 @@ def test_merge_cifar_example_on_digits(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     names = [r["model"] for r in saved["rows"]]
     # merge aligns by activations by default; the small CNN has BatchNorm: the repaired average is reported
-    assert names[:6] == [
-        "parent 1 (seed 56)",
-        "parent 2 (seed 57)",
-        "weight averaging",
-        "aligned weight averaging",
-        "aligned averaging + BatchNorm repair",
-        "output ensemble",
-    ]
+    assert names[:6] == ALIGNED_REPORT
     assert saved["align"] == "activations"
     kept = saved["gate"]["parent"]  # the significance gate (on by default) may return a parent: the row says
     mega = "MeGA, aligned by activations"
@@ -342,15 +346,7 @@ def test_merge_cifar_align_reports_the_aligned_rows_and_repairs_batchnorm(tmp_pa
         ]
     )
     names = [r["model"] for r in report["rows"]]
-    assert names == [
-        "parent 1 (seed 56)",
-        "parent 2 (seed 57)",
-        "weight averaging",
-        "aligned weight averaging",
-        "aligned averaging + BatchNorm repair",
-        "output ensemble",
-        "MeGA, aligned by weights",
-    ]
+    assert names == [*ALIGNED_REPORT, "MeGA, aligned by weights"]
     rows = {r["model"]: r for r in report["rows"]}
     # BatchNorm statistics recomputed on training images bring the aligned average back near the parents
     assert rows["aligned averaging + BatchNorm repair"]["val_acc"] > rows["aligned weight averaging"]["val_acc"]
