@@ -633,8 +633,11 @@ def _auto_align(models, genome, X, calibration) -> tuple:
 
     if genome != "weights":
         return None, f"genome={genome!r} (auto aligns weight genomes only)"
-    if not all(isinstance(m, torch.nn.Module) for m in models):
-        return None, f"the models are {type(models[0]).__name__}s, not torch.nn.Modules"
+    from mega_deap.adapters import TorchAdapter, adapter_for
+
+    adapter = adapter_for(models[0])
+    if not (all(isinstance(m, torch.nn.Module) for m in models) and issubclass(adapter, TorchAdapter)):
+        return None, f"the models are {type(models[0]).__name__}s with {adapter.__name__}, not PyTorch modules"
     if calibration is None and X is None:
         return None, "no inputs to match activations on (no validation inputs, no calibration)"
     try:

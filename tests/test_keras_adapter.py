@@ -117,8 +117,11 @@ def train_keras_mlp(train, seed):
     return m
 
 
-def test_merge_keras_models_on_digits(digits, digit_mlps):
+def test_merge_keras_models_on_digits(digits, digit_mlps, capsys):
     models = [train_keras_mlp(digits["train"], s) for s in (1, 2)]
+    mega_deap.merge(models, digits["val"], popsize=4, ngen=0, seed=0, verbose=True, progress=False, gate=None)
+    first = capsys.readouterr().out.splitlines()[0]  # Keras 3 layers are torch modules here: the adapter decides
+    assert first.startswith("align: none: the models are Sequentials with KerasAdapter"), first
     r = mega_deap.merge(models, digits["val"], popsize=10, ngen=5, seed=0, verbose=False, metric="accuracy")
     maxes = r.logbook.select("max")
     assert all(b >= a for a, b in zip(maxes, maxes[1:])) and r.fitness > 0.8
@@ -127,6 +130,7 @@ def test_merge_keras_models_on_digits(digits, digit_mlps):
     acc = float((keras.ops.convert_to_numpy(r.model(X.numpy())).argmax(1) == y.numpy()).mean())
     assert acc == pytest.approx(r.fitness, abs=1e-9)
     assert r.gate_p is not None  # the significance gate ran on the Keras models too
+    assert r.align is None  # align="auto" aligns PyTorch models only: Keras models merge unaligned
     # the same merge through the torch adapter, equivalent models: fitness of the same order
     rt = mega_deap.merge(digit_mlps, digits["val"], popsize=10, ngen=5, seed=0, verbose=False, metric="accuracy")
     assert abs(rt.fitness - r.fitness) < 0.1
