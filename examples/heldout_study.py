@@ -237,7 +237,7 @@ def summary(results, choices) -> str:
         + "\n".join(lines)
         + ("\n\n" + half_point_lines(results) if half_point(results) else "")
         + ("\n" + align_effect_lines(results) if align_effect(results) else "")
-    )
+    ).rstrip()
 
 
 def gate_effect(results, level=DEFAULT_GATE) -> list:
