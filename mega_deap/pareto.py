@@ -59,6 +59,7 @@ def eaNSGA2(
     verbose: bool = __debug__,
     checkpoint: Optional[str] = None,
     progress: Optional[bool] = None,
+    job: Optional[dict] = None,
 ) -> tuple:
     """NSGA-II, ``mu = len(population)`` parents and as many children per generation.
 
@@ -74,6 +75,8 @@ def eaNSGA2(
     :param verbose: print the logbook, one line per generation.
     :param checkpoint: a file written after every generation; an existing one is resumed (as ``eaMeGA``).
     :param progress: a progress bar, on a terminal only (``None``: as ``verbose``).
+    :param job: settings that identify the job beyond the toolbox and the first population, as ``eaMeGA``'s
+                (the Pareto merge passes its seed).
     :returns: ``(population, logbook)``.
     """
     mu = len(population)
@@ -90,7 +93,7 @@ def eaNSGA2(
     progress = (verbose if progress is None else progress) and main
     settings = None
     if checkpoint is not None:
-        settings = run_settings(toolbox, 2, population)
+        settings = run_settings(toolbox, 2, population, job)
         settings["nsga2"] = [float(cxpb), float(mutpb)]
     logbook, start, save = begin_run(population, toolbox, ngen, stats, halloffame, checkpoint, settings, verbose)
     bar = generation_bar(start, ngen, "NSGA-II", progress)
@@ -234,6 +237,7 @@ def pareto_merge(
         verbose=verbose,
         checkpoint=checkpoint,
         progress=progress,
+        job={"seed": seed},
     )
     points, seen = [], set()  # one merge per distinct point of the front, best first in the first objective
     for item in sorted(front, key=lambda i: tuple(-w * v for w, v in zip(evaluator.weights, i.fitness.values))):

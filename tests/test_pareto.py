@@ -81,6 +81,12 @@ def test_pareto_merge_is_reproducible_and_resumes_bit_for_bit(tmp_path, digits, 
     assert [dict(r) for r in resumed.logbook] == [dict(r) for r in whole.logbook]
     with pytest.raises(SettingError, match="another job|written with"):  # another job's checkpoint
         mega_deap.merge(biased_mlps, digits["val"], ngen=4, checkpoint=ckpt, **{**kw, "seed": 4})
+    # four parents in a population of four: no blend shows the seed; the checkpoint still knows it
+    four, ckpt4 = [*biased_mlps, *biased_mlps[::-1]], str(tmp_path / "four.ckpt")
+    kw4 = {**kw, "popsize": 4, "checkpoint": ckpt4}
+    mega_deap.merge(four, digits["val"], ngen=1, **kw4)
+    with pytest.raises(SettingError, match=r"another job: its settings \(another seed\)"):
+        mega_deap.merge(four, digits["val"], ngen=2, **{**kw4, "seed": 4})
 
 
 def test_pareto_merge_refusals(digits, biased_mlps):
