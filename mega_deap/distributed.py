@@ -93,6 +93,19 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def broadcast_(*tensors: torch.Tensor) -> None:
+    """Overwrite each tensor, in place, with rank 0's: for what every rank computes alone but must hold
+    bit for bit the same (aligned parents: a matching that reads floating-point sums can differ across
+    unlike hardware). Without a process group: nothing."""
+    if not active():
+        return
+    for t in tensors:
+        buf = t.detach().to(_device_for_collectives(t.device)).contiguous()
+        torch.distributed.broadcast(buf, src=0)
+        with torch.no_grad():
+            t.copy_(buf)
+
+
 def shutdown() -> None:
     """End of a program: wait for every rank, then destroy the process group (a process that exits with
     the group still up can abort in the backend's teardown)."""

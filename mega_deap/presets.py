@@ -575,6 +575,8 @@ def merge(
             ind.genome.copy_(g)
     for ind in individuals:
         adapter.repair_(ind)
+    if matching:  # the REPAIRed average, too, was computed on every rank alone: rank 0's for all
+        distributed.broadcast_(*(ind.genome for ind in individuals))
 
     # 3. the run
     if verbose and auto and distributed.is_main():  # what align="auto" did, in one line (rank 0 only)
@@ -726,6 +728,8 @@ def _build(
         adapter, genomes = alignment.CoefficientAdapter.from_parents(
             models, device=device, buffers=buffers, granularity=granularity
         )
+    if align:  # in a process group every rank aligned alone: all take rank 0's aligned parents
+        distributed.broadcast_(genomes if genome == "weights" else adapter.parents)
     has_bn = isinstance(models[0], torch.nn.Module) and bool(alignment.batchnorm_layers(models[0]))
     prepare = alignment.BatchNormRepair(adapter.runner, calibration) if calibration is not None and has_bn else None
     evaluator = _evaluator(

@@ -1,6 +1,8 @@
 """Run by tests/test_distributed.py, once without a process group and once under torchrun: a merge whose
 result rank 0 writes to OUT (safetensors + JSON). MODE: "single", "dist", "diverge" (rank 1 uses
-another seed, which the guard must catch) or "unshared" (rank 1 cannot see the checkpoint rank 0 resumes)."""
+another seed, which the guard must catch), "unshared" (rank 1 cannot see the checkpoint rank 0 resumes) or
+"permuted" (rank 1's matchings return other, equally valid permutations, as unlike hardware can: every
+rank must take rank 0's aligned parents)."""
 
 import json
 import os
@@ -16,7 +18,7 @@ sys.path.insert(0, CHILD_DIR)
 def main(mode, out):
     import mega_deap
     from mega_deap import distributed
-    from conftest import SmallCNN, train_mlp
+    from conftest import SmallCNN, permuted_copy, train_mlp
     from safetensors.torch import save_file
     from sklearn.datasets import load_digits
 
@@ -28,6 +30,17 @@ def main(mode, out):
     train, val = (X[:1000], y[:1000]), (X[1000:1300], y[1000:1300])
     mlps = [train_mlp(train, 1, epochs=3), train_mlp(train, 2, epochs=3)]
     seed = 1 if mode == "diverge" and distributed.rank() == 1 else 0
+    if mode == "permuted" and distributed.rank() == 1:
+        import mega_deap.align as align
+
+        for name in ("activation_matching", "weight_matching"):
+            matching = getattr(align, name)
+
+            def other(models, *a, _matching=matching, **k):  # the same functions, other unit orders
+                ref, *rest = _matching(models, *a, **k)
+                return [ref, *(permuted_copy(m, 7) for m in rest)]
+
+            setattr(align, name, other)
     import mega_deap.algorithms as algorithms
 
     save = algorithms.save_checkpoint

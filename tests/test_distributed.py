@@ -76,6 +76,21 @@ def test_only_rank_0_writes_and_prints(runs):
 
 
 @needs_gloo
+@needs_gloo
+def test_every_rank_takes_rank_0_s_aligned_parents(runs):
+    """A matching can come out otherwise on another rank (float sums on unlike hardware); the merge
+    broadcasts rank 0's aligned parents and its first population, so the run is the single process's."""
+    from safetensors.torch import load_file
+
+    proc = torchrun("permuted", runs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, permuted = load_file(runs / "single.safetensors"), load_file(runs / "permuted.safetensors")
+    for k in ("a", "b"):
+        assert torch.equal(single[k], permuted[k]), k
+    s, p = (json.loads((runs / f"{m}.json").read_text()) for m in ("single", "permuted"))
+    assert s["a"] == p["a"] and s["b"] == p["b"]
+
+
 def test_a_diverged_rank_stops_every_rank_with_a_clear_error(tmp_path):
     proc = torchrun("diverge", tmp_path)
     assert proc.returncode != 0
