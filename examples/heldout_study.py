@@ -237,6 +237,7 @@ def summary(results, choices) -> str:
         + "\n".join(lines)
         + ("\n\n" + half_point_lines(results) if half_point(results) else "")
         + ("\n" + align_effect_lines(results) if align_effect(results) else "")
+        + ("\n" + rule_check_line(results) if rule_check(results)[0] else "")
     ).rstrip()
 
 
@@ -262,13 +263,14 @@ def gate_effect(results, level=DEFAULT_GATE) -> list:
     return rows
 
 
-def paired(runs, new: str, old: str) -> dict:
-    """Test accuracy of row ``new`` minus row ``old`` over ``runs`` (the same seeds): ``{mean, changed, runs,
-    better, worse, p}``; p: a two-sided Wilcoxon signed-rank test on the runs that differ (1 where fewer than
-    two do)."""
+def paired(runs, new: str, old) -> dict:
+    """Test accuracy of row ``new`` minus row ``old`` (a name, or a function of the run that names it) over
+    ``runs`` (the same seeds): ``{mean, changed, runs, better, worse, p}``; p: a two-sided Wilcoxon
+    signed-rank test on the runs that differ (1 where fewer than two do)."""
     from scipy.stats import wilcoxon
 
-    d = [run[new][1] - run[old][1] for run in runs]
+    row = old if callable(old) else (lambda run: old)
+    d = [run[new][1] - run[row(run)][1] for run in runs]
     moved = [x for x in d if x != 0]
     return {
         "mean": sum(d) / len(d),
@@ -280,34 +282,78 @@ def paired(runs, new: str, old: str) -> dict:
     }
 
 
-def align_effect(results) -> list:
+def align_effect(results, calibrated: bool = False) -> list:
     """What round 3's default alignment changes: ``merge()`` minus ``merge(align=False)`` (both as run by
     default, behind the default gate), over every seed of every table of each role (:func:`paired`),
-    Holm-corrected over the roles. Rows ``{role, mean, changed, runs, better, worse, p}``."""
+    Holm-corrected over the roles. ``calibrated``: against ``merge(align=False)`` as README runs it, with
+    calibration inputs where the models have BatchNorm (:func:`~mega_deap.experiments.heldout_study.
+    unaligned_baseline`). Rows ``{role, mean, changed, runs, better, worse, p}``."""
     from mega_deap.experiments.ablation import holm
 
     new, old = default_row(DEFAULT_METHODS[0]), default_row(DEFAULT_METHODS[1])
+    base = (lambda run: study.unaligned_baseline(run, DEFAULT_GATE)) if calibrated else old
     rows = []
     for role in ROLE_ORDER:
         runs = [run for res in results.values() if res["role"] == role for run in res["runs"]]
         if runs and new in runs[0] and old in runs[0]:
-            rows.append({"role": role, **paired(runs, new, old)})
+            rows.append({"role": role, **paired(runs, new, base)})
     for row, p in zip(rows, holm([r["p"] for r in rows])):
         row["p"] = p
     return rows
 
 
 def align_effect_lines(results) -> str:
-    """:func:`align_effect` as a Markdown table (points)."""
-    rows = align_effect(results)
+    """:func:`align_effect` as a Markdown table (points), against both baselines."""
+    rows = [(r, "") for r in align_effect(results)]
+    rows += [(r, ", calibrated") for r in align_effect(results, calibrated=True)]
     if not rows:
         return ""
     return markdown(
         f"What round 3 changed: test accuracy of `merge()` (`align={DEFAULT_ALIGN!r}`) minus `merge(align=False)` "
         "(the default before it), over every seed of every table of a kind (points); p: two-sided Wilcoxon "
-        "signed-rank test on the runs that differ, Holm-corrected over the kinds of table.",
+        "signed-rank test on the runs that differ, Holm-corrected over the kinds of table. The unaligned "
+        "candidate round 3 compared ran without calibration inputs; the rows marked calibrated compare with "
+        "`merge(align=False)` as README tells users of BatchNorm models to run it (with calibration inputs; "
+        "the same merge on the other models), a check added after the choice.",
         ("tables", "mean change", "runs that differ", "better / worse", "p (Holm)"),
-        [(r["role"], *_change_cells(r)) for r in rows],
+        [(r["role"] + mark, *_change_cells(r)) for r, mark in rows],
+    )
+
+
+def rule_check(results) -> tuple:
+    """Round 3's rule with its unaligned candidate run as README tells users of BatchNorm models to run it
+    (:func:`~mega_deap.experiments.heldout_study.unaligned_baseline`), on the tables round 3 read: ``(chosen,
+    scores)`` as :func:`~mega_deap.experiments.heldout_study.choose`. A check added after the choice."""
+    tables = {}
+    for key, res in results.items():
+        if res["role"] not in study.ROUNDS[3]:
+            continue
+        runs = res["runs"]
+        rows = [
+            {
+                "method": name,
+                "delta": sum(run[row(run)][1] - run["best parent"][1] for run in runs) / len(runs),
+            }
+            for name, row in (
+                ("none", lambda run: study.unaligned_baseline(run, DEFAULT_GATE)),
+                *((m, lambda run, m=m: default_row(f"merge(align={m!r})")) for m in study.CANDIDATE_MATCHINGS),
+            )
+        ]
+        tables[key] = rows
+    if not tables:
+        return None, {}
+    return study.choose(tables, {"none": "none", **{m: m for m in study.CANDIDATE_MATCHINGS}})
+
+
+def rule_check_line(results) -> str:
+    chosen, scores = rule_check(results)
+    if chosen is None:
+        return ""
+    return (
+        "Round 3's rule again, with its unaligned candidate run as README tells users of BatchNorm models to "
+        "run it (with calibration inputs), a check added after the choice: "
+        + "; ".join(f"`{m}` {100 * w:+.2f} / {100 * a:+.2f}" for m, (w, a) in scores.items())
+        + f" (worst / mean). It chooses **`{chosen}`**.\n"
     )
 
 
@@ -331,6 +377,8 @@ def table(results, choices) -> str:
             out.append(half_point_lines(results, role))
     if align_effect(results):
         out.append(align_effect_lines(results))
+    if rule_check(results)[0]:
+        out.append(rule_check_line(results))
     effect = gate_effect(results) if DEFAULT_GATE is not None else []
     if effect:
         out.append(

@@ -121,3 +121,51 @@ def test_align_effect_pairs_merge_with_its_unaligned_self_per_kind_of_table():
     raw = wilcoxon([g for g in gains if g]).pvalue
     assert held["p"] == pytest.approx(min(1.0, 2 * raw))  # Holm over two kinds: the smaller p times two
     assert rows["development"]["p"] == 1.0 and rows["development"]["changed"] == 0
+
+
+def test_the_calibrated_baseline_is_read_where_the_models_have_batchnorm():
+    """unaligned_baseline names the calibrated row where a run has one, else the plain unaligned merge;
+    align_effect(calibrated=True) and rule_check pair merge() with it."""
+    ex = _example()
+    level = ex.DEFAULT_GATE
+    new = ex.default_row(ex.DEFAULT_METHODS[0])
+    plain, calibrated = study.gated("merge, accuracy", level), study.gated(study.CALIBRATED, level)
+    aligned = {m: ex.default_row(f"merge(align={m!r})") for m in study.CANDIDATE_MATCHINGS}
+
+    def run(merged, unaligned, repaired=None, parent=0.5):
+        r = {"best parent": (0, parent), new: (0, merged), plain: (0, unaligned), aligned["weights"]: (0, parent)}
+        if repaired is not None:
+            r[calibrated] = (0, repaired)
+        return r
+
+    assert study.unaligned_baseline(run(0.6, 0.5, 0.55), level) == calibrated
+    assert study.unaligned_baseline(run(0.6, 0.5), None) == "merge, accuracy"
+    results = {
+        "bn/same-data": {"role": "held out", "runs": [run(0.60, 0.50, 0.58), run(0.70, 0.60, 0.69)]},
+        "mlp/same-data": {"role": "held out", "runs": [run(0.55, 0.50), run(0.45, 0.50)]},
+    }
+    plain_rows = {r["role"]: r for r in ex.align_effect(results)}
+    cal_rows = {r["role"]: r for r in ex.align_effect(results, calibrated=True)}
+    assert plain_rows["held out"]["mean"] == pytest.approx((0.10 + 0.10 + 0.05 - 0.05) / 4)
+    assert cal_rows["held out"]["mean"] == pytest.approx((0.02 + 0.01 + 0.05 - 0.05) / 4)
+    # the rule on round 3's tables, with the calibrated baseline as its unaligned candidate
+    results = {k: {**v, "role": "development"} for k, v in results.items()}
+    chosen, scores = ex.rule_check(results)
+    assert scores["none"] == (pytest.approx(0.0), pytest.approx((0.135 + 0.0) / 2))  # bn: +0.135; mlp: 0.0
+    assert scores["activations"] == (pytest.approx(0.0), pytest.approx((0.15 + 0.0) / 2))
+    assert chosen == "activations" and scores["weights"] == (0.0, 0.0)
+
+
+def test_the_calibrated_row_is_merge_without_alignment_with_calibration_inputs():
+    task = study.TASKS["cancer-mlp-bn-subset"]  # BatchNorm: the row exists
+    methods = ("best parent", "best parent by validation", study.CALIBRATED, "output ensemble")
+    out = study.run_task(task, "same-data", 0, popsize=4, ngen=2, methods=methods)
+    splits = study.task_splits(task, 0)
+    parents, _ = study.train_parents(task, splits, "same-data", 0)
+    order = torch.randperm(len(splits.train[0]), generator=torch.Generator().manual_seed(0))
+    calib = splits.train[0][order[:512]]
+    kw = dict(popsize=4, ngen=2, seed=0, progress=False, device="cpu", gate=None)
+    r = mega_deap.merge(parents, splits.val, align=False, calibration=calib, **kw)
+    assert out[study.CALIBRATED][:2] == (model_accuracy(r.model, *splits.val), model_accuracy(r.model, *splits.test))
+    plain = study.run_task(study.TASKS["digits-mlp-subset"], "same-data", 0, popsize=4, ngen=1, methods=methods)
+    assert study.CALIBRATED not in plain  # no BatchNorm: nothing to calibrate, no row
