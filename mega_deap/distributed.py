@@ -135,7 +135,11 @@ def shares(n: int, weights: Optional[Sequence[float]] = None) -> list:
     return out
 
 
-def agree(value: bool, what: str) -> bool:
+def agree(
+    value: bool,
+    what: str,
+    hint: str = "every rank must see the same files (a folder all ranks share, or the same copy on every node)",
+) -> bool:
     """``value``, the same on every rank, or a :class:`~mega_deap.checks.SettingError` on every rank naming
     which ranks differ (a decision one rank takes alone, such as whether a checkpoint exists in a folder the
     ranks do not share, would otherwise send them down different paths: a hang, not an error). Without a
@@ -150,10 +154,7 @@ def agree(value: bool, what: str) -> bool:
     if len(set(seen)) > 1:
         yes = [r for r, f in enumerate(seen) if f]
         no = [r for r, f in enumerate(seen) if not f]
-        raise SettingError(
-            f"{what} is true on rank(s) {yes} and false on rank(s) {no}: every rank must see the same files "
-            "(a folder all ranks share, or the same copy on every node)"
-        )
+        raise SettingError(f"{what} is true on rank(s) {yes} and false on rank(s) {no}: {hint}")
     return value
 
 

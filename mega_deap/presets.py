@@ -375,7 +375,8 @@ def merge(
                   alignment) or ``"auto"`` (the default: :data:`DEFAULT_ALIGN`, ``"activations"``, chosen in
                   round 3 of the held-out study, see README, wherever the merge can align: a weight genome of
                   PyTorch modules whose hidden-unit permutations derive, with inputs to match on, and one
-                  objective; else no alignment). ``MergeResult.align`` says which matching ran;
+                  objective; else no alignment, as where the matching itself fails). ``MergeResult.align``
+                  says which matching ran;
                   ``verbose=True`` prints what ``"auto"`` chose and why. With alignment the first population
                   also holds the aligned parents' average, and for networks without BatchNorm (weight
                   genomes) that average with REPAIR (:func:`mega_deap.align.repair_interpolation`, on the
@@ -513,8 +514,23 @@ def merge(
     select_data, val_xy = None, (X, y)
     if holdout:
         (X, y), select_data = _holdout(X, y, holdout, seed)
+    aligned = None
+    if auto and matching:  # a default must not fail where align=False works: a failed matching, no alignment
+        try:
+            aligned = _aligned(models, matching, calibration, X)
+        except (ValueError, TypeError, RuntimeError) as err:
+            align_note = f"activation matching failed ({type(err).__name__}: {err})"
+        # every rank goes the same way (a clear error, naming the ranks, where they would not)
+        ok = distributed.agree(
+            aligned is not None,
+            "the parents' activation matching succeeding",
+            "the ranks must hold the same parents and inputs" + (f"; here: {align_note}" if align_note else ""),
+        )
+        if not ok:
+            matching, rescale = None, False
     build_kwargs = dict(
         align=matching,
+        aligned=aligned,
         genome=genome,
         granularity=granularity,
         calibration=calibration,
@@ -691,6 +707,18 @@ def _repaired_average(adapter, genomes, data) -> torch.Tensor:
     return adapter.genome(average)
 
 
+def _aligned(models, matching, calibration, X) -> list:
+    """Copies of ``models`` with their hidden units aligned to the first's by ``matching``: ``"weights"``, or
+    ``"activations"`` on the calibration inputs (else the validation inputs ``X``)."""
+    from . import align as alignment
+
+    if matching == "weights":
+        return alignment.weight_matching(models)
+    if calibration is None and X is None:
+        raise SettingError("align='activations' matches units on inputs: give calibration inputs")
+    return alignment.activation_matching(models, calibration if calibration is not None else torch.as_tensor(X))
+
+
 def _build(
     models,
     X,
@@ -707,20 +735,17 @@ def _build(
     strategy="auto",
     autocast=None,
     shares="equal",
+    aligned=None,
 ) -> tuple:
     """What a merge evaluates with: ``(adapter, parents' genomes, evaluator, prepare)``. The parents are
-    weight-matched first with ``align``; ``genome="coefficients"`` wraps their adapter in a
-    :class:`~mega_deap.align.CoefficientAdapter`; ``calibration`` makes ``prepare`` a BatchNorm repair of
-    every candidate (``None`` otherwise)."""
+    aligned first with matching ``align`` (:func:`_aligned`; ``aligned``: the models it already returned);
+    ``genome="coefficients"`` wraps their adapter in a :class:`~mega_deap.align.CoefficientAdapter`;
+    ``calibration`` makes ``prepare`` a BatchNorm repair of every candidate (``None`` otherwise)."""
     from mega_deap.adapters import adapter_for
     from . import align as alignment
 
-    if align == "weights":
-        models = alignment.weight_matching(models)
-    elif align == "activations":
-        if calibration is None and X is None:
-            raise SettingError("align='activations' matches units on inputs: give calibration inputs")
-        models = alignment.activation_matching(models, calibration if calibration is not None else torch.as_tensor(X))
+    if align:
+        models = aligned if aligned is not None else _aligned(models, align, calibration, X)
     if genome == "weights":
         adapter, genomes = adapter_for(models[0]).from_parents(models, device=device, buffers=buffers)
         adapter.fix_nonfinite(genomes)  # refuses NaN/inf parents; keeps shared inf buffer entries as they are

@@ -30,6 +30,13 @@ def main(mode, out):
     train, val = (X[:1000], y[:1000]), (X[1000:1300], y[1000:1300])
     mlps = [train_mlp(train, 1, epochs=3), train_mlp(train, 2, epochs=3)]
     seed = 1 if mode == "diverge" and distributed.rank() == 1 else 0
+    if mode == "matchfail" and distributed.rank() == 1:  # the matching fails on one rank only
+        import mega_deap.align as align
+
+        def failing(*a, **k):
+            raise RuntimeError("rank 1 cannot match")
+
+        align.activation_matching = failing
     if mode == "permuted" and distributed.rank() == 1:
         import mega_deap.align as align
 

@@ -444,6 +444,33 @@ def test_auto_alignment_falls_back_to_none_and_says_why(digit_mlps, digits, caps
     assert torch.equal(same.genome, mega_deap.merge(branchy, (X, y), align=False, **kw).genome)
 
 
+def test_auto_alignment_falls_back_when_the_matching_itself_fails(digit_mlps, digits, monkeypatch, capsys):
+    """A default must not fail where align=False works: a matching that raises on a graph that derives
+    leaves "auto" unaligned (the same bits as align=False) and says why; an explicit matching raises. An
+    error that is not the matching's still comes through."""
+    import mega_deap
+    import mega_deap.align as align
+
+    def broken(*a, **k):
+        raise RuntimeError("the interpreter cannot run this graph")
+
+    monkeypatch.setattr(align, "activation_matching", broken)
+    kw = dict(popsize=6, ngen=1, seed=0, progress=False, device="cpu", gate=None)
+    r = mega_deap.merge(digit_mlps, digits["val"], verbose=True, **kw)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert r.align is None and first == (
+        "align: none: activation matching failed (RuntimeError: the interpreter cannot run this graph)"
+    )
+    assert torch.equal(r.genome, mega_deap.merge(digit_mlps, digits["val"], align=False, **kw).genome)
+    with pytest.raises(RuntimeError, match="cannot run this graph"):
+        mega_deap.merge(digit_mlps, digits["val"], align="activations", **kw)
+    bad = [copy.deepcopy(m) for m in digit_mlps]
+    with torch.no_grad():
+        bad[1][0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN|nan|not finite|non-finite"):
+        mega_deap.merge(bad, digits["val"], **kw)
+
+
 def test_merge_refuses_bad_alignment_settings_before_any_work(digit_mlps, digits):
     import mega_deap
 

@@ -91,6 +91,16 @@ def test_every_rank_takes_rank_0_s_aligned_parents(runs):
     assert s["a"] == p["a"] and s["b"] == p["b"]
 
 
+@needs_gloo
+def test_a_matching_that_fails_on_one_rank_stops_every_rank_with_a_clear_error(tmp_path):
+    """align="auto" falls back to no alignment where the matching fails, but only if every rank does: one
+    rank alone going unaligned would leave the others waiting in a collective."""
+    proc = torchrun("matchfail", tmp_path)
+    assert proc.returncode != 0
+    assert "activation matching succeeding is true on rank(s) [0] and false on rank(s) [1]" in proc.stderr
+    assert "rank 1 cannot match" in proc.stderr and not (tmp_path / "matchfail.json").exists()
+
+
 def test_a_diverged_rank_stops_every_rank_with_a_clear_error(tmp_path):
     proc = torchrun("diverge", tmp_path)
     assert proc.returncode != 0
