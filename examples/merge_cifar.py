@@ -29,7 +29,7 @@ from mega_deap import Evaluator, distributed
 from mega_deap.adapters import TorchAdapter
 from mega_deap.cli import add_align_argument, add_ga_arguments
 from mega_deap.evaluation import get_metric
-from mega_deap.align import activation_matching, batchnorm_layers, repair_batchnorm, weight_matching
+from mega_deap.align import align_parents, batchnorm_layers, repair_batchnorm
 from mega_deap.experiments import (
     add_data_args,
     ensemble_accuracy,
@@ -160,11 +160,8 @@ def main(argv=None):
     ]
     rows.append({"model": "weight averaging", **accs(weight_average(parents))})
     if result.align:  # the matching the merge ran (auto: activations, where the model allows it)
-        if result.align == "weights":
-            aligned = weight_matching(parents)
-        else:
-            aligned = activation_matching(parents, calibration if calibration is not None else splits.val[0])
-        aligned_avg = weight_average(aligned)
+        inputs = calibration if calibration is not None else splits.val[0]
+        aligned_avg = weight_average(align_parents(parents, result.align, inputs))
         rows.append({"model": "aligned weight averaging", **accs(aligned_avg)})
         if calibration is not None:
             rows.append(

@@ -479,8 +479,7 @@ def merge(
     if auto and objectives is not None:
         matching, align_note = None, "a Pareto merge (auto aligns merges of one objective)"
     elif auto:
-        has_inputs = val_data is not None or calibration is not None
-        matching, align_note = _auto_align(models, genome, True if has_inputs else None, calibration)
+        matching, align_note = _auto_align(models, genome, val_data is not None or calibration is not None)
     if not isinstance(include_parents, bool):
         raise SettingTypeError(f"include_parents must be True or False, got {include_parents!r}")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
@@ -519,11 +518,11 @@ def merge(
         try:
             aligned = _aligned(models, matching, calibration, X)
         except (ValueError, TypeError, RuntimeError) as err:
-            align_note = f"activation matching failed ({type(err).__name__}: {err})"
+            align_note = f"{matching[:-1]} matching failed ({type(err).__name__}: {err})"  # activation, weight
         # every rank goes the same way (a clear error, naming the ranks, where they would not)
         ok = distributed.agree(
             aligned is not None,
-            "the parents' activation matching succeeding",
+            f"the parents' {matching[:-1]} matching succeeding",
             "the ranks must hold the same parents and inputs" + (f"; here: {align_note}" if align_note else ""),
         )
         if not ok:
@@ -591,8 +590,11 @@ def merge(
             ind.genome.copy_(g)
     for ind in individuals:
         adapter.repair_(ind)
-    if matching:  # the REPAIRed average, too, was computed on every rank alone: rank 0's for all
-        distributed.broadcast_(*(ind.genome for ind in individuals))
+    if matching and distributed.active():  # the REPAIRed average, too, was computed on every rank alone
+        rows = torch.tensor([pop.row_of(ind) for ind in individuals], device=pop.rows.device)
+        first = pop.rows.index_select(0, rows)
+        distributed.broadcast_(first)  # rank 0's first population, in one collective
+        pop.rows.index_copy_(0, rows, first)
 
     # 3. the run
     if verbose and auto and distributed.is_main():  # what align="auto" did, in one line (rank 0 only)
@@ -642,7 +644,7 @@ DEFAULT_MATCHING = "weights"  # align=True; chosen on the held-out study's devel
 DEFAULT_ALIGN = "activations"
 
 
-def _auto_align(models, genome, X, calibration) -> tuple:
+def _auto_align(models, genome, has_inputs: bool) -> tuple:
     """``merge``'s ``align="auto"``: ``(matching, why)``, :data:`DEFAULT_ALIGN` with ``why=None`` where the
     merge can align; else ``(None, the reason)``. Alignment needs a weight genome (the one round 3 measured),
     PyTorch modules, inputs to match on (calibration or validation inputs) and a network whose hidden-unit
@@ -656,7 +658,7 @@ def _auto_align(models, genome, X, calibration) -> tuple:
     adapter = adapter_for(models[0])
     if not (all(isinstance(m, torch.nn.Module) for m in models) and issubclass(adapter, TorchAdapter)):
         return None, f"the models are {type(models[0]).__name__}s with {adapter.__name__}, not PyTorch modules"
-    if calibration is None and X is None:
+    if not has_inputs:
         return None, "no inputs to match activations on (no validation inputs, no calibration)"
     try:
         spec = permutation_spec(models[0])
@@ -710,13 +712,10 @@ def _repaired_average(adapter, genomes, data) -> torch.Tensor:
 def _aligned(models, matching, calibration, X) -> list:
     """Copies of ``models`` with their hidden units aligned to the first's by ``matching``: ``"weights"``, or
     ``"activations"`` on the calibration inputs (else the validation inputs ``X``)."""
-    from . import align as alignment
+    from .align import align_parents
 
-    if matching == "weights":
-        return alignment.weight_matching(models)
-    if calibration is None and X is None:
-        raise SettingError("align='activations' matches units on inputs: give calibration inputs")
-    return alignment.activation_matching(models, calibration if calibration is not None else torch.as_tensor(X))
+    inputs = calibration if calibration is not None else (None if X is None else torch.as_tensor(X))
+    return align_parents(models, matching, inputs)
 
 
 def _build(

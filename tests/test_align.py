@@ -444,6 +444,22 @@ def test_auto_alignment_falls_back_to_none_and_says_why(digit_mlps, digits, caps
     assert torch.equal(same.genome, mega_deap.merge(branchy, (X, y), align=False, **kw).genome)
 
 
+def test_align_parents_is_what_merge_aligns_with(digit_mlps, digits):
+    """align_parents, the one entry point merge and the examples share: each matching as called directly."""
+    from mega_deap.adapters import TorchAdapter
+    from mega_deap.align import align_parents
+
+    ad = TorchAdapter(digit_mlps[0])
+    by_weights, by_activations = (align_parents(digit_mlps, m, digits["val"][0]) for m in ("weights", "activations"))
+    assert torch.equal(ad.genome(by_weights[1]), ad.genome(weight_matching(list(digit_mlps))[1]))
+    direct = activation_matching(list(digit_mlps), digits["val"][0])[1]
+    assert torch.equal(ad.genome(by_activations[1]), ad.genome(direct))
+    with pytest.raises(ValueError, match="give calibration inputs"):
+        align_parents(digit_mlps, "activations")
+    with pytest.raises(ValueError, match="matching must be 'weights' or 'activations', got 'correlation'"):
+        align_parents(digit_mlps, "correlation")
+
+
 def test_auto_alignment_falls_back_when_the_matching_itself_fails(digit_mlps, digits, monkeypatch, capsys):
     """A default must not fail where align=False works: a matching that raises on a graph that derives
     leaves "auto" unaligned (the same bits as align=False) and says why; an explicit matching raises. An

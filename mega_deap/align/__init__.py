@@ -1,11 +1,14 @@
 """Align, then evolve: weight and activation matching (permutation structure from the model's graph),
 BatchNorm repair and REPAIR, and coefficient genomes (with DEAP's CMA-ES)."""
 
+from typing import Any
+
 from .spec import PermutationSpec, Segment, permutation_spec
 from .matching import weight_matching, match_permutations, apply_permutations
 from .activations import activation_matching, match_activations, repair_interpolation
 from .repair import repair_batchnorm, BatchNormRepair, batchnorm_layers
 from .coefficients import CoefficientAdapter, GRANULARITIES
+from ..checks import SettingError
 from ..presets import cma_merge  # a preset: the coefficient genome driven by DEAP's CMA-ES
 
 __all__ = [
@@ -24,4 +27,18 @@ __all__ = [
     "CoefficientAdapter",
     "GRANULARITIES",
     "cma_merge",
+    "align_parents",
 ]
+
+
+def align_parents(models: list, matching: str, inputs: Any = None) -> list:
+    """Copies of ``models`` with their hidden units aligned to the first's by ``matching``, as ``merge(align=
+    matching)`` aligns them: ``"weights"`` (:func:`weight_matching`) or ``"activations"``
+    (:func:`activation_matching` on ``inputs``, a tensor or ``(X, y)``; labels are never read)."""
+    if matching == "weights":
+        return weight_matching(models)
+    if matching != "activations":
+        raise SettingError(f"matching must be 'weights' or 'activations', got {matching!r}")
+    if inputs is None:
+        raise SettingError("align='activations' matches units on inputs: give calibration inputs")
+    return activation_matching(models, inputs)
