@@ -476,6 +476,8 @@ def merge(
     choice("shares", shares, ("equal", "throughput"))
     matching, align_note = _matching(align, auto=True), None
     auto = matching == "auto"
+    if matching == ZIP:
+        _check_zip(models, genome, objectives, val_data is not None or calibration is not None)
     if auto and objectives is not None:
         matching, align_note = None, "a Pareto merge (auto aligns merges of one objective)"
     elif auto:
@@ -495,12 +497,14 @@ def merge(
     rescale = rescale and (calibration is not None or not model_objective)  # REPAIR reads inputs
     if auto and matching:  # a default: the average and its REPAIRed copy join where the population has room
         rescale = rescale and popsize >= len(models) + 2
-    seeds = len(models) + (0 if auto else (1 if matching else 0) + (1 if rescale else 0))
+    zipping = matching == ZIP
+    seeds = len(models) + (0 if auto else (1 if matching else 0) + (1 if rescale else 0) + (1 if zipping else 0))
     if include_parents and popsize < seeds:
         raise SettingError(
             f"popsize={popsize} cannot hold the {len(models)} parents"
             + (" and their average" if matching else "")
             + (" and its REPAIRed copy" if rescale else "")
+            + (" and their zip" if zipping else "")
             + " (include_parents=True)"
         )
     if batch_size is not None:
@@ -582,10 +586,13 @@ def merge(
     individuals = list(initBlend(pop.individuals(icls), genomes))
     if include_parents:
         starts = list(genomes) + ([genomes.mean(0)] if matching else [])
+        inputs = calibration if calibration is not None else (None if X is None else torch.as_tensor(X))
         if rescale:  # REPAIR: the average's units get the parents' mean statistics back
-            starts.append(
-                _repaired_average(adapter, genomes, calibration if calibration is not None else torch.as_tensor(X))
-            )
+            starts.append(_repaired_average(adapter, genomes, inputs))
+        if zipping:  # ZipIt!: units merged with their best-correlated partner, in either parent
+            from .align import zip_models
+
+            starts.append(adapter.genome(zip_models(models, inputs)))
         for ind, g in zip(individuals, starts):
             ind.genome.copy_(g)
     for ind in individuals:
@@ -639,6 +646,9 @@ def merge(
 
 
 MATCHINGS = ("weights", "activations")
+# merge's align="zip": the parents aligned by activations, and their zip (mega_deap.align.zip_models) in
+# the first population
+ZIP = "zip"
 DEFAULT_MATCHING = "weights"  # align=True; chosen on the held-out study's development tasks (README)
 # merge's align="auto" where the models allow it: chosen by round 3 of the held-out study (README)
 DEFAULT_ALIGN = "activations"
@@ -670,18 +680,33 @@ def _auto_align(models, genome, has_inputs: bool) -> tuple:
 
 
 def _matching(align, auto=False) -> Optional[str]:
-    """``align`` as a matching method's name, or ``None`` (no alignment); ``auto``: ``"auto"`` is accepted
-    (resolved by :func:`_auto_align`)."""
-    if auto and align == "auto":
-        return "auto"
+    """``align`` as a matching method's name, or ``None`` (no alignment); ``auto``: ``merge``'s own values are
+    accepted, ``"auto"`` (resolved by :func:`_auto_align`) and ``"zip"``."""
+    if auto and align in ("auto", ZIP):
+        return align
     if align is False:
         return None
     if align is True:
         return DEFAULT_MATCHING
     if align in MATCHINGS:
         return align
-    allowed = ("auto", *MATCHINGS) if auto else MATCHINGS
+    allowed = ("auto", *MATCHINGS, ZIP) if auto else MATCHINGS
     raise SettingError(f"align must be True, False or one of {allowed}, got {align!r}")
+
+
+def _check_zip(models, genome, objectives, has_inputs: bool) -> None:
+    """Refuses ``align="zip"`` where ``merge`` cannot zip, before any work: zipping merges two PyTorch
+    models' weights, for one objective, on inputs (calibration or validation)."""
+    if len(models) != 2:
+        raise SettingError(f"align='zip' zips two models, got {len(models)}")
+    if genome != "weights":
+        raise SettingError(f"align='zip' seeds a weight genome, got genome={genome!r}")
+    if objectives is not None:
+        raise SettingError("align='zip' seeds merges of one objective; a Pareto merge takes align='activations'")
+    if not all(isinstance(m, torch.nn.Module) for m in models):
+        raise SettingTypeError(f"align='zip' zips torch.nn.Module models; got a {type(models[0]).__name__}")
+    if not has_inputs:
+        raise SettingError("align='zip' pairs units by their activations: give calibration or validation inputs")
 
 
 def _check_calibration(models, matching, calibration) -> bool:
@@ -715,7 +740,7 @@ def _aligned(models, matching, calibration, X) -> list:
     from .align import align_parents
 
     inputs = calibration if calibration is not None else (None if X is None else torch.as_tensor(X))
-    return align_parents(models, matching, inputs)
+    return align_parents(models, "activations" if matching == ZIP else matching, inputs)
 
 
 def _build(

@@ -1,11 +1,12 @@
 """Align, then evolve: weight and activation matching (permutation structure from the model's graph),
-BatchNorm repair and REPAIR, and coefficient genomes (with DEAP's CMA-ES)."""
+zipping (ZipIt!), BatchNorm repair and REPAIR, and coefficient genomes (with DEAP's CMA-ES)."""
 
 from typing import Any
 
 from .spec import PermutationSpec, Segment, permutation_spec
 from .matching import weight_matching, match_permutations, apply_permutations
 from .activations import activation_matching, match_activations, repair_interpolation
+from .zipping import zip_models, match_features, zip_states
 from .repair import repair_batchnorm, BatchNormRepair, batchnorm_layers
 from .coefficients import CoefficientAdapter, GRANULARITIES
 from ..checks import SettingError
@@ -21,6 +22,9 @@ __all__ = [
     "activation_matching",
     "match_activations",
     "repair_interpolation",
+    "zip_models",
+    "match_features",
+    "zip_states",
     "repair_batchnorm",
     "BatchNormRepair",
     "batchnorm_layers",

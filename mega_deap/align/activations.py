@@ -69,19 +69,19 @@ def _unit_rows(t: torch.Tensor, start: int, units: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def match_activations(
-    spec: PermutationSpec, reference: nn.Module, other: nn.Module, X: torch.Tensor, *, batch_size: int = 256
+def unit_moments(
+    spec: PermutationSpec, models: Sequence[nn.Module], X: torch.Tensor, part, *, batch_size: int = 256
 ) -> dict:
-    """``{group: permutation}`` aligning ``other``'s units to ``reference``'s by the correlation of their
-    activations on inputs ``X`` (``(n, ...)``). Unit ``i`` of the aligned model is unit ``perm[i]`` of
-    ``other`` (as :func:`~mega_deap.align.apply_permutations` reads it)."""
+    """``{group: sums}``: ``part(rows)`` summed over the batches of ``X`` and the group's reading points, where
+    ``rows`` holds each model's units of the group as ``(samples, units)`` float64 (``None`` for a group read
+    nowhere). The models run in eval mode and get their modes back."""
     points = _reading_points(spec)
     names = {node for pts in points.values() for node, _ in pts}
-    traced = [fx.symbolic_trace(m) for m in (reference, other)]
+    traced = [fx.symbolic_trace(m) for m in models]
     sums: dict[int, Optional[tuple]] = {g: None for g in points}
-    was = [m.training for m in (reference, other)]
-    reference.eval()
-    other.eval()
+    was = [m.training for m in models]
+    for m in models:
+        m.eval()
     try:
         for i in range(0, len(X), batch_size):
             xb = X[i : i + batch_size]
@@ -93,13 +93,29 @@ def match_activations(
             for g, pts in points.items():
                 u = spec.sizes[g]
                 for node, start in pts:
-                    a, b = _unit_rows(seen[0][node], start, u), _unit_rows(seen[1][node], start, u)
-                    part = (len(a), a.sum(0), b.sum(0), (a * a).sum(0), (b * b).sum(0), a.T @ b)
+                    rows = [_unit_rows(s[node], start, u) for s in seen]
+                    new = part(rows)
                     prev = sums[g]
-                    sums[g] = part if prev is None else tuple(x + y for x, y in zip(prev, part))
+                    sums[g] = new if prev is None else tuple(x + y for x, y in zip(prev, new))
     finally:
-        reference.train(was[0])
-        other.train(was[1])
+        for m, w in zip(models, was):
+            m.train(w)
+    return sums
+
+
+def _cross_part(rows) -> tuple:
+    a, b = rows
+    return (len(a), a.sum(0), b.sum(0), (a * a).sum(0), (b * b).sum(0), a.T @ b)
+
+
+@torch.no_grad()
+def match_activations(
+    spec: PermutationSpec, reference: nn.Module, other: nn.Module, X: torch.Tensor, *, batch_size: int = 256
+) -> dict:
+    """``{group: permutation}`` aligning ``other``'s units to ``reference``'s by the correlation of their
+    activations on inputs ``X`` (``(n, ...)``). Unit ``i`` of the aligned model is unit ``perm[i]`` of
+    ``other`` (as :func:`~mega_deap.align.apply_permutations` reads it)."""
+    sums = unit_moments(spec, (reference, other), X, _cross_part, batch_size=batch_size)
     perms = {}
     for g, acc in sums.items():
         if acc is None:  # units read nowhere (a padded channel block): keep their order
@@ -178,6 +194,25 @@ def _unit_stats(model: nn.Module, names: Sequence[str], X: torch.Tensor, batch_s
 
 
 @torch.no_grad()
+def fold_statistics(
+    model: nn.Module, targets: dict, X: torch.Tensor, *, batch_size: int = 256, eps: float = 1e-8
+) -> None:
+    """Set the output units of the named ``Linear``/``Conv`` layers of ``model`` to the pre-activation
+    ``targets[layer] = (mean, sd)`` on inputs ``X``, in place: layer by layer in ``targets``' order (each
+    measured after the layers before it are set), folded into the layer's weight and bias (a layer without a
+    bias only has its spread set; a unit without spread keeps its scale)."""
+    modules = dict(model.named_modules())
+    for name, (target_mean, target_sd) in targets.items():
+        mean, sd = _unit_stats(model, [name], X, batch_size)[name]
+        scale = torch.where(sd > eps, target_sd / sd.clamp_min(eps), torch.ones_like(sd))
+        layer = modules[name]
+        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+        layer.weight.mul_(scale.to(layer.weight.dtype).view(shape))
+        if layer.bias is not None:
+            layer.bias.copy_(((layer.bias.double() - mean) * scale + target_mean).to(layer.bias.dtype))
+
+
+@torch.no_grad()
 def repair_interpolation(
     model: nn.Module,
     parents: list,
@@ -211,17 +246,14 @@ def repair_interpolation(
         first = next(model.parameters())
         X = X.to(device=first.device, dtype=first.dtype)
         stats = [_unit_stats(p, layers, X, batch_size) for p in parents]
-        modules = dict(model.named_modules())
-        for name in layers:
-            target_mean = sum(w * s[name][0] for w, s in zip(weights, stats))
-            target_sd = sum(w * s[name][1] for w, s in zip(weights, stats))
-            mean, sd = _unit_stats(model, [name], X, batch_size)[name]
-            scale = torch.where(sd > eps, target_sd / sd.clamp_min(eps), torch.ones_like(sd))
-            layer = modules[name]
-            shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-            layer.weight.mul_(scale.to(layer.weight.dtype).view(shape))
-            if layer.bias is not None:
-                layer.bias.copy_(((layer.bias.double() - mean) * scale + target_mean).to(layer.bias.dtype))
+        targets = {
+            name: (
+                sum(w * s[name][0] for w, s in zip(weights, stats)),
+                sum(w * s[name][1] for w, s in zip(weights, stats)),
+            )
+            for name in layers
+        }
+        fold_statistics(model, targets, X, batch_size=batch_size, eps=eps)
     finally:
         for m, w in zip((model, *parents), was):
             m.train(w)

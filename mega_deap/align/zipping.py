@@ -1,0 +1,188 @@
+"""Zipping two networks (Stoica et al., "ZipIt! Merging Models from Different Tasks without Training", 2023).
+
+Permutation matching pairs every unit of one model with one unit of the other. Models trained on different
+data (class-biased parents) have units the other lacks, and forcing them into pairs is what makes the
+permuted average of such parents worse than either. Zipping lets a unit merge with the unit it correlates
+with best, in the other model *or its own*:
+
+- for each permutation group, the ``2d`` units of both models (read on calibration inputs, after their
+  nonlinearity where they have one, as activation matching reads them) are paired greedily by correlation,
+  highest first, until ``d`` pairs cover them all; a merged unit is the mean of its pair;
+- each layer's weights are merged with a *merge* matrix on their output units (the mean of each pair) and
+  an *unmerge* matrix on their input units (each original unit reads its pair's merged unit), summed over
+  the two models; tensors without hidden units are averaged;
+- REPAIR (:func:`~mega_deap.align.repair_interpolation`'s rescaling) then sets each merged unit's
+  pre-activation mean and spread to the mean of its pair's, folded into the weights; BatchNorm models get
+  their running statistics recomputed (:func:`~mega_deap.align.repair_batchnorm`) instead.
+
+The result has the parents' architecture. This is ZipIt!'s full zip of two models (no partial zipping, no
+limit on same-model pairs).
+"""
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checks import SettingError, integer
+from .activations import _hidden_layers, _inputs, _unit_stats, fold_statistics, unit_moments
+from .matching import checked_models
+from .repair import batchnorm_layers, repair_batchnorm
+from .spec import PermutationSpec, permutation_spec
+
+__all__ = ["zip_models", "match_features", "zip_states"]
+
+
+def _joint_part(rows) -> tuple:
+    z = torch.cat(rows, 1)
+    return (len(z), z.sum(0), z.T @ z)
+
+
+def _greedy_pairs(corr: np.ndarray) -> list:
+    """Disjoint pairs ``(i, j)``, ``i < j``, covering all ``2d`` units, chosen by correlation, highest first
+    (ties: the lower indices)."""
+    n = len(corr)
+    iu, ju = np.triu_indices(n, 1)
+    order = np.argsort(-corr[iu, ju], kind="stable")
+    free = np.ones(n, dtype=bool)
+    pairs = []
+    for k in order:
+        i, j = iu[k], ju[k]
+        if free[i] and free[j]:
+            free[i] = free[j] = False
+            pairs.append((int(i), int(j)))
+            if 2 * len(pairs) == n:
+                break
+    return pairs
+
+
+def _in_reference_order(pairs: list, d: int) -> list:
+    """``pairs`` placed so that merged unit ``k`` holds the first model's unit ``k`` where it can: a pair
+    with units of the first model (``< d``) takes its lowest one's place; pairs of the second model's units
+    fill the places left, in order."""
+    out: list = [None] * d
+    rest = []
+    for i, j in sorted(pairs):
+        if i < d:
+            out[i] = (i, j)
+        else:
+            rest.append((i, j))
+    free = (k for k in range(d) if out[k] is None)
+    for pair, k in zip(rest, free):
+        out[k] = pair
+    return out
+
+
+@torch.no_grad()
+def match_features(spec: PermutationSpec, models: list, X: torch.Tensor, *, batch_size: int = 256) -> dict:
+    """``{group: pairs}``: for each group of ``d`` units, ``d`` pairs of unit indices into both models' units
+    side by side (``0..d-1`` the first model's, ``d..2d-1`` the second's), paired greedily by the
+    correlation of their activations on ``X``; pair ``k`` becomes merged unit ``k`` (the first model's unit
+    ``k``'s pair where it can). A group read nowhere pairs unit ``k`` of each model."""
+    sums = unit_moments(spec, models, X, _joint_part, batch_size=batch_size)
+    pairs = {}
+    for g, acc in sums.items():
+        d = spec.sizes[g]
+        if acc is None:
+            pairs[g] = [(k, d + k) for k in range(d)]
+            continue
+        n, s, zz = acc
+        mean = s / n
+        cov = zz / n - torch.outer(mean, mean)
+        sd = cov.diagonal().clamp_min(0).sqrt()
+        norm = torch.outer(sd, sd)
+        corr = torch.where(norm > 0, cov / norm.clamp_min(1e-300), torch.zeros_like(cov))
+        pairs[g] = _in_reference_order(_greedy_pairs(corr.cpu().numpy()), d)
+    return pairs
+
+
+def _axis_map(size: int, segments, pairs: dict, model: int, output: bool) -> torch.Tensor:
+    """``(size, size)``, merged position x original position, for one tensor axis of ``model``: on an output
+    axis each merged unit takes half of each pair member (positions of no group: half, the plain average);
+    on an input axis each original unit adds into its pair's merged unit (positions of no group: kept)."""
+    share = 0.5 if output else 1.0
+    R = torch.eye(size, dtype=torch.float64) * share
+    for seg in segments:
+        units = pairs[seg.group]
+        d = len(units)
+        block = torch.zeros(d, d, dtype=torch.float64)
+        for k, pair in enumerate(units):
+            for q in pair:
+                if q // d == model:
+                    block[k, q % d] += share
+        a, b = seg.start, seg.start + d * seg.repeat
+        R[a:b, a:b] = torch.kron(block, torch.eye(seg.repeat, dtype=torch.float64))
+    return R
+
+
+def zip_states(spec: PermutationSpec, states: list, pairs: dict) -> dict:
+    """The zipped state dict of two models' ``states`` under ``pairs`` (:func:`match_features`): axis 0 of a
+    tensor (its output units) through the merge matrix, other axes (input units) through the unmerge matrix,
+    summed over the two models; a tensor whose axis 0 holds no hidden units is averaged, and a tensor that is
+    not floating point (BatchNorm's batch counter) is the first model's."""
+    out = {}
+    for name, first in states[0].items():
+        if not first.is_floating_point():
+            out[name] = first.clone()
+            continue
+        axes = spec.axes.get(name, {})
+        total = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
+        for m, state in enumerate(states):
+            t = state[name].double()
+            for axis, segments in axes.items():
+                R = _axis_map(t.shape[axis], segments, pairs, m, output=axis == 0).to(t.device)
+                t = torch.tensordot(R, t.movedim(axis, 0), dims=1).movedim(0, axis)
+            total += t if 0 in axes else 0.5 * t
+        out[name] = total.to(first.dtype)
+    return out
+
+
+@torch.no_grad()
+def zip_models(models: list, data: Any, *, repair: bool = True, batch_size: int = 256) -> nn.Module:
+    """One model of the two ``models``' architecture, their units zipped (module docstring) by the
+    correlation of their activations on the inputs of ``data`` (a tensor or ``(X, y)``; labels are never
+    used). With ``repair`` (the default), REPAIR on the same inputs: each merged unit's pre-activation mean
+    and spread set to its pair's mean; for a BatchNorm model, its running statistics recomputed instead.
+
+    :raises ValueError: for other than two models, models of different architectures, a graph whose
+                        permutations cannot be derived (the message names the node), or data that is not a
+                        batch of inputs.
+    """
+    models = checked_models("zip_models", models, 0)
+    if len(models) != 2:
+        raise SettingError(f"zip_models zips two models, got {len(models)}")
+    integer("batch_size", batch_size, 1)
+    first = next(models[0].parameters())
+    X = _inputs(data).to(device=first.device, dtype=first.dtype)
+    spec = permutation_spec(models[0])
+    pairs = match_features(spec, models, X, batch_size=batch_size)
+    zipped = copy.deepcopy(models[0])
+    zipped.load_state_dict(zip_states(spec, [m.state_dict() for m in models], pairs))
+    if not repair:
+        return zipped
+    if batchnorm_layers(zipped):
+        return repair_batchnorm(zipped, X, batch_size=batch_size)
+    layers = _hidden_layers(zipped, spec)
+    was = [m.training for m in (zipped, *models)]
+    for m in (zipped, *models):
+        m.eval()
+    try:
+        stats = [_unit_stats(m, layers, X, batch_size) for m in models]
+        targets = {}
+        for name in layers:
+            # units of no group: the plain average's targets; zipped units: their pair's mean
+            mean, sd = ((stats[0][name][i] + stats[1][name][i]) / 2 for i in (0, 1))
+            for seg in spec.axes[f"{name}.weight"][0]:
+                d = spec.sizes[seg.group]
+                for k, pair in enumerate(pairs[seg.group]):
+                    at = [(q // d, seg.start + q % d) for q in pair]
+                    mean[seg.start + k] = sum(stats[m][name][0][u] for m, u in at) / 2
+                    sd[seg.start + k] = sum(stats[m][name][1][u] for m, u in at) / 2
+            targets[name] = (mean, sd)
+        fold_statistics(zipped, targets, X, batch_size=batch_size)
+    finally:
+        for m, w in zip((zipped, *models), was):
+            m.train(w)
+    return zipped
