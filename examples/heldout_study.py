@@ -68,13 +68,15 @@ def main(argv=None):
                 )
             results[f"{name}/{setting}"] = {"runs": runs, "rows": study.summarize(runs), "role": study.ROLES[name]}
     choices = {}
-    seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in (1, 2, 3)]
+    seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in (1, 2, 3, 4)]
     if seen[0]:  # round 1: the fitness and the matching, on the development tasks
         choices.update(fitness=study.choose_metric(seen[0]), matching=study.choose_matching(seen[0]))
     if seen[1]:  # round 2: the gate, on the development and round-1 held-out tasks, with the defaults
         choices["gate"] = study.choose_gate(seen[1], DEFAULT_METRIC, DEFAULT_MATCHING)
     if seen[2]:  # round 3: merge's default alignment, on every table but the new held-out ones
         choices["alignment"] = study.choose_alignment(seen[2], DEFAULT_METRIC, DEFAULT_GATE)
+    if seen[3]:  # round 4: with or without the parents' zip, on every table but the new held-out ones
+        choices["zip"] = study.choose_zip(seen[3], DEFAULT_METRIC, DEFAULT_GATE)
     os.makedirs(args.out, exist_ok=True)
     write_json(
         {"settings": vars(args), "results": results, "choices": choices, "seconds": time.perf_counter() - t0},
@@ -85,13 +87,14 @@ def main(argv=None):
     return {"results": results, "choices": choices}
 
 
-ROLE_ORDER = ("development", "round-1 held out", "round-2 held out", "held out")
+ROLE_ORDER = ("development", "round-1 held out", "round-2 held out", "round-3 held out", "held out")
 # what each choice's rule read (the table's first words)
 READ = {
     "fitness": "Development",
     "matching": "Development",
     "gate": "Development and round-1 held-out",
     "alignment": "Development, round-1 and round-2 held-out",
+    "zip": "Development, round-1, round-2 and round-3 held-out",
 }
 # the methods each default runs as: merge() (the round-3 alignment), merge(align=False) (round 2's merge()),
 # merge(align=True), the coefficient GA and cma_merge

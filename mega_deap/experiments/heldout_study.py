@@ -54,6 +54,9 @@ __all__ = [
     "choose_matching",
     "choose_gate",
     "choose_alignment",
+    "choose_zip",
+    "ZIP",
+    "CANDIDATE_ZIPS",
 ]
 
 CANDIDATE_METRICS = ("accuracy_ll", "accuracy", "neg_log_loss", "neg_log_loss_tempered")
@@ -65,6 +68,9 @@ CANDIDATE_MATCHINGS = ("weights", "activations")
 CANDIDATE_GATES = (None, 0.01, 0.05, 0.2)
 # round 3: merge's default alignment (None: none, the paper's), each judged as merge runs it by default
 CANDIDATE_ALIGNMENTS = (None, *CANDIDATE_MATCHINGS)
+# round 4: round 3's choice, or the same with the parents' zip (ZipIt!) in the first population
+ZIP = "merge(align='zip')"
+CANDIDATE_ZIPS = ("activations", "zip")
 # the methods each gate level is applied to (a gate reads a method's merged model; the GA is not rerun)
 # the unaligned merge with BatchNorm repair on calibration inputs (what README tells a user with BatchNorm
 # models to pass): a row of the tasks whose models have BatchNorm only. Added after round 3 chose, to check
@@ -75,6 +81,7 @@ GATED = (
     CALIBRATED,
     "merge, accuracy_ll",
     *(f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS),
+    ZIP,
     "coefficient GA, aligned",
     "cma_merge",
 )
@@ -90,7 +97,7 @@ METHODS = (
     + tuple(f"merge, {m}" for m in CANDIDATE_METRICS)
     + ("MeGA (paper)", CALIBRATED)
     + tuple(f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS)
-    + ("coefficient GA, aligned", "cma_merge")
+    + (ZIP, "coefficient GA, aligned", "cma_merge")
     + tuple(gated(m, g) for m in GATED for g in CANDIDATE_GATES if g is not None)
     + ("output ensemble",)
 )
@@ -126,18 +133,27 @@ HELD_OUT_2 = (
 )
 # written down after round 3's choice and before any of them ran: architectures no earlier round had (a
 # residual MLP, a CNN with a hidden fully connected layer after a flatten) and a new synthetic data set
-HELD_OUT = (
+HELD_OUT_3 = (
     Task("digits-resmlp-noise", "digits", "resmlp", "noise", 0.25, 80),
     Task("digits-lenet-subset", "digits", "lenet", "subset", 0.25, 150),
     Task("synthetic8-mlp-bn-noise", "synthetic8", "mlp-bn", "noise", 0.25, 100),
 )
-TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT_1 + HELD_OUT_2 + HELD_OUT}
+# written down with round 4's candidate and before any of them ran: architectures no earlier round had (a
+# VGG-style CNN of four convolutions without BatchNorm, a residual CNN with BatchNorm, a GELU MLP) and a
+# new synthetic data set
+HELD_OUT = (
+    Task("digits-vgg-noise", "digits", "vgg", "noise", 0.2, 60),
+    Task("digits-rescnn-bn-subset", "digits", "rescnn-bn", "subset", 0.25, 150),
+    Task("synthetic12-gelumlp-noise", "synthetic12", "gelumlp", "noise", 0.2, 100),
+)
+TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT_1 + HELD_OUT_2 + HELD_OUT_3 + HELD_OUT}
 # what each task's tables do: choose in every round; report in round 1, then choose; report in round 2,
 # then choose; report only
 ROLES = {
     **{t.name: "development" for t in DEVELOPMENT},
     **{t.name: "round-1 held out" for t in HELD_OUT_1},
     **{t.name: "round-2 held out" for t in HELD_OUT_2},
+    **{t.name: "round-3 held out" for t in HELD_OUT_3},
     **{t.name: "held out" for t in HELD_OUT},
 }
 # the roles whose tables each round's rule reads
@@ -145,6 +161,7 @@ ROUNDS = {
     1: ("development",),
     2: ("development", "round-1 held out"),
     3: ("development", "round-1 held out", "round-2 held out"),
+    4: ("development", "round-1 held out", "round-2 held out", "round-3 held out"),
 }
 
 
@@ -211,6 +228,59 @@ class ResMLP(nn.Module):
         return self.head(h)
 
 
+class VGG(nn.Module):
+    """Two blocks of two conv-ReLU layers without BatchNorm, max pooling after each, global average pooling,
+    linear."""
+
+    def __init__(self, in_channels=1, num_classes=10, width=16):
+        super().__init__()
+        chans = (in_channels, width, width, 2 * width, 2 * width)
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans, chans[1:]))
+        self.fc = nn.Linear(chans[-1], num_classes)
+
+    def forward(self, x):
+        for i, conv in enumerate(self.convs):
+            x = F.relu(conv(x))
+            if i % 2:
+                x = F.max_pool2d(x, 2)
+        return self.fc(x.mean((2, 3)))
+
+
+class ResBNCNN(nn.Module):
+    """A conv-BatchNorm-ReLU stem, residual blocks ``x + relu(bn(conv(x)))`` (one residual stream), max
+    pooling, global average pooling, linear."""
+
+    def __init__(self, in_channels=1, num_classes=10, width=24, blocks=2):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1, bias=False) for _ in range(blocks))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(blocks))
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        for conv, bn in zip(self.convs, self.bns):
+            x = x + F.relu(bn(conv(x)))
+        return self.fc(F.max_pool2d(x, 2).mean((2, 3)))
+
+
+class GELUMLP(nn.Module):
+    """Two hidden layers with GELU, then a linear classifier."""
+
+    def __init__(self, in_features, num_classes, hidden=(192, 96)):
+        super().__init__()
+        sizes = (in_features, *hidden)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.out = nn.Linear(sizes[-1], num_classes)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        for layer in self.hidden:
+            x = F.gelu(layer(x))
+        return self.out(x)
+
+
 class LeNet(nn.Module):
     """Two conv-ReLU-max-pool blocks without BatchNorm, a flatten, a hidden linear layer and a classifier."""
 
@@ -237,6 +307,9 @@ SYNTHETIC = {
     ),
     "synthetic8": dict(
         n_samples=2800, n_features=32, n_informative=14, n_redundant=6, n_classes=8, class_sep=1.3, random_state=33
+    ),
+    "synthetic12": dict(
+        n_samples=3600, n_features=36, n_informative=16, n_redundant=6, n_classes=12, class_sep=1.4, random_state=47
     ),
 }
 
@@ -289,6 +362,12 @@ def build(task: Task, splits: Splits) -> nn.Module:
         return ResMLP(features, splits.num_classes)
     if task.model == "lenet":
         return LeNet(splits.in_channels, splits.num_classes, splits.image_size)
+    if task.model == "vgg":
+        return VGG(splits.in_channels, splits.num_classes)
+    if task.model == "rescnn-bn":
+        return ResBNCNN(splits.in_channels, splits.num_classes)
+    if task.model == "gelumlp":
+        return GELUMLP(features, splits.num_classes)
     if task.model == "deepmlp":
         return MLP(features, splits.num_classes, hidden=(128, 64))
     raise ValueError(f"unknown model {task.model!r}")
@@ -392,6 +471,7 @@ def run_task(
             f"merge(align={how!r})",
             lambda how=how: merge(parents, splits.val, align=how, calibration=calib, **common).model,
         )
+    timed(ZIP, lambda: merge(parents, splits.val, align="zip", calibration=calib, **common).model)
     timed(
         "coefficient GA, aligned",
         lambda: merge(parents, splits.val, align=True, calibration=calib, genome="coefficients", **common).model,
@@ -507,6 +587,18 @@ def choose_alignment(tables: dict, metric: str, level) -> tuple:
             for a in CANDIDATE_ALIGNMENTS
         },
     )
+
+
+def choose_zip(tables: dict, metric: str, level) -> tuple:
+    """Round 4: :func:`choose` between round 3's default alignment (``"activations"``) and the same with the
+    parents' zip in the first population (``"zip"``, :data:`CANDIDATE_ZIPS`), each as ``merge`` would run it
+    by default: fitness ``metric`` behind the gate at ``level`` (``None``: no gate). Where a table has no zip
+    row (more than two parents), it has none to choose on."""
+
+    def row(method):
+        return method if level is None else gated(method, level)
+
+    return choose(tables, {a: row(f"merge(align={a!r})") for a in CANDIDATE_ZIPS})
 
 
 def unaligned_baseline(run: dict, level) -> str:
