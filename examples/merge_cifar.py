@@ -29,7 +29,7 @@ from mega_deap import Evaluator, distributed
 from mega_deap.adapters import TorchAdapter
 from mega_deap.cli import add_align_argument, add_ga_arguments
 from mega_deap.evaluation import get_metric
-from mega_deap.align import align_parents, batchnorm_layers, repair_batchnorm
+from mega_deap.align import align_parents, batchnorm_layers, repair_batchnorm, zip_models
 from mega_deap.experiments import (
     add_data_args,
     ensemble_accuracy,
@@ -43,6 +43,14 @@ from mega_deap.experiments import (
     weight_average,
     write_json,
 )
+
+
+# the report's words for the alignment a merge ran (MergeResult.align)
+ALIGNED = {
+    "weights": "aligned by weights",
+    "activations": "aligned by activations",
+    "zip": "aligned by activations, zip seeded",
+}
 
 
 def parse_args(argv=None):
@@ -161,12 +169,15 @@ def main(argv=None):
     rows.append({"model": "weight averaging", **accs(weight_average(parents))})
     if result.align:  # the matching the merge ran (auto: activations, where the model allows it)
         inputs = calibration if calibration is not None else splits.val[0]
-        aligned_avg = weight_average(align_parents(parents, result.align, inputs))
+        matching = "activations" if result.align == "zip" else result.align  # zip: the parents by activations
+        aligned_avg = weight_average(align_parents(parents, matching, inputs))
         rows.append({"model": "aligned weight averaging", **accs(aligned_avg)})
         if calibration is not None:
             rows.append(
                 {"model": "aligned averaging + BatchNorm repair", **accs(repair_batchnorm(aligned_avg, calibration))}
             )
+        if result.align == "zip":  # the zip the merge started from (REPAIRed or BatchNorm-repaired)
+            rows.append({"model": "the parents zipped (ZipIt!)", **accs(zip_models(parents, inputs))})
     rows.append(
         {
             "model": "output ensemble",
@@ -176,7 +187,7 @@ def main(argv=None):
     )
     kept = "" if result.parent is None else f" (the gate kept {rows[result.parent]['model']}, p = {result.gate_p:.3g})"
     rows.append(
-        {"model": "MeGA" + (f", aligned by {result.align}" if result.align else "") + kept, **accs(result.model)}
+        {"model": "MeGA" + (f", {ALIGNED[result.align]}" if result.align else "") + kept, **accs(result.model)}
     )
     better = max(rows[: len(parents)], key=lambda r: r["val_acc"])  # the parent one would pick without the test split
     gain = {k: rows[-1][k] - better[k] for k in ("val_acc", "test_acc")}

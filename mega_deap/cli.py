@@ -148,15 +148,15 @@ def gate_level(text: str):
 
 
 def align_value(text: str):
-    """``--align``'s value: ``"auto"``, ``False`` (``none``), ``"weights"`` or ``"activations"``."""
-    values = {"auto": "auto", "none": False, "weights": "weights", "activations": "activations"}
+    """``--align``'s value: ``"auto"``, ``False`` (``none``), ``"weights"``, ``"activations"`` or ``"zip"``."""
+    values = {"auto": "auto", "none": False, "weights": "weights", "activations": "activations", "zip": "zip"}
     if text not in values:
-        raise argparse.ArgumentTypeError(f"expected auto, none, weights or activations, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected auto, none, weights, activations or zip, got {text!r}")
     return values[text]
 
 
 def add_align_argument(p: argparse.ArgumentParser, also: str = "") -> None:
-    """``--align [auto|none|weights|activations]``: merge's ``align`` (bare ``--align``: ``True``, weight
+    """``--align [auto|none|weights|activations|zip]``: merge's ``align`` (bare ``--align``: ``True``, weight
     matching); ``also``: what the flag does besides, for the help."""
     p.add_argument(
         "--align",
@@ -164,9 +164,10 @@ def add_align_argument(p: argparse.ArgumentParser, also: str = "") -> None:
         nargs="?",
         const=True,
         default="auto",
-        metavar="{auto,none,weights,activations}",
+        metavar="{auto,none,weights,activations,zip}",
         help="align the parents' hidden units to the first one's before merging: auto (activation matching "
-        "where the model allows it), none (the paper), weights or activations; bare --align: weights" + also,
+        "where the model allows it), none (the paper), weights, activations, or zip (activations, and the two "
+        "parents' zip in the first population); bare --align: weights" + also,
     )
 
 

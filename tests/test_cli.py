@@ -103,13 +103,14 @@ def test_the_alignment_from_the_command_line(folder):
         ([], "a0", "activations"),
         (["--align", "none"], "a1", None),
         (["--align"], "a2", "weights"),
+        (["--align", "zip", "--popsize", "6"], "a4", "zip"),  # room for the average, REPAIR and the zip
     ):
         proc = cli(folder, *common, "--popsize", "4", "--ngen", "1", *extra, "--out", out, "--quiet")
         assert proc.returncode == 0, proc.stderr
         assert json.loads((folder / out / "results.json").read_text())["align"] == want
     proc = cli(folder, *common, "--align", "yes", "--out", "a3")
     assert proc.returncode == 2 and not (folder / "a3").exists()
-    assert "argument --align: expected auto, none, weights or activations, got 'yes'" in proc.stderr.splitlines()[-1]
+    assert "argument --align: expected auto, none, weights, activations or zip, got 'yes'" in proc.stderr.splitlines()[-1]
 
 
 @pytest.mark.parametrize(

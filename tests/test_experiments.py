@@ -413,3 +413,34 @@ def test_fitness_plot_follows_the_best_curve_not_an_outlying_mean(monkeypatch, t
     low, high = ax.get_ylim()
     assert 0.5 < low < 0.94 and high > 0.97
     assert "below the axis" in ax.get_legend().get_texts()[1].get_text()
+
+
+def test_merge_cifar_zip_reports_the_zip_it_started_from(tmp_path):
+    """--align zip: the report adds the parents' zip (REPAIRed: BatchNorm statistics recomputed) to the
+    aligned rows, and names the merge's alignment."""
+    report = load_example("merge_cifar").main(
+        [
+            "--dataset",
+            "digits",
+            "--epochs",
+            "3",
+            "--popsize",
+            "6",
+            "--ngen",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+            "--align",
+            "zip",
+            "--calibration",
+            "200",
+        ]
+    )
+    names = [r["model"] for r in report["rows"]]
+    mega = "MeGA, aligned by activations, zip seeded"
+    assert names == [*ALIGNED_REPORT[:-1], "the parents zipped (ZipIt!)", ALIGNED_REPORT[-1], mega]
+    rows = {r["model"]: r for r in report["rows"]}
+    # the zip is in the first population: the merge is at least as accurate on validation
+    assert rows[mega]["val_acc"] >= rows["the parents zipped (ZipIt!)"]["val_acc"]
+    assert report["settings"]["align"] == "zip"
