@@ -96,18 +96,30 @@ READ = {
     "alignment": "Development, round-1 and round-2 held-out",
     "zip": "Development, round-1, round-2 and round-3 held-out",
 }
-# the methods each default runs as: merge() (the round-3 alignment), merge(align=False) (round 2's merge()),
-# merge(align=True), the coefficient GA and cma_merge
+# the methods each default runs as: merge() (the round-4 alignment), merge(align=False) (round 2's merge()),
+# merge(align='activations') (round 3's merge()), merge(align=True), the coefficient GA and cma_merge
+ROUND_3 = "merge(align='activations')"
 DEFAULT_METHODS = (
     f"merge(align={DEFAULT_ALIGN!r})",
     f"merge, {DEFAULT_METRIC}",
+    ROUND_3,
     f"merge(align={DEFAULT_MATCHING!r})",
     "coefficient GA, aligned",
     "cma_merge",
 )
 # their names in the tables: how a user calls them
 LABELS = dict(
-    zip(DEFAULT_METHODS, ("`merge()`", "`merge(align=False)`", "`merge(align=True)`", "coefficient GA", "`cma_merge`"))
+    zip(
+        DEFAULT_METHODS,
+        (
+            "`merge()`",
+            "`merge(align=False)`",
+            "`merge(align='activations')`",
+            "`merge(align=True)`",
+            "coefficient GA",
+            "`cma_merge`",
+        ),
+    )
 )
 # rows of the gate at levels other than the default: chosen among, not shown in the tables
 HIDDEN = {study.gated(m, g) for m in study.GATED for g in study.CANDIDATE_GATES if g not in (None, DEFAULT_GATE)}
@@ -236,9 +248,11 @@ def summary(results, choices) -> str:
         + "\n".join(out)
         + "\n\nOn the tables each round chose on (the fitness and the matching: development; the gate: "
         "development and round-1 held out; `merge()`'s alignment: development, round-1 and round-2 held out; "
-        "test accuracy minus the best parent's, worst table and mean):\n\n"
+        "the zip: development and round-1 to round-3 held out; test accuracy minus the best parent's, worst "
+        "table and mean):\n\n"
         + "\n".join(lines)
         + ("\n\n" + half_point_lines(results) if half_point(results) else "")
+        + ("\n" + zip_effect_lines(results) if zip_effect(results) else "")
         + ("\n" + align_effect_lines(results) if align_effect(results) else "")
         + ("\n" + rule_check_line(results) if rule_check(results)[0] else "")
     ).rstrip()
@@ -285,15 +299,16 @@ def paired(runs, new: str, old) -> dict:
     }
 
 
-def align_effect(results, calibrated: bool = False) -> list:
-    """What round 3's default alignment changes: ``merge()`` minus ``merge(align=False)`` (both as run by
-    default, behind the default gate), over every seed of every table of each role (:func:`paired`),
-    Holm-corrected over the roles. ``calibrated``: against ``merge(align=False)`` as README runs it, with
-    calibration inputs where the models have BatchNorm (:func:`~mega_deap.experiments.heldout_study.
-    unaligned_baseline`). Rows ``{role, mean, changed, runs, better, worse, p}``."""
+def align_effect(results, calibrated: bool = False, new_method: str = ROUND_3, old_method=None) -> list:
+    """What a default alignment changes: ``new_method`` (default: round 3's, ``merge(align='activations')``)
+    minus ``old_method`` (default: ``merge(align=False)``), both as run by default (behind the default gate),
+    over every seed of every table of each role (:func:`paired`), Holm-corrected over the roles.
+    ``calibrated``: against ``merge(align=False)`` as README runs it, with calibration inputs where the
+    models have BatchNorm (:func:`~mega_deap.experiments.heldout_study.unaligned_baseline`). Rows ``{role,
+    mean, changed, runs, better, worse, p}``."""
     from mega_deap.experiments.ablation import holm
 
-    new, old = default_row(DEFAULT_METHODS[0]), default_row(DEFAULT_METHODS[1])
+    new, old = default_row(new_method), default_row(old_method or DEFAULT_METHODS[1])
     base = (lambda run: study.unaligned_baseline(run, DEFAULT_GATE)) if calibrated else old
     rows = []
     for role in ROLE_ORDER:
@@ -312,14 +327,34 @@ def align_effect_lines(results) -> str:
     if not rows:
         return ""
     return markdown(
-        f"What round 3 changed: test accuracy of `merge()` (`align={DEFAULT_ALIGN!r}`) minus `merge(align=False)` "
-        "(the default before it), over every seed of every table of a kind (points); p: two-sided Wilcoxon "
-        "signed-rank test on the runs that differ, Holm-corrected over the kinds of table. The unaligned "
-        "candidate round 3 compared ran without calibration inputs; the rows marked calibrated compare with "
-        "`merge(align=False)` as README tells users of BatchNorm models to run it (with calibration inputs; "
-        "the same merge on the other models), a check added after the choice.",
+        "What round 3 changed: test accuracy of `merge(align='activations')` (round 3's `merge()`) minus "
+        "`merge(align=False)` (the default before it), over every seed of every table of a kind (points); p: "
+        "two-sided Wilcoxon signed-rank test on the runs that differ, Holm-corrected over the kinds of table. "
+        "The unaligned candidate round 3 compared ran without calibration inputs; the rows marked calibrated "
+        "compare with `merge(align=False)` as README tells users of BatchNorm models to run it (with "
+        "calibration inputs; the same merge on the other models), a check added after the choice.",
         ("tables", "mean change", "runs that differ", "better / worse", "p (Holm)"),
         [(r["role"] + mark, *_change_cells(r)) for r, mark in rows],
+    )
+
+
+def zip_effect(results) -> list:
+    """What round 4 changed: ``merge()`` (with the parents' zip) minus round 3's ``merge(align='activations')``,
+    as :func:`align_effect` pairs them."""
+    return align_effect(results, new_method=f"merge(align={DEFAULT_ALIGN!r})", old_method=ROUND_3)
+
+
+def zip_effect_lines(results) -> str:
+    """:func:`zip_effect` as a Markdown table (points)."""
+    rows = zip_effect(results)
+    if not rows:
+        return ""
+    return markdown(
+        f"What round 4 changed: test accuracy of `merge()` (`align={DEFAULT_ALIGN!r}`) minus "
+        "`merge(align='activations')` (round 3's `merge()`), over every seed of every table of a kind (points); "
+        "p: two-sided Wilcoxon signed-rank test on the runs that differ, Holm-corrected over the kinds of table.",
+        ("tables", "mean change", "runs that differ", "better / worse", "p (Holm)"),
+        [(r["role"], *_change_cells(r)) for r in rows],
     )
 
 
@@ -378,6 +413,8 @@ def table(results, choices) -> str:
     for role in ROLE_ORDER[1:]:  # each round's held-out tables, as its rule would have judged them
         if half_point(results, role):
             out.append(half_point_lines(results, role))
+    if zip_effect(results):
+        out.append(zip_effect_lines(results))
     if align_effect(results):
         out.append(align_effect_lines(results))
     if rule_check(results)[0]:
@@ -388,7 +425,7 @@ def table(results, choices) -> str:
             markdown(
                 f"What the gate at its default level ({DEFAULT_GATE}) changes: test accuracy of each default "
                 "method with the gate minus without, over every seed of every table of a kind (points); p: "
-                "two-sided Wilcoxon signed-rank test on the runs it changes, Holm-corrected over the five methods "
+                "two-sided Wilcoxon signed-rank test on the runs it changes, Holm-corrected over the six methods "
                 "of a kind.",
                 ("tables", "method", "mean change", "runs changed", "better / worse", "p (Holm)"),
                 [(r["role"], r["method"], *_change_cells(r)) for r in effect],

@@ -186,9 +186,7 @@ def main(argv=None):
         }
     )
     kept = "" if result.parent is None else f" (the gate kept {rows[result.parent]['model']}, p = {result.gate_p:.3g})"
-    rows.append(
-        {"model": "MeGA" + (f", {ALIGNED[result.align]}" if result.align else "") + kept, **accs(result.model)}
-    )
+    rows.append({"model": "MeGA" + (f", {ALIGNED[result.align]}" if result.align else "") + kept, **accs(result.model)})
     better = max(rows[: len(parents)], key=lambda r: r["val_acc"])  # the parent one would pick without the test split
     gain = {k: rows[-1][k] - better[k] for k in ("val_acc", "test_acc")}
     # the report's last row: the paired difference (points), the number a user of this merge looks for

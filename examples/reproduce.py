@@ -248,14 +248,14 @@ def section_heldout(out, quick):
             "--seeds",
             "2",
             "--popsize",
-            "4",
+            "6",  # room for the parents, their average, its REPAIRed copy and their zip
             "--ngen",
             "2",
         ]
     res = ex.main(argv)
     seeds = len(next(iter(res["results"].values()))["runs"])
     head = (
-        f"{seeds} seeds per task and setting, N={4 if quick else 20}, G={2 if quick else 20}; accuracies in % "
+        f"{seeds} seeds per task and setting, N={6 if quick else 20}, G={2 if quick else 20}; accuracies in % "
         f"(mean ± sd over seeds); test − best parent: the method's test accuracy minus the better parent's "
         f"on test (mean ± sd over seeds, and the worst seed); gap closed: of the gap from the best parent's "
         f"test accuracy to the output ensemble's, from the means; the last column but one counts the seeds "

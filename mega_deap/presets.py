@@ -497,7 +497,9 @@ def merge(
     rescale = rescale and (calibration is not None or not model_objective)  # REPAIR reads inputs
     if auto and matching:  # a default: the average and its REPAIRed copy join where the population has room
         rescale = rescale and popsize >= len(models) + 2
-    zipping = matching == ZIP
+        if matching == ZIP and popsize < len(models) + 2 + rescale:  # and the zip, after them
+            matching = "activations"
+    zipping = matching == ZIP and include_parents
     seeds = len(models) + (0 if auto else (1 if matching else 0) + (1 if rescale else 0) + (1 if zipping else 0))
     if include_parents and popsize < seeds:
         raise SettingError(
@@ -517,20 +519,26 @@ def merge(
     select_data, val_xy = None, (X, y)
     if holdout:
         (X, y), select_data = _holdout(X, y, holdout, seed)
-    aligned = None
+    aligned = zipped = None
     if auto and matching:  # a default must not fail where align=False works: a failed matching, no alignment
         try:
             aligned = _aligned(models, matching, calibration, X)
+            zipped = _zipped(models, calibration, X) if zipping else None
         except (ValueError, TypeError, RuntimeError) as err:
-            align_note = f"{matching[:-1]} matching failed ({type(err).__name__}: {err})"  # activation, weight
+            what = "zipping" if aligned is not None else f"{_matching_of(matching)[:-1]} matching"
+            align_note = f"{what} failed ({type(err).__name__}: {err})"  # activation, weight
         # every rank goes the same way (a clear error, naming the ranks, where they would not)
         ok = distributed.agree(
-            aligned is not None,
-            f"the parents' {matching[:-1]} matching succeeding",
+            aligned is not None and (zipped is not None or not zipping),
+            f"the parents' {_matching_of(matching)[:-1]} matching"
+            + (" and zipping" if zipping else "")
+            + " succeeding",
             "the ranks must hold the same parents and inputs" + (f"; here: {align_note}" if align_note else ""),
         )
         if not ok:
-            matching, rescale = None, False
+            matching, rescale, zipping = None, False, False
+    elif zipping:
+        zipped = _zipped(models, calibration, X)
     build_kwargs = dict(
         align=matching,
         aligned=aligned,
@@ -586,13 +594,12 @@ def merge(
     individuals = list(initBlend(pop.individuals(icls), genomes))
     if include_parents:
         starts = list(genomes) + ([genomes.mean(0)] if matching else [])
-        inputs = calibration if calibration is not None else (None if X is None else torch.as_tensor(X))
         if rescale:  # REPAIR: the average's units get the parents' mean statistics back
-            starts.append(_repaired_average(adapter, genomes, inputs))
+            starts.append(
+                _repaired_average(adapter, genomes, calibration if calibration is not None else torch.as_tensor(X))
+            )
         if zipping:  # ZipIt!: units merged with their best-correlated partner, in either parent
-            from .align import zip_models
-
-            starts.append(adapter.genome(zip_models(models, inputs)))
+            starts.append(adapter.genome(zipped))
         for ind, g in zip(individuals, starts):
             ind.genome.copy_(g)
     for ind in individuals:
@@ -605,7 +612,8 @@ def merge(
 
     # 3. the run
     if verbose and auto and distributed.is_main():  # what align="auto" did, in one line (rank 0 only)
-        print(f"align: {matching} matching" if matching else f"align: none: {align_note}")
+        said = {ZIP: "activations matching, the zip seeded"}.get(matching, f"{matching} matching")
+        print(f"align: {said}" if matching else f"align: none: {align_note}")
     hof = tools.HallOfFame(hof_size if holdout else 1, similar=genome_equal)
     individuals, logbook = eaMeGA(
         individuals,
@@ -650,8 +658,9 @@ MATCHINGS = ("weights", "activations")
 # the first population
 ZIP = "zip"
 DEFAULT_MATCHING = "weights"  # align=True; chosen on the held-out study's development tasks (README)
-# merge's align="auto" where the models allow it: chosen by round 3 of the held-out study (README)
-DEFAULT_ALIGN = "activations"
+# merge's align="auto" where the models allow it: activation matching, chosen by round 3 of the held-out
+# study, with the two parents' zip in the first population, chosen by round 4 (README)
+DEFAULT_ALIGN = ZIP
 
 
 def _auto_align(models, genome, has_inputs: bool) -> tuple:
@@ -676,6 +685,8 @@ def _auto_align(models, genome, has_inputs: bool) -> tuple:
         return None, f"its hidden-unit permutations do not derive ({type(e).__name__}: {e})"
     if not spec.sizes:
         return None, "the network has no hidden units to permute"
+    if DEFAULT_ALIGN == ZIP and len(models) != 2:  # zipping takes two models; more are aligned only
+        return "activations", None
     return DEFAULT_ALIGN, None
 
 
@@ -734,13 +745,26 @@ def _repaired_average(adapter, genomes, data) -> torch.Tensor:
     return adapter.genome(average)
 
 
+def _matching_of(align: str) -> str:
+    """The matching that aligns the parents under ``align`` (``"zip"``: activations)."""
+    return "activations" if align == ZIP else align
+
+
+def _zipped(models, calibration, X):
+    """The two parents zipped (:func:`mega_deap.align.zip_models`) on the calibration inputs, else the
+    validation inputs ``X``."""
+    from .align import zip_models
+
+    return zip_models(models, calibration if calibration is not None else torch.as_tensor(X))
+
+
 def _aligned(models, matching, calibration, X) -> list:
     """Copies of ``models`` with their hidden units aligned to the first's by ``matching``: ``"weights"``, or
     ``"activations"`` on the calibration inputs (else the validation inputs ``X``)."""
     from .align import align_parents
 
     inputs = calibration if calibration is not None else (None if X is None else torch.as_tensor(X))
-    return align_parents(models, "activations" if matching == ZIP else matching, inputs)
+    return align_parents(models, _matching_of(matching), inputs)
 
 
 def _build(

@@ -110,7 +110,9 @@ def test_the_alignment_from_the_command_line(folder):
         assert json.loads((folder / out / "results.json").read_text())["align"] == want
     proc = cli(folder, *common, "--align", "yes", "--out", "a3")
     assert proc.returncode == 2 and not (folder / "a3").exists()
-    assert "argument --align: expected auto, none, weights, activations or zip, got 'yes'" in proc.stderr.splitlines()[-1]
+    assert (
+        "argument --align: expected auto, none, weights, activations or zip, got 'yes'" in proc.stderr.splitlines()[-1]
+    )
 
 
 @pytest.mark.parametrize(

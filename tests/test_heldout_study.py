@@ -108,7 +108,7 @@ def test_align_effect_pairs_merge_with_its_unaligned_self_per_kind_of_table():
     from scipy.stats import wilcoxon
 
     ex = _example()
-    new, old = ex.default_row(ex.DEFAULT_METHODS[0]), ex.default_row(ex.DEFAULT_METHODS[1])
+    new, old = ex.default_row(ex.ROUND_3), ex.default_row(ex.DEFAULT_METHODS[1])
     gains = [0.02, 0.01, 0.03, -0.01, 0.0, 0.04, 0.05, 0.02]
     results = {
         "a/same-data": {"role": "held out", "runs": [{new: (0, 0.5 + g), old: (0, 0.5)} for g in gains]},
@@ -123,12 +123,39 @@ def test_align_effect_pairs_merge_with_its_unaligned_self_per_kind_of_table():
     assert rows["development"]["p"] == 1.0 and rows["development"]["changed"] == 0
 
 
+def test_zip_effect_pairs_merge_with_round_3_s_default():
+    """merge() (the zip) minus merge(align='activations') (both behind the default gate) per run, not
+    against merge(align=False); Wilcoxon on the runs that differ, Holm over the kinds of table."""
+    from scipy.stats import wilcoxon
+
+    ex = _example()
+    new, old = ex.default_row(ex.DEFAULT_METHODS[0]), ex.default_row(ex.ROUND_3)
+    unaligned = ex.default_row(ex.DEFAULT_METHODS[1])
+    assert new != old and "zip" in new
+    gains = [0.03, 0.01, 0.0, 0.05, -0.02, 0.04]
+    results = {
+        "a/x": {"role": "held out", "runs": [{new: (0, 0.6 + g), old: (0, 0.6), unaligned: (0, 0.9)} for g in gains]},
+        "b/x": {"role": "round-3 held out", "runs": [{new: (0, 0.5), old: (0, 0.4), unaligned: (0, 0.1)}] * 3},
+    }
+    rows = {r["role"]: r for r in ex.zip_effect(results)}
+    held = rows["held out"]
+    assert (held["changed"], held["better"], held["worse"]) == (5, 4, 1)
+    assert held["mean"] == pytest.approx(sum(gains) / 6)
+    raw = wilcoxon([g for g in gains if g]).pvalue
+    other = wilcoxon([0.1] * 3).pvalue
+    # Holm by hand over the two kinds: the smaller p times two, the larger no smaller than that
+    want = min(1.0, 2 * raw) if raw <= other else max(min(1.0, 2 * other), raw)
+    assert held["p"] == pytest.approx(want)
+    assert rows["round-3 held out"]["mean"] == pytest.approx(0.1)
+    assert "What round 4 changed" in ex.zip_effect_lines(results)
+
+
 def test_the_calibrated_baseline_is_read_where_the_models_have_batchnorm():
     """unaligned_baseline names the calibrated row where a run has one, else the plain unaligned merge;
     align_effect(calibrated=True) and rule_check pair merge() with it."""
     ex = _example()
     level = ex.DEFAULT_GATE
-    new = ex.default_row(ex.DEFAULT_METHODS[0])
+    new = ex.default_row(ex.ROUND_3)
     plain, calibrated = study.gated("merge, accuracy", level), study.gated(study.CALIBRATED, level)
     aligned = {m: ex.default_row(f"merge(align={m!r})") for m in study.CANDIDATE_MATCHINGS}
 

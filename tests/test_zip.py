@@ -11,7 +11,6 @@ from torch import nn
 
 import mega_deap
 from conftest import permuted_copy
-from mega_deap.adapters import TorchAdapter
 from mega_deap.align import activation_matching, match_features, permutation_spec, repair_batchnorm, zip_models
 from mega_deap.align import zip_states
 from mega_deap.align.activations import unit_moments
