@@ -9,10 +9,10 @@ preset (N=20, G=20, K=4, tournament 3, mutation 0.02), and reports validation an
 parent, of weight averaging, of the output ensemble (two models run together: a reference, not a bound,
 since a merge can beat it) and of MeGA. Fitness is validation accuracy (ties broken by the log-likelihood)
 only: the test split never feeds the GA. By default (--align auto) the parents' hidden units are aligned
-first by activation matching wherever the model allows it (``merge``'s default, chosen in round 3 of the
-held-out study), every candidate's BatchNorm statistics are recomputed on --calibration training images
-before it is scored, and the report adds the aligned average (with and without that repair). --align none
-is the paper's MeGA.
+first by activation matching wherever the model allows it and their zip joins the first population
+(``merge``'s default, chosen in rounds 3 and 4 of the held-out study), every candidate's BatchNorm
+statistics are recomputed on --calibration training images before it is scored, and the report adds the
+aligned average (with and without that repair) and the zip. --align none is the paper's MeGA.
 
 Writes to --out: results.json (every number and setting), fitness.png (best and mean fitness per
 generation), merged.safetensors (load it with mega_deap.experiments.load_model_file) and the parents'

@@ -369,19 +369,20 @@ def merge(
     :param align: align every parent's hidden units to the first parent's before merging (PyTorch models):
                   ``"activations"`` (:func:`mega_deap.align.activation_matching`: units matched by the
                   correlation of their activations on the calibration inputs, or on the validation inputs
-                  when none are given; labels are never read), ``"weights"``
-                  (:func:`mega_deap.align.weight_matching`), ``True`` (:data:`DEFAULT_MATCHING`,
+                  when none are given; labels are never read), ``"zip"`` (two parents: ``"activations"``,
+                  and the parents zipped, :func:`mega_deap.align.zip_models`, in the first population),
+                  ``"weights"`` (:func:`mega_deap.align.weight_matching`), ``True`` (:data:`DEFAULT_MATCHING`,
                   ``"weights"``, chosen in round 1 of the held-out study), ``False`` (the paper: no
-                  alignment) or ``"auto"`` (the default: :data:`DEFAULT_ALIGN`, ``"activations"``, chosen in
-                  round 3 of the held-out study, see README, wherever the merge can align: a weight genome of
-                  PyTorch modules whose hidden-unit permutations derive, with inputs to match on, and one
-                  objective; else no alignment, as where the matching itself fails). ``MergeResult.align``
-                  says which matching ran;
-                  ``verbose=True`` prints what ``"auto"`` chose and why. With alignment the first population
-                  also holds the aligned parents' average, and for networks without BatchNorm (weight
-                  genomes) that average with REPAIR (:func:`mega_deap.align.repair_interpolation`, on the
-                  same inputs); with ``"auto"`` these two join only where ``popsize`` has room beside the
-                  parents.
+                  alignment) or ``"auto"`` (the default: :data:`DEFAULT_ALIGN`, ``"zip"``: activation
+                  matching, chosen in round 3 of the held-out study, and the zip, chosen in round 4, see
+                  README, wherever the merge can align: a weight genome of PyTorch modules whose hidden-unit
+                  permutations derive, with inputs to match on, and one objective; with more than two parents,
+                  or no room in ``popsize`` for the zip, ``"activations"``; else no alignment, as where the
+                  matching or the zip itself fails). ``MergeResult.align`` says which ran; ``verbose=True``
+                  prints what ``"auto"`` chose and why. With alignment the first population also holds the
+                  aligned parents' average, and for networks without BatchNorm (weight genomes) that average
+                  with REPAIR (:func:`mega_deap.align.repair_interpolation`, on the same inputs), then the
+                  zip; with ``"auto"`` these join only where ``popsize`` has room beside the parents.
     :param calibration: inputs (or ``(X, y)``; labels are never used). For models with BatchNorm, every
                         candidate's statistics are recomputed on them before it is scored
                         (:class:`mega_deap.align.BatchNormRepair`), and the returned model carries repaired

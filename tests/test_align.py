@@ -388,14 +388,15 @@ class _Branchy(nn.Module):
         return self.b(h)
 
 
-def test_merge_aligns_by_activations_by_default_where_it_can(digit_mlps, digits):
-    """align="auto" (the default) is align="activations" wherever the merge can align: the same bits."""
+def test_merge_aligns_by_activations_and_zips_by_default_where_it_can(digit_mlps, digits):
+    """align="auto" (the default) is align="zip" wherever the merge can align two parents and has room: the
+    same bits; with no room for the zip, or more than two parents, align="activations"."""
     import mega_deap
 
     kw = dict(popsize=6, ngen=2, seed=0, progress=False, device="cpu", gate=None)
     auto = mega_deap.merge(digit_mlps, digits["val"], **kw)
-    explicit = mega_deap.merge(digit_mlps, digits["val"], align="activations", **kw)
-    assert auto.align == explicit.align == "activations"
+    explicit = mega_deap.merge(digit_mlps, digits["val"], align="zip", **kw)
+    assert auto.align == explicit.align == "zip"
     assert torch.equal(auto.genome, explicit.genome) and auto.fitness == explicit.fitness
     # its first population holds the parents matched on the validation inputs (computed here independently)
     first = mega_deap.merge(digit_mlps, digits["val"], **{**kw, "ngen": 0})
@@ -404,6 +405,11 @@ def test_merge_aligns_by_activations_by_default_where_it_can(digit_mlps, digits)
     assert not torch.equal(first.population[1].genome, first.adapter.genome(digit_mlps[1]))
     plain = mega_deap.merge(digit_mlps, digits["val"], align=False, **kw)
     assert plain.align is None and not torch.equal(plain.genome, auto.genome)
+    # no room for the zip beside the parents, their average and its REPAIRed copy: activations only
+    small = {**kw, "popsize": 4}
+    four = mega_deap.merge(digit_mlps, digits["val"], **small)
+    assert four.align == "activations"
+    assert torch.equal(four.genome, mega_deap.merge(digit_mlps, digits["val"], align="activations", **small).genome)
     # three parents in a population of four: the parents first, the average where there is room; no error
     three = [*digit_mlps, copy.deepcopy(digit_mlps[0])]
     r = mega_deap.merge(three, digits["val"], popsize=4, ngen=1, seed=0, progress=False, device="cpu")
@@ -480,6 +486,16 @@ def test_auto_alignment_falls_back_when_the_matching_itself_fails(digit_mlps, di
     assert torch.equal(r.genome, mega_deap.merge(digit_mlps, digits["val"], align=False, **kw).genome)
     with pytest.raises(RuntimeError, match="cannot run this graph"):
         mega_deap.merge(digit_mlps, digits["val"], align="activations", **kw)
+    # the zip that "auto" adds fails the same way: unaligned, saying so
+    monkeypatch.undo()
+    monkeypatch.setattr(align, "zip_models", broken)
+    r = mega_deap.merge(digit_mlps, digits["val"], verbose=True, **kw)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert (
+        r.align is None and first == "align: none: zipping failed (RuntimeError: the interpreter cannot run this graph)"
+    )
+    with pytest.raises(RuntimeError, match="cannot run this graph"):
+        mega_deap.merge(digit_mlps, digits["val"], align="zip", **kw)
     bad = [copy.deepcopy(m) for m in digit_mlps]
     with torch.no_grad():
         bad[1][0].weight[0, 0] = float("nan")

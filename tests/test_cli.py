@@ -100,7 +100,7 @@ def test_the_alignment_from_the_command_line(folder):
 
     common = ["a.safetensors", "b.pt", "--model", "mynets:make_net", "--data", "mynets:validation"]
     for extra, out, want in (
-        ([], "a0", "activations"),
+        ([], "a0", "activations"),  # N=4: the parents, their average and its REPAIRed copy; no room for the zip
         (["--align", "none"], "a1", None),
         (["--align"], "a2", "weights"),
         (["--align", "zip", "--popsize", "6"], "a4", "zip"),  # room for the average, REPAIR and the zip

@@ -97,7 +97,9 @@ def test_a_matching_that_fails_on_one_rank_stops_every_rank_with_a_clear_error(t
     rank alone going unaligned would leave the others waiting in a collective."""
     proc = torchrun("matchfail", tmp_path)
     assert proc.returncode != 0
-    assert "activation matching succeeding is true on rank(s) [0] and false on rank(s) [1]" in proc.stderr
+    # the default aligns and zips: the agreement names both
+    agreed = "activation matching and zipping succeeding is true on rank(s) [0] and false on rank(s) [1]"
+    assert agreed in proc.stderr
     assert "rank 1 cannot match" in proc.stderr and not (tmp_path / "matchfail.json").exists()
 
 

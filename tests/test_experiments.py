@@ -138,12 +138,13 @@ def test_merge_cifar_example_on_digits(tmp_path):
     report = load_example("merge_cifar").main(argv)
     saved = json.loads((out / "results.json").read_text())
     names = [r["model"] for r in saved["rows"]]
-    # merge aligns by activations by default; the small CNN has BatchNorm: the repaired average is reported
-    assert names[:6] == ALIGNED_REPORT
-    assert saved["align"] == "activations"
+    # merge aligns by activations and seeds the zip by default; the small CNN has BatchNorm: the repaired
+    # average is reported
+    assert names[:7] == [*ALIGNED_REPORT[:-1], "the parents zipped (ZipIt!)", ALIGNED_REPORT[-1]]
+    assert saved["align"] == "zip"
     kept = saved["gate"]["parent"]  # the significance gate (on by default) may return a parent: the row says
-    mega = "MeGA, aligned by activations"
-    assert names[6] == mega if kept is None else names[6].startswith(f"{mega} (the gate kept {names[kept]}, p = ")
+    mega = "MeGA, aligned by activations, zip seeded"
+    assert names[7] == mega if kept is None else names[7].startswith(f"{mega} (the gate kept {names[kept]}, p = ")
     assert all(isinstance(r["val_acc"], float) and isinstance(r["test_acc"], float) for r in saved["rows"])
     assert saved["rows"] == report["rows"] and len(saved["logbook"]) == 4
     check_png(out / "fitness.png")

@@ -103,7 +103,7 @@ def test_merge_with_the_gate_returns_the_gate_s_choice(digit_mlps, digits):
     assert mega_deap.merge(digit_mlps, val, gate=1.0, **kw).parent is not None  # p <= 1: always a parent
     # merge aligns by default: the parent comes back with its units permuted, the same function
     aligned = mega_deap.merge(digit_mlps, val, gate=1e-9, **{**kw, "align": "auto"})
-    assert aligned.align == "activations" and aligned.parent is not None
+    assert aligned.align == "zip" and aligned.parent is not None
     with torch.no_grad():
         torch.testing.assert_close(aligned.model(val[0]), digit_mlps[aligned.parent](val[0]), rtol=1e-5, atol=1e-5)
 

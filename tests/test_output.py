@@ -57,7 +57,8 @@ def test_verbose_prints_one_plain_line_per_generation():
     text = run("verbose=True")
     lines = [l for l in text.splitlines() if l.strip()]
     assert "\r" not in text and "eaMeGA" not in text  # no progress bar in a pipe
-    assert lines[0] == "align: activations matching"  # what align="auto" chose
+    # what align="auto" chose: no room for the zip beside the parents, their average and its REPAIRed copy
+    assert lines[0] == "align: activations matching"
     assert lines[1].split()[:2] == ["gen", "nevals"] and len(lines) == 1 + 1 + 4 + 1  # header + generations 0..3
     assert lines[-1].startswith("gate: p = ")  # and what the significance gate did
 

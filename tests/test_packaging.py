@@ -42,9 +42,9 @@ def test_readme_main_command_runs_the_example(tmp_path):
         env={**os.environ, "MPLBACKEND": "Agg"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert re.search(r"^\| MeGA, aligned by activations( \(the gate kept parent \d .*\))? +\|", proc.stdout, re.M), (
-        proc.stdout
-    )
+    assert re.search(
+        r"^\| MeGA, aligned by activations, zip seeded( \(the gate kept parent \d .*\))? +\|", proc.stdout, re.M
+    ), proc.stdout
     assert (tmp_path / "out" / "results.json").exists()
     assert "| MeGA − the better parent on validation (parent" in proc.stdout
 

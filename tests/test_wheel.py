@@ -31,8 +31,8 @@ X, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
 r = mega_deap.merge(models, (X, y), align=True, genome="coefficients", popsize=6, ngen=2, progress=False)
 assert r.logbook.select("gen") == [0, 1, 2], r.logbook
 assert r.gate_p is not None and mega_deap.gate.__file__.startswith(sys.prefix)  # the gate ran, from the wheel
-d = mega_deap.merge(models, (X, y), popsize=6, ngen=1, progress=False)  # the defaults: activation matching
-assert d.align == "activations" and mega_deap.align.activations.__file__.startswith(sys.prefix), d.align
+d = mega_deap.merge(models, (X, y), popsize=6, ngen=1, progress=False)  # the defaults: activations and the zip
+assert d.align == "zip" and mega_deap.align.zipping.__file__.startswith(sys.prefix), d.align
 print("merged", type(r.model).__name__, len(r.genome), r.fitness)
 """
 

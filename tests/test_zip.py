@@ -240,3 +240,9 @@ def test_merge_refuses_zip_where_it_cannot_zip_before_any_work(digit_mlps, digit
         mega_deap.merge(digit_mlps, val, align="zip", popsize=4)
     with pytest.raises(ValueError, match="align must be"):
         mega_deap.cma_merge(digit_mlps, val, align="zip")
+
+
+def test_verbose_says_the_zip_was_seeded(digit_mlps, digits, capsys):
+    kw = dict(popsize=6, ngen=0, seed=0, progress=False, device="cpu", gate=None, verbose=True)
+    mega_deap.merge(digit_mlps, digits["val"], **kw)  # the default: align="auto"
+    assert capsys.readouterr().out.splitlines()[0] == "align: activations matching, the zip seeded"

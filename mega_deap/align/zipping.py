@@ -98,23 +98,34 @@ def match_features(spec: PermutationSpec, models: list, X: torch.Tensor, *, batc
     return pairs
 
 
-def _axis_map(size: int, segments, pairs: dict, model: int, output: bool) -> torch.Tensor:
-    """``(size, size)``, merged position x original position, for one tensor axis of ``model``: on an output
-    axis each merged unit takes half of each pair member (positions of no group: half, the plain average);
-    on an input axis each original unit adds into its pair's merged unit (positions of no group: kept)."""
+def _block(units: list, model: int, share: float) -> torch.Tensor:
+    """``(d, d)``, merged unit x ``model``'s unit: ``share`` where the unit is a member of the merged unit's
+    pair (``units``: :func:`match_features`' pairs of one group)."""
+    d = len(units)
+    pairs = torch.as_tensor(units, dtype=torch.long)  # (d, 2): indices into both models' units side by side
+    rows = torch.arange(d).repeat_interleave(2)
+    members = pairs.reshape(-1)
+    mine = members // d == model
+    block = torch.zeros(d, d, dtype=torch.float64)
+    block.index_put_((rows[mine], members[mine] % d), torch.full((int(mine.sum()),), share, dtype=torch.float64), True)
+    return block
+
+
+def _through(t: torch.Tensor, axis: int, segments, pairs: dict, model: int, output: bool) -> torch.Tensor:
+    """``t`` (float64) with one axis of ``model``'s tensor mapped to the merged units: on an output axis each
+    merged unit takes half of each of its pair's units (positions of no group: half, the plain average); on
+    an input axis each original unit adds into its pair's merged unit (positions of no group: kept)."""
     share = 0.5 if output else 1.0
-    R = torch.eye(size, dtype=torch.float64) * share
+    x = t.movedim(axis, 0)
+    out = x * share
     for seg in segments:
         units = pairs[seg.group]
-        d = len(units)
-        block = torch.zeros(d, d, dtype=torch.float64)
-        for k, pair in enumerate(units):
-            for q in pair:
-                if q // d == model:
-                    block[k, q % d] += share
-        a, b = seg.start, seg.start + d * seg.repeat
-        R[a:b, a:b] = torch.kron(block, torch.eye(seg.repeat, dtype=torch.float64))
-    return R
+        d, r = len(units), seg.repeat
+        a, b = seg.start, seg.start + d * r
+        part = x[a:b].reshape(d, r, *x.shape[1:])  # unit, its block of positions, the other axes
+        block = _block(units, model, share).to(t.device)
+        out[a:b] = torch.tensordot(block, part, dims=1).reshape(b - a, *x.shape[1:])
+    return out.movedim(0, axis)
 
 
 def zip_states(spec: PermutationSpec, states: list, pairs: dict) -> dict:
@@ -132,8 +143,7 @@ def zip_states(spec: PermutationSpec, states: list, pairs: dict) -> dict:
         for m, state in enumerate(states):
             t = state[name].double()
             for axis, segments in axes.items():
-                R = _axis_map(t.shape[axis], segments, pairs, m, output=axis == 0).to(t.device)
-                t = torch.tensordot(R, t.movedim(axis, 0), dims=1).movedim(0, axis)
+                t = _through(t, axis, segments, pairs, m, output=axis == 0)
             total += t if 0 in axes else 0.5 * t
         out[name] = total.to(first.dtype)
     return out
