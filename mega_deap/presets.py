@@ -613,8 +613,10 @@ def merge(
 
     # 3. the run
     if verbose and auto and distributed.is_main():  # what align="auto" did, in one line (rank 0 only)
-        said = {ZIP: "activations matching, the zip seeded"}.get(matching, f"{matching} matching")
-        print(f"align: {said}" if matching else f"align: none: {align_note}")
+        if not matching:
+            print(f"align: none: {align_note}")
+        else:
+            print("align: " + ("activations matching, the zip seeded" if matching == ZIP else f"{matching} matching"))
     hof = tools.HallOfFame(hof_size if holdout else 1, similar=genome_equal)
     individuals, logbook = eaMeGA(
         individuals,
