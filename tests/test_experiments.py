@@ -326,26 +326,14 @@ def test_download_says_why_it_cannot(tmp_path, monkeypatch):
         resolve_splits("auto", str(tmp_path), download=True)
 
 
+def _digits_merge_cifar(out, *extra):
+    """merge_cifar.py on digits, small (3 epochs, N=6), quiet, writing to ``out``, with ``extra`` arguments."""
+    argv = ["--dataset", "digits", "--epochs", "3", "--popsize", "6", "--out", str(out), "--quiet", *extra]
+    return load_example("merge_cifar").main(argv)
+
+
 def test_merge_cifar_align_reports_the_aligned_rows_and_repairs_batchnorm(tmp_path):
-    out = tmp_path / "run"
-    report = load_example("merge_cifar").main(
-        [
-            "--dataset",
-            "digits",
-            "--epochs",
-            "3",
-            "--popsize",
-            "6",
-            "--ngen",
-            "2",
-            "--out",
-            str(out),
-            "--quiet",
-            "--align",
-            "--calibration",
-            "200",
-        ]
-    )
+    report = _digits_merge_cifar(tmp_path / "run", "--ngen", "2", "--align", "--calibration", "200")
     names = [r["model"] for r in report["rows"]]
     assert names == [*ALIGNED_REPORT, "MeGA, aligned by weights"]
     rows = {r["model"]: r for r in report["rows"]}
@@ -419,25 +407,7 @@ def test_fitness_plot_follows_the_best_curve_not_an_outlying_mean(monkeypatch, t
 def test_merge_cifar_zip_reports_the_zip_it_started_from(tmp_path):
     """--align zip: the report adds the parents' zip (REPAIRed: BatchNorm statistics recomputed) to the
     aligned rows, and names the merge's alignment."""
-    report = load_example("merge_cifar").main(
-        [
-            "--dataset",
-            "digits",
-            "--epochs",
-            "3",
-            "--popsize",
-            "6",
-            "--ngen",
-            "1",
-            "--out",
-            str(tmp_path / "run"),
-            "--quiet",
-            "--align",
-            "zip",
-            "--calibration",
-            "200",
-        ]
-    )
+    report = _digits_merge_cifar(tmp_path / "run", "--ngen", "1", "--align", "zip", "--calibration", "200")
     names = [r["model"] for r in report["rows"]]
     mega = "MeGA, aligned by activations, zip seeded"
     assert names == [*ALIGNED_REPORT[:-1], "the parents zipped (ZipIt!)", ALIGNED_REPORT[-1], mega]
