@@ -182,14 +182,13 @@ def zip_models(models: list, data: Any, *, repair: bool = True, batch_size: int 
         stats = [_unit_stats(m, layers, X, batch_size) for m in models]
         targets = {}
         for name in layers:
-            # units of no group: the plain average's targets; zipped units: their pair's mean
-            mean, sd = ((stats[0][name][i] + stats[1][name][i]) / 2 for i in (0, 1))
+            both = [torch.stack([s[name][i] for s in stats]) for i in (0, 1)]  # (model, unit): mean, sd
+            mean, sd = (b.mean(0) for b in both)  # units of no group: the plain average's targets
             for seg in spec.axes[f"{name}.weight"][0]:
                 d = spec.sizes[seg.group]
-                for k, pair in enumerate(pairs[seg.group]):
-                    at = [(q // d, seg.start + q % d) for q in pair]
-                    mean[seg.start + k] = sum(stats[m][name][0][u] for m, u in at) / 2
-                    sd[seg.start + k] = sum(stats[m][name][1][u] for m, u in at) / 2
+                at = torch.as_tensor(pairs[seg.group], device=mean.device)  # (d, 2): each merged unit's pair
+                for target, b in zip((mean, sd), both):  # zipped units: their pair's mean
+                    target[seg.start : seg.start + d] = b[at // d, seg.start + at % d].mean(1)
             targets[name] = (mean, sd)
         fold_statistics(zipped, targets, X, batch_size=batch_size)
     finally:
