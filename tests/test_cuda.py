@@ -10,6 +10,7 @@ import mega_deap
 from mega_deap import Evaluator
 from mega_deap.adapters import TorchAdapter
 from mega_deap.align import CoefficientAdapter, activation_matching, cma_merge, repair_batchnorm, weight_matching
+from mega_deap.align import zip_models
 from mega_deap.evaluation import get_metric
 from mega_deap.experiments import model_accuracy
 
@@ -86,6 +87,22 @@ def test_alignment_and_batchnorm_repair_on_the_gpu(gpu_mlps, gpu_val, digits):
     repair_batchnorm(reference.cpu(), images.cpu())
     torch.testing.assert_close(cnn.bn1.running_var.cpu(), reference.bn1.running_var, rtol=1e-4, atol=1e-5)
     r = cma_merge(gpu_mlps, gpu_val, ngen=2, lambda_=4, device="cuda")
+    assert model_accuracy(r.model, *gpu_val) >= max(model_accuracy(m, *gpu_val) for m in gpu_mlps)
+
+
+def test_zipping_on_the_gpu(gpu_mlps, gpu_val):
+    """The zip on CUDA: a model zipped with a permuted copy of itself computes what it did, on the device;
+    merge(align="zip") keeps the guarantee."""
+    from conftest import permuted_copy
+
+    X, _ = gpu_val
+    a = gpu_mlps[0]
+    z = zip_models([a, permuted_copy(a, seed=1)], X)
+    assert next(z.parameters()).is_cuda
+    with torch.no_grad():
+        torch.testing.assert_close(z(X), a(X), rtol=1e-4, atol=1e-4)
+    r = mega_deap.merge(gpu_mlps, gpu_val, popsize=6, ngen=2, progress=False, align="zip", device="cuda")
+    assert r.align == "zip"
     assert model_accuracy(r.model, *gpu_val) >= max(model_accuracy(m, *gpu_val) for m in gpu_mlps)
 
 
