@@ -169,8 +169,7 @@ def main(argv=None):
     rows.append({"model": "weight averaging", **accs(weight_average(parents))})
     if result.align:  # the matching the merge ran (auto: activations, where the model allows it)
         inputs = calibration if calibration is not None else splits.val[0]
-        matching = "activations" if result.align == "zip" else result.align  # zip: the parents by activations
-        aligned_avg = weight_average(align_parents(parents, matching, inputs))
+        aligned_avg = weight_average(align_parents(parents, result.align, inputs))
         rows.append({"model": "aligned weight averaging", **accs(aligned_avg)})
         if calibration is not None:
             rows.append(

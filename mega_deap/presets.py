@@ -367,22 +367,22 @@ def merge(
     :param strategy: how the evaluator runs the genomes (:class:`~mega_deap.Evaluator`).
     :param autocast: a dtype to autocast evaluation to, for GPUs (:class:`~mega_deap.Evaluator`).
     :param align: align every parent's hidden units to the first parent's before merging (PyTorch models):
-                  ``"activations"`` (:func:`mega_deap.align.activation_matching`: units matched by the
-                  correlation of their activations on the calibration inputs, or on the validation inputs
-                  when none are given; labels are never read), ``"zip"`` (two parents: ``"activations"``,
-                  and the parents zipped, :func:`mega_deap.align.zip_models`, in the first population),
+                  ``"activations"`` (:func:`mega_deap.align.activation_matching`: units matched by the correlation of
+                  their activations on the calibration inputs, or on the validation inputs when none are given; labels
+                  are never read), ``"zip"`` (two parents: ``"activations"``, and the parents zipped,
+                  :func:`mega_deap.align.zip_models`, in the first population beside them: ``include_parents=True``),
                   ``"weights"`` (:func:`mega_deap.align.weight_matching`), ``True`` (:data:`DEFAULT_MATCHING`,
-                  ``"weights"``, chosen in round 1 of the held-out study), ``False`` (the paper: no
-                  alignment) or ``"auto"`` (the default: :data:`DEFAULT_ALIGN`, ``"zip"``: activation
-                  matching, chosen in round 3 of the held-out study, and the zip, chosen in round 4, see
-                  README, wherever the merge can align: a weight genome of PyTorch modules whose hidden-unit
-                  permutations derive, with inputs to match on, and one objective; with more than two parents,
-                  or no room in ``popsize`` for the zip, ``"activations"``; else no alignment, as where the
-                  matching or the zip itself fails). ``MergeResult.align`` says which ran; ``verbose=True``
-                  prints what ``"auto"`` chose and why. With alignment the first population also holds the
-                  aligned parents' average, and for networks without BatchNorm (weight genomes) that average
-                  with REPAIR (:func:`mega_deap.align.repair_interpolation`, on the same inputs), then the
-                  zip; with ``"auto"`` these join only where ``popsize`` has room beside the parents.
+                  ``"weights"``, chosen in round 1 of the held-out study), ``False`` (the paper: no alignment) or
+                  ``"auto"`` (the default: :data:`DEFAULT_ALIGN`, ``"zip"``: activation matching, chosen in round 3 of
+                  the held-out study, and the zip, chosen in round 4, see README, wherever the merge can align: a weight
+                  genome of PyTorch modules whose hidden-unit permutations derive, with inputs to match on, and one
+                  objective; with more than two parents, ``include_parents=False`` or no room in ``popsize`` for the
+                  zip, ``"activations"``; else no alignment, as where the matching or the zip itself fails).
+                  ``MergeResult.align`` says which ran; ``verbose=True`` prints what ``"auto"`` chose and why. With
+                  alignment the first population also holds the aligned parents' average, and for networks without
+                  BatchNorm (weight genomes) that average with REPAIR (:func:`mega_deap.align.repair_interpolation`, on
+                  the same inputs), then the zip; with ``"auto"`` these join only where ``popsize`` has room beside the
+                  parents.
     :param calibration: inputs (or ``(X, y)``; labels are never used). For models with BatchNorm, every
                         candidate's statistics are recomputed on them before it is scored
                         (:class:`mega_deap.align.BatchNormRepair`), and the returned model carries repaired
@@ -478,7 +478,7 @@ def merge(
     matching, align_note = _matching(align, auto=True), None
     auto = matching == "auto"
     if matching == ZIP:
-        _check_zip(models, genome, objectives, val_data is not None or calibration is not None)
+        _check_zip(models, genome, objectives, val_data is not None or calibration is not None, include_parents)
     if auto and objectives is not None:
         matching, align_note = None, "a Pareto merge (auto aligns merges of one objective)"
     elif auto:
@@ -498,9 +498,9 @@ def merge(
     rescale = rescale and (calibration is not None or not model_objective)  # REPAIR reads inputs
     if auto and matching:  # a default: the average and its REPAIRed copy join where the population has room
         rescale = rescale and popsize >= len(models) + 2
-        if matching == ZIP and popsize < len(models) + 2 + rescale:  # and the zip, after them
-            matching = "activations"
-    zipping = matching == ZIP and include_parents
+        if matching == ZIP and not (include_parents and popsize >= len(models) + 2 + rescale):
+            matching = "activations"  # the zip joins after them, in a first population that holds the parents
+    zipping = matching == ZIP
     seeds = len(models) + (0 if auto else (1 if matching else 0) + (1 if rescale else 0) + (1 if zipping else 0))
     if include_parents and popsize < seeds:
         raise SettingError(
@@ -526,14 +526,12 @@ def merge(
             aligned = _aligned(models, matching, calibration, X)
             zipped = _zipped(models, calibration, X) if zipping else None
         except (ValueError, TypeError, RuntimeError) as err:
-            what = "zipping" if aligned is not None else f"{_matching_of(matching)[:-1]} matching"
+            what = "zipping" if aligned is not None else f"{_MATCHED_BY[matching]} matching"
             align_note = f"{what} failed ({type(err).__name__}: {err})"  # activation, weight
         # every rank goes the same way (a clear error, naming the ranks, where they would not)
         ok = distributed.agree(
             aligned is not None and (zipped is not None or not zipping),
-            f"the parents' {_matching_of(matching)[:-1]} matching"
-            + (" and zipping" if zipping else "")
-            + " succeeding",
+            f"the parents' {_MATCHED_BY[matching]} matching" + (" and zipping" if zipping else "") + " succeeding",
             "the ranks must hold the same parents and inputs" + (f"; here: {align_note}" if align_note else ""),
         )
         if not ok:
@@ -596,9 +594,7 @@ def merge(
     if include_parents:
         starts = list(genomes) + ([genomes.mean(0)] if matching else [])
         if rescale:  # REPAIR: the average's units get the parents' mean statistics back
-            starts.append(
-                _repaired_average(adapter, genomes, calibration if calibration is not None else torch.as_tensor(X))
-            )
+            starts.append(_repaired_average(adapter, genomes, _inputs_of(calibration, X)))
         if zipping:  # ZipIt!: units merged with their best-correlated partner, in either parent
             starts.append(adapter.genome(zipped))
         for ind, g in zip(individuals, starts):
@@ -708,9 +704,10 @@ def _matching(align, auto=False) -> Optional[str]:
     raise SettingError(f"align must be True, False or one of {allowed}, got {align!r}")
 
 
-def _check_zip(models, genome, objectives, has_inputs: bool) -> None:
+def _check_zip(models, genome, objectives, has_inputs: bool, include_parents) -> None:
     """Refuses ``align="zip"`` where ``merge`` cannot zip, before any work: zipping merges two PyTorch
-    models' weights, for one objective, on inputs (calibration or validation)."""
+    models' weights, for one objective, on inputs (calibration or validation), into a first population that
+    holds the parents."""
     if len(models) != 2:
         raise SettingError(f"align='zip' zips two models, got {len(models)}")
     if genome != "weights":
@@ -721,6 +718,11 @@ def _check_zip(models, genome, objectives, has_inputs: bool) -> None:
         raise SettingTypeError(f"align='zip' zips torch.nn.Module models; got a {type(models[0]).__name__}")
     if not has_inputs:
         raise SettingError("align='zip' pairs units by their activations: give calibration or validation inputs")
+    if include_parents is False:
+        raise SettingError(
+            "align='zip' seeds the zip into the first population beside the parents; include_parents=False holds "
+            "blends only (align='activations' aligns them)"
+        )
 
 
 def _check_calibration(models, matching, calibration) -> bool:
@@ -748,26 +750,29 @@ def _repaired_average(adapter, genomes, data) -> torch.Tensor:
     return adapter.genome(average)
 
 
-def _matching_of(align: str) -> str:
-    """The matching that aligns the parents under ``align`` (``"zip"``: activations)."""
-    return "activations" if align == ZIP else align
+# the words for the matching that aligns the parents under each align value (a message's "... matching")
+_MATCHED_BY = {"weights": "weight", "activations": "activation", ZIP: "activation"}
+
+
+def _inputs_of(calibration, X):
+    """What a merge matches, zips and REPAIRs on: the calibration inputs, else the validation inputs ``X``
+    (``None``: neither)."""
+    return calibration if calibration is not None else (None if X is None else torch.as_tensor(X))
 
 
 def _zipped(models, calibration, X):
-    """The two parents zipped (:func:`mega_deap.align.zip_models`) on the calibration inputs, else the
-    validation inputs ``X``."""
+    """The two parents zipped (:func:`mega_deap.align.zip_models`) on :func:`_inputs_of`."""
     from .align import zip_models
 
-    return zip_models(models, calibration if calibration is not None else torch.as_tensor(X))
+    return zip_models(models, _inputs_of(calibration, X))
 
 
 def _aligned(models, matching, calibration, X) -> list:
-    """Copies of ``models`` with their hidden units aligned to the first's by ``matching``: ``"weights"``, or
-    ``"activations"`` on the calibration inputs (else the validation inputs ``X``)."""
+    """Copies of ``models`` with their hidden units aligned to the first's as ``align=matching`` aligns them
+    (:func:`mega_deap.align.align_parents`), on :func:`_inputs_of`."""
     from .align import align_parents
 
-    inputs = calibration if calibration is not None else (None if X is None else torch.as_tensor(X))
-    return align_parents(models, _matching_of(matching), inputs)
+    return align_parents(models, matching, _inputs_of(calibration, X))
 
 
 def _build(

@@ -462,7 +462,7 @@ def test_align_parents_is_what_merge_aligns_with(digit_mlps, digits):
     assert torch.equal(ad.genome(by_activations[1]), ad.genome(direct))
     with pytest.raises(ValueError, match="give calibration inputs"):
         align_parents(digit_mlps, "activations")
-    with pytest.raises(ValueError, match="matching must be 'weights' or 'activations', got 'correlation'"):
+    with pytest.raises(ValueError, match="matching must be 'weights', 'activations' or 'zip', got 'correlation'"):
         align_parents(digit_mlps, "correlation")
 
 

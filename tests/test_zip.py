@@ -238,8 +238,26 @@ def test_merge_refuses_zip_where_it_cannot_zip_before_any_work(digit_mlps, digit
         mega_deap.merge(digit_mlps, val, align="zip", objectives=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], popsize=8)
     with pytest.raises(ValueError, match="cannot hold the 2 parents and their average and its REPAIRed copy and"):
         mega_deap.merge(digit_mlps, val, align="zip", popsize=4)
+    with pytest.raises(ValueError, match="include_parents=False holds blends only"):
+        mega_deap.merge(digit_mlps, val, align="zip", include_parents=False)
     with pytest.raises(ValueError, match="align must be"):
         mega_deap.cma_merge(digit_mlps, val, align="zip")
+
+
+def test_auto_zips_only_into_a_first_population_that_holds_the_parents(digit_mlps, digits):
+    """include_parents=False (the paper's blends only): "auto" aligns by activations and says so, with the
+    same bits as align="activations"; align_parents("zip") aligns as "activations" does."""
+    from mega_deap.align import align_parents
+
+    kw = dict(popsize=6, ngen=1, seed=0, progress=False, device="cpu", gate=None, include_parents=False)
+    auto = mega_deap.merge(digit_mlps, digits["val"], **kw)
+    assert auto.align == "activations"
+    assert torch.equal(auto.genome, mega_deap.merge(digit_mlps, digits["val"], align="activations", **kw).genome)
+    X = digits["val"][0]
+    by_zip, by_activations = (align_parents(digit_mlps, m, X) for m in ("zip", "activations"))
+    assert all(
+        torch.equal(p, q) for p, q in zip(by_zip[1].state_dict().values(), by_activations[1].state_dict().values())
+    )
 
 
 def test_verbose_says_the_zip_was_seeded(digit_mlps, digits, capsys):

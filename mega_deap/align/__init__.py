@@ -37,12 +37,13 @@ __all__ = [
 
 def align_parents(models: list, matching: str, inputs: Any = None) -> list:
     """Copies of ``models`` with their hidden units aligned to the first's by ``matching``, as ``merge(align=
-    matching)`` aligns them: ``"weights"`` (:func:`weight_matching`) or ``"activations"``
-    (:func:`activation_matching` on ``inputs``, a tensor or ``(X, y)``; labels are never read)."""
+    matching)`` aligns them: ``"weights"`` (:func:`weight_matching`), ``"activations"``
+    (:func:`activation_matching` on ``inputs``, a tensor or ``(X, y)``; labels are never read), or ``"zip"``
+    (``merge`` aligns the parents by activations, and seeds their zip besides)."""
     if matching == "weights":
         return weight_matching(models)
-    if matching != "activations":
-        raise SettingError(f"matching must be 'weights' or 'activations', got {matching!r}")
+    if matching not in ("activations", "zip"):
+        raise SettingError(f"matching must be 'weights', 'activations' or 'zip', got {matching!r}")
     if inputs is None:
         raise SettingError("align='activations' matches units on inputs: give calibration inputs")
     return activation_matching(models, inputs)

@@ -14,7 +14,7 @@
   weight and bias. On networks with BatchNorm, :func:`~mega_deap.align.repair_batchnorm` does the same job.
 """
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -194,22 +194,46 @@ def _unit_stats(model: nn.Module, names: Sequence[str], X: torch.Tensor, batch_s
 
 
 @torch.no_grad()
-def fold_statistics(
-    model: nn.Module, targets: dict, X: torch.Tensor, *, batch_size: int = 256, eps: float = 1e-8
-) -> None:
-    """Set the output units of the named ``Linear``/``Conv`` layers of ``model`` to the pre-activation
-    ``targets[layer] = (mean, sd)`` on inputs ``X``, in place: layer by layer in ``targets``' order (each
-    measured after the layers before it are set), folded into the layer's weight and bias (a layer without a
-    bias only has its spread set; a unit without spread keeps its scale)."""
-    modules = dict(model.named_modules())
-    for name, (target_mean, target_sd) in targets.items():
-        mean, sd = _unit_stats(model, [name], X, batch_size)[name]
-        scale = torch.where(sd > eps, target_sd / sd.clamp_min(eps), torch.ones_like(sd))
-        layer = modules[name]
-        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-        layer.weight.mul_(scale.to(layer.weight.dtype).view(shape))
-        if layer.bias is not None:
-            layer.bias.copy_(((layer.bias.double() - mean) * scale + target_mean).to(layer.bias.dtype))
+def repair_units(
+    model: nn.Module,
+    parents: Sequence[nn.Module],
+    X: torch.Tensor,
+    targets_of: Callable[[str, list], tuple],
+    *,
+    spec: Optional[PermutationSpec] = None,
+    batch_size: int = 256,
+    eps: float = 1e-8,
+) -> nn.Module:
+    """REPAIR's step, in place: each hidden ``Linear``/``Conv`` layer of ``model`` (in graph order) gets, on
+    inputs ``X``, the pre-activation statistics ``targets_of(layer, stats) = (mean, sd)`` per output unit,
+    where ``stats`` holds each parent's ``{layer: (mean, sd)}`` on ``X`` (float64). Each layer is measured
+    after the layers before it are set, and the change folded into its weight and bias (a layer without a
+    bias only has its spread set; a unit without spread keeps its scale). Every model runs in eval mode and
+    gets its mode back. Returns ``model``."""
+    spec = permutation_spec(model) if spec is None else spec
+    layers = _hidden_layers(model, spec)
+    models = (model, *parents)
+    was = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        first = next(model.parameters())
+        X = X.to(device=first.device, dtype=first.dtype)
+        stats = [_unit_stats(p, layers, X, batch_size) for p in parents]
+        targets = {name: targets_of(name, stats) for name in layers}
+        modules = dict(model.named_modules())
+        for name, (target_mean, target_sd) in targets.items():
+            mean, sd = _unit_stats(model, [name], X, batch_size)[name]
+            scale = torch.where(sd > eps, target_sd / sd.clamp_min(eps), torch.ones_like(sd))
+            layer = modules[name]
+            shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+            layer.weight.mul_(scale.to(layer.weight.dtype).view(shape))
+            if layer.bias is not None:
+                layer.bias.copy_(((layer.bias.double() - mean) * scale + target_mean).to(layer.bias.dtype))
+    finally:
+        for m, w in zip(models, was):
+            m.train(w)
+    return model
 
 
 @torch.no_grad()
@@ -237,24 +261,11 @@ def repair_interpolation(
     if len(weights) != len(parents):
         raise SettingError(f"weights has {len(weights)} entries for {len(parents)} parents")
     TorchAdapter(model).check_all([model, *parents])
-    spec = permutation_spec(model)
-    layers = _hidden_layers(model, spec)
-    was = [m.training for m in (model, *parents)]
-    for m in (model, *parents):
-        m.eval()
-    try:
-        first = next(model.parameters())
-        X = X.to(device=first.device, dtype=first.dtype)
-        stats = [_unit_stats(p, layers, X, batch_size) for p in parents]
-        targets = {
-            name: (
-                sum(w * s[name][0] for w, s in zip(weights, stats)),
-                sum(w * s[name][1] for w, s in zip(weights, stats)),
-            )
-            for name in layers
-        }
-        fold_statistics(model, targets, X, batch_size=batch_size, eps=eps)
-    finally:
-        for m, w in zip((model, *parents), was):
-            m.train(w)
-    return model
+
+    def interpolated(name, stats):
+        return (
+            sum(w * s[name][0] for w, s in zip(weights, stats)),
+            sum(w * s[name][1] for w, s in zip(weights, stats)),
+        )
+
+    return repair_units(model, parents, X, interpolated, batch_size=batch_size, eps=eps)

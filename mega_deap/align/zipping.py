@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..checks import SettingError, integer
-from .activations import _hidden_layers, _inputs, _unit_stats, fold_statistics, unit_moments
+from .activations import _inputs, repair_units, unit_moments
 from .matching import checked_models
 from .repair import batchnorm_layers, repair_batchnorm
 from .spec import PermutationSpec, permutation_spec
@@ -111,19 +111,18 @@ def _block(units: list, model: int, share: float) -> torch.Tensor:
     return block
 
 
-def _through(t: torch.Tensor, axis: int, segments, pairs: dict, model: int, output: bool) -> torch.Tensor:
+def _through(t: torch.Tensor, axis: int, segments, blocks: dict, model: int, output: bool) -> torch.Tensor:
     """``t`` (float64) with one axis of ``model``'s tensor mapped to the merged units: on an output axis each
     merged unit takes half of each of its pair's units (positions of no group: half, the plain average); on
-    an input axis each original unit adds into its pair's merged unit (positions of no group: kept)."""
-    share = 0.5 if output else 1.0
+    an input axis each original unit adds into its pair's merged unit (positions of no group: kept).
+    ``blocks[(group, model, output)]``: the group's :func:`_block`."""
     x = t.movedim(axis, 0)
-    out = x * share
+    out = x * (0.5 if output else 1.0)
     for seg in segments:
-        units = pairs[seg.group]
-        d, r = len(units), seg.repeat
+        block = blocks[(seg.group, model, output)]
+        d, r = len(block), seg.repeat
         a, b = seg.start, seg.start + d * r
         part = x[a:b].reshape(d, r, *x.shape[1:])  # unit, its block of positions, the other axes
-        block = _block(units, model, share).to(t.device)
         out[a:b] = torch.tensordot(block, part, dims=1).reshape(b - a, *x.shape[1:])
     return out.movedim(0, axis)
 
@@ -133,6 +132,13 @@ def zip_states(spec: PermutationSpec, states: list, pairs: dict) -> dict:
     tensor (its output units) through the merge matrix, other axes (input units) through the unmerge matrix,
     summed over the two models; a tensor whose axis 0 holds no hidden units is averaged, and a tensor that is
     not floating point (BatchNorm's batch counter) is the first model's."""
+    device = next(iter(states[0].values())).device
+    blocks = {  # each group's merge (output) and unmerge (input) block per model, built once
+        (g, m, output): _block(units, m, 0.5 if output else 1.0).to(device)
+        for g, units in pairs.items()
+        for m in (0, 1)
+        for output in (True, False)
+    }
     out = {}
     for name, first in states[0].items():
         if not first.is_floating_point():
@@ -143,7 +149,7 @@ def zip_states(spec: PermutationSpec, states: list, pairs: dict) -> dict:
         for m, state in enumerate(states):
             t = state[name].double()
             for axis, segments in axes.items():
-                t = _through(t, axis, segments, pairs, m, output=axis == 0)
+                t = _through(t, axis, segments, blocks, m, output=axis == 0)
             total += t if 0 in axes else 0.5 * t
         out[name] = total.to(first.dtype)
     return out
@@ -174,24 +180,15 @@ def zip_models(models: list, data: Any, *, repair: bool = True, batch_size: int 
         return zipped
     if batchnorm_layers(zipped):
         return repair_batchnorm(zipped, X, batch_size=batch_size)
-    layers = _hidden_layers(zipped, spec)
-    was = [m.training for m in (zipped, *models)]
-    for m in (zipped, *models):
-        m.eval()
-    try:
-        stats = [_unit_stats(m, layers, X, batch_size) for m in models]
-        targets = {}
-        for name in layers:
-            both = [torch.stack([s[name][i] for s in stats]) for i in (0, 1)]  # (model, unit): mean, sd
-            mean, sd = (b.mean(0) for b in both)  # units of no group: the plain average's targets
-            for seg in spec.axes[f"{name}.weight"][0]:
-                d = spec.sizes[seg.group]
-                at = torch.as_tensor(pairs[seg.group], device=mean.device)  # (d, 2): each merged unit's pair
-                for target, b in zip((mean, sd), both):  # zipped units: their pair's mean
-                    target[seg.start : seg.start + d] = b[at // d, seg.start + at % d].mean(1)
-            targets[name] = (mean, sd)
-        fold_statistics(zipped, targets, X, batch_size=batch_size)
-    finally:
-        for m, w in zip((zipped, *models), was):
-            m.train(w)
-    return zipped
+
+    def pair_means(name, stats):  # zipped units: their pair's statistics, averaged
+        both = [torch.stack([s[name][i] for s in stats]) for i in (0, 1)]  # (model, unit): mean, sd
+        mean, sd = (b.mean(0) for b in both)  # units of no group: the plain average's targets
+        for seg in spec.axes[f"{name}.weight"][0]:
+            d = spec.sizes[seg.group]
+            at = torch.as_tensor(pairs[seg.group], device=mean.device)  # (d, 2): each merged unit's pair
+            for target, b in zip((mean, sd), both):
+                target[seg.start : seg.start + d] = b[at // d, seg.start + at % d].mean(1)
+        return mean, sd
+
+    return repair_units(zipped, models, X, pair_means, spec=spec, batch_size=batch_size)

@@ -87,9 +87,9 @@ GATED = (
 )
 
 
-def gated(method: str, level: float) -> str:
-    """The row name of ``method`` behind the gate at ``level``."""
-    return f"{method}, gate {level}"
+def gated(method: str, level) -> str:
+    """The row name of ``method`` behind the gate at ``level`` (``None``: no gate, the method's own row)."""
+    return method if level is None else f"{method}, gate {level}"
 
 
 METHODS = (
@@ -565,10 +565,7 @@ def choose_gate(tables: dict, metric: str, matching: str) -> tuple:
     bases = (f"merge, {metric}", f"merge(align={matching!r})", "coefficient GA, aligned", "cma_merge")
     return choose(
         tables,
-        {
-            ("none" if g is None else str(g)): tuple(b if g is None else gated(b, g) for b in bases)
-            for g in CANDIDATE_GATES
-        },
+        {("none" if g is None else str(g)): tuple(gated(b, g) for b in bases) for g in CANDIDATE_GATES},
     )
 
 
@@ -576,14 +573,10 @@ def choose_alignment(tables: dict, metric: str, level) -> tuple:
     """Round 3: :func:`choose` over ``merge``'s candidate default alignments (:data:`CANDIDATE_ALIGNMENTS`,
     ``None``: none), each as ``merge`` would run it by default: fitness ``metric`` behind the gate at
     ``level`` (``None``: no gate)."""
-
-    def row(method):
-        return method if level is None else gated(method, level)
-
     return choose(
         tables,
         {
-            ("none" if a is None else a): row(f"merge, {metric}" if a is None else f"merge(align={a!r})")
+            ("none" if a is None else a): gated(f"merge, {metric}" if a is None else f"merge(align={a!r})", level)
             for a in CANDIDATE_ALIGNMENTS
         },
     )
@@ -594,16 +587,12 @@ def choose_zip(tables: dict, metric: str, level) -> tuple:
     parents' zip in the first population (``"zip"``, :data:`CANDIDATE_ZIPS`), each as ``merge`` would run it
     by default: fitness ``metric`` behind the gate at ``level`` (``None``: no gate). Where a table has no zip
     row (more than two parents), it has none to choose on."""
-
-    def row(method):
-        return method if level is None else gated(method, level)
-
-    return choose(tables, {a: row(f"merge(align={a!r})") for a in CANDIDATE_ZIPS})
+    return choose(tables, {a: gated(f"merge(align={a!r})", level) for a in CANDIDATE_ZIPS})
 
 
 def unaligned_baseline(run: dict, level) -> str:
     """The row of ``run`` that is ``merge(align=False)`` as README tells its users to run it, behind the gate
     at ``level`` (``None``: no gate): with calibration inputs where the models have BatchNorm
     (:data:`CALIBRATED`), else ``merge, accuracy``."""
-    row = (lambda name: name) if level is None else (lambda name: gated(name, level))
-    return row(CALIBRATED) if row(CALIBRATED) in run else row("merge, accuracy")
+    calibrated = gated(CALIBRATED, level)
+    return calibrated if calibrated in run else gated("merge, accuracy", level)
