@@ -3,27 +3,32 @@
     python examples/heldout_study.py --out results/heldout   # docs/studies/alignment.md (about 21 min, 2 cores)
     python examples/heldout_study.py --tasks digits-mlp-subset --seeds 2   # a quick look
 
-Tasks (``mega_deap.experiments.heldout_study``), in four rounds of choosing:
+Tasks (``mega_deap.experiments.heldout_study``), in five rounds of choosing:
 
-- development (round 1 chose merge's default fitness and matching on them; rounds 2 to 4 too): a digits
+- development (round 1 chose merge's default fitness and matching on them; rounds 2 to 5 too): a digits
   MLP on 30 % of its training data, digits CNNs with and without BatchNorm on 20 %-noisy labels;
-- round-1 held out (reported in round 1; rounds 2 to 4 chose on them): a wider digits CNN without
+- round-1 held out (reported in round 1; rounds 2 to 5 chose on them): a wider digits CNN without
   BatchNorm on 30 % of its data, a BatchNorm MLP on 30 % of breast cancer, a two-hidden-layer MLP on noisy
   labels of a 10-class synthetic task;
-- round-2 held out (reported in round 2; rounds 3 and 4 chose on them): a three-block BatchNorm CNN on 20 %
+- round-2 held out (reported in round 2; rounds 3 to 5 chose on them): a three-block BatchNorm CNN on 20 %
   of digits, a BatchNorm MLP on 30 %-noisy digits labels, an MLP on 25 % of a 6-class synthetic task;
-- round-3 held out (reported in round 3; round 4 chose on them): a residual MLP on 25 %-noisy digits
-  labels, a LeNet-style CNN (a hidden linear layer after the convolutions) on 25 % of digits, a BatchNorm
-  MLP on 25 %-noisy labels of an 8-class synthetic task;
-- held out (new in round 4, reported only): a VGG-style CNN without BatchNorm on 20 %-noisy digits labels,
-  a residual BatchNorm CNN on 25 % of digits, a GELU MLP on 20 %-noisy labels of a 12-class synthetic task.
+- round-3 held out (reported in round 3; rounds 4 and 5 chose on them): a residual MLP on 25 %-noisy
+  digits labels, a LeNet-style CNN (a hidden linear layer after the convolutions) on 25 % of digits, a
+  BatchNorm MLP on 25 %-noisy labels of an 8-class synthetic task;
+- round-4 held out (reported in round 4; round 5 chose on them): a VGG-style CNN without BatchNorm on
+  20 %-noisy digits labels, a residual BatchNorm CNN on 25 % of digits, a GELU MLP on 20 %-noisy labels of a
+  12-class synthetic task;
+- held out (new in round 5, reported only): a tanh CNN with average pooling and no BatchNorm on 25 %-noisy
+  digits labels, a residual MLP with BatchNorm on 30 % of a 16-class synthetic task, a SiLU MLP of three
+  hidden layers on 20 % of digits.
 
 Round 1 chose the fitness and what ``align=True`` means, round 2 the significance gate's level, round 3
-``merge``'s default alignment, round 4 whether it also seeds the two parents' zip. Every parent is trained
-until it fits its data. Each task in two settings: same-data parents (two seeds) and different-data parents
-(class-biased parts). The rules (``choose_metric``, ``choose_matching``, ``choose_gate``,
-``choose_alignment``, ``choose_zip``) read only the tables of their round; the held-out tables are printed
-beside them.
+``merge``'s default alignment, round 4 whether it also seeds the two parents' zip, round 5 whether the gate
+tests on a part of the validation set held out of the fitness. Every parent is trained until it fits its
+data. Each task in two settings: same-data parents (two seeds) and different-data parents (class-biased
+parts). The rules (``choose_metric``, ``choose_matching``, ``choose_gate``, ``choose_alignment``,
+``choose_zip``, ``choose_gate_holdout``) read only the tables of their round; the held-out tables are
+printed beside them.
 """
 
 import argparse
@@ -32,7 +37,7 @@ import sys
 import time
 
 from mega_deap.experiments import heldout_study as study
-from mega_deap.presets import DEFAULT_ALIGN, DEFAULT_GATE, DEFAULT_MATCHING, DEFAULT_METRIC
+from mega_deap.presets import DEFAULT_ALIGN, DEFAULT_GATE, DEFAULT_GATE_HOLDOUT, DEFAULT_MATCHING, DEFAULT_METRIC
 from mega_deap.experiments import write_json
 from mega_deap.experiments.align_study import SETTINGS
 
@@ -71,7 +76,7 @@ def main(argv=None):
                 )
             results[f"{name}/{setting}"] = {"runs": runs, "rows": study.summarize(runs), "role": study.ROLES[name]}
     choices = {}
-    seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in (1, 2, 3, 4)]
+    seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in (1, 2, 3, 4, 5)]
     if seen[0]:  # round 1: the fitness and the matching, on the development tasks
         choices.update(fitness=study.choose_metric(seen[0]), matching=study.choose_matching(seen[0]))
     if seen[1]:  # round 2: the gate, on the development and round-1 held-out tasks, with the defaults
@@ -80,6 +85,8 @@ def main(argv=None):
         choices["alignment"] = study.choose_alignment(seen[2], DEFAULT_METRIC, DEFAULT_GATE)
     if seen[3]:  # round 4: with or without the parents' zip, on every table but the new held-out ones
         choices["zip"] = study.choose_zip(seen[3], DEFAULT_METRIC, DEFAULT_GATE)
+    if seen[4]:  # round 5: where the gate's test reads, on every table but the new held-out ones
+        choices["gate_holdout"] = study.choose_gate_holdout(seen[4], DEFAULT_GATE)
     os.makedirs(args.out, exist_ok=True)
     write_json(
         {"settings": vars(args), "results": results, "choices": choices, "seconds": time.perf_counter() - t0},
@@ -90,7 +97,14 @@ def main(argv=None):
     return {"results": results, "choices": choices}
 
 
-ROLE_ORDER = ("development", "round-1 held out", "round-2 held out", "round-3 held out", "held out")
+ROLE_ORDER = (
+    "development",
+    "round-1 held out",
+    "round-2 held out",
+    "round-3 held out",
+    "round-4 held out",
+    "held out",
+)
 # what each choice's rule read (the table's first words)
 READ = {
     "fitness": "Development",
@@ -98,6 +112,7 @@ READ = {
     "gate": "Development and round-1 held-out",
     "alignment": "Development, round-1 and round-2 held-out",
     "zip": "Development, round-1, round-2 and round-3 held-out",
+    "gate_holdout": "Development, round-1 to round-4 held-out",
 }
 # the methods each default runs as: merge() (the round-4 alignment), merge(align=False) (round 2's merge()),
 # merge(align='activations') (round 3's merge()), merge(align=True), the coefficient GA and cma_merge
@@ -129,7 +144,18 @@ HIDDEN = {study.gated(m, g) for m in study.GATED for g in study.CANDIDATE_GATES 
 
 
 def default_row(method: str) -> str:
-    """The row of ``method`` as its defaults run it: behind the default gate, if any."""
+    """The row of ``method`` as its defaults run it: behind the default gate, if any, testing on the part of
+    the validation set held out of the fitness where the default holds one out (merge's methods)."""
+    if DEFAULT_GATE_HOLDOUT and method in study.HELD_GATED:
+        if DEFAULT_GATE_HOLDOUT != study.GATE_HOLDOUT or DEFAULT_GATE != study.HELD_GATE_LEVEL:
+            raise ValueError(f"the study has no rows of gate_holdout={DEFAULT_GATE_HOLDOUT}, gate={DEFAULT_GATE}")
+        return study.held_gated(method)
+    return study.gated(method, DEFAULT_GATE)
+
+
+def round4_row(method: str) -> str:
+    """The row of ``method`` as round 4's defaults ran it: behind the default gate on the whole validation
+    set."""
     return study.gated(method, DEFAULT_GATE)
 
 
@@ -242,19 +268,26 @@ def summary(results, choices) -> str:
         for what, (chosen, scores) in choices.items()
     ]
     return (
-        f"`merge()` is `merge(align={DEFAULT_ALIGN!r}, metric={DEFAULT_METRIC!r}, gate={DEFAULT_GATE!r})` on these "
-        f"models, `merge(align=True)` is `merge(align={DEFAULT_MATCHING!r})`; every method runs with the default "
-        "gate. "
-        "Test accuracy minus the best parent's (points, mean ± sd over seeds; the best parent is the one "
+        f"`merge()` is `merge(align={DEFAULT_ALIGN!r}, metric={DEFAULT_METRIC!r}, gate={DEFAULT_GATE!r}, "
+        f"gate_holdout={DEFAULT_GATE_HOLDOUT!r})` on these models, `merge(align=True)` is "
+        f"`merge(align={DEFAULT_MATCHING!r})`; every method runs with the default gate"
+        + (
+            f" (the merges testing on {100 * DEFAULT_GATE_HOLDOUT:.0f} % of the validation set held out of their "
+            "fitness; `cma_merge` on the whole set). "
+            if DEFAULT_GATE_HOLDOUT
+            else ". "
+        )
+        + "Test accuracy minus the best parent's (points, mean ± sd over seeds; the best parent is the one "
         "better on test, the harder baseline: an oracle no method that sees only validation data can match, as "
         "the column of the parent chosen on validation shows); ensemble: the output ensemble's, for scale.\n\n"
         + "\n".join(out)
         + "\n\nOn the tables each round chose on (the fitness and the matching: development; the gate: "
         "development and round-1 held out; `merge()`'s alignment: development, round-1 and round-2 held out; "
-        "the zip: development and round-1 to round-3 held out; test accuracy minus the best parent's, worst "
-        "table and mean):\n\n"
+        "the zip: development and round-1 to round-3 held out; the gate's test data: development and round-1 to "
+        "round-4 held out; test accuracy minus the best parent's, worst table and mean):\n\n"
         + "\n".join(lines)
         + ("\n\n" + half_point_lines(results) if half_point(results) else "")
+        + ("\n" + holdout_effect_lines(results, (LABELS[DEFAULT_METHODS[0]],)) if holdout_effect(results) else "")
         + ("\n" + zip_effect_lines(results) if zip_effect(results) else "")
         + ("\n" + align_effect_lines(results) if align_effect(results) else "")
         + ("\n" + rule_check_line(results) if rule_check(results)[0] else "")
@@ -304,14 +337,15 @@ def paired(runs, new: str, old) -> dict:
 
 def align_effect(results, calibrated: bool = False, new_method: str = ROUND_3, old_method=None) -> list:
     """What a default alignment changes: ``new_method`` (default: round 3's, ``merge(align='activations')``)
-    minus ``old_method`` (default: ``merge(align=False)``), both as run by default (behind the default gate),
+    minus ``old_method`` (default: ``merge(align=False)``), both as rounds 3 and 4 ran them (behind the default
+    gate, testing on the whole validation set, :func:`round4_row`),
     over every seed of every table of each role (:func:`paired`), Holm-corrected over the roles.
     ``calibrated``: against ``merge(align=False)`` as README runs it, with calibration inputs where the
     models have BatchNorm (:func:`~mega_deap.experiments.heldout_study.unaligned_baseline`). Rows ``{role,
     mean, changed, runs, better, worse, p}``."""
     from mega_deap.experiments.ablation import holm
 
-    new, old = default_row(new_method), default_row(old_method or DEFAULT_METHODS[1])
+    new, old = round4_row(new_method), round4_row(old_method or DEFAULT_METHODS[1])
     base = (lambda run: study.unaligned_baseline(run, DEFAULT_GATE)) if calibrated else old
     rows = []
     for role in ROLE_ORDER:
@@ -331,7 +365,8 @@ def align_effect_lines(results) -> str:
         return ""
     return markdown(
         "What round 3 changed: test accuracy of `merge(align='activations')` (round 3's `merge()`) minus "
-        "`merge(align=False)` (the default before it), over every seed of every table of a kind (points); p: "
+        "`merge(align=False)` (the default before it), both with the gate on the whole validation set as round 3 "
+        "ran them, over every seed of every table of a kind (points); p: "
         "two-sided Wilcoxon signed-rank test on the runs that differ, Holm-corrected over the kinds of table. "
         "The unaligned candidate round 3 compared ran without calibration inputs; the rows marked calibrated "
         "compare with `merge(align=False)` as README tells users of BatchNorm models to run it (with "
@@ -353,11 +388,50 @@ def zip_effect_lines(results) -> str:
     if not rows:
         return ""
     return markdown(
-        f"What round 4 changed: test accuracy of `merge()` (`align={DEFAULT_ALIGN!r}`) minus "
-        "`merge(align='activations')` (round 3's `merge()`), over every seed of every table of a kind (points); "
+        f"What round 4 changed: test accuracy of `merge(align={DEFAULT_ALIGN!r})` minus "
+        "`merge(align='activations')` (round 3's `merge()`), both with the gate on the whole validation set as "
+        "round 4 ran them, over every seed of every table of a kind (points); "
         "p: two-sided Wilcoxon signed-rank test on the runs that differ, Holm-corrected over the kinds of table.",
         ("tables", "mean change", "runs that differ", "better / worse", "p (Holm)"),
         [(r["role"], *_change_cells(r)) for r in rows],
+    )
+
+
+def holdout_effect(results) -> list:
+    """What round 5's candidate changes, per role of the tables and merge default method: test accuracy with
+    the gate's test on :data:`~mega_deap.experiments.heldout_study.GATE_HOLDOUT` of the validation set held
+    out of the fitness minus with the gate on the whole set (round 4's), over every seed of every table of
+    that role (:func:`paired`), Holm-corrected over the methods of a role. Rows ``{role, method, mean,
+    changed, runs, better, worse, p}``."""
+    from mega_deap.experiments.ablation import holm
+
+    rows = []
+    for role in ROLE_ORDER:
+        runs = [run for res in results.values() if res["role"] == role for run in res["runs"]]
+        group = [
+            {"role": role, "method": LABELS[b], **paired(runs, study.held_gated(b), round4_row(b))}
+            for b in DEFAULT_METHODS
+            if runs and b in study.HELD_GATED and study.held_gated(b) in runs[0]
+        ]
+        for row, p in zip(group, holm([r["p"] for r in group])):
+            row["p"] = p
+        rows += group
+    return rows
+
+
+def holdout_effect_lines(results, methods=None) -> str:
+    """:func:`holdout_effect` as a Markdown table (points); ``methods``: only the rows of these labels."""
+    rows = [r for r in holdout_effect(results) if methods is None or r["method"] in methods]
+    if not rows:
+        return ""
+    return markdown(
+        f"What round 5's candidate changes: test accuracy with the gate (level {study.HELD_GATE_LEVEL}) testing on "
+        f"{100 * study.GATE_HOLDOUT:.0f} % of the validation set held out of the fitness (`gate_holdout="
+        f"{study.GATE_HOLDOUT}`) minus with the gate on the whole validation set (round 4's), over every seed of "
+        "every table of a kind (points); p: two-sided Wilcoxon signed-rank test on the runs that differ, "
+        "Holm-corrected over the methods of a kind.",
+        ("tables", "method", "mean change", "runs that differ", "better / worse", "p (Holm)"),
+        [(r["role"], r["method"], *_change_cells(r)) for r in rows],
     )
 
 
@@ -377,7 +451,7 @@ def rule_check(results) -> tuple:
             }
             for name, row in (
                 ("none", lambda run: study.unaligned_baseline(run, DEFAULT_GATE)),
-                *((m, lambda run, m=m: default_row(f"merge(align={m!r})")) for m in study.CANDIDATE_MATCHINGS),
+                *((m, lambda run, m=m: round4_row(f"merge(align={m!r})")) for m in study.CANDIDATE_MATCHINGS),
             )
         ]
         tables[key] = rows
@@ -416,6 +490,8 @@ def table(results, choices) -> str:
     for role in ROLE_ORDER[1:]:  # each round's held-out tables, as its rule would have judged them
         if half_point(results, role):
             out.append(half_point_lines(results, role))
+    if holdout_effect(results):
+        out.append(holdout_effect_lines(results))
     if zip_effect(results):
         out.append(zip_effect_lines(results))
     if align_effect(results):
@@ -426,9 +502,10 @@ def table(results, choices) -> str:
     if effect:
         out.append(
             markdown(
-                f"What the gate at its default level ({DEFAULT_GATE}) changes: test accuracy of each default "
-                "method with the gate minus without, over every seed of every table of a kind (points); p: "
-                "two-sided Wilcoxon signed-rank test on the runs it changes, Holm-corrected over the six methods "
+                f"What the gate at its default level ({DEFAULT_GATE}), testing on the whole validation set, "
+                "changes: test accuracy of each default method with the gate minus without, over every seed of "
+                "every table of a kind (points); p: two-sided Wilcoxon signed-rank test on the runs it changes, "
+                "Holm-corrected over the six methods "
                 "of a kind.",
                 ("tables", "method", "mean change", "runs changed", "better / worse", "p (Holm)"),
                 [(r["role"], r["method"], *_change_cells(r)) for r in effect],

@@ -9,9 +9,11 @@ examples on which exactly one of the two is right, the merge is right on ``b`` a
 under "equally accurate" ``b`` is Binomial(b + c, 1/2), and the one-sided p-value is
 ``P(Binomial(b + c, 1/2) >= b)``. Where it is not below the level ``alpha``, the gate returns that parent.
 
-The merge was chosen on the same examples as the test reads, so p is smaller than it would be on fresh data
-(anti-conservative): ``alpha`` is a threshold chosen by measurement (the held-out study, README), not a
-false-positive rate.
+Where the merge was chosen on the same examples as the test reads (:func:`paired_test`), p is smaller than
+it would be on fresh data (anti-conservative): ``alpha`` is a threshold chosen by measurement (the held-out
+study, README), not a false-positive rate. :func:`held_out_test` reads only examples held out of the search
+(``merge(gate_holdout=...)``), so its p is an honest one; the best parent and the accuracy guarantee are
+still judged on every example.
 """
 
 from typing import Any, Optional
@@ -27,6 +29,7 @@ __all__ = [
     "correct_each",
     "paired_test",
     "paired_test_models",
+    "held_out_test",
     "gate_parent",
     "classification_metric",
 ]
@@ -87,6 +90,38 @@ def paired_test(
     right = correct_each(runner, [merged, *parents], X, y, batch_size)
     best = int(torch.argmax(right[1:].sum(1)))  # the first of the most accurate
     return best, mcnemar_greater(right[0], right[1 + best])[2]
+
+
+def held_out_test(
+    runner: Any,
+    merged: torch.Tensor,
+    parents: list,
+    X: Any,
+    y: Any,
+    held: torch.Tensor,
+    batch_size: Optional[int] = None,
+) -> tuple:
+    """The gate's test on examples the search did not select on, for weight vectors of ``runner``:
+    ``(best, p, holds)``. ``best``: the index of the parent with the best accuracy on all of ``(X, y)`` (the
+    first of equals); ``p``: :func:`mcnemar_greater`'s p-value of the merge against it on the examples
+    ``held`` (indices into ``(X, y)``) only; ``holds``: whether the merge is right on at least as many of all
+    the examples as that parent (the accuracy guarantee on the whole set). The gate at level ``alpha`` keeps
+    the merge where ``p < alpha`` and ``holds``, else returns parent ``best``. A merge whose weights equal a
+    parent's is that parent: ``(j, 1.0, True)``."""
+    held = torch.as_tensor(held, dtype=torch.long)
+    if held.dim() != 1 or not len(held) or int(held.min()) < 0 or int(held.max()) >= len(y):
+        raise SettingError(
+            f"held must be a non-empty vector of indices into the {len(y)} examples, got shape {tuple(held.shape)}"
+            + (f" in [{int(held.min())}, {int(held.max())}]" if held.numel() else "")
+        )
+    for j, w in enumerate(parents):
+        if torch.equal(merged, w):
+            return j, 1.0, True
+    right = correct_each(runner, [merged, *parents], X, y, batch_size)
+    counts = right.sum(1)
+    best = int(torch.argmax(counts[1:]))  # the first of the most accurate, on every example
+    p = mcnemar_greater(right[0, held], right[1 + best, held])[2]
+    return best, p, bool(counts[0] >= counts[1 + best])
 
 
 def paired_test_models(

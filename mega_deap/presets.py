@@ -21,7 +21,7 @@ from .evaluation import Evaluator, Strategy
 from .metrics import GroupAccuracy, get_metric
 from .objectives import ModelEvaluator, ModelObjective
 from .files import tensor_digest
-from .gate import classification_metric, paired_test
+from .gate import classification_metric, held_out_test, paired_test
 from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian, selElite
 from .population import TensorPopulation
@@ -154,6 +154,9 @@ DEFAULT_MUTATION = {"weights": (0.01, 0.02), "coefficients": (0.05, 0.2)}  # (si
 # the significance gate's level (gate="auto" with a classification metric): chosen by the held-out study's
 # rule on its development tasks (README)
 DEFAULT_GATE = 0.2
+# the share of the validation set the gate tests on, held out of the fitness (gate_holdout="auto" where a
+# gate runs): 0, the gate reads the examples the search selected on
+DEFAULT_GATE_HOLDOUT = 0.0
 
 
 def _gate_level(gate, metric) -> Optional[float]:
@@ -175,24 +178,52 @@ def _gate_level(gate, metric) -> Optional[float]:
     return float(gate)
 
 
-def _gate_line(p, level, parent) -> str:
-    """What ``verbose=True`` prints of the gate: one line."""
+def _gate_holdout(gate_holdout, level, holdout) -> float:
+    """``merge``'s ``gate_holdout`` as a fraction: ``"auto"`` is :data:`DEFAULT_GATE_HOLDOUT` where a gate
+    runs (``level`` not ``None``) and ``holdout`` holds nothing out, else 0."""
+    if isinstance(gate_holdout, str):
+        if gate_holdout != "auto":
+            raise SettingError(f"gate_holdout must be 'auto' or a fraction in [0, 1), got {gate_holdout!r}")
+        return DEFAULT_GATE_HOLDOUT if level is not None and not holdout else 0.0
+    if isinstance(gate_holdout, bool) or not isinstance(gate_holdout, (int, float)) or not 0 <= gate_holdout < 1:
+        raise SettingError(f"gate_holdout must be 'auto' or a fraction in [0, 1), got {gate_holdout!r}")
+    if gate_holdout and level is None:
+        raise SettingError(f"gate_holdout={gate_holdout!r} is the gate's test data, but no gate runs (gate=None)")
+    if gate_holdout and holdout:
+        raise SettingError(
+            f"gate_holdout={gate_holdout!r} and holdout={holdout!r} both hold validation examples out of the "
+            "fitness; use one"
+        )
+    return float(gate_holdout)
+
+
+def _gate_line(p, level, parent, held=None) -> str:
+    """What ``verbose=True`` prints of the gate: one line (``held``: the examples it tested on, where they
+    were held out of the fitness)."""
+    on = "" if held is None else f" on {held} held-out examples"
     if parent is None:
-        return f"gate: p = {p:.3g} < {level}: the merge is returned"
-    return f"gate: p = {p:.3g} >= {level}: parent {parent} is returned"
+        return f"gate: p = {p:.3g}{on} < {level}: the merge is returned"
+    return f"gate: p = {p:.3g}{on} >= {level}: parent {parent} is returned"
 
 
-def _gated(adapter, result: tuple, parents, X, y, fit_data, metric, level, batch_size) -> tuple:
-    """The gate (:func:`mega_deap.gate.paired_test`, on ``(X, y)``) on a merge's ``result`` ``(weights,
+def _gated(adapter, result: tuple, parents, X, y, fit_data, metric, level, batch_size, held=None) -> tuple:
+    """The gate (:func:`mega_deap.gate.paired_test`, on ``(X, y)``; :func:`mega_deap.gate.held_out_test`
+    on the examples ``held`` where they were held out of the fitness) on a merge's ``result`` ``(weights,
     genome, fitness)``: ``(weights, genome, fitness, p, parent)``, with the parent with the best accuracy
-    in place of the merge where the merge does not beat it at ``level``. The parents are the genomes the
-    merge started from, decoded (with alignment, their units permuted: the same functions as given); a
-    returned parent's fitness is computed on ``fit_data``."""
+    in place of the merge where the merge does not beat it at ``level`` (with ``held``: or where it is less
+    accurate on all of ``(X, y)``). The parents are the genomes the merge started from, decoded (with
+    alignment, their units permuted: the same functions as given); a returned parent's fitness is computed
+    on ``fit_data``."""
     weights, genome_, fitness = result
     runner = adapter.runner
     parent_weights = adapter.decode_many(list(parents))
-    best, p = paired_test(runner, weights, parent_weights, X, y, batch_size)
-    if p < level:
+    if held is None:
+        best, p = paired_test(runner, weights, parent_weights, X, y, batch_size)
+        keep = p < level
+    else:
+        best, p, holds = held_out_test(runner, weights, parent_weights, X, y, held, batch_size)
+        keep = p < level and holds
+    if keep:
         return weights, genome_, fitness, p, None
     fit_x, fit_y = fit_data
     score = _evaluator(runner, fit_x, fit_y, metric, batch_size=batch_size).scores([parent_weights[best]])[0]
@@ -204,16 +235,18 @@ def _merge_result(
 ) -> MergeResult:
     """The :class:`MergeResult` of ``merge`` and ``cma_merge`` from ``result`` ``(weights, genome, fitness)``
     (:func:`_result`), behind the significance gate when ``gating`` is ``(parents, (X, y) it tests on, fitness
-    data, metric, level)``; ``verbose`` prints what the gate did (rank 0 only)."""
+    data, metric, level)`` or that and the indices of the examples of ``(X, y)`` held out of the fitness, which
+    alone the test reads; ``verbose`` prints what the gate did (rank 0 only)."""
     weights, genome_, fitness = result
     gate_p = parent = None
     if gating is not None:
-        parents, (X, y), fit_data, metric, level = gating
+        parents, (X, y), fit_data, metric, level, *held = gating
+        held = held[0] if held else None
         weights, genome_, fitness, gate_p, parent = _gated(
-            adapter, result, parents, X, y, fit_data, metric, level, batch_size
+            adapter, result, parents, X, y, fit_data, metric, level, batch_size, held
         )
         if verbose and distributed.is_main():  # in a process group, only rank 0 prints
-            print(_gate_line(gate_p, level, parent))
+            print(_gate_line(gate_p, level, parent, None if held is None else len(held)))
     return MergeResult(
         model=adapter.runner.to_model(weights),
         genome=genome_,
@@ -280,16 +313,22 @@ def _evaluator(adapter, X, y, metric, **kwargs) -> Any:
     return Evaluator(adapter, X, y, metric, **kwargs)
 
 
-def _holdout(X, y, fraction, seed):
-    """``(fitness part, held-out part)`` of the validation set: a seeded split, ``fraction`` held out."""
-    n = len(y)
+def _split(n, fraction, seed, name="holdout"):
+    """``(kept, held)`` indices of ``n`` validation examples: a seeded split, ``fraction`` held out (setting
+    ``name`` in the error where a side would be empty)."""
     m = int(round(fraction * n))
     if not 0 < m < n:
         raise SettingError(
-            f"holdout={fraction} holds out {m} of {n} validation examples; it must leave at least one on each side"
+            f"{name}={fraction} holds out {m} of {n} validation examples; it must leave at least one on each side"
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return (X[perm[m:]], y[perm[m:]]), (X[perm[:m]], y[perm[:m]])
+    return perm[m:], perm[:m]
+
+
+def _holdout(X, y, fraction, seed):
+    """``(fitness part, held-out part)`` of the validation set: a seeded split, ``fraction`` held out."""
+    kept, held = _split(len(y), fraction, seed)
+    return (X[kept], y[kept]), (X[held], y[held])
 
 
 def merge(
@@ -328,6 +367,7 @@ def merge(
     cxpb: Optional[float] = None,
     mutpb: Optional[float] = None,
     gate: Union[float, str, None] = "auto",
+    gate_holdout: Union[float, str] = "auto",
 ) -> Any:
     """Merge models of one architecture with MeGA (the paper's preset) and return a :class:`MergeResult`;
     with ``objectives``, the front of merges over several objectives (NSGA-II) as a
@@ -417,6 +457,13 @@ def merge(
                  (``MergeResult.parent`` says which, ``gate_p`` the p-value). ``"auto"`` (the default):
                  :data:`DEFAULT_GATE` (chosen on the development tasks of the held-out study, see README)
                  with a classification metric, no gate with any other; ``None``: no gate (the paper).
+    :param gate_holdout: a fraction of ``val_data`` held out of the fitness (a seeded split) for the gate's
+                         test alone: the search selects on the rest, McNemar's test reads only examples it
+                         never selected on, and the merge is returned where it passes and is at least as
+                         accurate as the best parent on the whole validation set (the guarantee holds there).
+                         0: the gate tests on the whole validation set, the examples the search selected on
+                         (anti-conservative). ``"auto"`` (the default): :data:`DEFAULT_GATE_HOLDOUT` where a
+                         gate runs and ``holdout`` is 0, else 0. Refused with ``gate=None`` or with ``holdout``.
     """
     models = list(models)
     if len(models) < 2:
@@ -436,6 +483,8 @@ def merge(
             raise SettingError(
                 f"gate={gate!r} keeps one merge or its best parent; with objectives the merge returns the whole front"
             )
+        if gate_holdout != "auto":
+            raise SettingError(f"gate_holdout={gate_holdout!r} is the gate's test data; with objectives no gate runs")
         evaluator_metric, gate_level = _objectives(objectives), None
     else:
         for name, value in (("cxpb", cxpb), ("mutpb", mutpb)):
@@ -494,6 +543,7 @@ def merge(
         )
     hof_size = 10 if hof_size is None else hof_size
     integer("hof_size", hof_size, 1)
+    gate_share = _gate_holdout(gate_holdout, gate_level, holdout)
     rescale = _check_calibration(models, matching, calibration) and genome == "weights"
     rescale = rescale and (calibration is not None or not model_objective)  # REPAIR reads inputs
     if auto and matching:  # a default: the average and its REPAIRed copy join where the population has room
@@ -517,9 +567,12 @@ def merge(
     if model_objective and holdout:
         raise SettingError(f"holdout splits validation data; objective {evaluator_metric.name!r} reads none")
     X, y = (None, None) if model_objective and val_data is None else _as_xy(val_data)
-    select_data, val_xy = None, (X, y)
+    select_data, val_xy, gate_held = None, (X, y), None
     if holdout:
         (X, y), select_data = _holdout(X, y, holdout, seed)
+    elif gate_share:  # the fitness reads the rest; the gate's test, these alone
+        kept, gate_held = _split(len(y), gate_share, seed, "gate_holdout")
+        X, y = X[kept], y[kept]
     aligned = zipped = None
     if auto and matching:  # a default must not fail where align=False works: a failed matching, no alignment
         try:
@@ -645,8 +698,11 @@ def merge(
     result = _result(
         adapter, best, prepare, genomes if include_parents and not holdout else None, X, y, evaluator.metric, batch_size
     )
-    # 5. the significance gate, on the whole validation set
-    gating = (genomes, val_xy, (X, y), evaluator.metric, gate_level) if gate_level is not None else None
+    # 5. the significance gate, on the whole validation set (its test on the held-out part with gate_holdout)
+    gating: Optional[tuple] = None
+    if gate_level is not None:
+        gating = (genomes, val_xy, (X, y), evaluator.metric, gate_level)
+        gating += (gate_held,) if gate_held is not None else ()
     return _merge_result(
         adapter, result, gating, batch_size, verbose, logbook, hof, individuals, toolbox, align=matching
     )

@@ -5,13 +5,15 @@ are): on a subset of the training split, or with noisy labels, for many epochs. 
 settings, as the align study: ``same-data`` (two seeds, one training set) and ``different-data`` (each
 parent on a class-biased part, :func:`~mega_deap.experiments.align_study.biased_parts`).
 
-Three rounds of choosing. Round 1: the tasks in :data:`DEVELOPMENT` chose the fitness metric and the
+Five rounds of choosing. Round 1: the tasks in :data:`DEVELOPMENT` chose the fitness metric and the
 matching (:func:`choose_metric`, :func:`choose_matching`); :data:`HELD_OUT_1` reported. Round 2: those
 six tasks, all seen by then, chose the significance gate's level (:func:`choose_gate`); :data:`HELD_OUT_2`
-reported. Round 3: those nine tasks, all seen by then, chose ``merge``'s default alignment
-(:func:`choose_alignment`); the tasks in :data:`HELD_OUT`, new in round 3 and not run before the choice,
-only report. Fitness and every choice inside a merge see the validation split alone; the test split
-reports.
+reported. Round 3: those nine tasks chose ``merge``'s default alignment (:func:`choose_alignment`);
+:data:`HELD_OUT_3` reported. Round 4: those twelve chose whether the parents' zip is seeded
+(:func:`choose_zip`); :data:`HELD_OUT_4` reported. Round 5: those fifteen chose where the gate's test
+reads its data (:func:`choose_gate_holdout`); the tasks in :data:`HELD_OUT`, new in round 5 and not run
+before the choice, only report. Fitness and every choice inside a merge see the validation split alone;
+the test split reports.
 """
 
 import time
@@ -36,6 +38,8 @@ __all__ = [
     "DEVELOPMENT",
     "HELD_OUT_1",
     "HELD_OUT_2",
+    "HELD_OUT_3",
+    "HELD_OUT_4",
     "HELD_OUT",
     "ROLES",
     "ROUNDS",
@@ -57,6 +61,10 @@ __all__ = [
     "choose_zip",
     "ZIP",
     "CANDIDATE_ZIPS",
+    "GATE_HOLDOUT",
+    "HELD_GATED",
+    "held_gated",
+    "choose_gate_holdout",
 ]
 
 CANDIDATE_METRICS = ("accuracy_ll", "accuracy", "neg_log_loss", "neg_log_loss_tempered")
@@ -71,6 +79,28 @@ CANDIDATE_ALIGNMENTS = (None, *CANDIDATE_MATCHINGS)
 # round 4: round 3's choice, or the same with the parents' zip (ZipIt!) in the first population
 ZIP = "merge(align='zip')"
 CANDIDATE_ZIPS = ("activations", "zip")
+# round 5: where the gate's test reads its data. Round 4's merges gate on the whole validation set, the
+# examples the search selected on; the candidate holds GATE_HOLDOUT of it out of the fitness for the test
+# alone (merge(gate_holdout=...)), at round 2's level. The fraction was written down with the candidate,
+# before round 5's tasks ran, and is not tuned.
+GATE_HOLDOUT = 0.3
+HELD_GATE_LEVEL = 0.2
+CANDIDATE_GATE_HOLDOUTS = (0.0, GATE_HOLDOUT)
+# the merges each is judged on: merge's default methods (cma_merge, no merge, keeps its gate as it was)
+HELD_GATED = (
+    "merge, accuracy",
+    *(f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS),
+    ZIP,
+    "coefficient GA, aligned",
+)
+
+
+def held_gated(method: str) -> str:
+    """The row name of ``method`` run with the gate's test on :data:`GATE_HOLDOUT` of the validation set held
+    out of its fitness."""
+    return f"{method}, gate on {100 * GATE_HOLDOUT:.0f} % held out"
+
+
 # the methods each gate level is applied to (a gate reads a method's merged model; the GA is not rerun)
 # the unaligned merge with BatchNorm repair on calibration inputs (what README tells a user with BatchNorm
 # models to pass): a row of the tasks whose models have BatchNorm only. Added after round 3 chose, to check
@@ -99,6 +129,7 @@ METHODS = (
     + tuple(f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS)
     + (ZIP, "coefficient GA, aligned", "cma_merge")
     + tuple(gated(m, g) for m in GATED for g in CANDIDATE_GATES if g is not None)
+    + tuple(held_gated(m) for m in HELD_GATED)
     + ("output ensemble",)
 )
 
@@ -141,12 +172,20 @@ HELD_OUT_3 = (
 # written down with round 4's candidate and before any of them ran: architectures no earlier round had (a
 # VGG-style CNN of four convolutions without BatchNorm, a residual CNN with BatchNorm, a GELU MLP) and a
 # new synthetic data set
-HELD_OUT = (
+HELD_OUT_4 = (
     Task("digits-vgg-noise", "digits", "vgg", "noise", 0.2, 60),
     Task("digits-rescnn-bn-subset", "digits", "rescnn-bn", "subset", 0.25, 150),
     Task("synthetic12-gelumlp-noise", "synthetic12", "gelumlp", "noise", 0.2, 100),
 )
-TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT_1 + HELD_OUT_2 + HELD_OUT_3 + HELD_OUT}
+# written down with round 5's candidate and before any of them ran: architectures no earlier round had (a
+# tanh CNN with average pooling and no BatchNorm, a residual MLP with BatchNorm in its blocks, a SiLU MLP
+# of three hidden layers) and a new synthetic data set
+HELD_OUT = (
+    Task("digits-tanhcnn-noise", "digits", "tanhcnn", "noise", 0.25, 60),
+    Task("synthetic16-resmlp-bn-subset", "synthetic16", "resmlp-bn", "subset", 0.3, 120),
+    Task("digits-silumlp-subset", "digits", "silumlp", "subset", 0.2, 150),
+)
+TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT_1 + HELD_OUT_2 + HELD_OUT_3 + HELD_OUT_4 + HELD_OUT}
 # what each task's tables do: choose in every round; report in round 1, then choose; report in round 2,
 # then choose; report only
 ROLES = {
@@ -154,6 +193,7 @@ ROLES = {
     **{t.name: "round-1 held out" for t in HELD_OUT_1},
     **{t.name: "round-2 held out" for t in HELD_OUT_2},
     **{t.name: "round-3 held out" for t in HELD_OUT_3},
+    **{t.name: "round-4 held out" for t in HELD_OUT_4},
     **{t.name: "held out" for t in HELD_OUT},
 }
 # the roles whose tables each round's rule reads
@@ -162,6 +202,7 @@ ROUNDS = {
     2: ("development", "round-1 held out"),
     3: ("development", "round-1 held out", "round-2 held out"),
     4: ("development", "round-1 held out", "round-2 held out", "round-3 held out"),
+    5: ("development", "round-1 held out", "round-2 held out", "round-3 held out", "round-4 held out"),
 }
 
 
@@ -281,6 +322,55 @@ class GELUMLP(nn.Module):
         return self.out(x)
 
 
+class TanhCNN(nn.Module):
+    """Two conv-tanh-average-pool blocks without BatchNorm, global average pooling, linear."""
+
+    def __init__(self, in_channels=1, num_classes=10, width=12):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = F.avg_pool2d(torch.tanh(self.conv1(x)), 2)
+        return self.fc(torch.tanh(self.conv2(x)).mean((2, 3)))
+
+
+class ResBNMLP(nn.Module):
+    """A linear-BatchNorm-ReLU stem, residual blocks ``h + relu(bn(linear(h)))`` (one residual stream), and a
+    linear classifier."""
+
+    def __init__(self, in_features, num_classes, width=64, blocks=2):
+        super().__init__()
+        self.stem = nn.Linear(in_features, width)
+        self.bn = nn.BatchNorm1d(width)
+        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+        self.bns = nn.ModuleList(nn.BatchNorm1d(width) for _ in range(blocks))
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.stem(x.flatten(1))))
+        for block, bn in zip(self.blocks, self.bns):
+            h = h + F.relu(bn(block(h)))
+        return self.head(h)
+
+
+class SiLUMLP(nn.Module):
+    """Three hidden layers with SiLU, then a linear classifier."""
+
+    def __init__(self, in_features, num_classes, hidden=(128, 96, 64)):
+        super().__init__()
+        sizes = (in_features, *hidden)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.out = nn.Linear(sizes[-1], num_classes)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        for layer in self.hidden:
+            x = F.silu(layer(x))
+        return self.out(x)
+
+
 class LeNet(nn.Module):
     """Two conv-ReLU-max-pool blocks without BatchNorm, a flatten, a hidden linear layer and a classifier."""
 
@@ -310,6 +400,9 @@ SYNTHETIC = {
     ),
     "synthetic12": dict(
         n_samples=3600, n_features=36, n_informative=16, n_redundant=6, n_classes=12, class_sep=1.4, random_state=47
+    ),
+    "synthetic16": dict(
+        n_samples=4000, n_features=40, n_informative=18, n_redundant=6, n_classes=16, class_sep=1.5, random_state=59
     ),
 }
 
@@ -368,6 +461,12 @@ def build(task: Task, splits: Splits) -> nn.Module:
         return ResBNCNN(splits.in_channels, splits.num_classes)
     if task.model == "gelumlp":
         return GELUMLP(features, splits.num_classes)
+    if task.model == "tanhcnn":
+        return TanhCNN(splits.in_channels, splits.num_classes)
+    if task.model == "resmlp-bn":
+        return ResBNMLP(features, splits.num_classes)
+    if task.model == "silumlp":
+        return SiLUMLP(features, splits.num_classes)
     if task.model == "deepmlp":
         return MLP(features, splits.num_classes, hidden=(128, 64))
     raise ValueError(f"unknown model {task.model!r}")
@@ -484,6 +583,18 @@ def run_task(
             ).model
         ),
     )
+    held = dict(common, gate=HELD_GATE_LEVEL, gate_holdout=GATE_HOLDOUT)  # round 5's candidate, gated by merge
+    timed(held_gated("merge, accuracy"), lambda: merge(parents, splits.val, align=False, **held).model)
+    for how in CANDIDATE_MATCHINGS:
+        timed(
+            held_gated(f"merge(align={how!r})"),
+            lambda how=how: merge(parents, splits.val, align=how, calibration=calib, **held).model,
+        )
+    timed(held_gated(ZIP), lambda: merge(parents, splits.val, align="zip", calibration=calib, **held).model)
+    timed(
+        held_gated("coefficient GA, aligned"),
+        lambda: merge(parents, splits.val, align=True, calibration=calib, genome="coefficients", **held).model,
+    )
     if "output ensemble" in methods:
         out["output ensemble"] = (
             ensemble_accuracy(parents, *splits.val),
@@ -588,6 +699,19 @@ def choose_zip(tables: dict, metric: str, level) -> tuple:
     by default: fitness ``metric`` behind the gate at ``level`` (``None``: no gate). Where a table has no zip
     row (more than two parents), it has none to choose on."""
     return choose(tables, {a: gated(f"merge(align={a!r})", level) for a in CANDIDATE_ZIPS})
+
+
+def choose_gate_holdout(tables: dict, level) -> tuple:
+    """Round 5: :func:`choose` between the gate at ``level`` testing on the whole validation set (``"0"``,
+    round 4's merges) and testing on :data:`GATE_HOLDOUT` of it held out of the fitness, each judged on the
+    merge methods of :data:`HELD_GATED` at once (the worst table of any of them)."""
+    return choose(
+        tables,
+        {
+            "0": tuple(gated(b, level) for b in HELD_GATED),
+            str(GATE_HOLDOUT): tuple(held_gated(b) for b in HELD_GATED),
+        },
+    )
 
 
 def unaligned_baseline(run: dict, level) -> str:
