@@ -131,7 +131,28 @@ def add_ga_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "parent at this level, else return that parent (auto: the default level with a classification metric; "
         "none: no gate, as the paper)",
     )
+    p.add_argument(
+        "--gate-holdout",
+        type=gate_fraction,
+        default="auto",
+        metavar="{auto,FRACTION}",
+        help="the fraction of the validation data held out of the fitness for the gate's test alone (0: the "
+        "gate tests on the examples the search selected on; auto: the default where a gate runs)",
+    )
     return p
+
+
+def gate_fraction(text: str):
+    """``--gate-holdout``'s value: ``"auto"`` or a fraction in [0, 1)."""
+    if text == "auto":
+        return text
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = float("nan")
+    if not 0 <= fraction < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a fraction in [0, 1), got {text!r}")
+    return fraction
 
 
 def gate_level(text: str):
@@ -294,6 +315,7 @@ def run(args) -> list:
         include_parents=not args.no_parents,
         holdout=args.holdout,
         gate=args.gate,
+        gate_holdout=args.gate_holdout,
         calibration=calibration,
     )
     ad = result.adapter.runner  # score the weights (what a coefficient genome decodes into)

@@ -91,6 +91,19 @@ def test_the_gate_from_the_command_line(folder):
     proc = cli(folder, *common, "--gate", "2", "--out", "g2")  # argparse's usage, then the one error line
     assert proc.returncode == 2 and not (folder / "g2").exists()
     assert "argument --gate: expected auto, none or a level in (0, 1], got '2'" in proc.stderr.strip().splitlines()[-1]
+    # the gate's test on a held-out part: merge's own, as results.json records it
+    proc = cli(folder, *common, "--popsize", "4", "--ngen", "1", "--gate", "1", "--gate-holdout", "0.5", "--out", "gh")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((folder / "gh" / "results.json").read_text())
+    assert report["settings"]["gate_holdout"] == 0.5 and report["gate"]["parent"] in (0, 1)
+    proc = cli(folder, *common, "--gate-holdout", "1", "--out", "gh1")
+    assert proc.returncode == 2 and not (folder / "gh1").exists()
+    assert "argument --gate-holdout: expected auto or a fraction in [0, 1), got '1'" in proc.stderr.splitlines()[-1]
+    proc = cli(folder, *common, "--gate", "none", "--gate-holdout", "0.3", "--out", "gh2")  # merge's refusal
+    assert proc.returncode != 0 and not (folder / "gh2").exists()
+    assert proc.stderr.strip().splitlines() == [
+        "mega-merge: error: gate_holdout=0.3 is the gate's test data, but no gate runs (gate=None)"
+    ]
 
 
 def test_the_alignment_from_the_command_line(folder):

@@ -11,9 +11,12 @@ import mega_deap
 from mega_deap.align import cma_merge
 from mega_deap.checks import SettingError
 from mega_deap.experiments import model_accuracy
-from mega_deap.gate import correct_each, gate_parent, mcnemar_greater
+from mega_deap.gate import correct_each, gate_parent, held_out_test, mcnemar_greater, paired_test
 from mega_deap.adapters import TorchAdapter
 from mega_deap.objectives import on_model
+from mega_deap.evaluation import get_metric
+from mega_deap.presets import _gated
+from conftest import train_mlp
 
 
 def _reference_p(wins, losses):
@@ -139,6 +142,13 @@ def test_the_default_gate_applies_to_classification_metrics_only(digit_mlps, dig
         (dict(gate="always"), "gate must be"),
         (dict(gate=0.05, metric="neg_mse"), "not a built-in classification metric"),
         (dict(gate=0.05, objectives=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]), "whole front"),
+        (dict(gate_holdout="half"), "gate_holdout must be 'auto' or a fraction"),
+        (dict(gate_holdout=1.0), "gate_holdout must be 'auto' or a fraction"),
+        (dict(gate_holdout=True), "gate_holdout must be 'auto' or a fraction"),
+        (dict(gate_holdout=0.3, gate=None), r"no gate runs \(gate=None\)"),
+        (dict(gate_holdout=0.3, holdout=0.2), "both hold validation examples out of the fitness; use one"),
+        (dict(gate_holdout=0.3, objectives=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]), "with objectives no gate runs"),
+        (dict(gate_holdout=0.001), "gate_holdout=0.001 holds out 0 of 397 validation examples"),
     ],
 )
 def test_bad_gates_are_refused_before_any_work(kwargs, match, digit_mlps, digits, monkeypatch):
@@ -154,3 +164,111 @@ def test_verbose_says_what_the_gate_did_and_quiet_says_nothing(digit_mlps, digit
     mega_deap.merge(digit_mlps, digits["val"], verbose=True, **kw)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == f"gate: p = {r.gate_p:.3g} >= 1.0: parent {r.parent} is returned"
+
+
+def test_held_out_test_reads_the_held_examples_and_guards_the_whole_set():
+    """The test's p reads only the held examples; the best parent and the guarantee read every example.
+    Parent 1 is the more accurate on all 40; the merge wins 6 and loses 1 against it on the held examples
+    (p = 0.0625) and loses 8 on the others: it is less accurate overall, so the guarantee fails."""
+    n = 40
+    p0 = _lookup([i < 20 for i in range(n)])
+    p1 = _lookup([i < 30 for i in range(n)])  # the best parent: right on 0..29
+    held = torch.arange(22, 40)  # the merge's wins and its one loss lie here
+    right = [(8 <= i < 29) or (30 <= i < 36) for i in range(n)]  # wrong on 0..7 and 29, right on 30..35
+    merged = _lookup(right)
+    X, y = _data(n)
+    runner = TorchAdapter(p0)
+    genomes = [runner.genome(m) for m in (merged, p0, p1)]
+    best, p, holds = held_out_test(runner, genomes[0], genomes[1:], X, y, held)
+    assert best == 1 and p == pytest.approx(_reference_p(6, 1)) and not holds  # 27 right against 30
+    # the same merge judged on every example (paired_test): 6 wins, 9 losses
+    assert paired_test(runner, genomes[0], genomes[1:], X, y)[1] == pytest.approx(_reference_p(6, 9))
+    # a merge right on 0..35 wins 6 with no loss on the held part and holds on the whole set
+    better = runner.genome(_lookup([i < 36 for i in range(n)]))
+    best, p, holds = held_out_test(runner, better, genomes[1:], X, y, held)
+    assert (best, holds) == (1, True) and p == pytest.approx(_reference_p(6, 0))
+    assert held_out_test(runner, genomes[2].clone(), genomes[1:], X, y, held) == (1, 1.0, True)
+    # merge's gate at 0.07: the first merge passes the held-out test (p = 0.0625) yet is less accurate on
+    # the whole set, so the best parent comes back; the better merge is kept
+    accuracy = get_metric("accuracy")
+    for weights, parent in ((genomes[0], 1), (better, None)):
+        got = _gated(runner, (weights, weights, 0.5), genomes[1:], X, y, (X, y), accuracy, 0.07, None, held)
+        assert got[4] == parent and torch.equal(got[0], weights if parent is None else genomes[2])
+    with pytest.raises(SettingError, match="indices into the 40 examples"):
+        held_out_test(runner, better, genomes[1:], X, y, torch.tensor([3, 40]))
+
+
+def _fitness_and_held(n, fraction, seed):
+    """The split merge(gate_holdout=fraction, seed=seed) makes, as its documentation states: a seeded
+    permutation of the n examples, the first round(fraction * n) held out."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    m = int(round(fraction * n))
+    return perm[m:], perm[:m]
+
+
+@pytest.fixture(scope="module")
+def biased_mlps(digits):
+    """Two MLPs, each trained on a class-biased part of the digits: their merges beat both beyond noise."""
+    from mega_deap.experiments.align_study import biased_parts
+
+    X, y = digits["train"]
+    return [train_mlp((X[idx], y[idx]), seed=i, epochs=20) for i, idx in enumerate(biased_parts(y, 5, seed=0))]
+
+
+@pytest.mark.parametrize("include_parents", [True, False])
+def test_merge_gates_on_the_held_out_part_and_keeps_the_guarantee(
+    digit_mlps, biased_mlps, digits, include_parents, capsys
+):
+    """With gate_holdout the fitness reads the kept part only (the same run as merge(gate=None) on it); the
+    gate's p is McNemar's on the held part against the parent best on the whole set; the result is never
+    less accurate than that parent on the whole validation set, with or without the parents among the
+    candidates. Same-data parents give the parent back; class-biased ones, the merge (at least once)."""
+    X, y = digits["val"]
+    kw = dict(popsize=8, ngen=3, progress=False, device="cpu", include_parents=include_parents, gate=0.5)
+    kw["align"] = False  # the parents as given: the gate's predictions are theirs to the bit
+    kept_merges = {}
+    for name, parents in (("same", digit_mlps), ("biased", biased_mlps)):
+        accs = [model_accuracy(m, X, y) for m in parents]
+        best = max(range(len(accs)), key=lambda i: (accs[i], -i))
+        for seed in (0, 1, 2):
+            kept, held = _fitness_and_held(len(y), 0.3, seed)
+            plain = mega_deap.merge(parents, (X[kept], y[kept]), seed=seed, **{**kw, "gate": None})
+            r = mega_deap.merge(parents, (X, y), seed=seed, gate_holdout=0.3, verbose=True, **kw)
+            assert f"gate: p = {r.gate_p:.3g} on {len(held)} held-out examples" in capsys.readouterr().out
+            assert model_accuracy(r.model, X, y) >= accs[best]
+            runner = TorchAdapter(plain.model)
+            right = correct_each(runner, [runner.genome(m) for m in (plain.model, *parents)], X, y)
+            assert r.gate_p == pytest.approx(mcnemar_greater(right[0, held], right[1 + best, held])[2])
+            if r.parent is None:  # the merge of the kept part, kept: it passed on the held part and holds
+                assert torch.equal(TorchAdapter(r.model).genome(), runner.genome(plain.model))
+                assert r.gate_p < 0.5 and int(right[0].sum()) >= int(right[1 + best].sum())
+                assert r.fitness == plain.fitness
+            else:
+                assert r.parent == best
+                assert torch.equal(TorchAdapter(r.model).genome(), runner.genome(parents[best]))
+            kept_merges.setdefault(name, []).append(r.parent is None)
+    assert not any(kept_merges["same"]) and any(kept_merges["biased"])  # both ways, as the docstring says
+
+
+def test_gate_holdout_auto_is_the_default_fraction_where_a_gate_runs(biased_mlps, digits, monkeypatch):
+    """ "auto" is DEFAULT_GATE_HOLDOUT where a gate runs and holdout holds nothing out; else 0."""
+    val = digits["val"]
+    kw = dict(popsize=6, ngen=2, seed=3, progress=False, device="cpu", align=False)
+
+    def genome(r):
+        return TorchAdapter(r.model).genome()
+
+    whole = mega_deap.merge(biased_mlps, val, gate=0.5, gate_holdout=0.0, **kw)
+    assert torch.equal(genome(mega_deap.merge(biased_mlps, val, gate=0.5, **kw)), genome(whole))
+    monkeypatch.setattr(mega_deap.presets, "DEFAULT_GATE_HOLDOUT", 0.3)
+    ungated = mega_deap.merge(biased_mlps, val, gate=None, **kw)  # no gate: nothing held out
+    assert ungated.gate_p is None
+    assert ungated.fitness == mega_deap.merge(biased_mlps, val, gate=None, gate_holdout=0.0, **kw).fitness
+    explicit = mega_deap.merge(biased_mlps, val, gate=0.5, gate_holdout=0.3, **kw)
+    auto = mega_deap.merge(biased_mlps, val, gate=0.5, **kw)
+    assert torch.equal(genome(auto), genome(explicit)) and auto.gate_p == explicit.gate_p
+    assert auto.gate_p != whole.gate_p  # the held-out test is another test
+    # with holdout the hall of fame is chosen on the held-out part; auto holds nothing more out
+    with_holdout = mega_deap.merge(biased_mlps, val, gate=0.5, holdout=0.2, **kw)
+    monkeypatch.setattr(mega_deap.presets, "DEFAULT_GATE_HOLDOUT", 0.0)
+    assert with_holdout.gate_p == mega_deap.merge(biased_mlps, val, gate=0.5, holdout=0.2, **kw).gate_p

@@ -39,6 +39,50 @@ def test_choose_gate_judges_the_four_default_methods_behind_each_level():
     assert chosen == "0.2" and scores["none"][0] == -0.03 and scores["0.01"][0] == -0.02
 
 
+def test_choose_gate_holdout_judges_merge_s_five_default_methods():
+    """Round 5: the gate on the whole set against the gate on 30 % held out, each judged on the worst table of
+    any of merge's five default methods; cma_merge and other rows are not read."""
+    deltas = {}
+    for b in study.HELD_GATED:
+        deltas[study.gated(b, 0.2)] = 0.0
+        deltas[study.held_gated(b)] = 0.01
+    deltas[study.gated("coefficient GA, aligned", 0.2)] = -0.02  # one method's bad table decides
+    deltas[study.held_gated(study.ZIP)] = -0.01
+    deltas[study.gated("cma_merge", 0.2)] = -0.5  # not judged
+    deltas["merge, accuracy"] = -0.5  # ungated: not judged
+    chosen, scores = study.choose_gate_holdout({"t": _rows(deltas)}, 0.2)
+    assert chosen == "0.3" and scores["0"][0] == -0.02 and scores["0.3"] == (-0.01, pytest.approx(0.006))
+    assert len(study.HELD_GATED) == 5 and "cma_merge" not in study.HELD_GATED
+
+
+def test_holdout_effect_pairs_each_merge_method_with_its_whole_set_gate():
+    """Per kind of table and method: the held-out gate's row minus the whole-set gate's row (round 4's);
+    Wilcoxon on the runs that differ, Holm over the methods of a kind."""
+    from scipy.stats import wilcoxon
+
+    ex = _example()
+    methods = [m for m in ex.DEFAULT_METHODS if m in study.HELD_GATED]
+    assert len(methods) == 5
+    gains = [0.02, -0.01, 0.0, 0.03, 0.05, 0.01]
+
+    def run(g):
+        r = {study.gated(m, 0.2): (0, 0.6) for m in methods}
+        r.update({study.held_gated(m): (0, 0.6) for m in methods})
+        r[study.held_gated(methods[0])] = (0, 0.6 + g)  # merge(): the only one that moves
+        return r
+
+    results = {"a/x": {"role": "held out", "runs": [run(g) for g in gains]}}
+    rows = ex.holdout_effect(results)
+    assert [r["method"] for r in rows] == [ex.LABELS[m] for m in methods]
+    first = rows[0]
+    assert (first["changed"], first["better"], first["worse"]) == (5, 4, 1)
+    assert first["mean"] == pytest.approx(sum(gains) / 6)
+    # Holm over five methods: the only p below 1 is multiplied by five
+    assert first["p"] == pytest.approx(min(1.0, 5 * wilcoxon([g for g in gains if g]).pvalue))
+    assert all(r["p"] == 1.0 and r["changed"] == 0 for r in rows[1:])
+    assert "What round 5's candidate changes" in ex.holdout_effect_lines(results)
+
+
 def test_gated_rows_are_what_merge_with_that_gate_returns():
     """The study applies the gate to a merge after the fact (the GA runs once); merge(gate=level) on the same
     parents and seed must give the same accuracies."""
@@ -55,18 +99,40 @@ def test_gated_rows_are_what_merge_with_that_gate_returns():
     got = out[study.gated("merge, accuracy", level)]
     assert got[:2] == (model_accuracy(r.model, *splits.val), model_accuracy(r.model, *splits.test))
     assert out["gate_p"]["merge, accuracy"] == r.gate_p
+    # round 5's rows are merge's own, with the gate's test on 30 % held out
+    held = study.held_gated("merge, accuracy")
+    out = study.run_task(task, "same-data", 0, popsize=4, ngen=2, methods=methods[:2] + (held, "output ensemble"))
+    r = mega_deap.merge(
+        parents,
+        splits.val,
+        popsize=4,
+        ngen=2,
+        seed=0,
+        progress=False,
+        device="cpu",
+        gate=0.2,
+        gate_holdout=0.3,
+        align=False,
+    )
+    assert out[held][:2] == (model_accuracy(r.model, *splits.val), model_accuracy(r.model, *splits.test))
 
 
-@pytest.mark.parametrize("task", study.HELD_OUT, ids=lambda t: t.name)
+@pytest.mark.parametrize("task", study.HELD_OUT_4 + study.HELD_OUT, ids=lambda t: t.name)
 def test_the_new_held_out_tasks_build(task):
-    """Each new task's splits and model fit together (shapes only: their results are for the study)."""
+    """Each new task's splits and model fit together, and its hidden units permute (shapes and the
+    permutation spec only: their results are for the study)."""
+    from mega_deap.align import permutation_spec
+
     splits = study.task_splits(task, 0)
     model = study.build(task, splits)
     X, y = splits.val
     with torch.no_grad():
         assert model(X[:5]).shape == (5, splits.num_classes)
-    assert int(y.max()) + 1 == splits.num_classes and study.ROLES[task.name] == "held out"
+    assert permutation_spec(model).sizes
+    role = "held out" if task in study.HELD_OUT else "round-4 held out"
+    assert int(y.max()) + 1 == splits.num_classes and study.ROLES[task.name] == role
     assert not set(study.ROLES).symmetric_difference(study.TASKS)
+    assert role in study.ROUNDS[5] or task in study.HELD_OUT  # round 5 reads every task but its own
 
 
 def _example():
@@ -103,12 +169,13 @@ def test_the_half_point_rule_reads_each_default_against_both_parents():
 
 
 def test_align_effect_pairs_merge_with_its_unaligned_self_per_kind_of_table():
-    """merge() minus merge(align=False) (both behind the default gate) per run; Wilcoxon on the runs that
+    """merge(align='activations') minus merge(align=False) (both behind the gate on the whole validation set,
+    as round 3 ran them) per run; Wilcoxon on the runs that
     differ, Holm over the kinds of table."""
     from scipy.stats import wilcoxon
 
     ex = _example()
-    new, old = ex.default_row(ex.ROUND_3), ex.default_row(ex.DEFAULT_METHODS[1])
+    new, old = ex.round4_row(ex.ROUND_3), ex.round4_row(ex.DEFAULT_METHODS[1])
     gains = [0.02, 0.01, 0.03, -0.01, 0.0, 0.04, 0.05, 0.02]
     results = {
         "a/same-data": {"role": "held out", "runs": [{new: (0, 0.5 + g), old: (0, 0.5)} for g in gains]},
@@ -124,13 +191,14 @@ def test_align_effect_pairs_merge_with_its_unaligned_self_per_kind_of_table():
 
 
 def test_zip_effect_pairs_merge_with_round_3_s_default():
-    """merge() (the zip) minus merge(align='activations') (both behind the default gate) per run, not
+    """merge(align='zip') minus merge(align='activations') (both behind the gate on the whole validation set,
+    as round 4 ran them) per run, not
     against merge(align=False); Wilcoxon on the runs that differ, Holm over the kinds of table."""
     from scipy.stats import wilcoxon
 
     ex = _example()
-    new, old = ex.default_row(ex.DEFAULT_METHODS[0]), ex.default_row(ex.ROUND_3)
-    unaligned = ex.default_row(ex.DEFAULT_METHODS[1])
+    new, old = ex.round4_row(ex.DEFAULT_METHODS[0]), ex.round4_row(ex.ROUND_3)
+    unaligned = ex.round4_row(ex.DEFAULT_METHODS[1])
     assert new != old and "zip" in new
     gains = [0.03, 0.01, 0.0, 0.05, -0.02, 0.04]
     results = {
@@ -155,9 +223,9 @@ def test_the_calibrated_baseline_is_read_where_the_models_have_batchnorm():
     align_effect(calibrated=True) and rule_check pair merge() with it."""
     ex = _example()
     level = ex.DEFAULT_GATE
-    new = ex.default_row(ex.ROUND_3)
+    new = ex.round4_row(ex.ROUND_3)
     plain, calibrated = study.gated("merge, accuracy", level), study.gated(study.CALIBRATED, level)
-    aligned = {m: ex.default_row(f"merge(align={m!r})") for m in study.CANDIDATE_MATCHINGS}
+    aligned = {m: ex.round4_row(f"merge(align={m!r})") for m in study.CANDIDATE_MATCHINGS}
 
     def run(merged, unaligned, repaired=None, parent=0.5):
         r = {"best parent": (0, parent), new: (0, merged), plain: (0, unaligned), aligned["weights"]: (0, parent)}
