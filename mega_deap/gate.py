@@ -106,20 +106,21 @@ def held_out_test(
     first of equals); ``p``: :func:`mcnemar_greater`'s p-value of the merge against it on the examples
     ``held`` (indices into ``(X, y)``) only; ``holds``: whether the merge is right on at least as many of all
     the examples as that parent (the accuracy guarantee on the whole set). The gate at level ``alpha`` keeps
-    the merge where ``p < alpha`` and ``holds``, else returns parent ``best``. A merge whose weights equal a
-    parent's is that parent: ``(j, 1.0, True)``."""
+    the merge where ``p < alpha`` and ``holds``, else returns parent ``best``. A merge whose weights equal
+    that parent's is that parent: ``(best, 1.0, True)``; one equal to another parent is tested as any merge
+    (the parent best on the fitness part need not be best on every example)."""
     held = torch.as_tensor(held, dtype=torch.long)
     if held.dim() != 1 or not len(held) or int(held.min()) < 0 or int(held.max()) >= len(y):
         raise SettingError(
             f"held must be a non-empty vector of indices into the {len(y)} examples, got shape {tuple(held.shape)}"
             + (f" in [{int(held.min())}, {int(held.max())}]" if held.numel() else "")
         )
-    for j, w in enumerate(parents):
-        if torch.equal(merged, w):
-            return j, 1.0, True
     right = correct_each(runner, [merged, *parents], X, y, batch_size)
     counts = right.sum(1)
     best = int(torch.argmax(counts[1:]))  # the first of the most accurate, on every example
+    if torch.equal(merged, parents[best]):
+        return best, 1.0, True
+    # a merge equal to another parent (the best on the fitness part, not on every example) is judged as any
     p = mcnemar_greater(right[0, held], right[1 + best, held])[2]
     return best, p, bool(counts[0] >= counts[1 + best])
 

@@ -188,6 +188,14 @@ def test_held_out_test_reads_the_held_examples_and_guards_the_whole_set():
     best, p, holds = held_out_test(runner, better, genomes[1:], X, y, held)
     assert (best, holds) == (1, True) and p == pytest.approx(_reference_p(6, 0))
     assert held_out_test(runner, genomes[2].clone(), genomes[1:], X, y, held) == (1, 1.0, True)
+    # a merge that is the other parent (the best on a fitness part, not on every example) is no better than
+    # the best: the guarantee fails and the gate returns the best parent, not the merge's
+    best, p, holds = held_out_test(runner, genomes[1].clone(), genomes[1:], X, y, held)
+    assert (best, holds) == (1, False)
+    got = _gated(
+        runner, (genomes[1], genomes[1], 0.5), genomes[1:], X, y, (X, y), get_metric("accuracy"), 1.0, None, held
+    )
+    assert got[4] == 1 and torch.equal(got[0], genomes[2])
     # merge's gate at 0.07: the first merge passes the held-out test (p = 0.0625) yet is less accurate on
     # the whole set, so the best parent comes back; the better merge is kept
     accuracy = get_metric("accuracy")
