@@ -207,8 +207,11 @@ ROUNDS = {
 
 
 class PlainCNN(nn.Module):
-    """:class:`SmallCNN` without BatchNorm (convolutions with biases): conv-ReLU x 2 (pooling between), global
-    average pooling, linear."""
+    """:class:`SmallCNN` without BatchNorm (convolutions with biases): conv-ReLU x 2 (max pooling between),
+    global average pooling, linear. Subclasses change ``act`` and ``pool``."""
+
+    act = staticmethod(F.relu)
+    pool = staticmethod(F.max_pool2d)
 
     def __init__(self, in_channels=1, num_classes=10, width=16):
         super().__init__()
@@ -217,8 +220,8 @@ class PlainCNN(nn.Module):
         self.fc = nn.Linear(2 * width, num_classes)
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        return self.fc(F.relu(self.conv2(x)).mean((2, 3)))
+        x = self.pool(self.act(self.conv1(x)), 2)
+        return self.fc(self.act(self.conv2(x)).mean((2, 3)))
 
 
 class DeepBNCNN(nn.Module):
@@ -307,7 +310,10 @@ class ResBNCNN(nn.Module):
 
 
 class GELUMLP(nn.Module):
-    """Two hidden layers with GELU, then a linear classifier."""
+    """Two hidden layers with GELU, then a linear classifier. Subclasses change ``act`` and the default
+    ``hidden``."""
+
+    act = staticmethod(F.gelu)
 
     def __init__(self, in_features, num_classes, hidden=(192, 96)):
         super().__init__()
@@ -318,22 +324,18 @@ class GELUMLP(nn.Module):
     def forward(self, x):
         x = x.flatten(1)
         for layer in self.hidden:
-            x = F.gelu(layer(x))
+            x = self.act(layer(x))
         return self.out(x)
 
 
-class TanhCNN(nn.Module):
-    """Two conv-tanh-average-pool blocks without BatchNorm, global average pooling, linear."""
+class TanhCNN(PlainCNN):
+    """:class:`PlainCNN` with tanh and average pooling, 12 channels wide by default."""
+
+    act = staticmethod(torch.tanh)
+    pool = staticmethod(F.avg_pool2d)
 
     def __init__(self, in_channels=1, num_classes=10, width=12):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
-        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
-        self.fc = nn.Linear(2 * width, num_classes)
-
-    def forward(self, x):
-        x = F.avg_pool2d(torch.tanh(self.conv1(x)), 2)
-        return self.fc(torch.tanh(self.conv2(x)).mean((2, 3)))
+        super().__init__(in_channels, num_classes, width)
 
 
 class ResBNMLP(nn.Module):
@@ -355,20 +357,13 @@ class ResBNMLP(nn.Module):
         return self.head(h)
 
 
-class SiLUMLP(nn.Module):
-    """Three hidden layers with SiLU, then a linear classifier."""
+class SiLUMLP(GELUMLP):
+    """:class:`GELUMLP` with SiLU and three hidden layers by default."""
+
+    act = staticmethod(F.silu)
 
     def __init__(self, in_features, num_classes, hidden=(128, 96, 64)):
-        super().__init__()
-        sizes = (in_features, *hidden)
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
-        self.out = nn.Linear(sizes[-1], num_classes)
-
-    def forward(self, x):
-        x = x.flatten(1)
-        for layer in self.hidden:
-            x = F.silu(layer(x))
-        return self.out(x)
+        super().__init__(in_features, num_classes, hidden)
 
 
 class LeNet(nn.Module):
