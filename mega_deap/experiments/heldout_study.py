@@ -208,10 +208,7 @@ ROUNDS = {
 
 class PlainCNN(nn.Module):
     """:class:`SmallCNN` without BatchNorm (convolutions with biases): conv-ReLU x 2 (max pooling between),
-    global average pooling, linear. Subclasses change ``act`` and ``pool``."""
-
-    act = staticmethod(F.relu)
-    pool = staticmethod(F.max_pool2d)
+    global average pooling, linear. Subclasses override ``act`` and ``pool``."""
 
     def __init__(self, in_channels=1, num_classes=10, width=16):
         super().__init__()
@@ -219,8 +216,14 @@ class PlainCNN(nn.Module):
         self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
         self.fc = nn.Linear(2 * width, num_classes)
 
+    def act(self, x):
+        return F.relu(x)
+
+    def pool(self, x):
+        return F.max_pool2d(x, 2)
+
     def forward(self, x):
-        x = self.pool(self.act(self.conv1(x)), 2)
+        x = self.pool(self.act(self.conv1(x)))
         return self.fc(self.act(self.conv2(x)).mean((2, 3)))
 
 
@@ -310,10 +313,8 @@ class ResBNCNN(nn.Module):
 
 
 class GELUMLP(nn.Module):
-    """Two hidden layers with GELU, then a linear classifier. Subclasses change ``act`` and the default
-    ``hidden``."""
-
-    act = staticmethod(F.gelu)
+    """Two hidden layers with GELU, then a linear classifier. Subclasses override ``act`` and the
+    default ``hidden``."""
 
     def __init__(self, in_features, num_classes, hidden=(192, 96)):
         super().__init__()
@@ -327,15 +328,21 @@ class GELUMLP(nn.Module):
             x = self.act(layer(x))
         return self.out(x)
 
+    def act(self, x):
+        return F.gelu(x)
+
 
 class TanhCNN(PlainCNN):
     """:class:`PlainCNN` with tanh and average pooling, 12 channels wide by default."""
 
-    act = staticmethod(torch.tanh)
-    pool = staticmethod(F.avg_pool2d)
-
     def __init__(self, in_channels=1, num_classes=10, width=12):
         super().__init__(in_channels, num_classes, width)
+
+    def act(self, x):
+        return torch.tanh(x)
+
+    def pool(self, x):
+        return F.avg_pool2d(x, 2)
 
 
 class ResBNMLP(nn.Module):
@@ -360,10 +367,11 @@ class ResBNMLP(nn.Module):
 class SiLUMLP(GELUMLP):
     """:class:`GELUMLP` with SiLU and three hidden layers by default."""
 
-    act = staticmethod(F.silu)
-
     def __init__(self, in_features, num_classes, hidden=(128, 96, 64)):
         super().__init__(in_features, num_classes, hidden)
+
+    def act(self, x):
+        return F.silu(x)
 
 
 class LeNet(nn.Module):
