@@ -236,13 +236,12 @@ def _merge_result(
 ) -> MergeResult:
     """The :class:`MergeResult` of ``merge`` and ``cma_merge`` from ``result`` ``(weights, genome, fitness)``
     (:func:`_result`), behind the significance gate when ``gating`` is ``(parents, (X, y) it tests on, fitness
-    data, metric, level)`` or that and the indices of the examples of ``(X, y)`` held out of the fitness, which
-    alone the test reads; ``verbose`` prints what the gate did (rank 0 only)."""
+    data, metric, level, held)``, ``held`` the indices of the examples of ``(X, y)`` held out of the fitness,
+    which alone the test reads (``None``: it reads them all); ``verbose`` prints what the gate did (rank 0 only)."""
     weights, genome_, fitness = result
     gate_p = parent = None
     if gating is not None:
-        parents, (X, y), fit_data, metric, level, *held = gating
-        held = held[0] if held else None
+        parents, (X, y), fit_data, metric, level, held = gating
         weights, genome_, fitness, gate_p, parent = _gated(
             adapter, result, parents, X, y, fit_data, metric, level, batch_size, held
         )
@@ -701,10 +700,7 @@ def merge(
         adapter, best, prepare, genomes if include_parents and not holdout else None, X, y, evaluator.metric, batch_size
     )
     # 5. the significance gate, on the whole validation set (its test on the held-out part with gate_holdout)
-    gating: Optional[tuple] = None
-    if gate_level is not None:
-        gating = (genomes, val_xy, (X, y), evaluator.metric, gate_level)
-        gating += (gate_held,) if gate_held is not None else ()
+    gating = (genomes, val_xy, (X, y), evaluator.metric, gate_level, gate_held) if gate_level is not None else None
     return _merge_result(
         adapter, result, gating, batch_size, verbose, logbook, hof, individuals, toolbox, align=matching
     )
@@ -1032,7 +1028,7 @@ def cma_merge(
         make=functools.partial(_cma_individual, icls, adapter.device, adapter.dtype),
     )
     result = _result(adapter, hof[0], prepare, genomes if include_parents else None, X, y, scorer, batch_size)
-    gating = (genomes, (X, y), (X, y), scorer, gate_level) if gate_level is not None else None
+    gating = (genomes, (X, y), (X, y), scorer, gate_level, None) if gate_level is not None else None
     return _merge_result(
         adapter, result, gating, batch_size, verbose, logbook, hof, population, toolbox, align=matching
     )

@@ -85,7 +85,6 @@ CANDIDATE_ZIPS = ("activations", "zip")
 # before round 5's tasks ran, and is not tuned.
 GATE_HOLDOUT = 0.3
 HELD_GATE_LEVEL = 0.2
-CANDIDATE_GATE_HOLDOUTS = (0.0, GATE_HOLDOUT)
 # the merges each is judged on: merge's default methods (cma_merge, no merge, keeps its gate as it was)
 HELD_GATED = (
     "merge, accuracy",
