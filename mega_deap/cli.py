@@ -135,23 +135,25 @@ def add_ga_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--gate-holdout",
         type=gate_fraction,
         default="auto",
-        metavar="{auto,FRACTION}",
+        metavar="{auto,crossfit,FRACTION}",
         help="the fraction of the validation data held out of the fitness for the gate's test alone (0: the "
-        "gate tests on the examples the search selected on; auto: the default where a gate runs)",
+        "gate tests on the examples the search selected on; crossfit: the search runs again on each half and "
+        "the test pairs each half's merge with the parent best on it, on the other half; auto: the default "
+        "where a gate runs)",
     )
     return p
 
 
 def gate_fraction(text: str):
-    """``--gate-holdout``'s value: ``"auto"`` or a fraction in [0, 1)."""
-    if text == "auto":
+    """``--gate-holdout``'s value: ``"auto"``, ``"crossfit"`` or a fraction in [0, 1)."""
+    if text in ("auto", "crossfit"):
         return text
     try:
         fraction = float(text)
     except ValueError:
         fraction = float("nan")
     if not 0 <= fraction < 1:
-        raise argparse.ArgumentTypeError(f"expected auto or a fraction in [0, 1), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected auto, crossfit or a fraction in [0, 1), got {text!r}")
     return fraction
 
 

@@ -13,10 +13,12 @@ Where the merge was chosen on the same examples as the test reads (:func:`paired
 it would be on fresh data (anti-conservative): ``alpha`` is a threshold chosen by measurement (the held-out
 study, README), not a false-positive rate. :func:`held_out_test` reads only examples held out of the search
 (``merge(gate_holdout=...)``), so its p is an honest one; the best parent and the accuracy guarantee are
-still judged on every example.
+still judged on every example. :func:`crossfit_test` (``merge(gate_holdout="crossfit")``) keeps every
+example in the search and still tests on examples a search did not select on: it runs the search again on
+each half of the validation set and tests each half's merge on the other half.
 """
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from scipy import stats
@@ -30,6 +32,7 @@ __all__ = [
     "paired_test",
     "paired_test_models",
     "held_out_test",
+    "crossfit_test",
     "gate_parent",
     "classification_metric",
 ]
@@ -123,6 +126,52 @@ def held_out_test(
     # a merge equal to another parent (the best on the fitness part, not on every example) is judged as any
     p = mcnemar_greater(right[0, held], right[1 + best, held])[2]
     return best, p, bool(counts[0] >= counts[1 + best])
+
+
+def crossfit_test(
+    runner: Any,
+    merged: torch.Tensor,
+    parents: list,
+    X: Any,
+    y: Any,
+    halves: tuple,
+    fit: Callable[[torch.Tensor, int], torch.Tensor],
+    batch_size: Optional[int] = None,
+) -> tuple:
+    """The gate's test by cross-fitting, for weight vectors of ``runner``: ``(best, p, holds)`` as
+    :func:`held_out_test`, where ``merged`` was searched on all of ``(X, y)``.
+
+    ``halves`` ``(a, b)``: two index vectors that split ``(X, y)``. ``fit(search, k)`` returns the weights of
+    the same search run on the examples ``search`` alone (``k``: 0 for ``a``, 1 for ``b``). The merge searched
+    on ``a`` is paired with the parent most accurate on ``a`` on the examples of ``b``, and the reverse:
+    both are what the two procedures (merge, or keep the parent best on the data) give without seeing the
+    examples they are judged on. Their wins and losses, summed over both halves, give McNemar's exact
+    one-sided p (:func:`mcnemar_greater`) on every example. ``best`` and ``holds`` are judged on all of
+    ``(X, y)``, as :func:`held_out_test`. ``fit`` runs only where it can change the answer: a merge equal to
+    parent ``best``, or less accurate than it, is refused at once with ``p = 1``."""
+    a, b = (torch.as_tensor(h, dtype=torch.long) for h in halves)
+    for name, h in (("first", a), ("second", b)):
+        if h.dim() != 1 or not len(h) or int(h.min()) < 0 or int(h.max()) >= len(y):
+            raise SettingError(
+                f"the {name} half must be a non-empty vector of indices into the {len(y)} examples, "
+                f"got shape {tuple(h.shape)}"
+            )
+    right = correct_each(runner, [merged, *parents], X, y, batch_size)
+    counts = right.sum(1)
+    best = int(torch.argmax(counts[1:]))  # the first of the most accurate, on every example
+    holds = bool(counts[0] >= counts[1 + best])
+    if torch.equal(merged, parents[best]) or not holds:
+        return best, 1.0, holds
+    X = torch.as_tensor(X)
+    y = torch.as_tensor(y)
+    wins = losses = 0
+    for k, (search, test) in enumerate(((a, b), (b, a))):
+        chosen = int(torch.argmax(right[1:, search].sum(1)))  # the parent a user would keep, seeing `search`
+        mine = correct_each(runner, [fit(search, k)], X[test], y[test], batch_size)[0]
+        w, l, _ = mcnemar_greater(mine, right[1 + chosen, test])
+        wins, losses = wins + w, losses + l
+    p = float(stats.binom.sf(wins - 1, wins + losses, 0.5)) if wins + losses else 1.0
+    return best, min(1.0, p), holds
 
 
 def paired_test_models(

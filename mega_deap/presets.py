@@ -21,7 +21,7 @@ from .evaluation import Evaluator, Strategy
 from .metrics import GroupAccuracy, get_metric
 from .objectives import ModelEvaluator, ModelObjective
 from .files import tensor_digest
-from .gate import classification_metric, held_out_test, paired_test
+from .gate import classification_metric, crossfit_test, held_out_test, paired_test
 from .individual import TensorIndividual, genome_equal
 from .operators import cxBlend, initBlend, mutLayerGaussian, mutSparseGaussian, selElite
 from .population import TensorPopulation
@@ -157,7 +157,10 @@ DEFAULT_GATE = 0.2
 # the share of the validation set the gate tests on, held out of the fitness (gate_holdout="auto" where a
 # gate runs): 0, the gate reads the examples the search selected on; round 5 of the held-out study kept it
 # over 0.3 on its development and earlier held-out tasks (README)
-DEFAULT_GATE_HOLDOUT = 0.0
+DEFAULT_GATE_HOLDOUT: Union[float, str] = 0.0
+# merge's gate_holdout="crossfit": the search runs again on each half of the validation set, and the gate tests
+# each half's merge on the other half (mega_deap.gate.crossfit_test)
+CROSSFIT = "crossfit"
 
 
 def _gate_level(gate, metric) -> Optional[float]:
@@ -179,15 +182,18 @@ def _gate_level(gate, metric) -> Optional[float]:
     return float(gate)
 
 
-def _gate_holdout(gate_holdout, level, holdout) -> float:
-    """``merge``'s ``gate_holdout`` as a fraction: ``"auto"`` is :data:`DEFAULT_GATE_HOLDOUT` where a gate
-    runs (``level`` not ``None``) and ``holdout`` holds nothing out, else 0."""
+def _gate_holdout(gate_holdout, level, holdout) -> Union[float, str]:
+    """``merge``'s ``gate_holdout`` as a fraction or :data:`CROSSFIT`: ``"auto"`` is
+    :data:`DEFAULT_GATE_HOLDOUT` where a gate runs (``level`` not ``None``) and ``holdout`` holds nothing out,
+    else 0."""
+    wanted = f"'auto', {CROSSFIT!r} or a fraction in [0, 1)"
     if isinstance(gate_holdout, str):
-        if gate_holdout != "auto":
-            raise SettingError(f"gate_holdout must be 'auto' or a fraction in [0, 1), got {gate_holdout!r}")
-        return DEFAULT_GATE_HOLDOUT if level is not None and not holdout else 0.0
-    if isinstance(gate_holdout, bool) or not isinstance(gate_holdout, (int, float)) or not 0 <= gate_holdout < 1:
-        raise SettingError(f"gate_holdout must be 'auto' or a fraction in [0, 1), got {gate_holdout!r}")
+        if gate_holdout not in ("auto", CROSSFIT):
+            raise SettingError(f"gate_holdout must be {wanted}, got {gate_holdout!r}")
+        if gate_holdout == "auto":
+            return DEFAULT_GATE_HOLDOUT if level is not None and not holdout else 0.0
+    elif isinstance(gate_holdout, bool) or not isinstance(gate_holdout, (int, float)) or not 0 <= gate_holdout < 1:
+        raise SettingError(f"gate_holdout must be {wanted}, got {gate_holdout!r}")
     if gate_holdout and level is None:
         raise SettingError(f"gate_holdout={gate_holdout!r} is the gate's test data, but no gate runs (gate=None)")
     if gate_holdout and holdout:
@@ -195,24 +201,37 @@ def _gate_holdout(gate_holdout, level, holdout) -> float:
             f"gate_holdout={gate_holdout!r} and holdout={holdout!r} both hold validation examples out of the "
             "fitness; use one"
         )
-    return float(gate_holdout)
+    return gate_holdout if gate_holdout == CROSSFIT else float(gate_holdout)
 
 
 def _gate_line(p, level, parent, held=None) -> str:
     """What ``verbose=True`` prints of the gate: one line (``held``: the examples it tested on, where they
-    were held out of the fitness)."""
-    on = "" if held is None else f" on {held} held-out examples"
+    were held out of the fitness; a :class:`_CrossFit`: cross-fitted)."""
+    if isinstance(held, _CrossFit):
+        on = f" cross-fitted on {len(held.halves[0]) + len(held.halves[1])} examples"
+    else:
+        on = "" if held is None else f" on {len(held)} held-out examples"
     if parent is None:
         return f"gate: p = {p:.3g}{on} < {level}: the merge is returned"
     return f"gate: p = {p:.3g}{on} >= {level}: parent {parent} is returned"
 
 
+@dataclass(frozen=True)
+class _CrossFit:
+    """The gate's test data under ``gate_holdout="crossfit"``: two halves of the validation set, and the
+    search run again on the examples given (:func:`mega_deap.gate.crossfit_test`'s ``fit``)."""
+
+    halves: tuple
+    fit: Any
+
+
 def _gated(adapter, result: tuple, parents, X, y, fit_data, metric, level, batch_size, held=None) -> tuple:
     """The gate (:func:`mega_deap.gate.paired_test`, on ``(X, y)``; :func:`mega_deap.gate.held_out_test`
-    on the examples ``held`` where they were held out of the fitness) on a merge's ``result`` ``(weights,
-    genome, fitness)``: ``(weights, genome, fitness, p, parent)``, with the parent with the best accuracy
-    in place of the merge where the merge does not beat it at ``level`` (with ``held``: or where it is less
-    accurate on all of ``(X, y)``). The parents are the genomes the merge started from, decoded (with
+    on the examples ``held`` where they were held out of the fitness; :func:`mega_deap.gate.crossfit_test`
+    where ``held`` is a :class:`_CrossFit`) on a merge's ``result`` ``(weights, genome, fitness)``:
+    ``(weights, genome, fitness, p, parent)``, with the parent with the best accuracy in place of the merge
+    where the merge does not beat it at ``level`` (with ``held``: or where it is less accurate on all of
+    ``(X, y)``). The parents are the genomes the merge started from, decoded (with
     alignment, their units permuted: the same functions as given); a returned parent's fitness is computed
     on ``fit_data``."""
     weights, genome_, fitness = result
@@ -221,6 +240,9 @@ def _gated(adapter, result: tuple, parents, X, y, fit_data, metric, level, batch
     if held is None:
         best, p = paired_test(runner, weights, parent_weights, X, y, batch_size)
         keep = p < level
+    elif isinstance(held, _CrossFit):
+        best, p, holds = crossfit_test(runner, weights, parent_weights, X, y, held.halves, held.fit, batch_size)
+        keep = p < level and holds
     else:
         best, p, holds = held_out_test(runner, weights, parent_weights, X, y, held, batch_size)
         keep = p < level and holds
@@ -246,7 +268,7 @@ def _merge_result(
             adapter, result, parents, X, y, fit_data, metric, level, batch_size, held
         )
         if verbose and distributed.is_main():  # in a process group, only rank 0 prints
-            print(_gate_line(gate_p, level, parent, None if held is None else len(held)))
+            print(_gate_line(gate_p, level, parent, held))
     return MergeResult(
         model=adapter.runner.to_model(weights),
         genome=genome_,
@@ -462,10 +484,19 @@ def merge(
                          never selected on, and the merge is returned where it passes and is at least as
                          accurate as the best parent on the whole validation set (the guarantee holds there).
                          0: the gate tests on the whole validation set, the examples the search selected on
-                         (anti-conservative). ``"auto"`` (the default): :data:`DEFAULT_GATE_HOLDOUT` (0,
-                         kept by round 5 of the held-out study over 0.3, see README) where a gate runs and
-                         ``holdout`` is 0, else 0. Refused with ``gate=None`` or with ``holdout``.
+                         (anti-conservative). ``"crossfit"``: the search selects on every example, and the
+                         test is :func:`mega_deap.gate.crossfit_test`: the same search runs again on each half
+                         of the validation set (a seeded split; seeds ``seed + 1`` and ``seed + 2``, no
+                         checkpoint, no gate), each half's merge is paired on the other half with the parent
+                         best on its own half, and McNemar's test reads the wins and losses of both halves: an
+                         honest p on every example, for about twice the run time where the merge differs from
+                         the best parent (no rerun where it equals it). The merge is returned where it passes
+                         and is at least as accurate as the best parent on the whole validation set.
+                         ``"auto"`` (the default): :data:`DEFAULT_GATE_HOLDOUT` (0, kept by round 5 of the
+                         held-out study over 0.3, see README) where a gate runs and ``holdout`` is 0, else 0.
+                         Refused with ``gate=None`` or with ``holdout``.
     """
+    settings = {k: v for k, v in locals().items() if k not in ("models", "val_data")}  # for crossfit's reruns
     models = list(models)
     if len(models) < 2:
         raise SettingError(f"merge needs at least two models, got {len(models)}")
@@ -568,9 +599,13 @@ def merge(
     if model_objective and holdout:
         raise SettingError(f"holdout splits validation data; objective {evaluator_metric.name!r} reads none")
     X, y = (None, None) if model_objective and val_data is None else _as_xy(val_data)
-    select_data, val_xy, gate_held = None, (X, y), None
+    select_data, val_xy, gate_held, halves = None, (X, y), None, None
     if holdout:
         (X, y), select_data = _holdout(X, y, holdout, seed)
+    elif gate_share == CROSSFIT:  # the fitness reads every example; the test, two more searches on halves
+        if len(y) < 2:
+            raise SettingError(f"gate_holdout={CROSSFIT!r} splits the validation set in two; it has {len(y)} example")
+        halves = _split(len(y), 0.5, seed, "gate_holdout")
     elif gate_share:  # the fitness reads the rest; the gate's test, these alone
         kept, gate_held = _split(len(y), gate_share, seed, "gate_holdout")
         X, y = X[kept], y[kept]
@@ -700,10 +735,23 @@ def merge(
         adapter, best, prepare, genomes if include_parents and not holdout else None, X, y, evaluator.metric, batch_size
     )
     # 5. the significance gate, on the whole validation set (its test on the held-out part with gate_holdout)
+    if halves is not None:
+        fit = functools.partial(_fold_merge, models, X, y, settings, adapter.runner)
+        gate_held = _CrossFit(halves, fit)
     gating = (genomes, val_xy, (X, y), evaluator.metric, gate_level, gate_held) if gate_level is not None else None
     return _merge_result(
         adapter, result, gating, batch_size, verbose, logbook, hof, individuals, toolbox, align=matching
     )
+
+
+def _fold_merge(models, X, y, settings, runner, search, k) -> torch.Tensor:
+    """``gate_holdout="crossfit"``'s rerun: the weights (``runner``'s) of ``merge`` with ``settings`` run on
+    the examples ``search`` of ``(X, y)`` alone, with seed ``seed + 1 + k``, without gate, checkpoint or
+    output."""
+    X, y = torch.as_tensor(X), torch.as_tensor(y)
+    fold = dict(settings, seed=settings["seed"] + 1 + k, gate=None, gate_holdout=0.0)
+    fold.update(checkpoint=None, verbose=False, progress=False)
+    return runner.genome(merge(models, (X[search], y[search]), **fold).model).to(runner.device)
 
 
 MATCHINGS = ("weights", "activations")

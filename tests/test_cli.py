@@ -98,7 +98,14 @@ def test_the_gate_from_the_command_line(folder):
     assert report["settings"]["gate_holdout"] == 0.5 and report["gate"]["parent"] in (0, 1)
     proc = cli(folder, *common, "--gate-holdout", "1", "--out", "gh1")
     assert proc.returncode == 2 and not (folder / "gh1").exists()
-    assert "argument --gate-holdout: expected auto or a fraction in [0, 1), got '1'" in proc.stderr.splitlines()[-1]
+    assert (
+        "argument --gate-holdout: expected auto, crossfit or a fraction in [0, 1), got '1'"
+        in (proc.stderr.splitlines()[-1])
+    )
+    small = ("--popsize", "4", "--ngen", "1", "--gate", "1")
+    proc = cli(folder, *common, *small, "--gate-holdout", "crossfit", "--out", "c")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((folder / "c" / "results.json").read_text())["settings"]["gate_holdout"] == "crossfit"
     proc = cli(folder, *common, "--gate", "none", "--gate-holdout", "0.3", "--out", "gh2")  # merge's refusal
     assert proc.returncode != 0 and not (folder / "gh2").exists()
     assert proc.stderr.strip().splitlines() == [

@@ -11,11 +11,18 @@ import mega_deap
 from mega_deap.align import cma_merge
 from mega_deap.checks import SettingError
 from mega_deap.experiments import model_accuracy
-from mega_deap.gate import correct_each, gate_parent, held_out_test, mcnemar_greater, paired_test
+from mega_deap.gate import (
+    correct_each,
+    crossfit_test,
+    gate_parent,
+    held_out_test,
+    mcnemar_greater,
+    paired_test,
+)
 from mega_deap.adapters import TorchAdapter
 from mega_deap.objectives import on_model
 from mega_deap.evaluation import get_metric
-from mega_deap.presets import _gated
+from mega_deap.presets import _CrossFit, _gated
 from conftest import train_mlp
 
 
@@ -142,9 +149,11 @@ def test_the_default_gate_applies_to_classification_metrics_only(digit_mlps, dig
         (dict(gate="always"), "gate must be"),
         (dict(gate=0.05, metric="neg_mse"), "not a built-in classification metric"),
         (dict(gate=0.05, objectives=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]), "whole front"),
-        (dict(gate_holdout="half"), "gate_holdout must be 'auto' or a fraction"),
-        (dict(gate_holdout=1.0), "gate_holdout must be 'auto' or a fraction"),
-        (dict(gate_holdout=True), "gate_holdout must be 'auto' or a fraction"),
+        (dict(gate_holdout="half"), "gate_holdout must be 'auto', 'crossfit' or a fraction"),
+        (dict(gate_holdout=1.0), "gate_holdout must be 'auto', 'crossfit' or a fraction"),
+        (dict(gate_holdout=True), "gate_holdout must be 'auto', 'crossfit' or a fraction"),
+        (dict(gate_holdout="crossfit", gate=None), r"no gate runs \(gate=None\)"),
+        (dict(gate_holdout="crossfit", holdout=0.2), "both hold validation examples out of the fitness"),
         (dict(gate_holdout=0.3, gate=None), r"no gate runs \(gate=None\)"),
         (dict(gate_holdout=0.3, holdout=0.2), "both hold validation examples out of the fitness; use one"),
         (dict(gate_holdout=0.3, objectives=[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]), "with objectives no gate runs"),
@@ -280,3 +289,94 @@ def test_gate_holdout_auto_is_the_default_fraction_where_a_gate_runs(biased_mlps
     with_holdout = mega_deap.merge(biased_mlps, val, gate=0.5, holdout=0.2, **kw)
     monkeypatch.setattr(mega_deap.presets, "DEFAULT_GATE_HOLDOUT", 0.0)
     assert with_holdout.gate_p == mega_deap.merge(biased_mlps, val, gate=0.5, holdout=0.2, **kw).gate_p
+
+
+def test_crossfit_test_pairs_each_halfs_merge_with_the_parent_chosen_on_that_half():
+    """Halves a = 0..19 and b = 20..39. Parent 1 is the best on all 40 (30 right against 25), parent 0 the
+    better on a, parent 1 on b. The merge searched on a is paired with parent 0 on b (9 wins, 2 losses), the
+    merge searched on b with parent 1 on a (6 wins, 2 losses): p is McNemar's on 15 wins and 4 losses, where
+    pairing both with parent 1 (the best overall, which neither search could know) would give another."""
+    n = 40
+    a, b = torch.arange(20), torch.arange(20, 40)
+    p0 = _lookup([i < 25 for i in range(n)])
+    p1 = _lookup([i >= 10 for i in range(n)])
+    X, y = _data(n)
+    runner = TorchAdapter(p0)
+    parents = [runner.genome(p0), runner.genome(p1)]
+    merged = runner.genome(_lookup([i < 36 for i in range(n)]))  # 36 right: it holds
+    folds = [
+        runner.genome(_lookup([22 <= i <= 33 for i in range(n)])),  # searched on a, judged on b
+        runner.genome(_lookup([i <= 5 or 12 <= i <= 19 for i in range(n)])),  # searched on b, judged on a
+    ]
+    calls = []
+
+    def fit(search, k):
+        calls.append((search.tolist(), k))
+        return folds[k]
+
+    best, p, holds = crossfit_test(runner, merged, parents, X, y, (a, b), fit)
+    assert (best, holds) == (1, True) and p == pytest.approx(_reference_p(15, 4))
+    assert calls == [(a.tolist(), 0), (b.tolist(), 1)]
+    right = correct_each(runner, [*folds, parents[1]], X, y)
+    naive = mcnemar_greater(torch.cat([right[0, b], right[1, a]]), torch.cat([right[2, b], right[2, a]]))
+    assert naive[:2] != (15, 4)  # against the best parent overall the counts differ
+    # a merge equal to the best parent, or less accurate than it, is refused without running a search
+    calls.clear()
+    assert crossfit_test(runner, parents[1].clone(), parents, X, y, (a, b), fit) == (1, 1.0, True)
+    worse = runner.genome(_lookup([i < 21 for i in range(n)]))
+    assert crossfit_test(runner, worse, parents, X, y, (a, b), fit) == (1, 1.0, False) and calls == []
+    # the gate: kept at a level above p, the best parent below it
+    accuracy = get_metric("accuracy")
+    assert 0.005 < _reference_p(15, 4) < 0.05
+    for level, parent in ((0.005, 1), (0.05, None)):
+        cross = _CrossFit((a, b), fit)
+        got = _gated(runner, (merged, merged, 0.9), parents, X, y, (X, y), accuracy, level, None, cross)
+        assert got[4] == parent and torch.equal(got[0], merged if parent is None else parents[1])
+    with pytest.raises(SettingError, match="the second half must be a non-empty vector of indices into the 40"):
+        crossfit_test(runner, merged, parents, X, y, (a, torch.tensor([39, 40])), fit)
+
+
+@pytest.mark.parametrize("include_parents", [True, False])
+def test_merge_crossfit_reruns_the_search_on_each_half_and_keeps_the_guarantee(
+    digit_mlps, biased_mlps, digits, include_parents, capsys
+):
+    """gate_holdout="crossfit": the search reads every example (the merge is merge(gate=None)'s); its p is
+    McNemar's on the wins and losses of merge(gate=None, seed=seed + 1 + k) run on each half of the seeded
+    split, each against the parent best on its own half, on the other half; the result is never less
+    accurate than the best parent on the whole set. Same-data parents give the parent back; class-biased ones
+    the merge (at least once)."""
+    X, y = digits["val"]
+    kw = dict(popsize=8, ngen=3, progress=False, device="cpu", include_parents=include_parents, align=False)
+    kept_merges = {}
+    for name, parents in (("same", digit_mlps), ("biased", biased_mlps)):
+        accs = [model_accuracy(m, X, y) for m in parents]
+        best = max(range(len(accs)), key=lambda i: (accs[i], -i))
+        for seed in (0, 1):
+            plain = mega_deap.merge(parents, (X, y), seed=seed, gate=None, **kw)
+            r = mega_deap.merge(parents, (X, y), seed=seed, gate=0.5, gate_holdout="crossfit", verbose=True, **kw)
+            assert f"gate: p = {r.gate_p:.3g} cross-fitted on {len(y)} examples" in capsys.readouterr().out
+            assert model_accuracy(r.model, X, y) >= accs[best]
+            runner = TorchAdapter(plain.model)
+            right = correct_each(runner, [runner.genome(m) for m in (plain.model, *parents)], X, y)
+            if torch.equal(runner.genome(plain.model), runner.genome(parents[best])) or int(right[0].sum()) < int(
+                right[1 + best].sum()
+            ):
+                assert r.gate_p == 1.0  # no rerun
+            else:
+                half_a, half_b = _fitness_and_held(len(y), 0.5, seed)  # the first search reads the kept part
+                wins = losses = 0
+                for k, (search, test) in enumerate(((half_a, half_b), (half_b, half_a))):
+                    fold = mega_deap.merge(parents, (X[search], y[search]), seed=seed + 1 + k, gate=None, **kw)
+                    chosen = max(range(len(parents)), key=lambda j: (int(right[1 + j, search].sum()), -j))
+                    mine = correct_each(runner, [runner.genome(fold.model)], X[test], y[test])[0]
+                    w, l_, _ = mcnemar_greater(mine, right[1 + chosen, test])
+                    wins, losses = wins + w, losses + l_
+                assert r.gate_p == pytest.approx(_reference_p(wins, losses))
+            if r.parent is None:
+                assert torch.equal(TorchAdapter(r.model).genome(), runner.genome(plain.model))
+                assert r.gate_p < 0.5 and r.fitness == plain.fitness
+            else:
+                assert r.parent == best
+                assert torch.equal(TorchAdapter(r.model).genome(), runner.genome(parents[best]))
+            kept_merges.setdefault(name, []).append(r.parent is None)
+    assert not any(kept_merges["same"]) and any(kept_merges["biased"])
