@@ -3,32 +3,36 @@
     python examples/heldout_study.py --out results/heldout   # docs/studies/alignment.md (about 34 min, 2 cores)
     python examples/heldout_study.py --tasks digits-mlp-subset --seeds 2   # a quick look
 
-Tasks (``mega_deap.experiments.heldout_study``), in five rounds of choosing:
+Tasks (``mega_deap.experiments.heldout_study``), in six rounds of choosing:
 
-- development (round 1 chose merge's default fitness and matching on them; rounds 2 to 5 too): a digits
+- development (round 1 chose merge's default fitness and matching on them; rounds 2 to 6 too): a digits
   MLP on 30 % of its training data, digits CNNs with and without BatchNorm on 20 %-noisy labels;
-- round-1 held out (reported in round 1; rounds 2 to 5 chose on them): a wider digits CNN without
+- round-1 held out (reported in round 1; rounds 2 to 6 chose on them): a wider digits CNN without
   BatchNorm on 30 % of its data, a BatchNorm MLP on 30 % of breast cancer, a two-hidden-layer MLP on noisy
   labels of a 10-class synthetic task;
-- round-2 held out (reported in round 2; rounds 3 to 5 chose on them): a three-block BatchNorm CNN on 20 %
+- round-2 held out (reported in round 2; rounds 3 to 6 chose on them): a three-block BatchNorm CNN on 20 %
   of digits, a BatchNorm MLP on 30 %-noisy digits labels, an MLP on 25 % of a 6-class synthetic task;
-- round-3 held out (reported in round 3; rounds 4 and 5 chose on them): a residual MLP on 25 %-noisy
+- round-3 held out (reported in round 3; rounds 4 to 6 chose on them): a residual MLP on 25 %-noisy
   digits labels, a LeNet-style CNN (a hidden linear layer after the convolutions) on 25 % of digits, a
   BatchNorm MLP on 25 %-noisy labels of an 8-class synthetic task;
-- round-4 held out (reported in round 4; round 5 chose on them): a VGG-style CNN without BatchNorm on
+- round-4 held out (reported in round 4; rounds 5 and 6 chose on them): a VGG-style CNN without BatchNorm on
   20 %-noisy digits labels, a residual BatchNorm CNN on 25 % of digits, a GELU MLP on 20 %-noisy labels of a
   12-class synthetic task;
-- held out (new in round 5, reported only): a tanh CNN with average pooling and no BatchNorm on 25 %-noisy
-  digits labels, a residual MLP with BatchNorm on 30 % of a 16-class synthetic task, a SiLU MLP of three
-  hidden layers on 20 % of digits.
+- round-5 held out (reported in round 5; round 6 chose on them): a tanh CNN with average pooling and no
+  BatchNorm on 25 %-noisy digits labels, a residual MLP with BatchNorm on 30 % of a 16-class synthetic task,
+  a SiLU MLP of three hidden layers on 20 % of digits;
+- held out (new in round 6, reported only): a LeNet-style CNN with BatchNorm and leaky ReLU on 20 %-noisy
+  digits labels, a one-hidden-layer ELU MLP (256 wide) on 25 % of a 20-class synthetic task, a CNN of three
+  convolutions without pooling (the second strided) on 25 % of digits.
 
 Round 1 chose the fitness and what ``align=True`` means, round 2 the significance gate's level, round 3
 ``merge``'s default alignment, round 4 whether it also seeds the two parents' zip, round 5 whether the gate
-tests on a part of the validation set held out of the fitness. Every parent is trained until it fits its
+tests on a part of the validation set held out of the fitness, round 6 whether it tests by cross-fitting.
+Every parent is trained until it fits its
 data. Each task in two settings: same-data parents (two seeds) and different-data parents (class-biased
 parts). The rules (``choose_metric``, ``choose_matching``, ``choose_gate``, ``choose_alignment``,
-``choose_zip``, ``choose_gate_holdout``) read only the tables of their round; the held-out tables are
-printed beside them.
+``choose_zip``, ``choose_gate_holdout``, ``choose_gate_crossfit``) read only the tables of their round;
+the held-out tables are printed beside them.
 """
 
 import argparse
@@ -37,7 +41,14 @@ import sys
 import time
 
 from mega_deap.experiments import heldout_study as study
-from mega_deap.presets import DEFAULT_ALIGN, DEFAULT_GATE, DEFAULT_GATE_HOLDOUT, DEFAULT_MATCHING, DEFAULT_METRIC
+from mega_deap.presets import (
+    CROSSFIT,
+    DEFAULT_ALIGN,
+    DEFAULT_GATE,
+    DEFAULT_GATE_HOLDOUT,
+    DEFAULT_MATCHING,
+    DEFAULT_METRIC,
+)
 from mega_deap.experiments import write_json
 from mega_deap.experiments.align_study import SETTINGS
 
@@ -76,7 +87,7 @@ def main(argv=None):
                 )
             results[f"{name}/{setting}"] = {"runs": runs, "rows": study.summarize(runs), "role": study.ROLES[name]}
     choices = {}
-    seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in (1, 2, 3, 4, 5)]
+    seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in (1, 2, 3, 4, 5, 6)]
     if seen[0]:  # round 1: the fitness and the matching, on the development tasks
         choices.update(fitness=study.choose_metric(seen[0]), matching=study.choose_matching(seen[0]))
     if seen[1]:  # round 2: the gate, on the development and round-1 held-out tasks, with the defaults
@@ -87,6 +98,8 @@ def main(argv=None):
         choices["zip"] = study.choose_zip(seen[3], DEFAULT_METRIC, DEFAULT_GATE)
     if seen[4]:  # round 5: where the gate's test reads, on every table but the new held-out ones
         choices["gate_holdout"] = study.choose_gate_holdout(seen[4], DEFAULT_GATE)
+    if seen[5]:  # round 6: the gate's test on the whole set or cross-fitted, on every table but the new ones
+        choices["gate_crossfit"] = study.choose_gate_crossfit(seen[5], DEFAULT_GATE)
     os.makedirs(args.out, exist_ok=True)
     write_json(
         {"settings": vars(args), "results": results, "choices": choices, "seconds": time.perf_counter() - t0},
@@ -103,6 +116,7 @@ ROLE_ORDER = (
     "round-2 held out",
     "round-3 held out",
     "round-4 held out",
+    "round-5 held out",
     "held out",
 )
 # what each choice's rule read (the table's first words)
@@ -113,6 +127,7 @@ READ = {
     "alignment": "Development, round-1 and round-2 held-out",
     "zip": "Development, round-1, round-2 and round-3 held-out",
     "gate_holdout": "Development, round-1 to round-4 held-out",
+    "gate_crossfit": "Development, round-1 to round-5 held-out",
 }
 # the methods each default runs as: merge() (the round-4 alignment), merge(align=False) (round 2's merge()),
 # merge(align='activations') (round 3's merge()), merge(align=True), the coefficient GA and cma_merge
@@ -145,7 +160,12 @@ HIDDEN = {study.gated(m, g) for m in study.GATED for g in study.CANDIDATE_GATES 
 
 def default_row(method: str) -> str:
     """The row of ``method`` as its defaults run it: behind the default gate, if any, testing on the part of
-    the validation set held out of the fitness where the default holds one out (merge's methods)."""
+    the validation set held out of the fitness where the default holds one out, or by cross-fitting where
+    the default cross-fits (merge's methods)."""
+    if DEFAULT_GATE_HOLDOUT == CROSSFIT and method in study.HELD_GATED:
+        if DEFAULT_GATE != study.CROSSFIT_LEVEL:
+            raise ValueError(f"the study has no cross-fitted rows at gate={DEFAULT_GATE}")
+        return study.crossfit_gated(method)
     if DEFAULT_GATE_HOLDOUT and method in study.HELD_GATED:
         if DEFAULT_GATE_HOLDOUT != study.GATE_HOLDOUT or DEFAULT_GATE != study.HELD_GATE_LEVEL:
             raise ValueError(f"the study has no rows of gate_holdout={DEFAULT_GATE_HOLDOUT}, gate={DEFAULT_GATE}")
@@ -272,10 +292,14 @@ def summary(results, choices) -> str:
         f"gate_holdout={DEFAULT_GATE_HOLDOUT!r})` on these models, `merge(align=True)` is "
         f"`merge(align={DEFAULT_MATCHING!r})`; every method runs with the default gate"
         + (
-            f" (the merges testing on {100 * DEFAULT_GATE_HOLDOUT:.0f} % of the validation set held out of their "
-            "fitness; `cma_merge` on the whole set). "
-            if DEFAULT_GATE_HOLDOUT
-            else ". "
+            " (the merges testing by cross-fitting; `cma_merge` on the whole set). "
+            if DEFAULT_GATE_HOLDOUT == CROSSFIT
+            else (
+                f" (the merges testing on {100 * DEFAULT_GATE_HOLDOUT:.0f} % of the validation set held out of "
+                "their fitness; `cma_merge` on the whole set). "
+                if DEFAULT_GATE_HOLDOUT
+                else ". "
+            )
         )
         + "Test accuracy minus the best parent's (points, mean ± sd over seeds; the best parent is the one "
         "better on test, the harder baseline: an oracle no method that sees only validation data can match, as "
@@ -284,9 +308,11 @@ def summary(results, choices) -> str:
         + "\n\nOn the tables each round chose on (the fitness and the matching: development; the gate: "
         "development and round-1 held out; `merge()`'s alignment: development, round-1 and round-2 held out; "
         "the zip: development and round-1 to round-3 held out; the gate's test data: development and round-1 to "
-        "round-4 held out; test accuracy minus the best parent's, worst table and mean):\n\n"
+        "round-4 held out; the cross-fitted test: development and round-1 to round-5 held out; test accuracy "
+        "minus the best parent's, worst table and mean):\n\n"
         + "\n".join(lines)
         + ("\n\n" + half_point_lines(results) if half_point(results) else "")
+        + ("\n" + crossfit_effect_lines(results, (LABELS[DEFAULT_METHODS[0]],)) if crossfit_effect(results) else "")
         + ("\n" + holdout_effect_lines(results, (LABELS[DEFAULT_METHODS[0]],)) if holdout_effect(results) else "")
         + ("\n" + zip_effect_lines(results) if zip_effect(results) else "")
         + ("\n" + align_effect_lines(results) if align_effect(results) else "")
@@ -397,21 +423,21 @@ def zip_effect_lines(results) -> str:
     )
 
 
-def holdout_effect(results) -> list:
+def holdout_effect(results, candidate=study.held_gated) -> list:
     """What round 5's candidate changes, per role of the tables and merge default method: test accuracy with
     the gate's test on :data:`~mega_deap.experiments.heldout_study.GATE_HOLDOUT` of the validation set held
-    out of the fitness minus with the gate on the whole set (round 4's), over every seed of every table of
-    that role (:func:`paired`), Holm-corrected over the methods of a role. Rows ``{role, method, mean,
-    changed, runs, better, worse, p}``."""
+    out of the fitness (``candidate``: the name of a method's candidate row) minus with the gate on the whole set
+    (round 4's), over every seed of every table of that role (:func:`paired`), Holm-corrected over the
+    methods of a role. Rows ``{role, method, mean, changed, runs, better, worse, p}``."""
     from mega_deap.experiments.ablation import holm
 
     rows = []
     for role in ROLE_ORDER:
         runs = [run for res in results.values() if res["role"] == role for run in res["runs"]]
         group = [
-            {"role": role, "method": LABELS[b], **paired(runs, study.held_gated(b), round4_row(b))}
+            {"role": role, "method": LABELS[b], **paired(runs, candidate(b), round4_row(b))}
             for b in DEFAULT_METHODS
-            if runs and b in study.HELD_GATED and study.held_gated(b) in runs[0]
+            if runs and b in study.HELD_GATED and candidate(b) in runs[0]
         ]
         for row, p in zip(group, holm([r["p"] for r in group])):
             row["p"] = p
@@ -430,6 +456,27 @@ def holdout_effect_lines(results, methods=None) -> str:
         f"{study.GATE_HOLDOUT}`) minus with the gate on the whole validation set (round 4's), over every seed of "
         "every table of a kind (points); p: two-sided Wilcoxon signed-rank test on the runs that differ, "
         "Holm-corrected over the methods of a kind.",
+        ("tables", "method", "mean change", "runs that differ", "better / worse", "p (Holm)"),
+        [(r["role"], r["method"], *_change_cells(r)) for r in rows],
+    )
+
+
+def crossfit_effect(results) -> list:
+    """What round 6's candidate changes: :func:`holdout_effect` with the gate's test cross-fitted."""
+    return holdout_effect(results, study.crossfit_gated)
+
+
+def crossfit_effect_lines(results, methods=None) -> str:
+    """:func:`crossfit_effect` as a Markdown table (points); ``methods``: only the rows of these labels."""
+    rows = [r for r in crossfit_effect(results) if methods is None or r["method"] in methods]
+    if not rows:
+        return ""
+    return markdown(
+        f"What round 6's candidate changes: test accuracy with the gate (level {study.CROSSFIT_LEVEL}) testing by "
+        "cross-fitting (`gate_holdout='crossfit'`: the search runs again on each half of the validation set, "
+        "and each half's merge is tested on the other half) minus with the gate on the whole validation set "
+        "(round 4's), over every seed of every table of a kind (points); p: two-sided Wilcoxon signed-rank test "
+        "on the runs that differ, Holm-corrected over the methods of a kind.",
         ("tables", "method", "mean change", "runs that differ", "better / worse", "p (Holm)"),
         [(r["role"], r["method"], *_change_cells(r)) for r in rows],
     )
@@ -490,6 +537,8 @@ def table(results, choices) -> str:
     for role in ROLE_ORDER[1:]:  # each round's held-out tables, as its rule would have judged them
         if half_point(results, role):
             out.append(half_point_lines(results, role))
+    if crossfit_effect(results):
+        out.append(crossfit_effect_lines(results))
     if holdout_effect(results):
         out.append(holdout_effect_lines(results))
     if zip_effect(results):

@@ -55,9 +55,33 @@ def test_choose_gate_holdout_judges_merge_s_five_default_methods():
     assert len(study.HELD_GATED) == 5 and "cma_merge" not in study.HELD_GATED
 
 
-def test_holdout_effect_pairs_each_merge_method_with_its_whole_set_gate():
-    """Per kind of table and method: the held-out gate's row minus the whole-set gate's row (round 4's);
-    Wilcoxon on the runs that differ, Holm over the methods of a kind."""
+def test_choose_gate_crossfit_judges_merge_s_five_default_methods():
+    """Round 6: the gate on the whole set against the cross-fitted gate, each judged on the worst table of any
+    of merge's five default methods; the held-out rows of round 5, cma_merge and ungated rows are not read."""
+    deltas = {}
+    for b in study.HELD_GATED:
+        deltas[study.gated(b, 0.2)] = 0.0
+        deltas[study.crossfit_gated(b)] = 0.02
+        deltas[study.held_gated(b)] = -0.5  # round 5's candidate: not read
+    deltas[study.crossfit_gated("merge, accuracy")] = -0.01  # one method's bad table decides
+    deltas[study.gated("cma_merge", 0.2)] = -0.5
+    chosen, scores = study.choose_gate_crossfit({"t": _rows(deltas)}, 0.2)
+    assert chosen == "0" and scores["0"] == (0.0, 0.0) and scores["crossfit"] == (-0.01, pytest.approx(0.014))
+    deltas[study.crossfit_gated("merge, accuracy")] = 0.01
+    assert study.choose_gate_crossfit({"t": _rows(deltas)}, 0.2)[0] == "crossfit"
+
+
+@pytest.mark.parametrize(
+    "effect,row,caption",
+    [
+        ("holdout_effect", study.held_gated, "What round 5's candidate changes"),
+        ("crossfit_effect", study.crossfit_gated, "What round 6's candidate changes"),
+    ],
+)
+def test_candidate_effects_pair_each_merge_method_with_its_whole_set_gate(effect, row, caption):
+    """Per kind of table and method: the candidate gate's row (round 5's held-out test, round 6's cross-fitted
+    test) minus the whole-set gate's row (round 4's); Wilcoxon on the runs that differ, Holm over the methods
+    of a kind."""
     from scipy.stats import wilcoxon
 
     ex = _example()
@@ -68,11 +92,17 @@ def test_holdout_effect_pairs_each_merge_method_with_its_whole_set_gate():
     def run(g):
         r = {study.gated(m, 0.2): (0, 0.6) for m in methods}
         r.update({study.held_gated(m): (0, 0.6) for m in methods})
-        r[study.held_gated(methods[0])] = (0, 0.6 + g)  # merge(): the only one that moves
+        r.update({study.crossfit_gated(m): (0, 0.6) for m in methods})
+        r[row(methods[0])] = (0, 0.6 + g)  # merge(): the only one that moves
         return r
 
-    results = {"a/x": {"role": "held out", "runs": [run(g) for g in gains]}}
-    rows = ex.holdout_effect(results)
+    results = {
+        "b/x": {"role": "development", "runs": [run(0.0)]},  # a kind of table before: read on its own
+        "a/x": {"role": "held out", "runs": [run(g) for g in gains]},
+    }
+    rows = getattr(ex, effect)(results)
+    assert [r["role"] for r in rows] == ["development"] * 5 + ["held out"] * 5
+    rows = rows[5:]
     assert [r["method"] for r in rows] == [ex.LABELS[m] for m in methods]
     first = rows[0]
     assert (first["changed"], first["better"], first["worse"]) == (5, 4, 1)
@@ -80,7 +110,7 @@ def test_holdout_effect_pairs_each_merge_method_with_its_whole_set_gate():
     # Holm over five methods: the only p below 1 is multiplied by five
     assert first["p"] == pytest.approx(min(1.0, 5 * wilcoxon([g for g in gains if g]).pvalue))
     assert all(r["p"] == 1.0 and r["changed"] == 0 for r in rows[1:])
-    assert "What round 5's candidate changes" in ex.holdout_effect_lines(results)
+    assert caption in getattr(ex, effect + "_lines")(results)
 
 
 def test_gated_rows_are_what_merge_with_that_gate_returns():
@@ -115,9 +145,17 @@ def test_gated_rows_are_what_merge_with_that_gate_returns():
         align=False,
     )
     assert out[held][:2] == (model_accuracy(r.model, *splits.val), model_accuracy(r.model, *splits.test))
+    # round 6's rows: merge's own, with the gate's test cross-fitted (a class-biased seed, where it is run)
+    cross = study.crossfit_gated("merge, accuracy")
+    parents, _ = study.train_parents(task, splits, "different-data", 0)
+    out = study.run_task(task, "different-data", 0, popsize=4, ngen=2, methods=methods[:2] + (cross, "output ensemble"))
+    kw = dict(popsize=4, ngen=2, seed=0, progress=False, device="cpu", align=False)
+    r = mega_deap.merge(parents, splits.val, gate=study.CROSSFIT_LEVEL, gate_holdout="crossfit", **kw)
+    assert out[cross][:2] == (model_accuracy(r.model, *splits.val), model_accuracy(r.model, *splits.test))
+    assert r.gate_p != mega_deap.merge(parents, splits.val, gate=study.CROSSFIT_LEVEL, **kw).gate_p
 
 
-@pytest.mark.parametrize("task", study.HELD_OUT_4 + study.HELD_OUT, ids=lambda t: t.name)
+@pytest.mark.parametrize("task", study.HELD_OUT_4 + study.HELD_OUT_5 + study.HELD_OUT, ids=lambda t: t.name)
 def test_the_new_held_out_tasks_build(task):
     """Each new task's splits and model fit together, and its hidden units permute (shapes and the
     permutation spec only: their results are for the study)."""
@@ -129,10 +167,12 @@ def test_the_new_held_out_tasks_build(task):
     with torch.no_grad():
         assert model(X[:5]).shape == (5, splits.num_classes)
     assert permutation_spec(model).sizes
-    role = "held out" if task in study.HELD_OUT else "round-4 held out"
+    role = {**{t: "round-4 held out" for t in study.HELD_OUT_4}, **{t: "round-5 held out" for t in study.HELD_OUT_5}}
+    role = role.get(task, "held out")
     assert int(y.max()) + 1 == splits.num_classes and study.ROLES[task.name] == role
     assert not set(study.ROLES).symmetric_difference(study.TASKS)
-    assert role in study.ROUNDS[5] or task in study.HELD_OUT  # round 5 reads every task but its own
+    assert (role in study.ROUNDS[6]) == (task not in study.HELD_OUT)  # round 6 reads every task but its own
+    assert (role in study.ROUNDS[5]) == (task in study.HELD_OUT_4)
 
 
 def _example():

@@ -5,19 +5,22 @@ are): on a subset of the training split, or with noisy labels, for many epochs. 
 settings, as the align study: ``same-data`` (two seeds, one training set) and ``different-data`` (each
 parent on a class-biased part, :func:`~mega_deap.experiments.align_study.biased_parts`).
 
-Five rounds of choosing. Round 1: the tasks in :data:`DEVELOPMENT` chose the fitness metric and the
+Six rounds of choosing. Round 1: the tasks in :data:`DEVELOPMENT` chose the fitness metric and the
 matching (:func:`choose_metric`, :func:`choose_matching`); :data:`HELD_OUT_1` reported. Round 2: those
 six tasks, all seen by then, chose the significance gate's level (:func:`choose_gate`); :data:`HELD_OUT_2`
 reported. Round 3: those nine tasks chose ``merge``'s default alignment (:func:`choose_alignment`);
 :data:`HELD_OUT_3` reported. Round 4: those twelve chose whether the parents' zip is seeded
 (:func:`choose_zip`); :data:`HELD_OUT_4` reported. Round 5: those fifteen chose where the gate's test
-reads its data (:func:`choose_gate_holdout`); the tasks in :data:`HELD_OUT`, new in round 5 and not run
-before the choice, only report. Fitness and every choice inside a merge see the validation split alone;
+reads its data (:func:`choose_gate_holdout`); :data:`HELD_OUT_5` reported. Round 6: those eighteen chose
+between the gate's test on the whole validation set and its test by cross-fitting
+(:func:`choose_gate_crossfit`); the tasks in :data:`HELD_OUT`, new in round 6 and not run before the
+choice, only report. Fitness and every choice inside a merge see the validation split alone;
 the test split reports.
 """
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,6 +43,7 @@ __all__ = [
     "HELD_OUT_2",
     "HELD_OUT_3",
     "HELD_OUT_4",
+    "HELD_OUT_5",
     "HELD_OUT",
     "ROLES",
     "ROUNDS",
@@ -65,6 +69,9 @@ __all__ = [
     "HELD_GATED",
     "held_gated",
     "choose_gate_holdout",
+    "CROSSFIT_LEVEL",
+    "crossfit_gated",
+    "choose_gate_crossfit",
 ]
 
 CANDIDATE_METRICS = ("accuracy_ll", "accuracy", "neg_log_loss", "neg_log_loss_tempered")
@@ -100,6 +107,18 @@ def held_gated(method: str) -> str:
     return f"{method}, gate on {100 * GATE_HOLDOUT:.0f} % held out"
 
 
+# round 6: the gate's test by cross-fitting (merge(gate_holdout="crossfit"): the search reads every example,
+# and runs again on each half to test each half's merge on the other), at round 2's level, judged on the
+# merge methods of HELD_GATED at once. The level was written down with the candidate, before round 6's tasks
+# ran, and is not tuned.
+CROSSFIT_LEVEL = 0.2
+
+
+def crossfit_gated(method: str) -> str:
+    """The row name of ``method`` run with the gate's test by cross-fitting."""
+    return f"{method}, gate cross-fitted"
+
+
 # the methods each gate level is applied to (a gate reads a method's merged model; the GA is not rerun)
 # the unaligned merge with BatchNorm repair on calibration inputs (what README tells a user with BatchNorm
 # models to pass): a row of the tasks whose models have BatchNorm only. Added after round 3 chose, to check
@@ -129,6 +148,7 @@ METHODS = (
     + (ZIP, "coefficient GA, aligned", "cma_merge")
     + tuple(gated(m, g) for m in GATED for g in CANDIDATE_GATES if g is not None)
     + tuple(held_gated(m) for m in HELD_GATED)
+    + tuple(crossfit_gated(m) for m in HELD_GATED)
     + ("output ensemble",)
 )
 
@@ -179,12 +199,20 @@ HELD_OUT_4 = (
 # written down with round 5's candidate and before any of them ran: architectures no earlier round had (a
 # tanh CNN with average pooling and no BatchNorm, a residual MLP with BatchNorm in its blocks, a SiLU MLP
 # of three hidden layers) and a new synthetic data set
-HELD_OUT = (
+HELD_OUT_5 = (
     Task("digits-tanhcnn-noise", "digits", "tanhcnn", "noise", 0.25, 60),
     Task("synthetic16-resmlp-bn-subset", "synthetic16", "resmlp-bn", "subset", 0.3, 120),
     Task("digits-silumlp-subset", "digits", "silumlp", "subset", 0.2, 150),
 )
-TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT_1 + HELD_OUT_2 + HELD_OUT_3 + HELD_OUT_4 + HELD_OUT}
+# written down with round 6's candidate and before any of them ran: architectures no earlier round had (a
+# LeNet-style CNN with BatchNorm and leaky ReLU, a wide one-hidden-layer ELU MLP, a CNN without pooling
+# whose second convolution is strided) and a new synthetic data set of 20 classes
+HELD_OUT = (
+    Task("digits-lenet-bn-noise", "digits", "lenet-bn", "noise", 0.2, 60),
+    Task("synthetic20-elumlp-subset", "synthetic20", "elumlp", "subset", 0.25, 150),
+    Task("digits-stridecnn-subset", "digits", "stridecnn", "subset", 0.25, 150),
+)
+TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT_1 + HELD_OUT_2 + HELD_OUT_3 + HELD_OUT_4 + HELD_OUT_5 + HELD_OUT}
 # what each task's tables do: choose in every round; report in round 1, then choose; report in round 2,
 # then choose; report only
 ROLES = {
@@ -193,6 +221,7 @@ ROLES = {
     **{t.name: "round-2 held out" for t in HELD_OUT_2},
     **{t.name: "round-3 held out" for t in HELD_OUT_3},
     **{t.name: "round-4 held out" for t in HELD_OUT_4},
+    **{t.name: "round-5 held out" for t in HELD_OUT_5},
     **{t.name: "held out" for t in HELD_OUT},
 }
 # the roles whose tables each round's rule reads
@@ -202,6 +231,14 @@ ROUNDS = {
     3: ("development", "round-1 held out", "round-2 held out"),
     4: ("development", "round-1 held out", "round-2 held out", "round-3 held out"),
     5: ("development", "round-1 held out", "round-2 held out", "round-3 held out", "round-4 held out"),
+    6: (
+        "development",
+        "round-1 held out",
+        "round-2 held out",
+        "round-3 held out",
+        "round-4 held out",
+        "round-5 held out",
+    ),
 }
 
 
@@ -374,19 +411,66 @@ class SiLUMLP(GELUMLP):
 
 
 class LeNet(nn.Module):
-    """Two conv-ReLU-max-pool blocks without BatchNorm, a flatten, a hidden linear layer and a classifier."""
+    """Two conv-ReLU-max-pool blocks without BatchNorm, a flatten, a hidden linear layer and a classifier.
+    ``norm``: BatchNorm after each convolution (which then has no bias). Subclasses override ``act``."""
 
-    def __init__(self, in_channels=1, num_classes=10, image_size=8, width=8, hidden=64):
+    def __init__(self, in_channels=1, num_classes=10, image_size=8, width=8, hidden=64, norm=False):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
-        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=not norm)
+        self.norm1 = nn.BatchNorm2d(width) if norm else nn.Identity()
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1, bias=not norm)
+        self.norm2 = nn.BatchNorm2d(2 * width) if norm else nn.Identity()
         self.fc1 = nn.Linear(2 * width * (image_size // 4) ** 2, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
 
+    def act(self, x):
+        return F.relu(x)
+
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+        x = F.max_pool2d(self.act(self.norm1(self.conv1(x))), 2)
+        x = F.max_pool2d(self.act(self.norm2(self.conv2(x))), 2)
+        return self.fc2(self.act(self.fc1(x.flatten(1))))
+
+
+class LeakyBNLeNet(LeNet):
+    """:class:`LeNet` with BatchNorm after each convolution and leaky ReLU (slope 0.1)."""
+
+    def __init__(self, in_channels=1, num_classes=10, image_size=8):
+        super().__init__(in_channels, num_classes, image_size, norm=True)
+
+    def act(self, x):
+        return F.leaky_relu(x, 0.1)
+
+
+class ELUMLP(GELUMLP):
+    """:class:`GELUMLP` with ELU and one hidden layer of 256 by default."""
+
+    def __init__(self, in_features, num_classes, hidden=(256,)):
+        super().__init__(in_features, num_classes, hidden)
+
+    def act(self, x):
+        return F.elu(x)
+
+
+class StrideCNN(nn.Module):
+    """Three conv-ReLU layers without BatchNorm or pooling, the second with stride 2, global average pooling,
+    linear."""
+
+    def __init__(self, in_channels=1, num_classes=10, width=16):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            (
+                nn.Conv2d(in_channels, width, 3, padding=1),
+                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+                nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            )
+        )
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return self.fc(x.mean((2, 3)))
 
 
 # scikit-learn's make_classification settings of the synthetic tasks
@@ -405,6 +489,9 @@ SYNTHETIC = {
     ),
     "synthetic16": dict(
         n_samples=4000, n_features=40, n_informative=18, n_redundant=6, n_classes=16, class_sep=1.5, random_state=59
+    ),
+    "synthetic20": dict(
+        n_samples=5000, n_features=48, n_informative=20, n_redundant=8, n_classes=20, class_sep=1.6, random_state=71
     ),
 }
 
@@ -469,6 +556,12 @@ def build(task: Task, splits: Splits) -> nn.Module:
         return ResBNMLP(features, splits.num_classes)
     if task.model == "silumlp":
         return SiLUMLP(features, splits.num_classes)
+    if task.model == "lenet-bn":
+        return LeakyBNLeNet(splits.in_channels, splits.num_classes, splits.image_size)
+    if task.model == "elumlp":
+        return ELUMLP(features, splits.num_classes)
+    if task.model == "stridecnn":
+        return StrideCNN(splits.in_channels, splits.num_classes)
     if task.model == "deepmlp":
         return MLP(features, splits.num_classes, hidden=(128, 64))
     raise ValueError(f"unknown model {task.model!r}")
@@ -585,18 +678,22 @@ def run_task(
             ).model
         ),
     )
-    held = dict(common, gate=HELD_GATE_LEVEL, gate_holdout=GATE_HOLDOUT)  # round 5's candidate, gated by merge
-    timed(held_gated("merge, accuracy"), lambda: merge(parents, splits.val, align=False, **held).model)
-    for how in CANDIDATE_MATCHINGS:
-        timed(
-            held_gated(f"merge(align={how!r})"),
-            lambda how=how: merge(parents, splits.val, align=how, calibration=calib, **held).model,
-        )
-    timed(held_gated(ZIP), lambda: merge(parents, splits.val, align="zip", calibration=calib, **held).model)
-    timed(
-        held_gated("coefficient GA, aligned"),
-        lambda: merge(parents, splits.val, align=True, calibration=calib, genome="coefficients", **held).model,
+    # merge's five default methods (HELD_GATED), each run again by merge with the gate's test as a candidate
+    # has it: round 5's (30 % held out), round 6's (cross-fitted)
+    gated_merges: dict[str, dict] = {
+        "merge, accuracy": dict(align=False),
+        **{f"merge(align={how!r})": dict(align=how, calibration=calib) for how in CANDIDATE_MATCHINGS},
+        ZIP: dict(align="zip", calibration=calib),
+        "coefficient GA, aligned": dict(align=True, calibration=calib, genome="coefficients"),
+    }
+    assert tuple(gated_merges) == HELD_GATED
+    tests: tuple[tuple[Callable[[str], str], dict], ...] = (
+        (held_gated, dict(gate=HELD_GATE_LEVEL, gate_holdout=GATE_HOLDOUT)),
+        (crossfit_gated, dict(gate=CROSSFIT_LEVEL, gate_holdout="crossfit")),
     )
+    for row, test in tests:
+        for method, kwargs in gated_merges.items():
+            timed(row(method), lambda kw=dict(common, **test, **kwargs): merge(parents, splits.val, **kw).model)
     if "output ensemble" in methods:
         out["output ensemble"] = (
             ensemble_accuracy(parents, *splits.val),
@@ -712,6 +809,20 @@ def choose_gate_holdout(tables: dict, level) -> tuple:
         {
             "0": tuple(gated(b, level) for b in HELD_GATED),
             str(GATE_HOLDOUT): tuple(held_gated(b) for b in HELD_GATED),
+        },
+    )
+
+
+def choose_gate_crossfit(tables: dict, level) -> tuple:
+    """Round 6: :func:`choose` between the gate at ``level`` testing on the whole validation set (``"0"``,
+    round 4's merges, kept by round 5) and testing by cross-fitting (``"crossfit"``, at
+    :data:`CROSSFIT_LEVEL`), each judged on the merge methods of :data:`HELD_GATED` at once (the worst table
+    of any of them)."""
+    return choose(
+        tables,
+        {
+            "0": tuple(gated(b, level) for b in HELD_GATED),
+            "crossfit": tuple(crossfit_gated(b) for b in HELD_GATED),
         },
     )
 
