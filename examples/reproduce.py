@@ -1,7 +1,7 @@
 """Regenerate every table of the documentation (docs/studies/ and docs/benchmarks.md), with the environment
 printed beside each.
 
-    python examples/reproduce.py --out results/                      # everything (about an hour and a half, 2 cores)
+    python examples/reproduce.py --out results/                      # everything (about two hours, 2 cores)
     python examples/reproduce.py --out results/ --only merge keras   # some sections
     python examples/reproduce.py --out results/ --quick              # tiny settings: checks the pipeline only
 
