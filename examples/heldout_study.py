@@ -110,15 +110,7 @@ def main(argv=None):
     return {"results": results, "choices": choices}
 
 
-ROLE_ORDER = (
-    "development",
-    "round-1 held out",
-    "round-2 held out",
-    "round-3 held out",
-    "round-4 held out",
-    "round-5 held out",
-    "held out",
-)
+ROLE_ORDER = study.ROLE_ORDER
 # what each choice's rule read (the table's first words)
 READ = {
     "fitness": "Development",
@@ -447,15 +439,25 @@ def holdout_effect(results, candidate=study.held_gated) -> list:
 
 def holdout_effect_lines(results, methods=None) -> str:
     """:func:`holdout_effect` as a Markdown table (points); ``methods``: only the rows of these labels."""
-    rows = [r for r in holdout_effect(results) if methods is None or r["method"] in methods]
-    if not rows:
-        return ""
-    return markdown(
+    return _method_changes(
+        holdout_effect(results),
+        methods,
         f"What round 5's candidate changes: test accuracy with the gate (level {study.HELD_GATE_LEVEL}) testing on "
         f"{100 * study.GATE_HOLDOUT:.0f} % of the validation set held out of the fitness (`gate_holdout="
         f"{study.GATE_HOLDOUT}`) minus with the gate on the whole validation set (round 4's), over every seed of "
         "every table of a kind (points); p: two-sided Wilcoxon signed-rank test on the runs that differ, "
         "Holm-corrected over the methods of a kind.",
+    )
+
+
+def _method_changes(rows: list, methods, caption: str) -> str:
+    """``caption`` and a Markdown table of :func:`holdout_effect`-like rows (points), a row per kind of table
+    and method; ``methods``: only the rows of these labels (``None``: all). Empty where no row is left."""
+    rows = [r for r in rows if methods is None or r["method"] in methods]
+    if not rows:
+        return ""
+    return markdown(
+        caption,
         ("tables", "method", "mean change", "runs that differ", "better / worse", "p (Holm)"),
         [(r["role"], r["method"], *_change_cells(r)) for r in rows],
     )
@@ -468,17 +470,14 @@ def crossfit_effect(results) -> list:
 
 def crossfit_effect_lines(results, methods=None) -> str:
     """:func:`crossfit_effect` as a Markdown table (points); ``methods``: only the rows of these labels."""
-    rows = [r for r in crossfit_effect(results) if methods is None or r["method"] in methods]
-    if not rows:
-        return ""
-    return markdown(
+    return _method_changes(
+        crossfit_effect(results),
+        methods,
         f"What round 6's candidate changes: test accuracy with the gate (level {study.CROSSFIT_LEVEL}) testing by "
         "cross-fitting (`gate_holdout='crossfit'`: the search runs again on each half of the validation set, "
         "and each half's merge is tested on the other half) minus with the gate on the whole validation set "
         "(round 4's), over every seed of every table of a kind (points); p: two-sided Wilcoxon signed-rank test "
         "on the runs that differ, Holm-corrected over the methods of a kind.",
-        ("tables", "method", "mean change", "runs that differ", "better / worse", "p (Holm)"),
-        [(r["role"], r["method"], *_change_cells(r)) for r in rows],
     )
 
 

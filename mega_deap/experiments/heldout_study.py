@@ -46,6 +46,7 @@ __all__ = [
     "HELD_OUT_5",
     "HELD_OUT",
     "ROLES",
+    "ROLE_ORDER",
     "ROUNDS",
     "CANDIDATE_GATES",
     "CANDIDATE_ALIGNMENTS",
@@ -224,22 +225,18 @@ ROLES = {
     **{t.name: "round-5 held out" for t in HELD_OUT_5},
     **{t.name: "held out" for t in HELD_OUT},
 }
-# the roles whose tables each round's rule reads
-ROUNDS = {
-    1: ("development",),
-    2: ("development", "round-1 held out"),
-    3: ("development", "round-1 held out", "round-2 held out"),
-    4: ("development", "round-1 held out", "round-2 held out", "round-3 held out"),
-    5: ("development", "round-1 held out", "round-2 held out", "round-3 held out", "round-4 held out"),
-    6: (
-        "development",
-        "round-1 held out",
-        "round-2 held out",
-        "round-3 held out",
-        "round-4 held out",
-        "round-5 held out",
-    ),
-}
+# the roles, in the order the rounds met them
+ROLE_ORDER = (
+    "development",
+    "round-1 held out",
+    "round-2 held out",
+    "round-3 held out",
+    "round-4 held out",
+    "round-5 held out",
+    "held out",
+)
+# the roles whose tables each round's rule reads: every role met before the round's own held-out tasks
+ROUNDS = {n: ROLE_ORDER[:n] for n in range(1, len(ROLE_ORDER))}
 
 
 class PlainCNN(nn.Module):
