@@ -112,20 +112,35 @@ def held_out_test(
     the merge where ``p < alpha`` and ``holds``, else returns parent ``best``. A merge whose weights equal
     that parent's is that parent: ``(best, 1.0, True)``; one equal to another parent is tested as any merge
     (the parent best on the fitness part need not be best on every example)."""
-    held = torch.as_tensor(held, dtype=torch.long)
-    if held.dim() != 1 or not len(held) or int(held.min()) < 0 or int(held.max()) >= len(y):
-        raise SettingError(
-            f"held must be a non-empty vector of indices into the {len(y)} examples, got shape {tuple(held.shape)}"
-            + (f" in [{int(held.min())}, {int(held.max())}]" if held.numel() else "")
-        )
-    right = correct_each(runner, [merged, *parents], X, y, batch_size)
-    counts = right.sum(1)
-    best = int(torch.argmax(counts[1:]))  # the first of the most accurate, on every example
+    held = _indices("held", held, len(y))
+    right, best, holds = _against_the_best(runner, merged, parents, X, y, batch_size)
     if torch.equal(merged, parents[best]):
         return best, 1.0, True
     # a merge equal to another parent (the best on the fitness part, not on every example) is judged as any
     p = mcnemar_greater(right[0, held], right[1 + best, held])[2]
-    return best, p, bool(counts[0] >= counts[1 + best])
+    return best, p, holds
+
+
+def _indices(name: str, h: Any, n: int) -> torch.Tensor:
+    """``h`` as a vector of indices into ``n`` examples; a clear error, naming ``name``, where it is not one
+    or is empty."""
+    h = torch.as_tensor(h, dtype=torch.long)
+    if h.dim() != 1 or not len(h) or int(h.min()) < 0 or int(h.max()) >= n:
+        raise SettingError(
+            f"{name} must be a non-empty vector of indices into the {n} examples, got shape {tuple(h.shape)}"
+            + (f" in [{int(h.min())}, {int(h.max())}]" if h.numel() else "")
+        )
+    return h
+
+
+def _against_the_best(runner: Any, merged: torch.Tensor, parents: list, X: Any, y: Any, batch_size) -> tuple:
+    """``(right, best, holds)`` on all of ``(X, y)``: :func:`correct_each` of the merge and the parents (in
+    that order), the index of the most accurate parent (the first of equals), and whether the merge is right
+    on at least as many examples as it (the accuracy guarantee)."""
+    right = correct_each(runner, [merged, *parents], X, y, batch_size)
+    counts = right.sum(1)
+    best = int(torch.argmax(counts[1:]))
+    return right, best, bool(counts[0] >= counts[1 + best])
 
 
 def crossfit_test(
@@ -149,17 +164,8 @@ def crossfit_test(
     one-sided p (:func:`mcnemar_greater`) on every example. ``best`` and ``holds`` are judged on all of
     ``(X, y)``, as :func:`held_out_test`. ``fit`` runs only where it can change the answer: a merge equal to
     parent ``best``, or less accurate than it, is refused at once with ``p = 1``."""
-    a, b = (torch.as_tensor(h, dtype=torch.long) for h in halves)
-    for name, h in (("first", a), ("second", b)):
-        if h.dim() != 1 or not len(h) or int(h.min()) < 0 or int(h.max()) >= len(y):
-            raise SettingError(
-                f"the {name} half must be a non-empty vector of indices into the {len(y)} examples, "
-                f"got shape {tuple(h.shape)}"
-            )
-    right = correct_each(runner, [merged, *parents], X, y, batch_size)
-    counts = right.sum(1)
-    best = int(torch.argmax(counts[1:]))  # the first of the most accurate, on every example
-    holds = bool(counts[0] >= counts[1 + best])
+    a, b = (_indices(f"the {name} half", h, len(y)) for name, h in zip(("first", "second"), halves))
+    right, best, holds = _against_the_best(runner, merged, parents, X, y, batch_size)
     if torch.equal(merged, parents[best]) or not holds:
         return best, 1.0, holds
     X = torch.as_tensor(X)
