@@ -165,19 +165,16 @@ def crossfit_test(
     ``(X, y)``, as :func:`held_out_test`. ``fit`` runs only where it can change the answer: a merge equal to
     parent ``best``, or less accurate than it, is refused at once with ``p = 1``."""
     a, b = (_indices(f"the {name} half", h, len(y)) for name, h in zip(("first", "second"), halves))
+    X, y = torch.as_tensor(X).to(runner.device), torch.as_tensor(y).to(runner.device)  # moved once
     right, best, holds = _against_the_best(runner, merged, parents, X, y, batch_size)
     if torch.equal(merged, parents[best]) or not holds:
         return best, 1.0, holds
-    X = torch.as_tensor(X)
-    y = torch.as_tensor(y)
-    wins = losses = 0
+    mine, theirs = [], []  # each half's merge and the parent chosen on its half, on the other half
     for k, (search, test) in enumerate(((a, b), (b, a))):
         chosen = int(torch.argmax(right[1:, search].sum(1)))  # the parent a user would keep, seeing `search`
-        mine = correct_each(runner, [fit(search, k)], X[test], y[test], batch_size)[0]
-        w, l, _ = mcnemar_greater(mine, right[1 + chosen, test])
-        wins, losses = wins + w, losses + l
-    p = float(stats.binom.sf(wins - 1, wins + losses, 0.5)) if wins + losses else 1.0
-    return best, min(1.0, p), holds
+        mine.append(correct_each(runner, [fit(search, k)], X[test], y[test], batch_size)[0])
+        theirs.append(right[1 + chosen, test])
+    return best, mcnemar_greater(torch.cat(mine), torch.cat(theirs))[2], holds
 
 
 def paired_test_models(

@@ -735,7 +735,8 @@ def merge(
     result = _result(
         adapter, best, prepare, genomes if include_parents and not holdout else None, X, y, evaluator.metric, batch_size
     )
-    # 5. the significance gate, on the whole validation set (its test on the held-out part with gate_holdout)
+    # 5. the significance gate, on the whole validation set (its test on the held-out part with a gate_holdout
+    # fraction; on reruns of the search on each half with "crossfit")
     if halves is not None:
         fit = functools.partial(_fold_merge, models, X, y, settings, adapter.runner)
         gate_held = _CrossFit(halves, fit)

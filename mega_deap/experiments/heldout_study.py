@@ -657,16 +657,16 @@ def run_task(
     )
     if calib is not None:  # BatchNorm models: the unaligned merge as README tells their users to run it
         timed(CALIBRATED, lambda: merge(parents, splits.val, align=False, calibration=calib, **common).model)
-    for how in CANDIDATE_MATCHINGS:
-        timed(
-            f"merge(align={how!r})",
-            lambda how=how: merge(parents, splits.val, align=how, calibration=calib, **common).model,
-        )
-    timed(ZIP, lambda: merge(parents, splits.val, align="zip", calibration=calib, **common).model)
-    timed(
-        "coefficient GA, aligned",
-        lambda: merge(parents, splits.val, align=True, calibration=calib, genome="coefficients", **common).model,
-    )
+    # merge's five default methods (HELD_GATED): their arguments beside the gate's
+    gated_merges: dict[str, dict] = {
+        "merge, accuracy": dict(align=False),
+        **{f"merge(align={how!r})": dict(align=how, calibration=calib) for how in CANDIDATE_MATCHINGS},
+        ZIP: dict(align="zip", calibration=calib),
+        "coefficient GA, aligned": dict(align=True, calibration=calib, genome="coefficients"),
+    }
+    assert tuple(gated_merges) == HELD_GATED
+    for method, kwargs in list(gated_merges.items())[1:]:  # "merge, accuracy": the fitness loop's row above
+        timed(method, lambda kw=dict(common, **kwargs): merge(parents, splits.val, **kw).model)
     timed(
         "cma_merge",
         lambda: (
@@ -675,15 +675,8 @@ def run_task(
             ).model
         ),
     )
-    # merge's five default methods (HELD_GATED), each run again by merge with the gate's test as a candidate
-    # has it: round 5's (30 % held out), round 6's (cross-fitted)
-    gated_merges: dict[str, dict] = {
-        "merge, accuracy": dict(align=False),
-        **{f"merge(align={how!r})": dict(align=how, calibration=calib) for how in CANDIDATE_MATCHINGS},
-        ZIP: dict(align="zip", calibration=calib),
-        "coefficient GA, aligned": dict(align=True, calibration=calib, genome="coefficients"),
-    }
-    assert tuple(gated_merges) == HELD_GATED
+    # the same five, each run again by merge with the gate's test as a candidate has it: round 5's (30 % held
+    # out), round 6's (cross-fitted)
     tests: tuple[tuple[Callable[[str], str], dict], ...] = (
         (held_gated, dict(gate=HELD_GATE_LEVEL, gate_holdout=GATE_HOLDOUT)),
         (crossfit_gated, dict(gate=CROSSFIT_LEVEL, gate_holdout="crossfit")),
@@ -801,13 +794,13 @@ def choose_gate_holdout(tables: dict, level) -> tuple:
     """Round 5: :func:`choose` between the gate at ``level`` testing on the whole validation set (``"0"``,
     round 4's merges) and testing on :data:`GATE_HOLDOUT` of it held out of the fitness, each judged on the
     merge methods of :data:`HELD_GATED` at once (the worst table of any of them)."""
-    return choose(
-        tables,
-        {
-            "0": tuple(gated(b, level) for b in HELD_GATED),
-            str(GATE_HOLDOUT): tuple(held_gated(b) for b in HELD_GATED),
-        },
-    )
+    return _against_the_whole_set(tables, level, str(GATE_HOLDOUT), held_gated)
+
+
+def _against_the_whole_set(tables: dict, level, name: str, row: Callable[[str], str]) -> tuple:
+    """:func:`choose` between the gate at ``level`` on the whole validation set (``"0"``) and candidate
+    ``name``, whose row of each method is ``row(method)``, each judged on :data:`HELD_GATED` at once."""
+    return choose(tables, {"0": tuple(gated(b, level) for b in HELD_GATED), name: tuple(map(row, HELD_GATED))})
 
 
 def choose_gate_crossfit(tables: dict, level) -> tuple:
@@ -815,13 +808,7 @@ def choose_gate_crossfit(tables: dict, level) -> tuple:
     round 4's merges, kept by round 5) and testing by cross-fitting (``"crossfit"``, at
     :data:`CROSSFIT_LEVEL`), each judged on the merge methods of :data:`HELD_GATED` at once (the worst table
     of any of them)."""
-    return choose(
-        tables,
-        {
-            "0": tuple(gated(b, level) for b in HELD_GATED),
-            "crossfit": tuple(crossfit_gated(b) for b in HELD_GATED),
-        },
-    )
+    return _against_the_whole_set(tables, level, "crossfit", crossfit_gated)
 
 
 def unaligned_baseline(run: dict, level) -> str:
