@@ -1,41 +1,53 @@
 """Merge defaults chosen on development tasks and reported on held-out ones, with over-fitting parents.
 
-    python examples/heldout_study.py --out results/heldout   # docs/studies/alignment.md (about 70 min, 2 cores)
+    python examples/heldout_study.py --out results/heldout   # docs/studies/alignment.md (about 80 min, 2 cores)
+    python examples/heldout_study.py --out results/heldout --reuse results/heldout/results.json   # new rows only
     python examples/heldout_study.py --tasks digits-mlp-subset --seeds 2   # a quick look
 
-Tasks (``mega_deap.experiments.heldout_study``), in six rounds of choosing:
+Tasks (``mega_deap.experiments.heldout_study``), in seven rounds of choosing:
 
-- development (round 1 chose merge's default fitness and matching on them; rounds 2 to 6 too): a digits
+- development (round 1 chose merge's default fitness and matching on them; rounds 2 to 7 too): a digits
   MLP on 30 % of its training data, digits CNNs with and without BatchNorm on 20 %-noisy labels;
-- round-1 held out (reported in round 1; rounds 2 to 6 chose on them): a wider digits CNN without
+- round-1 held out (reported in round 1; rounds 2 to 7 chose on them): a wider digits CNN without
   BatchNorm on 30 % of its data, a BatchNorm MLP on 30 % of breast cancer, a two-hidden-layer MLP on noisy
   labels of a 10-class synthetic task;
-- round-2 held out (reported in round 2; rounds 3 to 6 chose on them): a three-block BatchNorm CNN on 20 %
+- round-2 held out (reported in round 2; rounds 3 to 7 chose on them): a three-block BatchNorm CNN on 20 %
   of digits, a BatchNorm MLP on 30 %-noisy digits labels, an MLP on 25 % of a 6-class synthetic task;
-- round-3 held out (reported in round 3; rounds 4 to 6 chose on them): a residual MLP on 25 %-noisy
+- round-3 held out (reported in round 3; rounds 4 to 7 chose on them): a residual MLP on 25 %-noisy
   digits labels, a LeNet-style CNN (a hidden linear layer after the convolutions) on 25 % of digits, a
   BatchNorm MLP on 25 %-noisy labels of an 8-class synthetic task;
-- round-4 held out (reported in round 4; rounds 5 and 6 chose on them): a VGG-style CNN without BatchNorm on
+- round-4 held out (reported in round 4; rounds 5 to 7 chose on them): a VGG-style CNN without BatchNorm on
   20 %-noisy digits labels, a residual BatchNorm CNN on 25 % of digits, a GELU MLP on 20 %-noisy labels of a
   12-class synthetic task;
-- round-5 held out (reported in round 5; round 6 chose on them): a tanh CNN with average pooling and no
+- round-5 held out (reported in round 5; rounds 6 and 7 chose on them): a tanh CNN with average pooling and no
   BatchNorm on 25 %-noisy digits labels, a residual MLP with BatchNorm on 30 % of a 16-class synthetic task,
   a SiLU MLP of three hidden layers on 20 % of digits;
-- held out (new in round 6, reported only): a LeNet-style CNN with BatchNorm and leaky ReLU on 20 %-noisy
-  digits labels, a one-hidden-layer ELU MLP (256 wide) on 25 % of a 20-class synthetic task, a CNN of three
-  convolutions without pooling (the second strided) on 25 % of digits.
+- round-6 held out (reported in round 6; round 7 chose on them): a LeNet-style CNN with BatchNorm and leaky
+  ReLU on 20 %-noisy digits labels, a one-hidden-layer ELU MLP (256 wide) on 25 % of a 20-class synthetic task,
+  a CNN of three convolutions without pooling (the second strided) on 25 % of digits;
+- held out (new in round 7, reported only): a CNN with BatchNorm, SiLU and average pooling on 25 % of digits,
+  a tanh MLP of three hidden layers on 20 %-noisy labels of a 24-class synthetic task, a CNN without BatchNorm
+  of a 5x5, a 3x3 and a 1x1 convolution on 25 %-noisy digits labels.
 
 Round 1 chose the fitness and what ``align=True`` means, round 2 the significance gate's level, round 3
 ``merge``'s default alignment, round 4 whether it also seeds the two parents' zip, round 5 whether the gate
-tests on a part of the validation set held out of the fitness, round 6 whether it tests by cross-fitting.
+tests on a part of the validation set held out of the fitness, round 6 whether it tests by cross-fitting,
+round 7 what ``align=True`` means again, for the three methods that align with it by default.
 Every parent is trained until it fits its
 data. Each task in two settings: same-data parents (two seeds) and different-data parents (class-biased
 parts). The rules (``choose_metric``, ``choose_matching``, ``choose_gate``, ``choose_alignment``,
-``choose_zip``, ``choose_gate_holdout``, ``choose_gate_crossfit``) read only the tables of their round;
-the held-out tables are printed beside them.
+``choose_zip``, ``choose_gate_holdout``, ``choose_gate_crossfit``, ``choose_default_matching``) read only
+the tables of their round; the held-out tables are printed beside them.
+
+``--reuse FILE`` takes each run's rows from an earlier ``results.json`` of the same seeds, N and G and runs
+only the rows it lacks (new tasks, new methods). Each reused run's parents and the rows of
+:data:`REUSE_CHECKS` are computed again and must equal the stored ones bit for bit, else the run stops: rows
+do not depend on which other rows run (each merge is seeded on its own), so a reused file gives the numbers a
+run from scratch gives.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -64,11 +76,61 @@ def parse_args(argv=None):
     p.add_argument("--ngen", type=int, default=20)
     p.add_argument("--out", default="results/heldout")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--reuse",
+        metavar="RESULTS_JSON",
+        default=None,
+        help="take each run's rows from this earlier results.json (same --seeds, --popsize, --ngen) and run only "
+        "the rows it lacks; the parents and a spot check of rows are recomputed and must match it",
+    )
     args = p.parse_args(argv)
     for name in ("seeds", "popsize", "ngen"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    args.stored = {}
+    if args.reuse is not None:
+        try:
+            with open(args.reuse) as f:
+                old = json.load(f)  # JSON: no unpickling
+            stored, settings = old["results"], old["settings"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            p.error(f"--reuse {args.reuse}: not a results.json of this study ({type(e).__name__}: {e})")
+        for name in ("seeds", "popsize", "ngen"):
+            if settings.get(name) != getattr(args, name):
+                p.error(
+                    f"--reuse {args.reuse}: its runs have {name}={settings.get(name)}, this run {getattr(args, name)}"
+                )
+        args.stored = {key: res["runs"] for key, res in stored.items()}
     return args
+
+
+# the rows a reused run computes again, to check that the stored run is this code's: the unaligned merge and
+# the aligned one (every run has both), beside the parents
+REUSE_CHECKS = ("merge, accuracy", "merge(align='activations')")
+
+
+def run(task, setting: str, seed: int, args) -> dict:
+    """One seed of one setting: :func:`~mega_deap.experiments.heldout_study.run_task`, or, with ``--reuse`` and
+    a stored run of it, the stored rows and the rows it lacks; the parents' accuracies and the rows of
+    :data:`REUSE_CHECKS` are computed again and compared with the stored ones (``SystemExit`` where they
+    differ)."""
+    runs = args.stored.get(f"{task.name}/{setting}", [])
+    kw = dict(popsize=args.popsize, ngen=args.ngen)
+    if seed >= len(runs):
+        return study.run_task(task, setting, seed, **kw)
+    old = runs[seed]
+    methods = tuple(m for m in study.METHODS if m not in old or m in REUSE_CHECKS)
+    new = study.run_task(task, setting, seed, methods=methods, **kw)
+    for key in ("best parent", "best parent by validation", "parents", *REUSE_CHECKS):
+        here, there = json.loads(json.dumps(new[key], default=float)), old.get(key)
+        if key != "parents":  # accuracies; not the seconds
+            here, there = here[:2], (there or [])[:2]
+        if here != there:
+            raise SystemExit(
+                f"--reuse {args.reuse}: {task.name} {setting} seed {seed}: {key} is {here} here and {there} there; "
+                "the stored runs are not this code's"
+            )
+    return {**old, **new, "gate_p": {**old.get("gate_p", {}), **new.get("gate_p", {})}}
 
 
 def main(argv=None):
@@ -80,14 +142,14 @@ def main(argv=None):
         for setting in args.settings:
             runs = []
             for seed in range(args.seeds):
-                runs.append(study.run_task(task, setting, seed, popsize=args.popsize, ngen=args.ngen))
+                runs.append(run(task, setting, seed, args))
                 say(
                     f"{name} {setting} seed {seed}: "
                     + ", ".join(f"{m} {v[1]:.3f}" for m, v in runs[-1].items() if m in study.METHODS)
                 )
             results[f"{name}/{setting}"] = {"runs": runs, "rows": study.summarize(runs), "role": study.ROLES[name]}
     choices = {}
-    seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in (1, 2, 3, 4, 5, 6)]
+    seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in range(1, 8)]
     if seen[0]:  # round 1: the fitness and the matching, on the development tasks
         choices.update(fitness=study.choose_metric(seen[0]), matching=study.choose_matching(seen[0]))
     if seen[1]:  # round 2: the gate, on the development and round-1 held-out tasks, with the defaults
@@ -100,9 +162,12 @@ def main(argv=None):
         choices["gate_holdout"] = study.choose_gate_holdout(seen[4], DEFAULT_GATE)
     if seen[5]:  # round 6: the gate's test on the whole set or cross-fitted, on every table but the new ones
         choices["gate_crossfit"] = study.choose_gate_crossfit(seen[5], DEFAULT_GATE)
+    if seen[6]:  # round 7: what align=True means, for the three methods that align with it by default
+        choices["default_matching"] = study.choose_default_matching(seen[6], DEFAULT_GATE)
     os.makedirs(args.out, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "stored"}
     write_json(
-        {"settings": vars(args), "results": results, "choices": choices, "seconds": time.perf_counter() - t0},
+        {"settings": settings, "results": results, "choices": choices, "seconds": time.perf_counter() - t0},
         os.path.join(args.out, "results.json"),
     )
     say(table(results, choices))
@@ -120,32 +185,25 @@ READ = {
     "zip": "Development, round-1, round-2 and round-3 held-out",
     "gate_holdout": "Development, round-1 to round-4 held-out",
     "gate_crossfit": "Development, round-1 to round-5 held-out",
+    "default_matching": "Development, round-1 to round-6 held-out",
 }
 # the methods each default runs as: merge() (the round-4 alignment), merge(align=False) (round 2's merge()),
 # merge(align='activations') (round 3's merge()), merge(align=True), the coefficient GA and cma_merge
 ROUND_3 = "merge(align='activations')"
-DEFAULT_METHODS = (
-    f"merge(align={DEFAULT_ALIGN!r})",
-    f"merge, {DEFAULT_METRIC}",
-    ROUND_3,
-    f"merge(align={DEFAULT_MATCHING!r})",
-    "coefficient GA, aligned",
-    "cma_merge",
+# (row, how a user calls it); the coefficient GA and cma_merge align with what align=True means
+_DEFAULTS = (
+    (f"merge(align={DEFAULT_ALIGN!r})", "`merge()`"),
+    (f"merge, {DEFAULT_METRIC}", "`merge(align=False)`"),
+    (ROUND_3, "`merge(align='activations')`"),
+    (f"merge(align={DEFAULT_MATCHING!r})", "`merge(align=True)`"),
+    (study.coefficient_row(DEFAULT_MATCHING), "coefficient GA"),
+    (study.cma_row(DEFAULT_MATCHING), "`cma_merge`"),
 )
-# their names in the tables: how a user calls them
-LABELS = dict(
-    zip(
-        DEFAULT_METHODS,
-        (
-            "`merge()`",
-            "`merge(align=False)`",
-            "`merge(align='activations')`",
-            "`merge(align=True)`",
-            "coefficient GA",
-            "`cma_merge`",
-        ),
-    )
-)
+# their names in the tables; two calls that run one row share it
+LABELS: dict = {}
+for _row, _label in _DEFAULTS:
+    LABELS[_row] = f"{LABELS[_row]} = {_label}" if _row in LABELS else _label
+DEFAULT_METHODS = tuple(LABELS)
 # rows of the gate at levels other than the default: chosen among, not shown in the tables
 HIDDEN = {study.gated(m, g) for m in study.GATED for g in study.CANDIDATE_GATES if g not in (None, DEFAULT_GATE)}
 
@@ -300,10 +358,12 @@ def summary(results, choices) -> str:
         + "\n\nOn the tables each round chose on (the fitness and the matching: development; the gate: "
         "development and round-1 held out; `merge()`'s alignment: development, round-1 and round-2 held out; "
         "the zip: development and round-1 to round-3 held out; the gate's test data: development and round-1 to "
-        "round-4 held out; the cross-fitted test: development and round-1 to round-5 held out; test accuracy "
-        "minus the best parent's, worst table and mean):\n\n"
+        "round-4 held out; the cross-fitted test: development and round-1 to round-5 held out; what `align=True` "
+        "means: development and round-1 to round-6 held out; test accuracy minus the best parent's, worst table "
+        "and mean):\n\n"
         + "\n".join(lines)
         + ("\n\n" + half_point_lines(results) if half_point(results) else "")
+        + ("\n" + matching_effect_lines(results) if matching_effect(results) else "")
         + ("\n" + crossfit_effect_lines(results, (LABELS[DEFAULT_METHODS[0]],)) if crossfit_effect(results) else "")
         + ("\n" + holdout_effect_lines(results, (LABELS[DEFAULT_METHODS[0]],)) if holdout_effect(results) else "")
         + ("\n" + zip_effect_lines(results) if zip_effect(results) else "")
@@ -421,20 +481,57 @@ def holdout_effect(results, candidate=study.held_gated) -> list:
     out of the fitness (``candidate``: the name of a method's candidate row) minus with the gate on the whole set
     (round 4's), over every seed of every table of that role (:func:`paired`), Holm-corrected over the
     methods of a role. Rows ``{role, method, mean, changed, runs, better, worse, p}``."""
+    pairs = [(LABELS[b], candidate(b), round4_row(b)) for b in DEFAULT_METHODS if b in study.HELD_GATED]
+    return _changes(results, pairs)
+
+
+def _changes(results, pairs) -> list:
+    """Per role of the tables and ``(label, new row, old row)`` of ``pairs``: test accuracy of the new row minus
+    the old over every seed of every table of that role (:func:`paired`; where both rows exist),
+    Holm-corrected over the pairs of a role. Rows ``{role, method, mean, changed, runs, better, worse, p}``."""
     from mega_deap.experiments.ablation import holm
 
     rows = []
     for role in ROLE_ORDER:
         runs = [run for res in results.values() if res["role"] == role for run in res["runs"]]
         group = [
-            {"role": role, "method": LABELS[b], **paired(runs, candidate(b), round4_row(b))}
-            for b in DEFAULT_METHODS
-            if runs and b in study.HELD_GATED and candidate(b) in runs[0]
+            {"role": role, "method": label, **paired(runs, new, old)}
+            for label, new, old in pairs
+            if runs and new in runs[0] and old in runs[0]
         ]
         for row, p in zip(group, holm([r["p"] for r in group])):
             row["p"] = p
         rows += group
     return rows
+
+
+# round 7's candidate against what align=True named before: (label, row with activation matching, row with
+# weight matching), each behind the default gate on the whole validation set
+MATCHING_PAIRS = tuple(
+    (label, *(round4_row(row(m)) for m in ("activations", "weights")))
+    for label, row in (
+        ("`merge(align=True)`", lambda m: f"merge(align={m!r})"),
+        ("coefficient GA", study.coefficient_row),
+        ("`cma_merge`", study.cma_row),
+    )
+)
+
+
+def matching_effect(results) -> list:
+    """What round 7's candidate changes: :func:`_changes` over :data:`MATCHING_PAIRS`."""
+    return _changes(results, MATCHING_PAIRS)
+
+
+def matching_effect_lines(results) -> str:
+    """:func:`matching_effect` as a Markdown table (points)."""
+    return _method_changes(
+        matching_effect(results),
+        None,
+        "What round 7's candidate changes: test accuracy with activation matching minus with weight matching, for "
+        f"the three methods that align with what `align=True` means, each with the gate (level {DEFAULT_GATE}) on "
+        "the whole validation set, over every seed of every table of a kind (points); p: two-sided Wilcoxon "
+        "signed-rank test on the runs that differ, Holm-corrected over the methods of a kind.",
+    )
 
 
 def holdout_effect_lines(results, methods=None) -> str:
@@ -536,6 +633,8 @@ def table(results, choices) -> str:
     for role in ROLE_ORDER[1:]:  # each round's held-out tables, as its rule would have judged them
         if half_point(results, role):
             out.append(half_point_lines(results, role))
+    if matching_effect(results):
+        out.append(matching_effect_lines(results))
     if crossfit_effect(results):
         out.append(crossfit_effect_lines(results))
     if holdout_effect(results):

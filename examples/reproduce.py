@@ -236,10 +236,13 @@ def section_align(out, quick):
     return head, ex.table(results), {"results": results}
 
 
-def section_heldout(out, quick):
-    """Merge defaults chosen on development tasks, reported on held-out ones (``examples/heldout_study.py``)."""
+def section_heldout(out, quick, reuse=False):
+    """Merge defaults chosen on development tasks, reported on held-out ones (``examples/heldout_study.py``);
+    ``reuse``: its ``--reuse`` of the runs in ``out/heldout/results.json``."""
     ex = load("heldout_study")
     argv = ["--out", str(out / "heldout"), "--quiet"]
+    if reuse:
+        argv += ["--reuse", str(out / "heldout" / "results.json")]
     if quick:
         argv += [
             "--tasks",
@@ -579,7 +582,16 @@ def main(argv=None):
     )
     p.add_argument("--quick", action="store_true", help="tiny settings; never written into the docs")
     p.add_argument("--no-docs", action="store_true", help="leave the documentation pages as they are")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="heldout: run only the rows OUT/heldout/results.json lacks (examples/heldout_study.py --reuse)",
+    )
     args = p.parse_args(argv)
+    if args.reuse and "heldout" not in (args.only or SECTIONS):
+        p.error("--reuse belongs to the heldout section, which this run leaves out")
+    if args.reuse and not (pathlib.Path(args.out) / "heldout" / "results.json").is_file():
+        p.error(f"--reuse: {pathlib.Path(args.out) / 'heldout' / 'results.json'} does not exist")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
@@ -587,8 +599,11 @@ def main(argv=None):
     for section in args.only or SECTIONS:
         t0 = time.perf_counter()
         print(f"[reproduce] {section} ...", file=sys.stderr, flush=True)
-        head, table, data = globals()[f"section_{section.replace('-', '_')}"](out, args.quick)
-        command = f"python examples/reproduce.py --out {args.out} --only {section}"
+        reuse = args.reuse and section == "heldout"
+        head, table, data = globals()[f"section_{section.replace('-', '_')}"](
+            out, args.quick, **({"reuse": True} if reuse else {})
+        )
+        command = f"python examples/reproduce.py --out {args.out} --only {section}" + (" --reuse" if reuse else "")
         text = block(section, head, table, env, command)
         (out / f"{section}.md").write_text(text + "\n")
         written[section] = {"head": head, "table": table, "seconds": time.perf_counter() - t0}

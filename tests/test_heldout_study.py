@@ -71,6 +71,55 @@ def test_choose_gate_crossfit_judges_merge_s_five_default_methods():
     assert study.choose_gate_crossfit({"t": _rows(deltas)}, 0.2)[0] == "crossfit"
 
 
+def test_choose_default_matching_judges_the_three_methods_that_align_with_align_true():
+    """Round 7: weights against activations, each judged on the worst table of merge(align=...), the coefficient
+    GA and cma_merge with that matching, behind the gate; merge()'s other rows and ungated rows are not read."""
+    deltas = {}
+    for m in study.CANDIDATE_MATCHINGS:
+        for row in (f"merge(align={m!r})", study.coefficient_row(m), study.cma_row(m)):
+            deltas[study.gated(row, 0.2)] = 0.01
+            deltas[row] = -0.5  # ungated: not judged
+    deltas[study.gated(study.cma_row("activations"), 0.2)] = -0.02  # one method's bad table decides
+    deltas[study.gated(study.coefficient_row("weights"), 0.2)] = -0.01
+    deltas[study.gated(study.ZIP, 0.2)] = -0.5  # merge(): not judged
+    deltas[study.gated("merge, accuracy", 0.2)] = -0.5
+    chosen, scores = study.choose_default_matching({"t": _rows(deltas)}, 0.2)
+    assert chosen == "weights" and scores["weights"] == (-0.01, pytest.approx(0.01 / 3))
+    assert scores["activations"] == (-0.02, pytest.approx(0.0))
+    # the weight-matching rows are the study's rows of rounds 1 to 6
+    assert study.coefficient_row("weights") == "coefficient GA, aligned" and study.cma_row("weights") == "cma_merge"
+    deltas[study.gated(study.cma_row("activations"), 0.2)] = 0.0
+    assert study.choose_default_matching({"t": _rows(deltas)}, 0.2)[0] == "activations"
+
+
+def test_matching_effect_pairs_each_method_s_activation_row_with_its_weight_row():
+    """Round 7's table: per kind of table and method, the activation-matching row minus the weight-matching row
+    (both behind the default gate); Wilcoxon on the runs that differ, Holm over the three methods of a kind."""
+    from scipy.stats import wilcoxon
+
+    ex = _example()
+    gains = [0.02, -0.01, 0.0, 0.03, 0.05, 0.01]
+    pairs = ex.MATCHING_PAIRS
+    assert [p[1:] for p in pairs] == [
+        tuple(ex.round4_row(row(m)) for m in ("activations", "weights"))
+        for row in (lambda m: f"merge(align={m!r})", study.coefficient_row, study.cma_row)
+    ]
+
+    def run(g):
+        r = {row: (0, 0.6) for _, new, old in pairs for row in (new, old)}
+        r[pairs[2][1]] = (0, 0.6 + g)  # cma_merge with activation matching: the only one that moves
+        return r
+
+    results = {"a/x": {"role": "held out", "runs": [run(g) for g in gains]}}
+    rows = ex.matching_effect(results)
+    assert [r["method"] for r in rows] == ["`merge(align=True)`", "coefficient GA", "`cma_merge`"]
+    cma = rows[2]
+    assert (cma["changed"], cma["better"], cma["worse"]) == (5, 4, 1) and cma["mean"] == pytest.approx(0.1 / 6)
+    assert cma["p"] == pytest.approx(min(1.0, 3 * wilcoxon([g for g in gains if g]).pvalue))
+    assert rows[0]["changed"] == 0 and rows[0]["p"] == 1.0
+    assert "What round 7's candidate changes" in ex.matching_effect_lines(results)
+
+
 @pytest.mark.parametrize(
     "effect,row,caption",
     [
@@ -155,7 +204,9 @@ def test_gated_rows_are_what_merge_with_that_gate_returns():
     assert r.gate_p != mega_deap.merge(parents, splits.val, gate=study.CROSSFIT_LEVEL, **kw).gate_p
 
 
-@pytest.mark.parametrize("task", study.HELD_OUT_4 + study.HELD_OUT_5 + study.HELD_OUT, ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "task", study.HELD_OUT_4 + study.HELD_OUT_5 + study.HELD_OUT_6 + study.HELD_OUT, ids=lambda t: t.name
+)
 def test_the_new_held_out_tasks_build(task):
     """Each new task's splits and model fit together, and its hidden units permute (shapes and the
     permutation spec only: their results are for the study)."""
@@ -167,11 +218,16 @@ def test_the_new_held_out_tasks_build(task):
     with torch.no_grad():
         assert model(X[:5]).shape == (5, splits.num_classes)
     assert permutation_spec(model).sizes
-    role = {**{t: "round-4 held out" for t in study.HELD_OUT_4}, **{t: "round-5 held out" for t in study.HELD_OUT_5}}
+    role = {
+        **{t: "round-4 held out" for t in study.HELD_OUT_4},
+        **{t: "round-5 held out" for t in study.HELD_OUT_5},
+        **{t: "round-6 held out" for t in study.HELD_OUT_6},
+    }
     role = role.get(task, "held out")
     assert int(y.max()) + 1 == splits.num_classes and study.ROLES[task.name] == role
     assert not set(study.ROLES).symmetric_difference(study.TASKS)
-    assert (role in study.ROUNDS[6]) == (task not in study.HELD_OUT)  # round 6 reads every task but its own
+    assert (role in study.ROUNDS[7]) == (task not in study.HELD_OUT)  # round 7 reads every task but its own
+    assert (role in study.ROUNDS[6]) == (task in study.HELD_OUT_4 + study.HELD_OUT_5)
     assert (role in study.ROUNDS[5]) == (task in study.HELD_OUT_4)
 
 
@@ -304,3 +360,70 @@ def test_the_calibrated_row_is_merge_without_alignment_with_calibration_inputs()
     assert out[study.CALIBRATED][:2] == (model_accuracy(r.model, *splits.val), model_accuracy(r.model, *splits.test))
     plain = study.run_task(study.TASKS["digits-mlp-subset"], "same-data", 0, popsize=4, ngen=1, methods=methods)
     assert study.CALIBRATED not in plain  # no BatchNorm: nothing to calibrate, no row
+
+
+def test_round_7_s_rows_are_what_the_coefficient_ga_and_cma_merge_return_with_each_matching():
+    """The coefficient GA's and cma_merge's rows with each matching are merge(genome="coefficients", align=m)'s
+    and cma_merge(align=m)'s on the same parents and seed; the two matchings give different merges."""
+    from mega_deap.align import cma_merge
+
+    task = study.TASKS["digits-mlp-subset"]
+    rows = {m: (study.coefficient_row(m), study.cma_row(m)) for m in study.CANDIDATE_MATCHINGS}
+    methods = ("best parent", "best parent by validation", *(r for pair in rows.values() for r in pair))
+    out = study.run_task(task, "different-data", 0, popsize=4, ngen=2, methods=methods + ("output ensemble",))
+    splits = study.task_splits(task, 0)
+    parents, _ = study.train_parents(task, splits, "different-data", 0)
+    kw = dict(seed=0, progress=False, device="cpu", gate=None)
+    for m, (coef, cma) in rows.items():
+        r = mega_deap.merge(parents, splits.val, popsize=4, ngen=2, genome="coefficients", align=m, **kw)
+        assert out[coef][:2] == (model_accuracy(r.model, *splits.val), model_accuracy(r.model, *splits.test)), m
+        r = cma_merge(parents, splits.val, ngen=2, lambda_=4, align=m, **kw)
+        assert r.align == m and out[cma][:2] == (
+            model_accuracy(r.model, *splits.val),
+            model_accuracy(r.model, *splits.test),
+        ), m
+    assert out[rows["weights"][1]][:2] != out[rows["activations"][1]][:2]
+
+
+def test_reuse_runs_only_the_missing_rows_and_gives_what_a_run_from_scratch_gives(tmp_path, monkeypatch):
+    """--reuse: a stored run's rows are kept, the rows it lacks are run, and the result equals a run from scratch
+    bit for bit; a stored run whose parents or spot-checked rows differ stops the run; a file of other settings
+    is refused in one line."""
+    import json
+
+    ex = _example()
+    task = study.TASKS["digits-mlp-subset"]
+    base = ("best parent", "best parent by validation", *ex.REUSE_CHECKS, "output ensemble")
+    new = (study.cma_row("activations"), study.gated(study.cma_row("activations"), 0.2))
+    monkeypatch.setattr(study, "METHODS", base + new)
+    kw = dict(popsize=4, ngen=2)
+    old = json.loads(json.dumps(study.run_task(task, "same-data", 0, methods=base, **kw), default=float))
+    scratch = json.loads(json.dumps(study.run_task(task, "same-data", 0, methods=base + new, **kw), default=float))
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"settings": {"seeds": 1, "popsize": 4, "ngen": 2}, "results": {}}))
+    args = ex.parse_args(["--reuse", str(path), "--seeds", "1", "--popsize", "4", "--ngen", "2"])
+    args.stored = {f"{task.name}/same-data": [old]}
+    calls = []
+    real = study.run_task
+    monkeypatch.setattr(study, "run_task", lambda *a, **k: calls.append(k.get("methods")) or real(*a, **k))
+    got = ex.run(task, "same-data", 0, args)
+    assert calls == [tuple(m for m in study.METHODS if m in ex.REUSE_CHECKS or m in new)]
+    for m in study.METHODS:
+        assert list(got[m][:2]) == scratch[m][:2], m
+    assert got["gate_p"] == scratch["gate_p"] and got["parents"] == scratch["parents"]
+    # a stored run that is not this code's
+    bad = dict(old, **{ex.REUSE_CHECKS[1]: [old[ex.REUSE_CHECKS[1]][0] + 0.01, *old[ex.REUSE_CHECKS[1]][1:]]})
+    args.stored = {f"{task.name}/same-data": [bad]}
+    with pytest.raises(SystemExit, match="merge\\(align='activations'\\) is"):
+        ex.run(task, "same-data", 0, args)
+    # a seed the file lacks runs from scratch
+    args.stored = {f"{task.name}/same-data": []}
+    calls.clear()
+    monkeypatch.setattr(study, "run_task", lambda *a, **k: calls.append(k.get("methods")) or {})
+    ex.run(task, "same-data", 0, args)
+    assert calls == [None]  # every method
+    with pytest.raises(SystemExit) as e:
+        ex.parse_args(["--reuse", str(path), "--seeds", "2"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        ex.parse_args(["--reuse", str(tmp_path / "missing.json")])

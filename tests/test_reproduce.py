@@ -51,3 +51,17 @@ def test_update_doc_replaces_only_its_block(tmp_path):
 
     with pytest.raises(SystemExit, match="no '<!-- reproduce:z -->' block"):
         rep.update_doc(doc, "z", "")
+
+
+def test_reuse_is_refused_in_one_line_where_there_is_nothing_to_reuse(tmp_path, capsys):
+    import pytest
+
+    rep = load()
+    for argv, said in (
+        (["--only", "merge", "--reuse"], "--reuse belongs to the heldout section"),
+        (["--only", "heldout", "--reuse"], "heldout/results.json does not exist"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            rep.main(["--out", str(tmp_path), *argv])
+        assert e.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "heldout").exists()  # refused before any work

@@ -5,7 +5,7 @@ are): on a subset of the training split, or with noisy labels, for many epochs. 
 settings, as the align study: ``same-data`` (two seeds, one training set) and ``different-data`` (each
 parent on a class-biased part, :func:`~mega_deap.experiments.align_study.biased_parts`).
 
-Six rounds of choosing. Round 1: the tasks in :data:`DEVELOPMENT` chose the fitness metric and the
+Seven rounds of choosing. Round 1: the tasks in :data:`DEVELOPMENT` chose the fitness metric and the
 matching (:func:`choose_metric`, :func:`choose_matching`); :data:`HELD_OUT_1` reported. Round 2: those
 six tasks, all seen by then, chose the significance gate's level (:func:`choose_gate`); :data:`HELD_OUT_2`
 reported. Round 3: those nine tasks chose ``merge``'s default alignment (:func:`choose_alignment`);
@@ -13,9 +13,11 @@ reported. Round 3: those nine tasks chose ``merge``'s default alignment (:func:`
 (:func:`choose_zip`); :data:`HELD_OUT_4` reported. Round 5: those fifteen chose where the gate's test
 reads its data (:func:`choose_gate_holdout`); :data:`HELD_OUT_5` reported. Round 6: those eighteen chose
 between the gate's test on the whole validation set and its test by cross-fitting
-(:func:`choose_gate_crossfit`); the tasks in :data:`HELD_OUT`, new in round 6 and not run before the
-choice, only report. Fitness and every choice inside a merge see the validation split alone;
-the test split reports.
+(:func:`choose_gate_crossfit`); :data:`HELD_OUT_6` reported. Round 7: those twenty-one chose the matching
+that ``align=True`` names, for the three methods that align with it by default (``merge(align=True)``, the
+coefficient GA and ``cma_merge``; :func:`choose_default_matching`); the tasks in :data:`HELD_OUT`, new in
+round 7 and not run before the choice, only report. Fitness and every choice inside a merge see the
+validation split alone; the test split reports.
 """
 
 import time
@@ -44,6 +46,7 @@ __all__ = [
     "HELD_OUT_3",
     "HELD_OUT_4",
     "HELD_OUT_5",
+    "HELD_OUT_6",
     "HELD_OUT",
     "ROLES",
     "ROLE_ORDER",
@@ -73,6 +76,9 @@ __all__ = [
     "CROSSFIT_LEVEL",
     "crossfit_gated",
     "choose_gate_crossfit",
+    "coefficient_row",
+    "cma_row",
+    "choose_default_matching",
 ]
 
 CANDIDATE_METRICS = ("accuracy_ll", "accuracy", "neg_log_loss", "neg_log_loss_tempered")
@@ -120,6 +126,22 @@ def crossfit_gated(method: str) -> str:
     return f"{method}, gate cross-fitted"
 
 
+# round 7: the matching align=True names (DEFAULT_MATCHING, "weights" since round 1, which read the development
+# tasks alone and merge(align=...) alone), judged on the three methods that align with it by default at once:
+# merge(align=True), the coefficient GA and cma_merge, each behind the gate at its default level. Their rows
+# with weight matching are the study's rows of round 1 on ("coefficient GA, aligned", "cma_merge").
+
+
+def coefficient_row(matching: str) -> str:
+    """The row name of the coefficient GA (``merge(genome="coefficients")``) aligned by ``matching``."""
+    return "coefficient GA, aligned" if matching == "weights" else f"coefficient GA, {matching}"
+
+
+def cma_row(matching: str) -> str:
+    """The row name of ``cma_merge`` aligned by ``matching``."""
+    return "cma_merge" if matching == "weights" else f"cma_merge, {matching}"
+
+
 # the methods each gate level is applied to (a gate reads a method's merged model; the GA is not rerun)
 # the unaligned merge with BatchNorm repair on calibration inputs (what README tells a user with BatchNorm
 # models to pass): a row of the tasks whose models have BatchNorm only. Added after round 3 chose, to check
@@ -133,6 +155,8 @@ GATED = (
     ZIP,
     "coefficient GA, aligned",
     "cma_merge",
+    coefficient_row("activations"),
+    cma_row("activations"),
 )
 
 
@@ -146,7 +170,7 @@ METHODS = (
     + tuple(f"merge, {m}" for m in CANDIDATE_METRICS)
     + ("MeGA (paper)", CALIBRATED)
     + tuple(f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS)
-    + (ZIP, "coefficient GA, aligned", "cma_merge")
+    + (ZIP, "coefficient GA, aligned", "cma_merge", coefficient_row("activations"), cma_row("activations"))
     + tuple(gated(m, g) for m in GATED for g in CANDIDATE_GATES if g is not None)
     + tuple(held_gated(m) for m in HELD_GATED)
     + tuple(crossfit_gated(m) for m in HELD_GATED)
@@ -208,12 +232,23 @@ HELD_OUT_5 = (
 # written down with round 6's candidate and before any of them ran: architectures no earlier round had (a
 # LeNet-style CNN with BatchNorm and leaky ReLU, a wide one-hidden-layer ELU MLP, a CNN without pooling
 # whose second convolution is strided) and a new synthetic data set of 20 classes
-HELD_OUT = (
+HELD_OUT_6 = (
     Task("digits-lenet-bn-noise", "digits", "lenet-bn", "noise", 0.2, 60),
     Task("synthetic20-elumlp-subset", "synthetic20", "elumlp", "subset", 0.25, 150),
     Task("digits-stridecnn-subset", "digits", "stridecnn", "subset", 0.25, 150),
 )
-TASKS = {t.name: t for t in DEVELOPMENT + HELD_OUT_1 + HELD_OUT_2 + HELD_OUT_3 + HELD_OUT_4 + HELD_OUT_5 + HELD_OUT}
+# written down with round 7's candidate and before any of them ran: architectures no earlier round had (a
+# CNN with BatchNorm, SiLU and average pooling; a tanh MLP of three hidden layers; a CNN without BatchNorm
+# whose first convolution is 5x5 and whose last is 1x1) and a new synthetic data set of 24 classes
+HELD_OUT = (
+    Task("digits-silucnn-bn-subset", "digits", "silucnn-bn", "subset", 0.25, 150),
+    Task("synthetic24-tanhmlp-noise", "synthetic24", "tanhmlp", "noise", 0.2, 100),
+    Task("digits-kernelcnn-noise", "digits", "kernelcnn", "noise", 0.25, 60),
+)
+TASKS = {
+    t.name: t
+    for t in DEVELOPMENT + HELD_OUT_1 + HELD_OUT_2 + HELD_OUT_3 + HELD_OUT_4 + HELD_OUT_5 + HELD_OUT_6 + HELD_OUT
+}
 # what each task's tables do: choose in every round; report in round 1, then choose; report in round 2,
 # then choose; report only
 ROLES = {
@@ -223,6 +258,7 @@ ROLES = {
     **{t.name: "round-3 held out" for t in HELD_OUT_3},
     **{t.name: "round-4 held out" for t in HELD_OUT_4},
     **{t.name: "round-5 held out" for t in HELD_OUT_5},
+    **{t.name: "round-6 held out" for t in HELD_OUT_6},
     **{t.name: "held out" for t in HELD_OUT},
 }
 # the roles, in the order the rounds met them
@@ -233,6 +269,7 @@ ROLE_ORDER = (
     "round-3 held out",
     "round-4 held out",
     "round-5 held out",
+    "round-6 held out",
     "held out",
 )
 # the roles whose tables each round's rule reads: every role met before the round's own held-out tasks
@@ -470,6 +507,50 @@ class StrideCNN(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class SiLUBNCNN(nn.Module):
+    """Two conv-BatchNorm-SiLU layers (convolutions without biases), average pooling between, global average
+    pooling, linear."""
+
+    def __init__(self, in_channels=1, num_classes=10, width=16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(2 * width)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = F.avg_pool2d(F.silu(self.bn1(self.conv1(x))), 2)
+        return self.fc(F.silu(self.bn2(self.conv2(x))).mean((2, 3)))
+
+
+class TanhMLP(GELUMLP):
+    """:class:`GELUMLP` with tanh and three hidden layers by default."""
+
+    def __init__(self, in_features, num_classes, hidden=(160, 96, 64)):
+        super().__init__(in_features, num_classes, hidden)
+
+    def act(self, x):
+        return torch.tanh(x)
+
+
+class KernelCNN(nn.Module):
+    """Without BatchNorm: a 5x5 conv-ReLU, max pooling, a 3x3 conv-ReLU, a 1x1 conv-ReLU, global average
+    pooling, linear."""
+
+    def __init__(self, in_channels=1, num_classes=10, width=12):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 5, padding=2)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.conv3 = nn.Conv2d(2 * width, 2 * width, 1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.relu(self.conv3(F.relu(self.conv2(x))))
+        return self.fc(x.mean((2, 3)))
+
+
 # scikit-learn's make_classification settings of the synthetic tasks
 SYNTHETIC = {
     "synthetic": dict(
@@ -489,6 +570,9 @@ SYNTHETIC = {
     ),
     "synthetic20": dict(
         n_samples=5000, n_features=48, n_informative=20, n_redundant=8, n_classes=20, class_sep=1.6, random_state=71
+    ),
+    "synthetic24": dict(
+        n_samples=6000, n_features=56, n_informative=24, n_redundant=8, n_classes=24, class_sep=1.7, random_state=83
     ),
 }
 
@@ -559,6 +643,12 @@ def build(task: Task, splits: Splits) -> nn.Module:
         return ELUMLP(features, splits.num_classes)
     if task.model == "stridecnn":
         return StrideCNN(splits.in_channels, splits.num_classes)
+    if task.model == "silucnn-bn":
+        return SiLUBNCNN(splits.in_channels, splits.num_classes)
+    if task.model == "tanhmlp":
+        return TanhMLP(features, splits.num_classes)
+    if task.model == "kernelcnn":
+        return KernelCNN(splits.in_channels, splits.num_classes)
     if task.model == "deepmlp":
         return MLP(features, splits.num_classes, hidden=(128, 64))
     raise ValueError(f"unknown model {task.model!r}")
@@ -662,19 +752,19 @@ def run_task(
         "merge, accuracy": dict(align=False),
         **{f"merge(align={how!r})": dict(align=how, calibration=calib) for how in CANDIDATE_MATCHINGS},
         ZIP: dict(align="zip", calibration=calib),
-        "coefficient GA, aligned": dict(align=True, calibration=calib, genome="coefficients"),
+        coefficient_row("weights"): dict(align="weights", calibration=calib, genome="coefficients"),
     }
     assert tuple(gated_merges) == HELD_GATED
     for method, kwargs in list(gated_merges.items())[1:]:  # "merge, accuracy": the fitness loop's row above
         timed(method, lambda kw=dict(common, **kwargs): merge(parents, splits.val, **kw).model)
-    timed(
-        "cma_merge",
-        lambda: (
-            cma_merge(
-                parents, splits.val, ngen=ngen, lambda_=popsize, seed=seed, calibration=calib, device="cpu", gate=None
-            ).model
-        ),
-    )
+    # round 7: the coefficient GA and cma_merge with each candidate matching (named, not align=True, so that
+    # the rows stay what they were whatever align=True names)
+    for matching in CANDIDATE_MATCHINGS:
+        if matching != "weights":  # the coefficient GA with weight matching: a row of gated_merges above
+            kw = dict(common, align=matching, calibration=calib, genome="coefficients")
+            timed(coefficient_row(matching), lambda kw=kw: merge(parents, splits.val, **kw).model)
+        kw = dict(ngen=ngen, lambda_=popsize, seed=seed, align=matching, calibration=calib, device="cpu", gate=None)
+        timed(cma_row(matching), lambda kw=kw: cma_merge(parents, splits.val, **kw).model)
     # the same five, each run again by merge with the gate's test as a candidate has it: round 5's (30 % held
     # out), round 6's (cross-fitted)
     tests: tuple[tuple[Callable[[str], str], dict], ...] = (
@@ -809,6 +899,19 @@ def choose_gate_crossfit(tables: dict, level) -> tuple:
     :data:`CROSSFIT_LEVEL`), each judged on the merge methods of :data:`HELD_GATED` at once (the worst table
     of any of them)."""
     return _against_the_whole_set(tables, level, "crossfit", crossfit_gated)
+
+
+def choose_default_matching(tables: dict, level) -> tuple:
+    """Round 7: :func:`choose` over the matchings ``align=True`` may name (:data:`CANDIDATE_MATCHINGS`), each
+    judged on the three methods that align with it by default at once (``merge(align=...)``, the coefficient GA
+    and ``cma_merge``, behind the gate at ``level``; ``None``: no gate): the worst table of any of them."""
+    return choose(
+        tables,
+        {
+            m: tuple(gated(row, level) for row in (f"merge(align={m!r})", coefficient_row(m), cma_row(m)))
+            for m in CANDIDATE_MATCHINGS
+        },
+    )
 
 
 def unaligned_baseline(run: dict, level) -> str:
