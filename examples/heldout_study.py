@@ -111,9 +111,9 @@ REUSE_CHECKS = ("merge, accuracy", "merge(align='activations')")
 
 def run(task, setting: str, seed: int, args) -> dict:
     """One seed of one setting: :func:`~mega_deap.experiments.heldout_study.run_task`, or, with ``--reuse`` and
-    a stored run of it, the stored rows and the rows it lacks; the parents' accuracies and the rows of
-    :data:`REUSE_CHECKS` are computed again and compared with the stored ones (``SystemExit`` where they
-    differ)."""
+    a stored run of it, the stored rows (with their seconds) and the rows it lacks; the parents' accuracies and
+    the rows of :data:`REUSE_CHECKS` are computed again and compared with the stored ones (``SystemExit`` where
+    they differ)."""
     runs = args.stored.get(f"{task.name}/{setting}", [])
     kw = dict(popsize=args.popsize, ngen=args.ngen)
     if seed >= len(runs):
@@ -130,7 +130,8 @@ def run(task, setting: str, seed: int, args) -> dict:
                 f"--reuse {args.reuse}: {task.name} {setting} seed {seed}: {key} is {here} here and {there} there; "
                 "the stored runs are not this code's"
             )
-    return {**old, **new, "gate_p": {**old.get("gate_p", {}), **new.get("gate_p", {})}}
+    # the stored rows as they were (their seconds too); the checks above only compared
+    return {**new, **old, "gate_p": {**new.get("gate_p", {}), **old.get("gate_p", {})}}
 
 
 def main(argv=None):
@@ -153,7 +154,7 @@ def main(argv=None):
     if seen[0]:  # round 1: the fitness and the matching, on the development tasks
         choices.update(fitness=study.choose_metric(seen[0]), matching=study.choose_matching(seen[0]))
     if seen[1]:  # round 2: the gate, on the development and round-1 held-out tasks, with the defaults
-        choices["gate"] = study.choose_gate(seen[1], DEFAULT_METRIC, DEFAULT_MATCHING)
+        choices["gate"] = study.choose_gate(seen[1], DEFAULT_METRIC, ROUND_1_MATCHING)
     if seen[2]:  # round 3: merge's default alignment, on every table but the new held-out ones
         choices["alignment"] = study.choose_alignment(seen[2], DEFAULT_METRIC, DEFAULT_GATE)
     if seen[3]:  # round 4: with or without the parents' zip, on every table but the new held-out ones
@@ -190,6 +191,9 @@ READ = {
 # the methods each default runs as: merge() (the round-4 alignment), merge(align=False) (round 2's merge()),
 # merge(align='activations') (round 3's merge()), merge(align=True), the coefficient GA and cma_merge
 ROUND_3 = "merge(align='activations')"
+# what align=True named when round 2 chose the gate (round 1's choice): round 2's rule reads its rows whatever
+# align=True names now
+ROUND_1_MATCHING = "weights"
 # (row, how a user calls it); the coefficient GA and cma_merge align with what align=True means
 _DEFAULTS = (
     (f"merge(align={DEFAULT_ALIGN!r})", "`merge()`"),
@@ -204,6 +208,23 @@ LABELS: dict = {}
 for _row, _label in _DEFAULTS:
     LABELS[_row] = f"{LABELS[_row]} = {_label}" if _row in LABELS else _label
 DEFAULT_METHODS = tuple(LABELS)
+# the methods rounds 5 and 6 judged their candidates on (merge's five default methods then, when align=True
+# named weight matching), in the tables' order, and the names of rows that are not defaults now
+HELD_ORDER = (study.ZIP, "merge, accuracy", ROUND_3, "merge(align='weights')", study.coefficient_row("weights"))
+OTHER_LABELS = {
+    "merge(align='weights')": "`merge(align='weights')`",
+    study.coefficient_row("weights"): "coefficient GA (weight matching)",
+    study.coefficient_row("activations"): "coefficient GA (activation matching)",
+    study.cma_row("weights"): "`cma_merge(align='weights')`",
+    study.cma_row("activations"): "`cma_merge(align='activations')`",
+}
+
+
+def label(row: str) -> str:
+    """How a user calls the method of ``row``: its default's name, or the call that names its alignment."""
+    return LABELS.get(row) or OTHER_LABELS[row]
+
+
 # rows of the gate at levels other than the default: chosen among, not shown in the tables
 HIDDEN = {study.gated(m, g) for m in study.GATED for g in study.CANDIDATE_GATES if g not in (None, DEFAULT_GATE)}
 
@@ -481,7 +502,7 @@ def holdout_effect(results, candidate=study.held_gated) -> list:
     out of the fitness (``candidate``: the name of a method's candidate row) minus with the gate on the whole set
     (round 4's), over every seed of every table of that role (:func:`paired`), Holm-corrected over the
     methods of a role. Rows ``{role, method, mean, changed, runs, better, worse, p}``."""
-    pairs = [(LABELS[b], candidate(b), round4_row(b)) for b in DEFAULT_METHODS if b in study.HELD_GATED]
+    pairs = [(label(b), candidate(b), round4_row(b)) for b in HELD_ORDER]
     return _changes(results, pairs)
 
 
@@ -652,8 +673,7 @@ def table(results, choices) -> str:
                 f"What the gate at its default level ({DEFAULT_GATE}), testing on the whole validation set, "
                 "changes: test accuracy of each default method with the gate minus without, over every seed of "
                 "every table of a kind (points); p: two-sided Wilcoxon signed-rank test on the runs it changes, "
-                "Holm-corrected over the six methods "
-                "of a kind.",
+                f"Holm-corrected over the {len(DEFAULT_METHODS)} methods of a kind.",
                 ("tables", "method", "mean change", "runs changed", "better / worse", "p (Holm)"),
                 [(r["role"], r["method"], *_change_cells(r)) for r in effect],
             )
