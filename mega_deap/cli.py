@@ -179,8 +179,8 @@ def align_value(text: str):
 
 
 def add_align_argument(p: argparse.ArgumentParser, also: str = "") -> None:
-    """``--align [auto|none|weights|activations|zip]``: merge's ``align`` (bare ``--align``: ``True``, weight
-    matching); ``also``: what the flag does besides, for the help."""
+    """``--align [auto|none|weights|activations|zip]``: merge's ``align`` (bare ``--align``: ``True``,
+    activation matching); ``also``: what the flag does besides, for the help."""
     p.add_argument(
         "--align",
         type=align_value,
@@ -190,7 +190,7 @@ def add_align_argument(p: argparse.ArgumentParser, also: str = "") -> None:
         metavar="{auto,none,weights,activations,zip}",
         help="align the parents' hidden units to the first one's before merging: auto (activation matching "
         "where the model allows it), none (the paper), weights, activations, or zip (activations, and the two "
-        "parents' zip in the first population); bare --align: weights" + also,
+        "parents' zip in the first population); bare --align: activations" + also,
     )
 
 

@@ -434,14 +434,14 @@ def merge(
                   are never read), ``"zip"`` (two parents: ``"activations"``, and the parents zipped,
                   :func:`mega_deap.align.zip_models`, in the first population beside them: ``include_parents=True``),
                   ``"weights"`` (:func:`mega_deap.align.weight_matching`), ``True`` (:data:`DEFAULT_MATCHING`,
-                  ``"weights"``, chosen in round 1 of the held-out study), ``False`` (the paper: no alignment) or
-                  ``"auto"`` (the default: :data:`DEFAULT_ALIGN`, ``"zip"``: activation matching, chosen in round 3 of
-                  the held-out study, and the zip, chosen in round 4, see README, wherever the merge can align: a weight
-                  genome of PyTorch modules whose hidden-unit permutations derive, with inputs to match on, and one
-                  objective; with more than two parents, ``include_parents=False`` or no room in ``popsize`` for the
-                  zip, ``"activations"``; else no alignment, as where the matching or the zip itself fails).
-                  ``MergeResult.align`` says which ran; ``verbose=True`` prints what ``"auto"`` chose and why. With
-                  alignment the first population also holds the aligned parents' average, and for networks without
+                  ``"activations"``, chosen in round 7 of the held-out study over ``"weights"``), ``False`` (the paper:
+                  no alignment) or ``"auto"`` (the default: :data:`DEFAULT_ALIGN`, ``"zip"``: activation matching,
+                  chosen in round 3 of the held-out study, and the zip, chosen in round 4, see README, wherever the
+                  merge can align: a weight genome of PyTorch modules whose hidden-unit permutations derive, with inputs
+                  to match on, and one objective; with more than two parents, ``include_parents=False`` or no room in
+                  ``popsize`` for the zip, ``"activations"``; else no alignment, as where the matching or the zip itself
+                  fails). ``MergeResult.align`` says which ran; ``verbose=True`` prints what ``"auto"`` chose and why.
+                  With alignment the first population also holds the aligned parents' average, and for networks without
                   BatchNorm (weight genomes) that average with REPAIR (:func:`mega_deap.align.repair_interpolation`, on
                   the same inputs), then the zip; with ``"auto"`` these join only where ``popsize`` has room beside the
                   parents.
@@ -565,6 +565,9 @@ def merge(
         matching, align_note = None, "a Pareto merge (auto aligns merges of one objective)"
     elif auto:
         matching, align_note = _auto_align(models, genome, val_data is not None or calibration is not None)
+    elif matching == "activations" and val_data is None and calibration is None:
+        named = "align=True names activation matching, which" if align is True else f"align={align!r}"
+        raise SettingError(f"{named} matches units on inputs and this merge has none: give calibration inputs")
     if not isinstance(include_parents, bool):
         raise SettingTypeError(f"include_parents must be True or False, got {include_parents!r}")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
@@ -760,7 +763,9 @@ MATCHINGS = ("weights", "activations")
 # merge's align="zip": the parents aligned by activations, and their zip (mega_deap.align.zip_models) in
 # the first population
 ZIP = "zip"
-DEFAULT_MATCHING = "weights"  # align=True; chosen on the held-out study's development tasks (README)
+# align=True (merge's, and the coefficient GA's and cma_merge's default): activation matching, chosen by round 7
+# of the held-out study over weight matching (round 1's choice, on the development tasks alone), see README
+DEFAULT_MATCHING = "activations"
 # merge's align="auto" where the models allow it: activation matching, chosen by round 3 of the held-out
 # study, with the two parents' zip in the first population, chosen by round 4 (README)
 DEFAULT_ALIGN = ZIP
@@ -985,7 +990,9 @@ def cma_merge(
     :param ngen: generations.
     :param lambda_: offspring per generation (CMA-ES's default ``4 + 3 ln(G k)`` when ``None``).
     :param sigma: the initial step size.
-    :param align: align the parents' hidden units to the first parent's first, as :func:`merge`'s.
+    :param align: align the parents' hidden units to the first parent's first, as :func:`merge`'s: ``True``
+                  (the default) is :data:`DEFAULT_MATCHING`, activation matching on the calibration inputs, else
+                  the validation inputs (round 7 of the held-out study, see README); ``"weights"``; ``False``.
     :param calibration: inputs to recompute BatchNorm statistics on for every candidate (and the result).
     :param metric: the fitness, as :func:`merge`'s.
     :param include_parents: the parents (one-hot coefficient genomes) and their average, CMA-ES's first

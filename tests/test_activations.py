@@ -136,7 +136,7 @@ def test_repair_of_a_parent_interpolated_with_itself_changes_nothing():
 def test_merge_aligns_by_activations_and_seeds_the_repaired_average(digit_mlps, digits):
     """align="activations" matches on the validation inputs (no calibration given); the first population
     holds the parents, their average and the REPAIRed average (no BatchNorm here). align=True is the
-    default matching, weight matching."""
+    default matching, activation matching (round 7); align="weights" is weight matching."""
     X, y = digits["val"]
     r = mega_deap.merge(
         digit_mlps, (X, y), popsize=6, ngen=0, seed=0, progress=False, device="cpu", align="activations"
@@ -148,9 +148,10 @@ def test_merge_aligns_by_activations_and_seeds_the_repaired_average(digit_mlps, 
     assert torch.equal(r.population[2].genome, average)
     repaired = repair_interpolation(weight_average([a, b]), [a, b], X)
     torch.testing.assert_close(r.population[3].genome, ad.genome(repaired))
-    w = mega_deap.merge(
-        digit_mlps, (X, y), popsize=6, ngen=0, seed=0, progress=False, device="cpu", align=True
-    )  # the default matching
+    kw = dict(popsize=6, ngen=0, seed=0, progress=False, device="cpu")
+    t = mega_deap.merge(digit_mlps, (X, y), align=True, **kw)  # the default matching
+    assert t.align == "activations" and torch.equal(t.population[1].genome, r.population[1].genome)
+    w = mega_deap.merge(digit_mlps, (X, y), align="weights", **kw)
     wa, wb = weight_matching(list(digit_mlps))
     assert torch.equal(w.population[1].genome, ad.genome(wb))
     assert not torch.equal(w.population[1].genome, r.population[1].genome)

@@ -512,6 +512,18 @@ def test_merge_refuses_bad_alignment_settings_before_any_work(digit_mlps, digits
         mega_deap.merge(digit_mlps, digits["val"], popsize=2, npar=2, tournsize=2, align=True)
     with pytest.raises(ValueError, match="no BatchNorm"):
         mega_deap.merge(digit_mlps, digits["val"], calibration=digits["train"][0], progress=False, align=False)
+    # align=True names activation matching, which reads inputs: a merge on an objective of the model alone has
+    # none; weight matching needs none
+    from mega_deap.objectives import on_model
+
+    size = on_model(lambda m: float(sum(p.abs().sum() for p in m.parameters())), name="size")
+    kw = dict(metric=size, popsize=4, ngen=1, progress=False, device="cpu")
+    for align in (True, "activations"):
+        with pytest.raises(ValueError, match=f"align={align!r}.*has none: give calibration inputs"):
+            mega_deap.merge(digit_mlps, None, align=align, **kw)
+    assert mega_deap.merge(digit_mlps, None, align="weights", **kw).align == "weights"
+    X = digits["val"][0]
+    assert mega_deap.merge(digit_mlps, None, align=True, calibration=X[:64], **kw).align == "activations"
 
 
 def test_neg_log_loss_is_the_mean_log_likelihood(digit_mlps, digits):

@@ -115,14 +115,15 @@ def test_the_gate_from_the_command_line(folder):
 
 def test_the_alignment_from_the_command_line(folder):
     """--align defaults to auto (activation matching here), --align none to the paper's unaligned merge,
-    bare --align to weight matching; results.json says which ran; a wrong value is argparse's one line."""
+    bare --align to align=True (activation matching); results.json says which ran; a wrong value is argparse's
+    one line."""
     import json
 
     common = ["a.safetensors", "b.pt", "--model", "mynets:make_net", "--data", "mynets:validation"]
     for extra, out, want in (
         ([], "a0", "activations"),  # N=4: the parents, their average and its REPAIRed copy; no room for the zip
         (["--align", "none"], "a1", None),
-        (["--align"], "a2", "weights"),
+        (["--align"], "a2", "activations"),
         (["--align", "zip", "--popsize", "6"], "a4", "zip"),  # room for the average, REPAIR and the zip
     ):
         proc = cli(folder, *common, "--popsize", "4", "--ngen", "1", *extra, "--out", out, "--quiet")
