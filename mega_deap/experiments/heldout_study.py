@@ -383,23 +383,21 @@ class ResBNCNN(nn.Module):
 
 
 class GELUMLP(nn.Module):
-    """Two hidden layers with GELU, then a linear classifier. Subclasses override ``act`` and the
-    default ``hidden``."""
+    """Hidden layers (two by default) with GELU, or the activation function ``act``, then a linear
+    classifier."""
 
-    def __init__(self, in_features, num_classes, hidden=(192, 96)):
+    def __init__(self, in_features, num_classes, hidden=(192, 96), act=F.gelu):
         super().__init__()
         sizes = (in_features, *hidden)
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         self.out = nn.Linear(sizes[-1], num_classes)
+        self.act = act
 
     def forward(self, x):
         x = x.flatten(1)
         for layer in self.hidden:
             x = self.act(layer(x))
         return self.out(x)
-
-    def act(self, x):
-        return F.gelu(x)
 
 
 class TanhCNN(PlainCNN):
@@ -434,16 +432,6 @@ class ResBNMLP(nn.Module):
         return self.head(h)
 
 
-class SiLUMLP(GELUMLP):
-    """:class:`GELUMLP` with SiLU and three hidden layers by default."""
-
-    def __init__(self, in_features, num_classes, hidden=(128, 96, 64)):
-        super().__init__(in_features, num_classes, hidden)
-
-    def act(self, x):
-        return F.silu(x)
-
-
 class LeNet(nn.Module):
     """Two conv-ReLU-max-pool blocks without BatchNorm, a flatten, a hidden linear layer and a classifier.
     ``norm``: BatchNorm after each convolution (which then has no bias). Subclasses override ``act``."""
@@ -476,16 +464,6 @@ class LeakyBNLeNet(LeNet):
         return F.leaky_relu(x, 0.1)
 
 
-class ELUMLP(GELUMLP):
-    """:class:`GELUMLP` with ELU and one hidden layer of 256 by default."""
-
-    def __init__(self, in_features, num_classes, hidden=(256,)):
-        super().__init__(in_features, num_classes, hidden)
-
-    def act(self, x):
-        return F.elu(x)
-
-
 class StrideCNN(nn.Module):
     """Three conv-ReLU layers without BatchNorm or pooling, the second with stride 2, global average pooling,
     linear."""
@@ -507,31 +485,13 @@ class StrideCNN(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-class SiLUBNCNN(nn.Module):
-    """Two conv-BatchNorm-SiLU layers (convolutions without biases), average pooling between, global average
-    pooling, linear."""
-
-    def __init__(self, in_channels=1, num_classes=10, width=16):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(2 * width)
-        self.fc = nn.Linear(2 * width, num_classes)
+class SiLUBNCNN(SmallCNN):
+    """:class:`SmallCNN` (two conv-BatchNorm layers, global average pooling, linear) with SiLU and average
+    pooling."""
 
     def forward(self, x):
         x = F.avg_pool2d(F.silu(self.bn1(self.conv1(x))), 2)
         return self.fc(F.silu(self.bn2(self.conv2(x))).mean((2, 3)))
-
-
-class TanhMLP(GELUMLP):
-    """:class:`GELUMLP` with tanh and three hidden layers by default."""
-
-    def __init__(self, in_features, num_classes, hidden=(160, 96, 64)):
-        super().__init__(in_features, num_classes, hidden)
-
-    def act(self, x):
-        return torch.tanh(x)
 
 
 class KernelCNN(nn.Module):
@@ -636,17 +596,17 @@ def build(task: Task, splits: Splits) -> nn.Module:
     if task.model == "resmlp-bn":
         return ResBNMLP(features, splits.num_classes)
     if task.model == "silumlp":
-        return SiLUMLP(features, splits.num_classes)
+        return GELUMLP(features, splits.num_classes, hidden=(128, 96, 64), act=F.silu)
     if task.model == "lenet-bn":
         return LeakyBNLeNet(splits.in_channels, splits.num_classes, splits.image_size)
     if task.model == "elumlp":
-        return ELUMLP(features, splits.num_classes)
+        return GELUMLP(features, splits.num_classes, hidden=(256,), act=F.elu)
     if task.model == "stridecnn":
         return StrideCNN(splits.in_channels, splits.num_classes)
     if task.model == "silucnn-bn":
         return SiLUBNCNN(splits.in_channels, splits.num_classes)
     if task.model == "tanhmlp":
-        return TanhMLP(features, splits.num_classes)
+        return GELUMLP(features, splits.num_classes, hidden=(160, 96, 64), act=torch.tanh)
     if task.model == "kernelcnn":
         return KernelCNN(splits.in_channels, splits.num_classes)
     if task.model == "deepmlp":
