@@ -438,8 +438,9 @@ def test_auto_alignment_falls_back_to_none_and_says_why(digit_mlps, digits, caps
         out = capsys.readouterr().out.splitlines()
         assert out[0].startswith("align: none: ") and why in out[0], out[0]
     # an explicit matching on such a model is refused, naming the node or the tracing failure
-    with pytest.raises(ValueError, match="torch.fx"):
-        mega_deap.merge(branchy, (X, y), align="activations", **kw)
+    for align in ("activations", True, "weights"):  # the message names no one matching
+        with pytest.raises(ValueError, match=r"^alignment \(weight or activation matching\) needs .* torch.fx"):
+            mega_deap.merge(branchy, (X, y), align=align, **kw)
     # several objectives: no alignment unless asked for
     groups = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     front = mega_deap.merge(digit_mlps, (X, y), objectives=groups, **kw)

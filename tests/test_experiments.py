@@ -335,12 +335,12 @@ def _digits_merge_cifar(out, *extra):
 def test_merge_cifar_align_reports_the_aligned_rows_and_repairs_batchnorm(tmp_path):
     report = _digits_merge_cifar(tmp_path / "run", "--ngen", "2", "--align", "--calibration", "200")
     names = [r["model"] for r in report["rows"]]
-    assert names == [*ALIGNED_REPORT, "MeGA, aligned by weights"]
+    assert names == [*ALIGNED_REPORT, "MeGA, aligned by activations"]
     rows = {r["model"]: r for r in report["rows"]}
     # BatchNorm statistics recomputed on training images bring the aligned average back near the parents
     assert rows["aligned averaging + BatchNorm repair"]["val_acc"] > rows["aligned weight averaging"]["val_acc"]
     # the parents are in the first population: the merge is at least the better parent on validation
-    assert rows["MeGA, aligned by weights"]["val_acc"] >= max(rows[n]["val_acc"] for n in names[:2])
+    assert rows["MeGA, aligned by activations"]["val_acc"] >= max(rows[n]["val_acc"] for n in names[:2])
     assert report["settings"]["align"] is True
 
 

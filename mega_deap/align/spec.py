@@ -211,7 +211,7 @@ class _Tracer:
     # -- the walk -----------------------------------------------------------------
     def unsupported(self, node, why=""):
         raise SettingError(
-            f"weight matching cannot derive the permutations of {type(self.model).__name__}: "
+            f"alignment cannot derive the hidden-unit permutations of {type(self.model).__name__}: "
             f"node {node.name!r} ({node.format_node()}) is not supported{': ' + why if why else ''}. "
             "Supported: Linear, Conv (groups=1), BatchNorm, element-wise activations, dropout, "
             "pooling, flatten, spatial reductions, residual additions, channel padding and cat"
@@ -382,7 +382,7 @@ class _Tracer:
             graph = fx.symbolic_trace(self.model).graph
         except Exception as err:
             raise SettingError(
-                f"weight matching needs a model that torch.fx can trace; tracing "
+                f"alignment (weight or activation matching) needs a model that torch.fx can trace; tracing "
                 f"{type(self.model).__name__} failed: {type(err).__name__}: {err}"
             ) from None
         env = {}
