@@ -394,25 +394,21 @@ def summary(results, choices) -> str:
 
 
 def gate_effect(results, level=DEFAULT_GATE) -> list:
-    """What the gate at ``level`` changes, per role of the tables and default method: over every seed of
-    every table of that role, the mean change of test accuracy (gated minus ungated), the runs it changes,
-    how many for the better and the worse, and a two-sided Wilcoxon signed-rank test on the changed runs,
-    Holm-corrected over the methods of a role. Rows ``{role, method, mean, changed, runs, better, worse,
-    p}``."""
-    from mega_deap.experiments.ablation import holm
+    """What the gate at ``level`` changes, per role of the tables and default method (:func:`_changes`, by the
+    methods' labels): test accuracy gated minus ungated over every seed of every table of that role."""
+    return _changes(results, [(LABELS[b], study.gated(b, level), b) for b in DEFAULT_METHODS])
 
-    rows = []
-    for role in ROLE_ORDER:
-        runs = [run for res in results.values() if res["role"] == role for run in res["runs"]]
-        group = [
-            {"role": role, "method": b, **paired(runs, study.gated(b, level), b)}
-            for b in DEFAULT_METHODS
-            if runs and study.gated(b, level) in runs[0]
-        ]
-        for row, p in zip(group, holm([r["p"] for r in group])):
-            row["p"] = p
-        rows += group
-    return rows
+
+def gate_effect_lines(results) -> str:
+    """:func:`gate_effect` at the default level as a Markdown table (points); empty where it has no row."""
+    return _method_changes(
+        gate_effect(results),
+        None,
+        f"What the gate at its default level ({DEFAULT_GATE}), testing on the whole validation set, changes: test "
+        "accuracy of each default method with the gate minus without, over every seed of every table of a kind "
+        "(points); p: two-sided Wilcoxon signed-rank test on the runs it changes, Holm-corrected over the "
+        f"{len(DEFAULT_METHODS)} methods of a kind.",
+    )
 
 
 def paired(runs, new: str, old) -> dict:
@@ -666,18 +662,8 @@ def table(results, choices) -> str:
         out.append(align_effect_lines(results))
     if rule_check(results)[0]:
         out.append(rule_check_line(results))
-    effect = gate_effect(results) if DEFAULT_GATE is not None else []
-    if effect:
-        out.append(
-            markdown(
-                f"What the gate at its default level ({DEFAULT_GATE}), testing on the whole validation set, "
-                "changes: test accuracy of each default method with the gate minus without, over every seed of "
-                "every table of a kind (points); p: two-sided Wilcoxon signed-rank test on the runs it changes, "
-                f"Holm-corrected over the {len(DEFAULT_METHODS)} methods of a kind.",
-                ("tables", "method", "mean change", "runs changed", "better / worse", "p (Holm)"),
-                [(r["role"], r["method"], *_change_cells(r)) for r in effect],
-            )
-        )
+    if DEFAULT_GATE is not None and (effect := gate_effect_lines(results)):
+        out.append(effect)
     for role in ROLE_ORDER:
         for key, res in results.items():
             if res["role"] != role:

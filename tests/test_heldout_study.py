@@ -163,6 +163,32 @@ def test_candidate_effects_pair_each_merge_method_with_its_whole_set_gate(effect
     assert caption in getattr(ex, effect + "_lines")(results)
 
 
+def test_gate_effect_pairs_each_default_method_with_itself_ungated_by_its_label():
+    """The gate's table: per kind of table and default method (named as a user calls it), the gated row minus
+    the ungated one; Wilcoxon on the runs that differ, Holm over the default methods of a kind."""
+    from scipy.stats import wilcoxon
+
+    ex = _example()
+    methods = ex.DEFAULT_METHODS
+    gains = [0.02, -0.01, 0.0, 0.03, 0.05, 0.01]
+
+    def run(g):
+        r = {row: (0, 0.6) for m in methods for row in (m, study.gated(m, ex.DEFAULT_GATE))}
+        r[study.gated(methods[-1], ex.DEFAULT_GATE)] = (0, 0.6 + g)  # cma_merge: the only one that moves
+        return r
+
+    results = {"a/x": {"role": "held out", "runs": [run(g) for g in gains]}}
+    rows = ex.gate_effect(results)
+    assert [r["method"] for r in rows] == [ex.LABELS[m] for m in methods]
+    assert rows[0]["method"] == "`merge()`" and rows[-1]["method"] == "`cma_merge`"
+    last = rows[-1]
+    assert (last["changed"], last["better"], last["worse"]) == (5, 4, 1)
+    assert last["p"] == pytest.approx(min(1.0, len(methods) * wilcoxon([g for g in gains if g]).pvalue))
+    assert all(r["changed"] == 0 and r["p"] == 1.0 for r in rows[:-1])
+    text = ex.gate_effect_lines(results)
+    assert text.startswith("What the gate at its default level") and "| held out | `cma_merge` | +1.67 |" in text
+
+
 def test_gated_rows_are_what_merge_with_that_gate_returns():
     """The study applies the gate to a merge after the fact (the GA runs once); merge(gate=level) on the same
     parents and seed must give the same accuracies."""
