@@ -4,40 +4,44 @@
     python examples/heldout_study.py --out results/heldout --reuse results/heldout/results.json   # new rows only
     python examples/heldout_study.py --tasks digits-mlp-subset --seeds 2   # a quick look
 
-Tasks (``mega_deap.experiments.heldout_study``), in seven rounds of choosing:
+Tasks (``mega_deap.experiments.heldout_study``), in eight rounds of choosing:
 
-- development (round 1 chose merge's default fitness and matching on them; rounds 2 to 7 too): a digits
+- development (round 1 chose merge's default fitness and matching on them; rounds 2 to 8 too): a digits
   MLP on 30 % of its training data, digits CNNs with and without BatchNorm on 20 %-noisy labels;
-- round-1 held out (reported in round 1; rounds 2 to 7 chose on them): a wider digits CNN without
+- round-1 held out (reported in round 1; rounds 2 to 8 chose on them): a wider digits CNN without
   BatchNorm on 30 % of its data, a BatchNorm MLP on 30 % of breast cancer, a two-hidden-layer MLP on noisy
   labels of a 10-class synthetic task;
-- round-2 held out (reported in round 2; rounds 3 to 7 chose on them): a three-block BatchNorm CNN on 20 %
+- round-2 held out (reported in round 2; rounds 3 to 8 chose on them): a three-block BatchNorm CNN on 20 %
   of digits, a BatchNorm MLP on 30 %-noisy digits labels, an MLP on 25 % of a 6-class synthetic task;
-- round-3 held out (reported in round 3; rounds 4 to 7 chose on them): a residual MLP on 25 %-noisy
+- round-3 held out (reported in round 3; rounds 4 to 8 chose on them): a residual MLP on 25 %-noisy
   digits labels, a LeNet-style CNN (a hidden linear layer after the convolutions) on 25 % of digits, a
   BatchNorm MLP on 25 %-noisy labels of an 8-class synthetic task;
-- round-4 held out (reported in round 4; rounds 5 to 7 chose on them): a VGG-style CNN without BatchNorm on
+- round-4 held out (reported in round 4; rounds 5 to 8 chose on them): a VGG-style CNN without BatchNorm on
   20 %-noisy digits labels, a residual BatchNorm CNN on 25 % of digits, a GELU MLP on 20 %-noisy labels of a
   12-class synthetic task;
-- round-5 held out (reported in round 5; rounds 6 and 7 chose on them): a tanh CNN with average pooling and no
+- round-5 held out (reported in round 5; rounds 6 to 8 chose on them): a tanh CNN with average pooling and no
   BatchNorm on 25 %-noisy digits labels, a residual MLP with BatchNorm on 30 % of a 16-class synthetic task,
   a SiLU MLP of three hidden layers on 20 % of digits;
-- round-6 held out (reported in round 6; round 7 chose on them): a LeNet-style CNN with BatchNorm and leaky
+- round-6 held out (reported in round 6; rounds 7 and 8 chose on them): a LeNet-style CNN with BatchNorm and leaky
   ReLU on 20 %-noisy digits labels, a one-hidden-layer ELU MLP (256 wide) on 25 % of a 20-class synthetic task,
   a CNN of three convolutions without pooling (the second strided) on 25 % of digits;
-- held out (new in round 7, reported only): a CNN with BatchNorm, SiLU and average pooling on 25 % of digits,
-  a tanh MLP of three hidden layers on 20 %-noisy labels of a 24-class synthetic task, a CNN without BatchNorm
-  of a 5x5, a 3x3 and a 1x1 convolution on 25 %-noisy digits labels.
+- round-7 held out (reported in round 7; round 8 chose on them): a CNN with BatchNorm, SiLU and average pooling
+  on 25 % of digits, a tanh MLP of three hidden layers on 20 %-noisy labels of a 24-class synthetic task, a CNN
+  without BatchNorm of a 5x5, a 3x3 and a 1x1 convolution on 25 %-noisy digits labels;
+- held out (new in round 8, reported only): a Mish MLP on 25 %-noisy digits labels, an MLP of two
+  Linear-BatchNorm-hardswish layers on 30 % of a 28-class synthetic task, a CNN without BatchNorm of three 3x3
+  convolutions with ELU and global max pooling on 20 %-noisy digits labels.
 
 Round 1 chose the fitness and what ``align=True`` means, round 2 the significance gate's level, round 3
 ``merge``'s default alignment, round 4 whether it also seeds the two parents' zip, round 5 whether the gate
 tests on a part of the validation set held out of the fitness, round 6 whether it tests by cross-fitting,
-round 7 what ``align=True`` means again, for the three methods that align with it by default.
+round 7 what ``align=True`` means again, for the three methods that align with it by default, round 8 whether
+``align="auto"`` (the default) aligns a coefficient genome.
 Every parent is trained until it fits its
 data. Each task in two settings: same-data parents (two seeds) and different-data parents (class-biased
 parts). The rules (``choose_metric``, ``choose_matching``, ``choose_gate``, ``choose_alignment``,
-``choose_zip``, ``choose_gate_holdout``, ``choose_gate_crossfit``, ``choose_default_matching``) read only
-the tables of their round; the held-out tables are printed beside them.
+``choose_zip``, ``choose_gate_holdout``, ``choose_gate_crossfit``, ``choose_default_matching``,
+``choose_coefficient_alignment``) read only the tables of their round; the held-out tables are printed beside them.
 
 ``--reuse FILE`` takes each run's rows from an earlier ``results.json`` of the same seeds, N and G and runs
 only the rows it lacks (new tasks, new methods). Each reused run's parents and the rows of
@@ -150,7 +154,7 @@ def main(argv=None):
                 )
             results[f"{name}/{setting}"] = {"runs": runs, "rows": study.summarize(runs), "role": study.ROLES[name]}
     choices = {}
-    seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in range(1, 8)]
+    seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in range(1, 9)]
     if seen[0]:  # round 1: the fitness and the matching, on the development tasks
         choices.update(fitness=study.choose_metric(seen[0]), matching=study.choose_matching(seen[0]))
     if seen[1]:  # round 2: the gate, on the development and round-1 held-out tasks, with the defaults
@@ -165,6 +169,8 @@ def main(argv=None):
         choices["gate_crossfit"] = study.choose_gate_crossfit(seen[5], DEFAULT_GATE)
     if seen[6]:  # round 7: what align=True means, for the three methods that align with it by default
         choices["default_matching"] = study.choose_default_matching(seen[6], DEFAULT_GATE)
+    if seen[7]:  # round 8: whether align="auto" aligns a coefficient genome, on the coefficient GA
+        choices["coefficient_alignment"] = study.choose_coefficient_alignment(seen[7], DEFAULT_GATE)
     os.makedirs(args.out, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "stored"}
     write_json(
@@ -187,6 +193,7 @@ READ = {
     "gate_holdout": "Development, round-1 to round-4 held-out",
     "gate_crossfit": "Development, round-1 to round-5 held-out",
     "default_matching": "Development, round-1 to round-6 held-out",
+    "coefficient_alignment": "Development, round-1 to round-7 held-out",
 }
 # the methods each default runs as: merge() (the round-4 alignment), merge(align=False) (round 2's merge()),
 # merge(align='activations') (round 3's merge()), merge(align=True), the coefficient GA and cma_merge
@@ -217,6 +224,7 @@ OTHER_LABELS = {
     study.coefficient_row("activations"): "coefficient GA (activation matching)",
     study.cma_row("weights"): "`cma_merge(align='weights')`",
     study.cma_row("activations"): "`cma_merge(align='activations')`",
+    study.coefficient_row(None): "coefficient GA (unaligned)",
 }
 
 
@@ -380,10 +388,12 @@ def summary(results, choices) -> str:
         "development and round-1 held out; `merge()`'s alignment: development, round-1 and round-2 held out; "
         "the zip: development and round-1 to round-3 held out; the gate's test data: development and round-1 to "
         "round-4 held out; the cross-fitted test: development and round-1 to round-5 held out; what `align=True` "
-        "means: development and round-1 to round-6 held out; test accuracy minus the best parent's, worst table "
-        "and mean):\n\n"
+        "means: development and round-1 to round-6 held out; what `align='auto'` does with a coefficient genome: "
+        "development and round-1 to round-7 held out; test accuracy minus the best parent's, worst table and "
+        "mean):\n\n"
         + "\n".join(lines)
         + ("\n\n" + half_point_lines(results) if half_point(results) else "")
+        + ("\n" + coefficient_effect_lines(results) if coefficient_effect(results) else "")
         + ("\n" + matching_effect_lines(results) if matching_effect(results) else "")
         + ("\n" + crossfit_effect_lines(results, (LABELS[DEFAULT_METHODS[0]],)) if crossfit_effect(results) else "")
         + ("\n" + holdout_effect_lines(results, (LABELS[DEFAULT_METHODS[0]],)) if holdout_effect(results) else "")
@@ -551,6 +561,30 @@ def matching_effect_lines(results) -> str:
     )
 
 
+def coefficient_effect(results) -> list:
+    """What round 8's candidate changes: the coefficient GA aligned by activation matching minus unaligned, as
+    :func:`align_effect` pairs them (behind the default gate on the whole validation set)."""
+    return align_effect(
+        results, new_method=study.coefficient_row("activations"), old_method=study.coefficient_row(None)
+    )
+
+
+def coefficient_effect_lines(results) -> str:
+    """:func:`coefficient_effect` as a Markdown table (points)."""
+    rows = coefficient_effect(results)
+    if not rows:
+        return ""
+    return markdown(
+        "What round 8's candidate changes: test accuracy of the coefficient GA (`merge(genome='coefficients')`) "
+        "aligned by activation matching minus unaligned (what `align='auto'` did with a coefficient genome before "
+        f"round 8), both with the gate (level {DEFAULT_GATE}) on the whole validation set, over every seed of every "
+        "table of a kind (points); p: two-sided Wilcoxon signed-rank test on the runs that differ, Holm-corrected "
+        "over the kinds of table.",
+        ("tables", "mean change", "runs that differ", "better / worse", "p (Holm)"),
+        [(r["role"], *_change_cells(r)) for r in rows],
+    )
+
+
 def holdout_effect_lines(results, methods=None) -> str:
     """:func:`holdout_effect` as a Markdown table (points); ``methods``: only the rows of these labels."""
     return _method_changes(
@@ -650,6 +684,8 @@ def table(results, choices) -> str:
     for role in ROLE_ORDER[1:]:  # each round's held-out tables, as its rule would have judged them
         if half_point(results, role):
             out.append(half_point_lines(results, role))
+    if coefficient_effect(results):
+        out.append(coefficient_effect_lines(results))
     if matching_effect(results):
         out.append(matching_effect_lines(results))
     if crossfit_effect(results):

@@ -92,6 +92,41 @@ def test_choose_default_matching_judges_the_three_methods_that_align_with_align_
     assert study.choose_default_matching({"t": _rows(deltas)}, 0.2)[0] == "activations"
 
 
+def test_choose_coefficient_alignment_judges_the_coefficient_ga_behind_the_gate():
+    """Round 8: no alignment against activation matching for a coefficient genome, judged on the coefficient GA's
+    rows behind the gate alone (its ungated rows and every other method's are not read)."""
+    none, act = study.coefficient_row(None), study.coefficient_row("activations")
+    assert none == "coefficient GA, unaligned" and none in study.METHODS and study.gated(none, 0.2) in study.METHODS
+    deltas = {study.gated(none, 0.2): -0.01, study.gated(act, 0.2): -0.02, none: -0.5, act: 0.5}
+    deltas[study.gated(study.coefficient_row("weights"), 0.2)] = 0.3  # weight matching: not a candidate
+    deltas[study.gated(study.ZIP, 0.2)] = -0.5
+    chosen, scores = study.choose_coefficient_alignment({"t": _rows(deltas)}, 0.2)
+    assert chosen == "none" and set(scores) == {"none", "activations"} and scores["none"] == (-0.01, -0.01)
+    deltas[study.gated(act, 0.2)] = 0.0
+    assert study.choose_coefficient_alignment({"t": _rows(deltas)}, 0.2)[0] == "activations"
+
+
+def test_coefficient_effect_pairs_the_aligned_coefficient_ga_with_the_unaligned_one():
+    """Round 8's table: the coefficient GA with activation matching minus unaligned, both behind the default
+    gate, per kind of table; Wilcoxon on the runs that differ, Holm over the kinds."""
+    from scipy.stats import wilcoxon
+
+    ex = _example()
+    new, old = (ex.round4_row(study.coefficient_row(m)) for m in ("activations", None))
+    gains = [0.02, 0.01, 0.03, -0.01, 0.0, 0.04]
+    results = {
+        "a/x": {"role": "held out", "runs": [{new: (0, 0.5 + g), old: (0, 0.5)} for g in gains]},
+        "b/x": {"role": "development", "runs": [{new: (0, 0.5), old: (0, 0.5)} for _ in range(3)]},
+    }
+    rows = {r["role"]: r for r in ex.coefficient_effect(results)}
+    held = rows["held out"]
+    assert (held["changed"], held["better"], held["worse"]) == (5, 4, 1)
+    assert held["mean"] == pytest.approx(sum(gains) / 6)
+    assert held["p"] == pytest.approx(min(1.0, 2 * wilcoxon([g for g in gains if g]).pvalue))
+    assert rows["development"]["changed"] == 0
+    assert "What round 8's candidate changes" in ex.coefficient_effect_lines(results)
+
+
 def test_matching_effect_pairs_each_method_s_activation_row_with_its_weight_row():
     """Round 7's table: per kind of table and method, the activation-matching row minus the weight-matching row
     (both behind the default gate); Wilcoxon on the runs that differ, Holm over the three methods of a kind."""
@@ -232,7 +267,9 @@ def test_gated_rows_are_what_merge_with_that_gate_returns():
 
 
 @pytest.mark.parametrize(
-    "task", study.HELD_OUT_4 + study.HELD_OUT_5 + study.HELD_OUT_6 + study.HELD_OUT, ids=lambda t: t.name
+    "task",
+    study.HELD_OUT_4 + study.HELD_OUT_5 + study.HELD_OUT_6 + study.HELD_OUT_7 + study.HELD_OUT,
+    ids=lambda t: t.name,
 )
 def test_the_new_held_out_tasks_build(task):
     """Each new task's splits and model fit together, and its hidden units permute (shapes and the
@@ -249,11 +286,13 @@ def test_the_new_held_out_tasks_build(task):
         **{t: "round-4 held out" for t in study.HELD_OUT_4},
         **{t: "round-5 held out" for t in study.HELD_OUT_5},
         **{t: "round-6 held out" for t in study.HELD_OUT_6},
+        **{t: "round-7 held out" for t in study.HELD_OUT_7},
     }
     role = role.get(task, "held out")
     assert int(y.max()) + 1 == splits.num_classes and study.ROLES[task.name] == role
     assert not set(study.ROLES).symmetric_difference(study.TASKS)
-    assert (role in study.ROUNDS[7]) == (task not in study.HELD_OUT)  # round 7 reads every task but its own
+    assert (role in study.ROUNDS[8]) == (task not in study.HELD_OUT)  # round 8 reads every task but its own
+    assert (role in study.ROUNDS[7]) == (task not in study.HELD_OUT + study.HELD_OUT_7)
     assert (role in study.ROUNDS[6]) == (task in study.HELD_OUT_4 + study.HELD_OUT_5)
     assert (role in study.ROUNDS[5]) == (task in study.HELD_OUT_4)
 
@@ -376,7 +415,8 @@ def test_the_calibrated_baseline_is_read_where_the_models_have_batchnorm():
 
 def test_the_calibrated_row_is_merge_without_alignment_with_calibration_inputs():
     task = study.TASKS["cancer-mlp-bn-subset"]  # BatchNorm: the row exists
-    methods = ("best parent", "best parent by validation", study.CALIBRATED, "output ensemble")
+    unaligned = study.coefficient_row(None)  # round 8's: the coefficient GA unaligned, with calibration too
+    methods = ("best parent", "best parent by validation", study.CALIBRATED, unaligned, "output ensemble")
     out = study.run_task(task, "same-data", 0, popsize=4, ngen=2, methods=methods)
     splits = study.task_splits(task, 0)
     parents, _ = study.train_parents(task, splits, "same-data", 0)
@@ -385,6 +425,9 @@ def test_the_calibrated_row_is_merge_without_alignment_with_calibration_inputs()
     kw = dict(popsize=4, ngen=2, seed=0, progress=False, device="cpu", gate=None)
     r = mega_deap.merge(parents, splits.val, align=False, calibration=calib, **kw)
     assert out[study.CALIBRATED][:2] == (model_accuracy(r.model, *splits.val), model_accuracy(r.model, *splits.test))
+    r = mega_deap.merge(parents, splits.val, align=False, calibration=calib, genome="coefficients", **kw)
+    assert r.align is None
+    assert out[unaligned][:2] == (model_accuracy(r.model, *splits.val), model_accuracy(r.model, *splits.test))
     plain = study.run_task(study.TASKS["digits-mlp-subset"], "same-data", 0, popsize=4, ngen=1, methods=methods)
     assert study.CALIBRATED not in plain  # no BatchNorm: nothing to calibrate, no row
 

@@ -5,7 +5,7 @@ are): on a subset of the training split, or with noisy labels, for many epochs. 
 settings, as the align study: ``same-data`` (two seeds, one training set) and ``different-data`` (each
 parent on a class-biased part, :func:`~mega_deap.experiments.align_study.biased_parts`).
 
-Seven rounds of choosing. Round 1: the tasks in :data:`DEVELOPMENT` chose the fitness metric and the
+Eight rounds of choosing. Round 1: the tasks in :data:`DEVELOPMENT` chose the fitness metric and the
 matching (:func:`choose_metric`, :func:`choose_matching`); :data:`HELD_OUT_1` reported. Round 2: those
 six tasks, all seen by then, chose the significance gate's level (:func:`choose_gate`); :data:`HELD_OUT_2`
 reported. Round 3: those nine tasks chose ``merge``'s default alignment (:func:`choose_alignment`);
@@ -15,14 +15,16 @@ reads its data (:func:`choose_gate_holdout`); :data:`HELD_OUT_5` reported. Round
 between the gate's test on the whole validation set and its test by cross-fitting
 (:func:`choose_gate_crossfit`); :data:`HELD_OUT_6` reported. Round 7: those twenty-one chose the matching
 that ``align=True`` names, for the three methods that align with it by default (``merge(align=True)``, the
-coefficient GA and ``cma_merge``; :func:`choose_default_matching`); the tasks in :data:`HELD_OUT`, new in
-round 7 and not run before the choice, only report. Fitness and every choice inside a merge see the
-validation split alone; the test split reports.
+coefficient GA and ``cma_merge``; :func:`choose_default_matching`); :data:`HELD_OUT_7` reported. Round 8:
+those twenty-four chose whether ``align="auto"`` aligns a coefficient genome
+(:func:`choose_coefficient_alignment`); the tasks in :data:`HELD_OUT`, new in round 8 and not run before
+the choice, only report. Fitness and every choice inside a merge see the validation split alone; the test
+split reports.
 """
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -47,6 +49,7 @@ __all__ = [
     "HELD_OUT_4",
     "HELD_OUT_5",
     "HELD_OUT_6",
+    "HELD_OUT_7",
     "HELD_OUT",
     "ROLES",
     "ROLE_ORDER",
@@ -79,6 +82,8 @@ __all__ = [
     "coefficient_row",
     "cma_row",
     "choose_default_matching",
+    "CANDIDATE_COEFFICIENT_ALIGNMENTS",
+    "choose_coefficient_alignment",
 ]
 
 CANDIDATE_METRICS = ("accuracy_ll", "accuracy", "neg_log_loss", "neg_log_loss_tempered")
@@ -132,14 +137,24 @@ def crossfit_gated(method: str) -> str:
 # with weight matching are the study's rows of round 1 on ("coefficient GA, aligned", "cma_merge").
 
 
-def coefficient_row(matching: str) -> str:
-    """The row name of the coefficient GA (``merge(genome="coefficients")``) aligned by ``matching``."""
+def coefficient_row(matching: Optional[str]) -> str:
+    """The row name of the coefficient GA (``merge(genome="coefficients")``) aligned by ``matching`` (``None``:
+    not aligned)."""
+    if matching is None:
+        return "coefficient GA, unaligned"
     return "coefficient GA, aligned" if matching == "weights" else f"coefficient GA, {matching}"
 
 
 def cma_row(matching: str) -> str:
     """The row name of ``cma_merge`` aligned by ``matching``."""
     return "cma_merge" if matching == "weights" else f"cma_merge, {matching}"
+
+
+# round 8: what merge's align="auto" (the default) does with a coefficient genome. Until round 8 it aligns weight
+# genomes only (round 3 measured those), so merge(genome="coefficients") blends the parents unaligned; the
+# candidate aligns them by activation matching (DEFAULT_MATCHING since round 7) where the merge can align.
+# Judged on the coefficient GA alone, behind the gate at its default level, over every table of rounds 1 to 7.
+CANDIDATE_COEFFICIENT_ALIGNMENTS = (None, "activations")
 
 
 # the methods each gate level is applied to (a gate reads a method's merged model; the GA is not rerun)
@@ -157,6 +172,7 @@ GATED = (
     "cma_merge",
     coefficient_row("activations"),
     cma_row("activations"),
+    coefficient_row(None),
 )
 
 
@@ -171,6 +187,7 @@ METHODS = (
     + ("MeGA (paper)", CALIBRATED)
     + tuple(f"merge(align={m!r})" for m in CANDIDATE_MATCHINGS)
     + (ZIP, "coefficient GA, aligned", "cma_merge", coefficient_row("activations"), cma_row("activations"))
+    + (coefficient_row(None),)
     + tuple(gated(m, g) for m in GATED for g in CANDIDATE_GATES if g is not None)
     + tuple(held_gated(m) for m in HELD_GATED)
     + tuple(crossfit_gated(m) for m in HELD_GATED)
@@ -240,14 +257,30 @@ HELD_OUT_6 = (
 # written down with round 7's candidate and before any of them ran: architectures no earlier round had (a
 # CNN with BatchNorm, SiLU and average pooling; a tanh MLP of three hidden layers; a CNN without BatchNorm
 # whose first convolution is 5x5 and whose last is 1x1) and a new synthetic data set of 24 classes
-HELD_OUT = (
+HELD_OUT_7 = (
     Task("digits-silucnn-bn-subset", "digits", "silucnn-bn", "subset", 0.25, 150),
     Task("synthetic24-tanhmlp-noise", "synthetic24", "tanhmlp", "noise", 0.2, 100),
     Task("digits-kernelcnn-noise", "digits", "kernelcnn", "noise", 0.25, 60),
 )
+# written down with round 8's candidate and before any of them ran: architectures no earlier round had (a Mish
+# MLP; an MLP of two Linear-BatchNorm-hardswish layers; a CNN without BatchNorm of three 3x3 convolutions with
+# ELU and global max pooling) and a new synthetic data set of 28 classes
+HELD_OUT = (
+    Task("digits-mishmlp-noise", "digits", "mishmlp", "noise", 0.25, 100),
+    Task("synthetic28-hardswishmlp-bn-subset", "synthetic28", "hardswishmlp-bn", "subset", 0.3, 150),
+    Task("digits-gmpcnn-noise", "digits", "gmpcnn", "noise", 0.2, 60),
+)
 TASKS = {
     t.name: t
-    for t in DEVELOPMENT + HELD_OUT_1 + HELD_OUT_2 + HELD_OUT_3 + HELD_OUT_4 + HELD_OUT_5 + HELD_OUT_6 + HELD_OUT
+    for t in DEVELOPMENT
+    + HELD_OUT_1
+    + HELD_OUT_2
+    + HELD_OUT_3
+    + HELD_OUT_4
+    + HELD_OUT_5
+    + HELD_OUT_6
+    + HELD_OUT_7
+    + HELD_OUT
 }
 # what each task's tables do: choose in every round; report in round 1, then choose; report in round 2,
 # then choose; report only
@@ -259,6 +292,7 @@ ROLES = {
     **{t.name: "round-4 held out" for t in HELD_OUT_4},
     **{t.name: "round-5 held out" for t in HELD_OUT_5},
     **{t.name: "round-6 held out" for t in HELD_OUT_6},
+    **{t.name: "round-7 held out" for t in HELD_OUT_7},
     **{t.name: "held out" for t in HELD_OUT},
 }
 # the roles, in the order the rounds met them
@@ -270,6 +304,7 @@ ROLE_ORDER = (
     "round-4 held out",
     "round-5 held out",
     "round-6 held out",
+    "round-7 held out",
     "held out",
 )
 # the roles whose tables each round's rule reads: every role met before the round's own held-out tasks
@@ -495,20 +530,41 @@ class SiLUBNCNN(SmallCNN):
 
 
 class KernelCNN(nn.Module):
-    """Without BatchNorm: a 5x5 conv-ReLU, max pooling, a 3x3 conv-ReLU, a 1x1 conv-ReLU, global average
-    pooling, linear."""
+    """Without BatchNorm: three convolutions of ``kernels`` (by default a 5x5, a 3x3 and a 1x1), each followed
+    by ``act`` (ReLU), max pooling after the first, global average pooling (``global_max``: max pooling),
+    linear."""
 
-    def __init__(self, in_channels=1, num_classes=10, width=12):
+    def __init__(self, in_channels=1, num_classes=10, width=12, kernels=(5, 3, 1), act=F.relu, global_max=False):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 5, padding=2)
-        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
-        self.conv3 = nn.Conv2d(2 * width, 2 * width, 1)
+        k1, k2, k3 = kernels
+        self.conv1 = nn.Conv2d(in_channels, width, k1, padding=k1 // 2)
+        self.conv2 = nn.Conv2d(width, 2 * width, k2, padding=k2 // 2)
+        self.conv3 = nn.Conv2d(2 * width, 2 * width, k3, padding=k3 // 2)
         self.fc = nn.Linear(2 * width, num_classes)
+        self.act, self.global_max = act, global_max
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.relu(self.conv3(F.relu(self.conv2(x))))
-        return self.fc(x.mean((2, 3)))
+        x = F.max_pool2d(self.act(self.conv1(x)), 2)
+        x = self.act(self.conv3(self.act(self.conv2(x))))
+        return self.fc(x.amax((2, 3)) if self.global_max else x.mean((2, 3)))
+
+
+class BNActMLP(nn.Module):
+    """Linear-BatchNorm-``act`` layers of ``hidden`` widths (hardswish by default), then a linear classifier."""
+
+    def __init__(self, in_features, num_classes, hidden=(160, 80), act=F.hardswish):
+        super().__init__()
+        sizes = (in_features, *hidden)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(b) for b in hidden)
+        self.out = nn.Linear(sizes[-1], num_classes)
+        self.act = act
+
+    def forward(self, x):
+        x = x.flatten(1)
+        for layer, norm in zip(self.hidden, self.norms):
+            x = self.act(norm(layer(x)))
+        return self.out(x)
 
 
 # scikit-learn's make_classification settings of the synthetic tasks
@@ -533,6 +589,9 @@ SYNTHETIC = {
     ),
     "synthetic24": dict(
         n_samples=6000, n_features=56, n_informative=24, n_redundant=8, n_classes=24, class_sep=1.7, random_state=83
+    ),
+    "synthetic28": dict(
+        n_samples=6400, n_features=60, n_informative=26, n_redundant=10, n_classes=28, class_sep=1.8, random_state=97
     ),
 }
 
@@ -609,6 +668,12 @@ def build(task: Task, splits: Splits) -> nn.Module:
         return GELUMLP(features, splits.num_classes, hidden=(160, 96, 64), act=torch.tanh)
     if task.model == "kernelcnn":
         return KernelCNN(splits.in_channels, splits.num_classes)
+    if task.model == "mishmlp":
+        return GELUMLP(features, splits.num_classes, hidden=(144, 72), act=F.mish)
+    if task.model == "hardswishmlp-bn":
+        return BNActMLP(features, splits.num_classes)
+    if task.model == "gmpcnn":
+        return KernelCNN(splits.in_channels, splits.num_classes, kernels=(3, 3, 3), act=F.elu, global_max=True)
     if task.model == "deepmlp":
         return MLP(features, splits.num_classes, hidden=(128, 64))
     raise ValueError(f"unknown model {task.model!r}")
@@ -725,6 +790,10 @@ def run_task(
             timed(coefficient_row(matching), lambda kw=kw: merge(parents, splits.val, **kw).model)
         kw = dict(ngen=ngen, lambda_=popsize, seed=seed, align=matching, calibration=calib, device="cpu", gate=None)
         timed(cma_row(matching), lambda kw=kw: cma_merge(parents, splits.val, **kw).model)
+    # round 8: the coefficient GA unaligned, as merge(genome="coefficients") runs it before round 8 (with the
+    # calibration inputs README tells users of BatchNorm models to pass)
+    kw = dict(common, align=False, calibration=calib, genome="coefficients")
+    timed(coefficient_row(None), lambda: merge(parents, splits.val, **kw).model)
     # the same five, each run again by merge with the gate's test as a candidate has it: round 5's (30 % held
     # out), round 6's (cross-fitted)
     tests: tuple[tuple[Callable[[str], str], dict], ...] = (
@@ -859,6 +928,16 @@ def choose_gate_crossfit(tables: dict, level) -> tuple:
     :data:`CROSSFIT_LEVEL`), each judged on the merge methods of :data:`HELD_GATED` at once (the worst table
     of any of them)."""
     return _against_the_whole_set(tables, level, "crossfit", crossfit_gated)
+
+
+def choose_coefficient_alignment(tables: dict, level) -> tuple:
+    """Round 8: :func:`choose` over what ``merge``'s ``align="auto"`` does with a coefficient genome
+    (:data:`CANDIDATE_COEFFICIENT_ALIGNMENTS`; ``"none"``: no alignment), judged on the coefficient GA behind
+    the gate at ``level``."""
+    return choose(
+        tables,
+        {m or "none": gated(coefficient_row(m), level) for m in CANDIDATE_COEFFICIENT_ALIGNMENTS},
+    )
 
 
 def choose_default_matching(tables: dict, level) -> tuple:
