@@ -437,11 +437,12 @@ def merge(
                   ``"activations"``, chosen in round 7 of the held-out study over ``"weights"``), ``False`` (the paper:
                   no alignment) or ``"auto"`` (the default: :data:`DEFAULT_ALIGN`, ``"zip"``: activation matching,
                   chosen in round 3 of the held-out study, and the zip, chosen in round 4, see README, wherever the
-                  merge can align: a weight genome of PyTorch modules whose hidden-unit permutations derive, with inputs
-                  to match on, and one objective; with more than two parents, ``include_parents=False`` or no room in
-                  ``popsize`` for the zip, ``"activations"``; else no alignment, as where the matching or the zip itself
-                  fails). ``MergeResult.align`` says which ran; ``verbose=True`` prints what ``"auto"`` chose and why.
-                  With alignment the first population also holds the aligned parents' average, and for networks without
+                  merge can align: PyTorch modules whose hidden-unit permutations derive, with inputs to match on, and
+                  one objective; with more than two parents, ``include_parents=False``, no room in ``popsize`` for the
+                  zip, or a coefficient genome (:data:`DEFAULT_COEFFICIENT_ALIGN`, chosen in round 8),
+                  ``"activations"``; else no alignment, as where the matching or the zip itself fails).
+                  ``MergeResult.align`` says which ran; ``verbose=True`` prints what ``"auto"`` chose and why. With
+                  alignment the first population also holds the aligned parents' average, and for networks without
                   BatchNorm (weight genomes) that average with REPAIR (:func:`mega_deap.align.repair_interpolation`, on
                   the same inputs), then the zip; with ``"auto"`` these join only where ``popsize`` has room beside the
                   parents.
@@ -769,18 +770,20 @@ DEFAULT_MATCHING = "activations"
 # merge's align="auto" where the models allow it: activation matching, chosen by round 3 of the held-out
 # study, with the two parents' zip in the first population, chosen by round 4 (README)
 DEFAULT_ALIGN = ZIP
+# merge's align="auto" with a coefficient genome, where the models allow it: activation matching, chosen by round 8
+# of the held-out study over no alignment (README); a coefficient genome takes no zip
+DEFAULT_COEFFICIENT_ALIGN = "activations"
 
 
 def _auto_align(models, genome, has_inputs: bool) -> tuple:
-    """``merge``'s ``align="auto"``: ``(matching, why)``, :data:`DEFAULT_ALIGN` with ``why=None`` where the
-    merge can align; else ``(None, the reason)``. Alignment needs a weight genome (the one round 3 measured),
-    PyTorch modules, inputs to match on (calibration or validation inputs) and a network whose hidden-unit
-    permutations derive (:func:`mega_deap.align.permutation_spec`) with at least one hidden layer."""
-    from .align import permutation_spec
-
-    if genome != "weights":
-        return None, f"genome={genome!r} (auto aligns weight genomes only)"
+    """``merge``'s ``align="auto"``: ``(matching, why)`` with ``why=None`` where the merge can align
+    (:data:`DEFAULT_ALIGN` for a weight genome, :data:`DEFAULT_COEFFICIENT_ALIGN` for a coefficient genome); else
+    ``(None, the reason)``. Alignment needs PyTorch modules, inputs to match on (calibration or validation inputs)
+    and a network whose hidden-unit permutations derive (:func:`mega_deap.align.permutation_spec`) with at least
+    one hidden layer."""
     from mega_deap.adapters import TorchAdapter, adapter_for
+
+    from .align import permutation_spec
 
     adapter = adapter_for(models[0])
     if not (all(isinstance(m, torch.nn.Module) for m in models) and issubclass(adapter, TorchAdapter)):
@@ -793,6 +796,8 @@ def _auto_align(models, genome, has_inputs: bool) -> tuple:
         return None, f"its hidden-unit permutations do not derive ({type(e).__name__}: {e})"
     if not spec.sizes:
         return None, "the network has no hidden units to permute"
+    if genome != "weights":
+        return DEFAULT_COEFFICIENT_ALIGN, None
     if DEFAULT_ALIGN == ZIP and len(models) != 2:  # zipping takes two models; more are aligned only
         return "activations", None
     return DEFAULT_ALIGN, None

@@ -430,7 +430,6 @@ def test_auto_alignment_falls_back_to_none_and_says_why(digit_mlps, digits, caps
     cases = [
         (branchy, {}, "do not derive"),  # torch.fx cannot trace the model
         ([nn.Sequential(nn.Linear(64, 10)) for _ in range(2)], {}, "no hidden units"),  # nothing to permute
-        (digit_mlps, {"genome": "coefficients"}, "genome='coefficients'"),  # round 3 measured weight genomes
     ]
     for models, extra, why in cases:
         r = mega_deap.merge(models, (X, y), verbose=True, **{**kw, **extra})
@@ -465,6 +464,24 @@ def test_align_parents_is_what_merge_aligns_with(digit_mlps, digits):
         align_parents(digit_mlps, "activations")
     with pytest.raises(ValueError, match="matching must be 'weights', 'activations' or 'zip', got 'correlation'"):
         align_parents(digit_mlps, "correlation")
+
+
+def test_auto_aligns_a_coefficient_genome_by_activations(digit_mlps, digits, capsys):
+    """Round 8: align="auto" with genome="coefficients" is activation matching (no zip): the same bits as
+    align="activations"; where it cannot align (no inputs to match on), no alignment, and verbose says why."""
+    import mega_deap
+    from mega_deap.objectives import on_model
+
+    kw = dict(popsize=4, ngen=2, seed=0, progress=False, device="cpu", genome="coefficients")
+    auto = mega_deap.merge(digit_mlps, digits["val"], **kw)
+    explicit = mega_deap.merge(digit_mlps, digits["val"], align="activations", **kw)
+    assert auto.align == explicit.align == "activations"
+    assert torch.equal(auto.genome, explicit.genome) and torch.equal(auto.adapter.parents, explicit.adapter.parents)
+    plain = mega_deap.merge(digit_mlps, digits["val"], align=False, **kw)
+    assert plain.align is None and not torch.equal(plain.adapter.parents, auto.adapter.parents)
+    size = on_model(lambda m: float(sum(p.abs().sum() for p in m.parameters())), name="size")
+    none = mega_deap.merge(digit_mlps, None, metric=size, verbose=True, **dict(kw, ngen=1))
+    assert none.align is None and "no inputs to match activations on" in capsys.readouterr().out
 
 
 def test_auto_alignment_falls_back_when_the_matching_itself_fails(digit_mlps, digits, monkeypatch, capsys):
