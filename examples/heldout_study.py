@@ -1,6 +1,6 @@
 """Merge defaults chosen on development tasks and reported on held-out ones, with over-fitting parents.
 
-    python examples/heldout_study.py --out results/heldout   # docs/studies/alignment.md (about 90 min, 2 cores)
+    python examples/heldout_study.py --out results/heldout   # docs/studies/alignment.md (about 95 min, 2 cores)
     python examples/heldout_study.py --out results/heldout --reuse results/heldout/results.json   # new rows only
     python examples/heldout_study.py --tasks digits-mlp-subset --seeds 2   # a quick look
 
