@@ -154,7 +154,7 @@ def main(argv=None):
                 )
             results[f"{name}/{setting}"] = {"runs": runs, "rows": study.summarize(runs), "role": study.ROLES[name]}
     choices = {}
-    seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in range(1, 9)]
+    seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in sorted(study.ROUNDS)]
     if seen[0]:  # round 1: the fitness and the matching, on the development tasks
         choices.update(fitness=study.choose_metric(seen[0]), matching=study.choose_matching(seen[0]))
     if seen[1]:  # round 2: the gate, on the development and round-1 held-out tasks, with the defaults
@@ -392,15 +392,23 @@ def summary(results, choices) -> str:
         "development and round-1 to round-7 held out; test accuracy minus the best parent's, worst table and "
         "mean):\n\n"
         + "\n".join(lines)
-        + ("\n\n" + half_point_lines(results) if half_point(results) else "")
-        + ("\n" + coefficient_effect_lines(results) if coefficient_effect(results) else "")
-        + ("\n" + matching_effect_lines(results) if matching_effect(results) else "")
-        + ("\n" + crossfit_effect_lines(results, (LABELS[DEFAULT_METHODS[0]],)) if crossfit_effect(results) else "")
-        + ("\n" + holdout_effect_lines(results, (LABELS[DEFAULT_METHODS[0]],)) if holdout_effect(results) else "")
-        + ("\n" + zip_effect_lines(results) if zip_effect(results) else "")
-        + ("\n" + align_effect_lines(results) if align_effect(results) else "")
-        + ("\n" + rule_check_line(results) if rule_check(results)[0] else "")
+        + ("\n\n" + half if (half := half_point_lines(results)) else "")
+        + "".join("\n" + text for text in _effects(results, (LABELS[DEFAULT_METHODS[0]],)) if text)
     ).rstrip()
+
+
+def _effects(results, merge_only=None) -> tuple:
+    """The tables of what each round's candidate and choice changed, newest first, then round 3's rule check
+    (each empty where its rows are missing); ``merge_only``: the labels rounds 5's and 6's tables keep."""
+    return (
+        coefficient_effect_lines(results),
+        matching_effect_lines(results),
+        crossfit_effect_lines(results, merge_only),
+        holdout_effect_lines(results, merge_only),
+        zip_effect_lines(results),
+        align_effect_lines(results),
+        rule_check_line(results),
+    )
 
 
 def gate_effect(results, level=DEFAULT_GATE) -> list:
@@ -464,11 +472,9 @@ def align_effect(results, calibrated: bool = False, new_method: str = ROUND_3, o
 
 def align_effect_lines(results) -> str:
     """:func:`align_effect` as a Markdown table (points), against both baselines."""
-    rows = [(r, "") for r in align_effect(results)]
-    rows += [(r, ", calibrated") for r in align_effect(results, calibrated=True)]
-    if not rows:
-        return ""
-    return markdown(
+    rows = align_effect(results) + [{**r, "role": r["role"] + ", calibrated"} for r in align_effect(results, True)]
+    return _kind_changes(
+        rows,
         "What round 3 changed: test accuracy of `merge(align='activations')` (round 3's `merge()`) minus "
         "`merge(align=False)` (the default before it), both with the gate on the whole validation set as round 3 "
         "ran them, over every seed of every table of a kind (points); p: "
@@ -476,8 +482,18 @@ def align_effect_lines(results) -> str:
         "The unaligned candidate round 3 compared ran without calibration inputs; the rows marked calibrated "
         "compare with `merge(align=False)` as README tells users of BatchNorm models to run it (with "
         "calibration inputs; the same merge on the other models), a check added after the choice.",
+    )
+
+
+def _kind_changes(rows: list, caption: str) -> str:
+    """``caption`` and a Markdown table of :func:`align_effect`-like rows (points), a row per kind of table;
+    empty where there is no row."""
+    if not rows:
+        return ""
+    return markdown(
+        caption,
         ("tables", "mean change", "runs that differ", "better / worse", "p (Holm)"),
-        [(r["role"] + mark, *_change_cells(r)) for r, mark in rows],
+        [(r["role"], *_change_cells(r)) for r in rows],
     )
 
 
@@ -489,16 +505,12 @@ def zip_effect(results) -> list:
 
 def zip_effect_lines(results) -> str:
     """:func:`zip_effect` as a Markdown table (points)."""
-    rows = zip_effect(results)
-    if not rows:
-        return ""
-    return markdown(
+    return _kind_changes(
+        zip_effect(results),
         f"What round 4 changed: test accuracy of `merge(align={DEFAULT_ALIGN!r})` minus "
         "`merge(align='activations')` (round 3's `merge()`), both with the gate on the whole validation set as "
         "round 4 ran them, over every seed of every table of a kind (points); "
         "p: two-sided Wilcoxon signed-rank test on the runs that differ, Holm-corrected over the kinds of table.",
-        ("tables", "mean change", "runs that differ", "better / worse", "p (Holm)"),
-        [(r["role"], *_change_cells(r)) for r in rows],
     )
 
 
@@ -571,17 +583,13 @@ def coefficient_effect(results) -> list:
 
 def coefficient_effect_lines(results) -> str:
     """:func:`coefficient_effect` as a Markdown table (points)."""
-    rows = coefficient_effect(results)
-    if not rows:
-        return ""
-    return markdown(
+    return _kind_changes(
+        coefficient_effect(results),
         "What round 8's candidate changes: test accuracy of the coefficient GA (`merge(genome='coefficients')`) "
         "aligned by activation matching minus unaligned (what `align='auto'` did with a coefficient genome before "
         f"round 8), both with the gate (level {DEFAULT_GATE}) on the whole validation set, over every seed of every "
         "table of a kind (points); p: two-sided Wilcoxon signed-rank test on the runs that differ, Holm-corrected "
         "over the kinds of table.",
-        ("tables", "mean change", "runs that differ", "better / worse", "p (Holm)"),
-        [(r["role"], *_change_cells(r)) for r in rows],
     )
 
 
@@ -682,22 +690,9 @@ def table(results, choices) -> str:
             + f". The rule (the highest worst case) chooses **`{chosen}`**.\n"
         )
     for role in ROLE_ORDER[1:]:  # each round's held-out tables, as its rule would have judged them
-        if half_point(results, role):
-            out.append(half_point_lines(results, role))
-    if coefficient_effect(results):
-        out.append(coefficient_effect_lines(results))
-    if matching_effect(results):
-        out.append(matching_effect_lines(results))
-    if crossfit_effect(results):
-        out.append(crossfit_effect_lines(results))
-    if holdout_effect(results):
-        out.append(holdout_effect_lines(results))
-    if zip_effect(results):
-        out.append(zip_effect_lines(results))
-    if align_effect(results):
-        out.append(align_effect_lines(results))
-    if rule_check(results)[0]:
-        out.append(rule_check_line(results))
+        if half := half_point_lines(results, role):
+            out.append(half)
+    out += [text for text in _effects(results) if text]
     if DEFAULT_GATE is not None and (effect := gate_effect_lines(results)):
         out.append(effect)
     for role in ROLE_ORDER:

@@ -419,19 +419,22 @@ class ResBNCNN(nn.Module):
 
 class GELUMLP(nn.Module):
     """Hidden layers (two by default) with GELU, or the activation function ``act``, then a linear
-    classifier."""
+    classifier. ``norm``: BatchNorm between each hidden layer and its activation."""
 
-    def __init__(self, in_features, num_classes, hidden=(192, 96), act=F.gelu):
+    def __init__(self, in_features, num_classes, hidden=(192, 96), act=F.gelu, norm=False):
         super().__init__()
         sizes = (in_features, *hidden)
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        if norm:
+            self.norms = nn.ModuleList(nn.BatchNorm1d(b) for b in hidden)
         self.out = nn.Linear(sizes[-1], num_classes)
-        self.act = act
+        self.act, self.norm = act, norm
 
     def forward(self, x):
         x = x.flatten(1)
-        for layer in self.hidden:
-            x = self.act(layer(x))
+        for i, layer in enumerate(self.hidden):
+            x = layer(x)
+            x = self.act(self.norms[i](x) if self.norm else x)
         return self.out(x)
 
 
@@ -549,24 +552,6 @@ class KernelCNN(nn.Module):
         return self.fc(x.amax((2, 3)) if self.global_max else x.mean((2, 3)))
 
 
-class BNActMLP(nn.Module):
-    """Linear-BatchNorm-``act`` layers of ``hidden`` widths (hardswish by default), then a linear classifier."""
-
-    def __init__(self, in_features, num_classes, hidden=(160, 80), act=F.hardswish):
-        super().__init__()
-        sizes = (in_features, *hidden)
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
-        self.norms = nn.ModuleList(nn.BatchNorm1d(b) for b in hidden)
-        self.out = nn.Linear(sizes[-1], num_classes)
-        self.act = act
-
-    def forward(self, x):
-        x = x.flatten(1)
-        for layer, norm in zip(self.hidden, self.norms):
-            x = self.act(norm(layer(x)))
-        return self.out(x)
-
-
 # scikit-learn's make_classification settings of the synthetic tasks
 SYNTHETIC = {
     "synthetic": dict(
@@ -671,7 +656,7 @@ def build(task: Task, splits: Splits) -> nn.Module:
     if task.model == "mishmlp":
         return GELUMLP(features, splits.num_classes, hidden=(144, 72), act=F.mish)
     if task.model == "hardswishmlp-bn":
-        return BNActMLP(features, splits.num_classes)
+        return GELUMLP(features, splits.num_classes, hidden=(160, 80), act=F.hardswish, norm=True)
     if task.model == "gmpcnn":
         return KernelCNN(splits.in_channels, splits.num_classes, kernels=(3, 3, 3), act=F.elu, global_max=True)
     if task.model == "deepmlp":
