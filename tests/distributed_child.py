@@ -160,5 +160,14 @@ if __name__ == "__main__":
         nccl(sys.argv[2])
     elif sys.argv[1].startswith("hpo-"):
         hpo(sys.argv[1][4:], sys.argv[2])
+    elif sys.argv[1] == "diverge":  # each rank records the error it stops with: torchrun may cut its stderr short
+        from mega_deap.distributed import DivergedError, rank
+
+        try:
+            main(sys.argv[1], sys.argv[2])
+        except DivergedError as err:
+            with open(os.path.join(sys.argv[2], f"diverged-rank{rank()}.txt"), "w") as f:
+                f.write(str(err))
+            raise
     else:
         main(sys.argv[1], sys.argv[2])
