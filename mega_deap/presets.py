@@ -347,6 +347,20 @@ def _split(n, fraction, seed, name="holdout"):
     return perm[m:], perm[:m]
 
 
+def _gate_split(X, y, share, seed) -> tuple:
+    """Where the gate's test reads (``share``: :func:`_gate_holdout`'s): ``(X, y, held, halves)``, the fitness's
+    examples, the indices into the validation set of the examples held out for the test alone (``None``: none),
+    and :data:`CROSSFIT`'s two halves of it (``None``: no cross-fitting)."""
+    if share == CROSSFIT:  # the fitness reads every example; the test, two more searches on halves
+        if len(y) < 2:
+            raise SettingError(f"gate_holdout={CROSSFIT!r} splits the validation set in two; it has {len(y)} example")
+        return X, y, None, _split(len(y), 0.5, seed, "gate_holdout")
+    if share:  # the fitness reads the rest; the gate's test, these alone
+        kept, held = _split(len(y), share, seed, "gate_holdout")
+        return X[kept], y[kept], held, None
+    return X, y, None, None
+
+
 def _holdout(X, y, fraction, seed):
     """``(fitness part, held-out part)`` of the validation set: a seeded split, ``fraction`` held out."""
     kept, held = _split(len(y), fraction, seed)
@@ -604,16 +618,10 @@ def merge(
     if model_objective and holdout:
         raise SettingError(f"holdout splits validation data; objective {evaluator_metric.name!r} reads none")
     X, y = (None, None) if model_objective and val_data is None else _as_xy(val_data)
-    select_data, val_xy, gate_held, halves = None, (X, y), None, None
+    select_data, val_xy = None, (X, y)
     if holdout:
         (X, y), select_data = _holdout(X, y, holdout, seed)
-    elif gate_share == CROSSFIT:  # the fitness reads every example; the test, two more searches on halves
-        if len(y) < 2:
-            raise SettingError(f"gate_holdout={CROSSFIT!r} splits the validation set in two; it has {len(y)} example")
-        halves = _split(len(y), 0.5, seed, "gate_holdout")
-    elif gate_share:  # the fitness reads the rest; the gate's test, these alone
-        kept, gate_held = _split(len(y), gate_share, seed, "gate_holdout")
-        X, y = X[kept], y[kept]
+    X, y, gate_held, halves = _gate_split(X, y, gate_share, seed)
     aligned = zipped = None
     if auto and matching:  # a default must not fail where align=False works: a failed matching, no alignment
         try:
@@ -742,22 +750,21 @@ def merge(
     # 5. the significance gate, on the whole validation set (its test on the held-out part with a gate_holdout
     # fraction; on reruns of the search on each half with "crossfit")
     if halves is not None:
-        fit = functools.partial(_fold_merge, models, X, y, settings, adapter.runner)
-        gate_held = _CrossFit(halves, fit)
+        gate_held = _CrossFit(halves, functools.partial(_fold, merge, models, X, y, settings, adapter.runner))
     gating = (genomes, val_xy, (X, y), evaluator.metric, gate_level, gate_held) if gate_level is not None else None
     return _merge_result(
         adapter, result, gating, batch_size, verbose, logbook, hof, individuals, toolbox, align=matching
     )
 
 
-def _fold_merge(models, X, y, settings, runner, search, k) -> torch.Tensor:
-    """``gate_holdout="crossfit"``'s rerun: the weights (``runner``'s) of ``merge`` with ``settings`` run on
-    the examples ``search`` of ``(X, y)`` alone, with seed ``seed + 1 + k``, without gate, checkpoint or
-    output."""
+def _fold(method, models, X, y, settings, runner, search, k) -> torch.Tensor:
+    """``gate_holdout="crossfit"``'s rerun: the weights (``runner``'s) of ``method`` (``merge``, ``cma_merge``)
+    with ``settings`` run on the examples ``search`` of ``(X, y)`` alone, with seed ``seed + 1 + k``, without
+    gate, checkpoint or output."""
     X, y = torch.as_tensor(X), torch.as_tensor(y)
     fold = dict(settings, seed=settings["seed"] + 1 + k, gate=None, gate_holdout=0.0)
     fold.update(checkpoint=None, verbose=False, progress=False)
-    return runner.genome(merge(models, (X[search], y[search]), **fold).model).to(runner.device)
+    return runner.genome(method(models, (X[search], y[search]), **fold).model).to(runner.device)
 
 
 MATCHINGS = ("weights", "activations")
@@ -988,6 +995,7 @@ def cma_merge(
     progress: bool = True,
     checkpoint: Optional[str] = None,
     gate: Union[float, str, None] = "auto",
+    gate_holdout: Union[float, str] = "auto",
 ) -> MergeResult:
     """Merge ``models`` by DEAP's CMA-ES (``deap.cma.Strategy``, DEAP's ``eaGenerateUpdate`` loop) over
     per-tensor (or per-layer, per-unit) x per-parent coefficients, starting from the parents' average.
@@ -1009,6 +1017,10 @@ def cma_merge(
                        :func:`merge`'s (:func:`mega_deap.cmaes.eaGenerateUpdate`); a checkpoint of another job
                        is refused.
     :param gate: the significance gate, as :func:`merge`'s.
+    :param gate_holdout: where the gate's test reads, as :func:`merge`'s: a fraction of the validation set held
+                         out of the fitness for the test alone, or ``"crossfit"`` (CMA-ES runs again on each half,
+                         seeds ``seed + 1`` and ``seed + 2``, and each half's merge is tested on the other half);
+                         ``"auto"`` (the default) is :data:`DEFAULT_GATE_HOLDOUT` where a gate runs, else 0.
     :returns: a :class:`MergeResult`; its ``genome`` is the coefficient genome.
     Random source: NumPy's global generator (CMA-ES's samples), seeded from ``seed``.
     """
@@ -1016,6 +1028,7 @@ def cma_merge(
 
     from .cmaes import eaGenerateUpdate
 
+    settings = {k: v for k, v in locals().items() if k not in ("models", "val_data", "cma", "eaGenerateUpdate")}
     models = list(models)
     if len(models) < 2:
         raise SettingError(f"cma_merge needs at least two models, got {len(models)}")
@@ -1029,9 +1042,12 @@ def cma_merge(
     choice("granularity", granularity, ("tensor", "layer", "unit"))
     scorer = get_metric(metric)
     gate_level = _gate_level(gate, scorer)
+    gate_share = _gate_holdout(gate_holdout, gate_level, 0)
     if checkpoint is not None:
         writable_file("checkpoint", checkpoint)
     X, y = _as_xy(val_data)
+    val_xy = (X, y)
+    X, y, gate_held, halves = _gate_split(X, y, gate_share, seed)
     matching = _matching(align)
     _check_calibration(models, matching, calibration)
     adapter, genomes, evaluator, prepare = _build(
@@ -1067,7 +1083,7 @@ def cma_merge(
         for ind, fit in zip(starts, toolbox.map(toolbox.evaluate, starts)):
             ind.fitness.values = fit
         hof.update(starts)
-    settings = {  # what identifies the job in its checkpoint
+    job = {  # what identifies the job in its checkpoint
         "algorithm": "cma_merge",
         "parents": tensor_digest(adapter.parents),  # the (aligned) parents' weights
         "granularity": granularity,
@@ -1086,11 +1102,13 @@ def cma_merge(
         verbose=verbose,
         progress=progress,
         checkpoint=checkpoint,
-        settings=settings,
+        settings=job,
         make=functools.partial(_cma_individual, icls, adapter.device, adapter.dtype),
     )
     result = _result(adapter, hof[0], prepare, genomes if include_parents else None, X, y, scorer, batch_size)
-    gating = (genomes, (X, y), (X, y), scorer, gate_level, None) if gate_level is not None else None
+    if halves is not None:
+        gate_held = _CrossFit(halves, functools.partial(_fold, cma_merge, models, X, y, settings, adapter.runner))
+    gating = (genomes, val_xy, (X, y), scorer, gate_level, gate_held) if gate_level is not None else None
     return _merge_result(
         adapter, result, gating, batch_size, verbose, logbook, hof, population, toolbox, align=matching
     )

@@ -380,3 +380,63 @@ def test_merge_crossfit_reruns_the_search_on_each_half_and_keeps_the_guarantee(
                 assert torch.equal(TorchAdapter(r.model).genome(), runner.genome(parents[best]))
             kept_merges.setdefault(name, []).append(r.parent is None)
     assert not any(kept_merges["same"]) and any(kept_merges["biased"])
+
+
+@pytest.mark.parametrize("share", [0.3, "crossfit"])
+def test_cma_merge_gates_where_merge_does(biased_mlps, digit_mlps, digits, share, capsys):
+    """cma_merge's gate_holdout is merge's: with a fraction, CMA-ES reads the kept part only (the run of
+    cma_merge(gate=None) on it) and McNemar's test the held part, against the parent best on the whole set; with
+    "crossfit", CMA-ES reads every example and the test the wins and losses of cma_merge(gate=None,
+    seed=seed + 1 + k) run on each half, against the parent best on that half, on the other half. The result
+    is never less accurate than the best parent on the whole set."""
+    X, y = digits["val"]
+    kw = dict(ngen=8, lambda_=10, progress=False, device="cpu", align=False)  # the parents' bits: no alignment
+    kept_merges = {}
+    for name, parents in (("same", digit_mlps), ("biased", biased_mlps)):
+        accs = [model_accuracy(m, X, y) for m in parents]
+        best = max(range(len(accs)), key=lambda i: (accs[i], -i))
+        for seed in (0, 1):
+            kept, held = _fitness_and_held(len(y), 0.5 if share == "crossfit" else share, seed)
+            fit = (X, y) if share == "crossfit" else (X[kept], y[kept])
+            plain = cma_merge(parents, fit, seed=seed, gate=None, **kw)
+            r = cma_merge(parents, (X, y), seed=seed, gate=0.5, gate_holdout=share, verbose=True, **kw)
+            on = f"cross-fitted on {len(y)} examples" if share == "crossfit" else f"on {len(held)} held-out examples"
+            assert f"gate: p = {r.gate_p:.3g} {on}" in capsys.readouterr().out
+            assert model_accuracy(r.model, X, y) >= accs[best]
+            runner = TorchAdapter(plain.model)
+            right = correct_each(runner, [runner.genome(m) for m in (plain.model, *parents)], X, y)
+            if share != "crossfit":
+                assert r.gate_p == pytest.approx(mcnemar_greater(right[0, held], right[1 + best, held])[2])
+            elif int(right[0].sum()) <= int(right[1 + best].sum()):
+                assert r.gate_p == 1.0  # no rerun: the merge does not beat the best parent on the whole set
+            else:
+                wins = losses = 0
+                for k, (search, test) in enumerate(((kept, held), (held, kept))):
+                    fold = cma_merge(parents, (X[search], y[search]), seed=seed + 1 + k, gate=None, **kw)
+                    chosen = max(range(len(parents)), key=lambda j: (int(right[1 + j, search].sum()), -j))
+                    mine = correct_each(runner, [runner.genome(fold.model)], X[test], y[test])[0]
+                    w, l_, _ = mcnemar_greater(mine, right[1 + chosen, test])
+                    wins, losses = wins + w, losses + l_
+                assert r.gate_p == pytest.approx(_reference_p(wins, losses))
+            if r.parent is None:
+                assert torch.equal(TorchAdapter(r.model).genome(), runner.genome(plain.model))
+                assert r.gate_p < 0.5 and r.fitness == plain.fitness
+            else:
+                assert r.parent == best
+                assert torch.equal(TorchAdapter(r.model).genome(), runner.genome(parents[best]))
+            kept_merges.setdefault(name, []).append(r.parent is None)
+    assert any(kept_merges["biased"]) and not all(kept_merges["same"] + kept_merges["biased"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(gate_holdout="half"), "gate_holdout must be 'auto', 'crossfit' or a fraction"),
+        (dict(gate_holdout=0.3, gate=None), r"no gate runs \(gate=None\)"),
+        (dict(gate_holdout=0.001), "gate_holdout=0.001 holds out 0 of 397 validation examples"),
+    ],
+)
+def test_cma_merge_refuses_bad_gate_holdouts_before_any_work(kwargs, match, digit_mlps, digits, monkeypatch):
+    monkeypatch.setattr(mega_deap.presets, "_build", lambda *a, **k: pytest.fail("work began"))
+    with pytest.raises(SettingError, match=match):
+        cma_merge(digit_mlps, digits["val"], progress=False, **kwargs)
