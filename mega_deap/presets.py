@@ -502,7 +502,8 @@ def merge(
                          (anti-conservative). ``"crossfit"``: the search selects on every example, and the
                          test is :func:`mega_deap.gate.crossfit_test`: the same search runs again on each half
                          of the validation set (a seeded split; seeds ``seed + 1`` and ``seed + 2``, no
-                         checkpoint, no gate), each half's merge is paired on the other half with the parent
+                         gate; with ``checkpoint``, each writes its own, ``<checkpoint>.fold0`` and
+                         ``.fold1``), each half's merge is paired on the other half with the parent
                          best on its own half, and McNemar's test reads the wins and losses of both halves: an
                          honest p on every example, for more run time where the merge differs from the best
                          parent (about 2.5 times in the held-out study; no rerun where it equals it). The merge
@@ -760,10 +761,12 @@ def merge(
 def _fold(method, models, X, y, settings, runner, search, k) -> torch.Tensor:
     """``gate_holdout="crossfit"``'s rerun: the weights (``runner``'s) of ``method`` (``merge``, ``cma_merge``)
     with ``settings`` run on the examples ``search`` of ``(X, y)`` alone, with seed ``seed + 1 + k``, without
-    gate, checkpoint or output."""
+    gate or output. With a checkpoint, the rerun writes its own beside it (``<checkpoint>.fold<k>``), so a run
+    interrupted during a rerun resumes there."""
     X, y = torch.as_tensor(X), torch.as_tensor(y)
     fold = dict(settings, seed=settings["seed"] + 1 + k, gate=None, gate_holdout=0.0)
-    fold.update(checkpoint=None, verbose=False, progress=False)
+    ckpt = settings["checkpoint"]
+    fold.update(checkpoint=None if ckpt is None else f"{ckpt}.fold{k}", verbose=False, progress=False)
     return runner.genome(method(models, (X[search], y[search]), **fold).model).to(runner.device)
 
 
@@ -1019,7 +1022,8 @@ def cma_merge(
     :param gate: the significance gate, as :func:`merge`'s.
     :param gate_holdout: where the gate's test reads, as :func:`merge`'s: a fraction of the validation set held
                          out of the fitness for the test alone, or ``"crossfit"`` (CMA-ES runs again on each half,
-                         seeds ``seed + 1`` and ``seed + 2``, and each half's merge is tested on the other half);
+                         seeds ``seed + 1`` and ``seed + 2``, checkpoints ``<checkpoint>.fold0`` and ``.fold1``,
+                         and each half's merge is tested on the other half);
                          ``"auto"`` (the default) is :data:`DEFAULT_GATE_HOLDOUT` where a gate runs, else 0.
     :returns: a :class:`MergeResult`; its ``genome`` is the coefficient genome.
     Random source: NumPy's global generator (CMA-ES's samples), seeded from ``seed``.

@@ -1,6 +1,7 @@
 """The significance gate: McNemar's exact test against independent references, and what merge returns."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -440,3 +441,33 @@ def test_cma_merge_refuses_bad_gate_holdouts_before_any_work(kwargs, match, digi
     monkeypatch.setattr(mega_deap.presets, "_build", lambda *a, **k: pytest.fail("work began"))
     with pytest.raises(SettingError, match=match):
         cma_merge(digit_mlps, digits["val"], progress=False, **kwargs)
+
+
+def test_a_crossfit_run_interrupted_in_a_rerun_resumes_there(biased_mlps, digits, tmp_path, monkeypatch):
+    """With a checkpoint, each of "crossfit"'s reruns writes its own beside it: a run stopped in the second
+    rerun resumes in that rerun (the search and the first rerun are not run again) and gives the bits of a run
+    never stopped."""
+    import mega_deap.algorithms as algorithms
+
+    kw = dict(popsize=8, ngen=3, seed=0, progress=False, device="cpu", align=False, gate=0.5, gate_holdout="crossfit")
+    whole = mega_deap.merge(biased_mlps, digits["val"], **kw)
+    assert whole.gate_p < 1.0  # the reruns ran
+    ckpt = str(tmp_path / "run.ckpt")
+    save, saved = algorithms.save_checkpoint, []
+
+    def stopping(path, **state):  # records each save; stops the run once the second rerun saved generation 1
+        saved.append((os.path.basename(path), state["gen"]))
+        save(path, **state)
+        if stop and saved[-1] == ("run.ckpt.fold1", 1):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(algorithms, "save_checkpoint", stopping)
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        mega_deap.merge(biased_mlps, digits["val"], checkpoint=ckpt, **kw)
+    assert [name for name, _ in saved] == ["run.ckpt"] * 4 + ["run.ckpt.fold0"] * 4 + ["run.ckpt.fold1"] * 2
+    stop, saved[:] = False, []
+    resumed = mega_deap.merge(biased_mlps, digits["val"], checkpoint=ckpt, **kw)
+    assert saved == [("run.ckpt.fold1", 2), ("run.ckpt.fold1", 3)]
+    assert torch.equal(resumed.genome, whole.genome) and resumed.gate_p == whole.gate_p
+    assert resumed.parent == whole.parent and resumed.fitness == whole.fitness
