@@ -357,30 +357,44 @@ def test_merge_crossfit_reruns_the_search_on_each_half_and_keeps_the_guarantee(
             r = mega_deap.merge(parents, (X, y), seed=seed, gate=0.5, gate_holdout="crossfit", verbose=True, **kw)
             assert f"gate: p = {r.gate_p:.3g} cross-fitted on {len(y)} examples" in capsys.readouterr().out
             assert model_accuracy(r.model, X, y) >= accs[best]
-            runner = TorchAdapter(plain.model)
-            right = correct_each(runner, [runner.genome(m) for m in (plain.model, *parents)], X, y)
-            if torch.equal(runner.genome(plain.model), runner.genome(parents[best])) or int(right[0].sum()) < int(
-                right[1 + best].sum()
-            ):
-                assert r.gate_p == 1.0  # no rerun
-            else:
-                half_a, half_b = _fitness_and_held(len(y), 0.5, seed)  # the first search reads the kept part
-                wins = losses = 0
-                for k, (search, test) in enumerate(((half_a, half_b), (half_b, half_a))):
-                    fold = mega_deap.merge(parents, (X[search], y[search]), seed=seed + 1 + k, gate=None, **kw)
-                    chosen = max(range(len(parents)), key=lambda j: (int(right[1 + j, search].sum()), -j))
-                    mine = correct_each(runner, [runner.genome(fold.model)], X[test], y[test])[0]
-                    w, l_, _ = mcnemar_greater(mine, right[1 + chosen, test])
-                    wins, losses = wins + w, losses + l_
-                assert r.gate_p == pytest.approx(_reference_p(wins, losses))
-            if r.parent is None:
-                assert torch.equal(TorchAdapter(r.model).genome(), runner.genome(plain.model))
-                assert r.gate_p < 0.5 and r.fitness == plain.fitness
-            else:
-                assert r.parent == best
-                assert torch.equal(TorchAdapter(r.model).genome(), runner.genome(parents[best]))
-            kept_merges.setdefault(name, []).append(r.parent is None)
+            assert r.gate_p == pytest.approx(_crossfit_p(mega_deap.merge, plain, parents, best, X, y, seed, **kw))
+            kept_merges.setdefault(name, []).append(_kept(r, plain, parents, best))
     assert not any(kept_merges["same"]) and any(kept_merges["biased"])
+
+
+def _crossfit_p(method, plain, parents, best, X, y, seed, **kw):
+    """The p of "crossfit"'s test of ``plain`` (``method(gate=None)``'s merge on all of ``(X, y)``), computed
+    apart: 1 where it equals the best parent or is less accurate; else McNemar's on the wins and losses of
+    ``method(gate=None, seed=seed + 1 + k)`` run on each half of the seeded split, each against the parent best
+    on its own half, on the other half."""
+    runner = TorchAdapter(plain.model)
+    right = correct_each(runner, [runner.genome(m) for m in (plain.model, *parents)], X, y)
+    if torch.equal(runner.genome(plain.model), runner.genome(parents[best])) or int(right[0].sum()) < int(
+        right[1 + best].sum()
+    ):
+        return 1.0  # no rerun
+    half_a, half_b = _fitness_and_held(len(y), 0.5, seed)  # the first search reads the kept part
+    wins = losses = 0
+    for k, (search, test) in enumerate(((half_a, half_b), (half_b, half_a))):
+        fold = method(parents, (X[search], y[search]), seed=seed + 1 + k, gate=None, **kw)
+        chosen = max(range(len(parents)), key=lambda j: (int(right[1 + j, search].sum()), -j))
+        mine = correct_each(runner, [runner.genome(fold.model)], X[test], y[test])[0]
+        w, l_, _ = mcnemar_greater(mine, right[1 + chosen, test])
+        wins, losses = wins + w, losses + l_
+    return _reference_p(wins, losses)
+
+
+def _kept(r, plain, parents, best) -> bool:
+    """Whether the gated run ``r`` kept its merge, which must then be ``plain`` (the same run without gate)
+    with p below the tests' level 0.5; else ``r`` must be the best parent."""
+    runner = TorchAdapter(plain.model)
+    if r.parent is None:
+        assert torch.equal(TorchAdapter(r.model).genome(), runner.genome(plain.model))
+        assert r.gate_p < 0.5 and r.fitness == plain.fitness
+    else:
+        assert r.parent == best
+        assert torch.equal(TorchAdapter(r.model).genome(), runner.genome(parents[best]))
+    return r.parent is None
 
 
 @pytest.mark.parametrize("share", [0.3, "crossfit"])
@@ -397,35 +411,20 @@ def test_cma_merge_gates_where_merge_does(biased_mlps, digit_mlps, digits, share
         accs = [model_accuracy(m, X, y) for m in parents]
         best = max(range(len(accs)), key=lambda i: (accs[i], -i))
         for seed in (0, 1):
-            kept, held = _fitness_and_held(len(y), 0.5 if share == "crossfit" else share, seed)
+            kept, held = _fitness_and_held(len(y), 0.3, seed)  # the fraction's split
             fit = (X, y) if share == "crossfit" else (X[kept], y[kept])
             plain = cma_merge(parents, fit, seed=seed, gate=None, **kw)
             r = cma_merge(parents, (X, y), seed=seed, gate=0.5, gate_holdout=share, verbose=True, **kw)
             on = f"cross-fitted on {len(y)} examples" if share == "crossfit" else f"on {len(held)} held-out examples"
             assert f"gate: p = {r.gate_p:.3g} {on}" in capsys.readouterr().out
             assert model_accuracy(r.model, X, y) >= accs[best]
-            runner = TorchAdapter(plain.model)
-            right = correct_each(runner, [runner.genome(m) for m in (plain.model, *parents)], X, y)
-            if share != "crossfit":
+            if share == "crossfit":
+                assert r.gate_p == pytest.approx(_crossfit_p(cma_merge, plain, parents, best, X, y, seed, **kw))
+            else:
+                runner = TorchAdapter(plain.model)
+                right = correct_each(runner, [runner.genome(m) for m in (plain.model, *parents)], X, y)
                 assert r.gate_p == pytest.approx(mcnemar_greater(right[0, held], right[1 + best, held])[2])
-            elif int(right[0].sum()) <= int(right[1 + best].sum()):
-                assert r.gate_p == 1.0  # no rerun: the merge does not beat the best parent on the whole set
-            else:
-                wins = losses = 0
-                for k, (search, test) in enumerate(((kept, held), (held, kept))):
-                    fold = cma_merge(parents, (X[search], y[search]), seed=seed + 1 + k, gate=None, **kw)
-                    chosen = max(range(len(parents)), key=lambda j: (int(right[1 + j, search].sum()), -j))
-                    mine = correct_each(runner, [runner.genome(fold.model)], X[test], y[test])[0]
-                    w, l_, _ = mcnemar_greater(mine, right[1 + chosen, test])
-                    wins, losses = wins + w, losses + l_
-                assert r.gate_p == pytest.approx(_reference_p(wins, losses))
-            if r.parent is None:
-                assert torch.equal(TorchAdapter(r.model).genome(), runner.genome(plain.model))
-                assert r.gate_p < 0.5 and r.fitness == plain.fitness
-            else:
-                assert r.parent == best
-                assert torch.equal(TorchAdapter(r.model).genome(), runner.genome(parents[best]))
-            kept_merges.setdefault(name, []).append(r.parent is None)
+            kept_merges.setdefault(name, []).append(_kept(r, plain, parents, best))
     assert any(kept_merges["biased"]) and not all(kept_merges["same"] + kept_merges["biased"])
 
 
