@@ -78,3 +78,13 @@ def test_bench_peers_quick(tmp_path):
     ran = {r["library"] for r in res["rows"]}
     assert ran | set(res["skipped"]) == set(bench.PEERS)
     assert all("pip install" in why for why in res["skipped"].values())
+
+
+def test_bench_pairing_quick():
+    spec = importlib.util.spec_from_file_location("bench_pairing", ROOT / "benchmarks" / "bench_pairing.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--quick"])
+    assert [(r["units"], r["dead"]) for r in res["rows"]] == [(64, 0.0), (64, 0.5), (128, 0.0), (128, 0.5)]
+    assert all(r["same_pairs"] and min(min(v) for v in r["seconds"].values()) > 0 for r in res["rows"])
+    assert "| 128 | 50 % |" in bench.table(res)

@@ -14,7 +14,7 @@ from conftest import permuted_copy
 from mega_deap.align import activation_matching, match_features, permutation_spec, repair_batchnorm, zip_models
 from mega_deap.align import zip_states
 from mega_deap.align.activations import unit_moments
-from mega_deap.align.zipping import _greedy_pairs
+from mega_deap.align.zipping import _greedy_pairs, _sorted_greedy
 from mega_deap.experiments.heldout_study import LeNet, ResMLP
 from mega_deap.experiments.models import MLP, SmallCNN
 from mega_deap.experiments.report import weight_average
@@ -33,14 +33,28 @@ def _greedy_reference(corr):
     return sorted(pairs)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_greedy_pairing_is_the_plain_rule(seed):
+@pytest.mark.parametrize("kind", ["distinct", "ties", "dead units", "all zero", "asymmetric"])
+@pytest.mark.parametrize("seed", range(4))
+def test_greedy_pairing_is_the_plain_rule(seed, kind):
+    """The pairs, in the order chosen, of the plain rule (the best free pair, highest correlation first, ties:
+    the lower indices; the upper triangle read), and of the sorted pass over all pairs; also where ties are
+    everywhere (dead units: correlation 0), which sends the mutual-best rounds to the sorted pass."""
     rng = np.random.default_rng(seed)
-    z = rng.normal(size=(40, 12))
-    corr = np.corrcoef(z.T)
+    n = (12, 30, 64, 8)[seed]
+    corr = np.corrcoef(rng.normal(size=(n + 10, n)).T)
+    if kind == "ties":
+        corr = np.round(corr, 1)
+    elif kind == "dead units":
+        dead = rng.random(n) < 0.5
+        corr[dead], corr[:, dead] = 0.0, 0.0
+    elif kind == "all zero":
+        corr = np.zeros((n, n))
+    elif kind == "asymmetric":
+        corr = corr + np.tril(0.1 * rng.normal(size=(n, n)), -1)  # a lower triangle that is not the upper one
     pairs = _greedy_pairs(corr)
     assert sorted(pairs) == _greedy_reference(corr)
-    assert sorted(q for p in pairs for q in p) == list(range(12))  # every unit in exactly one pair
+    assert pairs == _sorted_greedy(np.triu(corr, 1) + np.triu(corr, 1).T, np.arange(n))
+    assert sorted(q for p in pairs for q in p) == list(range(n))  # every unit in exactly one pair
 
 
 def _zip_mlp_by_hand(a, b, pairs):

@@ -40,22 +40,47 @@ def _joint_part(rows) -> tuple:
     return (len(z), z.sum(0), z.T @ z)
 
 
-def _greedy_pairs(corr: np.ndarray) -> list:
-    """Disjoint pairs ``(i, j)``, ``i < j``, covering all ``2d`` units, chosen by correlation, highest first
-    (ties: the lower indices)."""
-    n = len(corr)
-    iu, ju = np.triu_indices(n, 1)
-    order = np.argsort(-corr[iu, ju], kind="stable")
-    free = np.ones(n, dtype=bool)
+def _sorted_greedy(c: np.ndarray, units: np.ndarray) -> list:
+    """The greedy pass itself over the pairs of ``units`` (ascending indices into ``c``): every pair sorted by
+    correlation, highest first (ties: the lower indices), each taken where both units are free."""
+    iu, ju = np.triu_indices(len(units), 1)
+    order = np.argsort(-c[np.ix_(units, units)][iu, ju], kind="stable")
+    free = np.ones(len(units), dtype=bool)
     pairs = []
     for k in order:
         i, j = iu[k], ju[k]
         if free[i] and free[j]:
             free[i] = free[j] = False
-            pairs.append((int(i), int(j)))
-            if 2 * len(pairs) == n:
+            pairs.append((int(units[i]), int(units[j])))
+            if 2 * len(pairs) == len(units):
                 break
     return pairs
+
+
+def _greedy_pairs(corr: np.ndarray) -> list:
+    """Disjoint pairs ``(i, j)``, ``i < j``, covering all ``2d`` units, chosen by correlation, highest first
+    (ties: the lower indices; ``corr``'s upper triangle is read). Returned in the order chosen.
+
+    These are the pairs of a greedy pass over all ``(2d)^2 / 2`` pairs, sorted, found mostly without sorting
+    them: a pair whose units are each other's best free partner is one the pass takes (nothing it takes first
+    touches either unit), and the best remaining pair always is one. Each round pairs every such mutual best,
+    over the free units' matrix; when a round pairs few of them (many ties, as among dead units), the sorted
+    pass itself pairs the rest, whose result is the same (the pairs taken do not touch them)."""
+    c = np.triu(np.asarray(corr, dtype=np.float64), 1)
+    c = c + c.T  # the upper triangle, mirrored: unit u's candidates, whichever index is lower
+    np.fill_diagonal(c, -np.inf)
+    free = np.ones(len(c), dtype=bool)
+    pairs: list = []
+    while free.any():
+        units = np.flatnonzero(free)
+        best = c[np.ix_(units, units)].argmax(1)  # among ties the lowest index, the pass's order
+        mutual = np.flatnonzero(best[best] == np.arange(len(units)))
+        if len(mutual) * 8 < len(units):  # a slow round: the sorted pass, at most the cost of one
+            pairs += _sorted_greedy(c, units)
+            break
+        pairs += [(int(units[a]), int(units[best[a]])) for a in mutual if a < best[a]]
+        free[units[mutual]] = False
+    return sorted(pairs, key=lambda p: (-c[p], p))
 
 
 def _in_reference_order(pairs: list, d: int) -> list:
