@@ -73,6 +73,7 @@ def main(argv=None) -> dict:
                 same = same and fast == reference
             rows.append({"units": units, "dead": dead, "seconds": seconds, "same_pairs": same})
     res = {"repeats": repeats, "rows": rows, "environment": environment()}
+    print(f"{repeats} repeats, median seconds; {res['environment']}\n")
     print(table(res))
     if args.json:
         with open(args.json, "w") as f:
@@ -82,8 +83,6 @@ def main(argv=None) -> dict:
 
 def table(res) -> str:
     lines = [
-        f"{res['repeats']} repeats, median seconds; {res['environment']}",
-        "",
         "| units of both models (2d) | dead units | sorted pass | mutual-best rounds | speed-up | pairs |",
         "|---|---|---|---|---|---|",
     ]

@@ -38,6 +38,7 @@ SECTIONS = (
     "neuroevolution",
     "bench",
     "bench-dist",
+    "bench-pairing",
     "bench-gpu",
     "bench-peers",
 )
@@ -54,6 +55,7 @@ DOC = {
     "bench-peers": "docs/benchmarks.md",
     "bench": "docs/benchmarks.md",
     "bench-dist": "docs/benchmarks.md",
+    "bench-pairing": "docs/benchmarks.md",
     "bench-gpu": "docs/benchmarks.md",
 }  # the page each section's table is written into
 # the GPU table: no GPU here, so it is rendered from the JSON files that bench_merge.py wrote on one
@@ -443,6 +445,19 @@ def section_bench_dist(out, quick):
         f"two small CNNs on {100 if quick else 1000} random 32x32x3 inputs, N=20, G={1 if quick else 5}, "
         f"{res['repeats']} interleaved repeats; `python benchmarks/bench_distributed.py"
         f"{' --quick' if quick else ''} --repeats {res['repeats']}`."
+    )
+    return head, bench.table(res), {"result": res}
+
+
+def section_bench_pairing(out, quick):
+    """The zip's unit pairing: the sorted greedy pass against the mutual-best rounds, on the same matrices."""
+    bench = load("bench_pairing", "benchmarks")
+    res = bench.main(["--json", str(out / "bench_pairing.json")] + (["--quick"] if quick else ["--repeats", "5"]))
+    sizes = ", ".join(str(r["units"]) for r in res["rows"] if not r["dead"])
+    head = (
+        f"correlations of 2d Gaussian units (2d = {sizes}), with none and half of them dead; each time is the "
+        f"median of {res['repeats']} interleaved repeats; `python benchmarks/bench_pairing.py"
+        f"{' --quick' if quick else ' --repeats 5'}`."
     )
     return head, bench.table(res), {"result": res}
 
