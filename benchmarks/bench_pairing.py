@@ -12,7 +12,6 @@ order (they must be).
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -45,6 +44,7 @@ def environment() -> dict:
 
 def main(argv=None) -> dict:
     from mega_deap.align.zipping import _greedy_pairs, _sorted_greedy
+    from mega_deap.experiments import write_json
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096], help="2d: both models' units")
@@ -73,11 +73,10 @@ def main(argv=None) -> dict:
                 same = same and fast == reference
             rows.append({"units": units, "dead": dead, "seconds": seconds, "same_pairs": same})
     res = {"repeats": repeats, "rows": rows, "environment": environment()}
+    if args.json:
+        write_json(res, args.json)  # atomically, the folder made
     print(f"{repeats} repeats, median seconds; {res['environment']}\n")
     print(table(res))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
     return res
 
 
