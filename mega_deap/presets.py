@@ -1028,11 +1028,11 @@ def cma_merge(
     :returns: a :class:`MergeResult`; its ``genome`` is the coefficient genome.
     Random source: NumPy's global generator (CMA-ES's samples), seeded from ``seed``.
     """
+    settings = {k: v for k, v in locals().items() if k not in ("models", "val_data")}  # for crossfit's reruns
     from deap import cma
 
     from .cmaes import eaGenerateUpdate
 
-    settings = {k: v for k, v in locals().items() if k not in ("models", "val_data", "cma", "eaGenerateUpdate")}
     models = list(models)
     if len(models) < 2:
         raise SettingError(f"cma_merge needs at least two models, got {len(models)}")
