@@ -90,9 +90,13 @@ def environment():
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
+    # the vector instructions torch's CPU kernels use (AVX2, AVX512, ...): machines that differ here run other
+    # kernels, whose sums round differently, so their numbers differ as another thread count's do
+    kernels = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
     return (
         ", ".join(f"{k} {v}" for k, v in versions.items())
-        + f"; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs ({cpu}), {platform.system()}"
+        + f"; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs ({cpu}, {kernels} kernels), "
+        + platform.system()
     )
 
 

@@ -4,6 +4,8 @@ environment beside it, and the docs hold a block for each section to be written 
 import pathlib
 import re
 
+import torch
+
 from conftest import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -29,6 +31,7 @@ def test_quick_run_writes_every_table_and_leaves_the_docs_alone(tmp_path):
     for section in rep.SECTIONS:
         text = (tmp_path / f"{section}.md").read_text()
         assert text.startswith(f"<!-- reproduce:{section} -->") and "torch threads" in text
+        assert f"{torch.backends.cpu.get_cpu_capability()} kernels" in text  # the machine's kind, too
         assert f"--only {section}" in text
         if section != "keras" or written[section]["table"]:
             assert "|---" in written[section]["table"]
