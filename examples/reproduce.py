@@ -92,7 +92,7 @@ def environment():
         pass
     # the vector instructions torch's CPU kernels use (AVX2, AVX512, ...): machines that differ here run other
     # kernels, whose sums round differently, so their numbers differ as another thread count's do
-    kernels = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
+    kernels = torch.backends.cpu.get_cpu_capability()  # since torch 2.1; the floor is 2.3
     return (
         ", ".join(f"{k} {v}" for k, v in versions.items())
         + f"; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs ({cpu}, {kernels} kernels), "
