@@ -87,7 +87,16 @@ def parse_args(argv=None):
         help="take each run's rows from this earlier results.json (same --seeds, --popsize, --ngen) and run only "
         "the rows it lacks; the parents and a spot check of rows are recomputed and must match it",
     )
+    p.add_argument(
+        "--rows",
+        choices=("all", "defaults"),
+        default="all",
+        help="defaults: run only the rows of the default methods (and the parents and their ensemble), for the "
+        "half-point rule with more seeds; no round's rule can choose on them",
+    )
     args = p.parse_args(argv)
+    if args.rows == "defaults" and args.reuse is not None:
+        p.error("--reuse takes the rows an earlier run of every row lacks; with --rows defaults, run from scratch")
     for name in ("seeds", "popsize", "ngen"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -120,6 +129,8 @@ def run(task, setting: str, seed: int, args) -> dict:
     they differ)."""
     runs = args.stored.get(f"{task.name}/{setting}", [])
     kw = dict(popsize=args.popsize, ngen=args.ngen)
+    if args.rows == "defaults":
+        return study.run_task(task, setting, seed, methods=DEFAULT_ROWS, **kw)
     if seed >= len(runs):
         return study.run_task(task, setting, seed, **kw)
     old = runs[seed]
@@ -153,8 +164,10 @@ def main(argv=None):
                     + ", ".join(f"{m} {v[1]:.3f}" for m, v in runs[-1].items() if m in study.METHODS)
                 )
             results[f"{name}/{setting}"] = {"runs": runs, "rows": study.summarize(runs), "role": study.ROLES[name]}
-    choices = {}
+    choices: dict = {}
     seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in sorted(study.ROUNDS)]
+    if args.rows == "defaults":  # the rules read rows this run leaves out
+        seen = [{} for _ in seen]
     if seen[0]:  # round 1: the fitness and the matching, on the development tasks
         choices.update(fitness=study.choose_metric(seen[0]), matching=study.choose_matching(seen[0]))
     if seen[1]:  # round 2: the gate, on the development and round-1 held-out tasks, with the defaults
@@ -177,7 +190,10 @@ def main(argv=None):
         {"settings": settings, "results": results, "choices": choices, "seconds": time.perf_counter() - t0},
         os.path.join(args.out, "results.json"),
     )
-    say(table(results, choices))
+    if args.rows == "defaults":  # the per-table rows and effects read rows this run leaves out
+        say("\n".join(text for role in ROLE_ORDER if (text := rule_test_lines(results, role))))
+    else:
+        say(table(results, choices))
     print(f"wrote {os.path.join(args.out, 'results.json')}")
     return {"results": results, "choices": choices}
 
@@ -258,6 +274,14 @@ def round4_row(method: str) -> str:
     return study.gated(method, DEFAULT_GATE)
 
 
+# what --rows defaults runs: the default methods, their rows as the defaults run them, and the baselines
+DEFAULT_ROWS = (
+    "best parent",
+    "best parent by validation",
+    "output ensemble",
+    *DEFAULT_METHODS,
+    *dict.fromkeys(default_row(m) for m in DEFAULT_METHODS),
+)
 # the half-point rule: a default may lose at most this much mean test accuracy on any held-out table
 HALF_POINT = 0.005
 
@@ -321,6 +345,101 @@ def half_point_lines(results, role="held out") -> str:
             for r in rows
         ],
     )
+
+
+# the half-point rule read with its uncertainty: each one-sided test at this level, Holm-corrected over a
+# method's tables
+RULE_LEVEL = 0.05
+
+
+def rule_test(results, role="held out") -> list:
+    """The half-point rule on the tables of ``role``, read with its uncertainty, per default method and
+    table: rows ``{method, table, seeds, mean, half, p_meets, p_fails, verdict}``. ``mean``: the method's
+    test accuracy minus the best parent's (the one better on test), over the table's seeds (paired: one
+    difference per seed); ``half``: its 95 % t confidence interval's half-width; ``p_meets`` and ``p_fails``:
+    the one-sided t-tests that the mean difference is above and below ``-HALF_POINT``
+    (:func:`~mega_deap.experiments.ablation.margin_test`), each Holm-corrected over the method's tables;
+    ``verdict``: ``"meets"`` or ``"fails"`` where that test's corrected p is below :data:`RULE_LEVEL`, else
+    ``"undecided"`` (the seeds cannot tell)."""
+    from mega_deap.experiments.ablation import holm, margin_test, mean_ci
+
+    rows = []
+    for method in DEFAULT_METHODS:
+        name = default_row(method)
+        mine = []
+        for key, res in results.items():
+            runs = [r for r in res["runs"] if name in r]
+            if res["role"] != role or not runs:
+                continue
+            d = [r[name][1] - r["best parent"][1] for r in runs]
+            mean, _, half = mean_ci(d)
+            above, below = margin_test(d, HALF_POINT)
+            mine.append(
+                {
+                    "method": method,
+                    "table": key,
+                    "seeds": len(d),
+                    "mean": mean,
+                    "half": half,
+                    "p_meets": above,
+                    "p_fails": below,
+                }
+            )
+        for key in ("p_meets", "p_fails"):
+            for r, q in zip(mine, holm([r[key] for r in mine])):
+                r[key] = q
+        for r in mine:
+            r["verdict"] = (
+                "meets" if r["p_meets"] < RULE_LEVEL else "fails" if r["p_fails"] < RULE_LEVEL else "undecided"
+            )
+        rows += mine
+    return rows
+
+
+def rule_test_lines(results, role="held out") -> str:
+    """:func:`rule_test` as a Markdown table (points)."""
+    rows = rule_test(results, role)
+    if not rows:
+        return ""
+    return markdown(
+        f"The half-point rule on the {role} tables, read with its uncertainty (test accuracy, points): per "
+        "default method and table, its test accuracy minus the best parent's (better on test), mean over seeds "
+        "and 95 % t confidence interval of the paired differences; the one-sided t-tests that the mean is "
+        f"above -0.5 (the rule met) and below it (the rule failed), each Holm-corrected over the method's "
+        f"tables; the verdict at {RULE_LEVEL}, undecided where neither test is.",
+        ("method", "table", "seeds", "test - best parent", "p (above -0.5)", "p (below -0.5)", "verdict"),
+        [
+            (
+                LABELS[r["method"]],
+                r["table"],
+                str(r["seeds"]),
+                f"{100 * r['mean']:+.2f} ± {100 * r['half']:.2f}",
+                f"{r['p_meets']:.2g}",
+                f"{r['p_fails']:.2g}",
+                f"**{r['verdict']}**" if r["verdict"] == "fails" else r["verdict"],
+            )
+            for r in rows
+        ],
+    )
+
+
+def rule_test_summary(results, role="held out") -> str:
+    """One line per default method: on how many of the tables of ``role`` :func:`rule_test` finds it meets
+    the rule, fails it, or cannot tell."""
+    rows = rule_test(results, role)
+    lines = []
+    for method in DEFAULT_METHODS:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        count = {v: sum(r["verdict"] == v for r in mine) for v in ("meets", "fails", "undecided")}
+        worst = min(mine, key=lambda r: r["mean"])
+        lines.append(
+            f"- {LABELS[method]}: meets it on {count['meets']} of {len(mine)} tables, fails on {count['fails']}, "
+            f"undecided on {count['undecided']}; worst mean {100 * worst['mean']:+.2f} ± {100 * worst['half']:.2f} "
+            f"({worst['table']})"
+        )
+    return "\n".join(lines)
 
 
 def markdown(caption: str, header: tuple, cells: list) -> str:

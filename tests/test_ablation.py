@@ -6,7 +6,16 @@ import pathlib
 import pytest
 
 from mega_deap import TensorPopulation, cxBlend
-from mega_deap.experiments.ablation import VARIANTS, build_toolbox, holm, mean_ci, paired, run_ablation, summarize
+from mega_deap.experiments.ablation import (
+    margin_test,
+    VARIANTS,
+    build_toolbox,
+    holm,
+    mean_ci,
+    paired,
+    run_ablation,
+    summarize,
+)
 from mega_deap.resume import toolbox_fingerprint
 from mega_deap.adapters import TorchAdapter, accuracy
 
@@ -40,6 +49,24 @@ def test_statistics_on_known_numbers():
 
     assert p == pytest.approx(2 * stats.t.sf(t, 3))
     assert paired([1.0, 2.0], [1.0, 2.0])[2] == 1.0
+
+
+def test_margin_test_against_the_t_statistic_by_hand():
+    """Both one-sided p-values of the mean difference against -margin, from the t statistic written out in
+    float64; equal differences decide by their side; one difference cannot."""
+    from scipy import stats
+
+    d = [0.01, -0.002, 0.004, 0.0, 0.007]
+    n, m = len(d), sum(d) / len(d)
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1))
+    t = (m + 0.005) / (sd / math.sqrt(n))
+    above, below = margin_test(d, 0.005)
+    assert above == pytest.approx(stats.t.sf(t, n - 1)) and below == pytest.approx(stats.t.cdf(t, n - 1))
+    assert above < 0.05 < below  # a mean gain of 0.38 points is above -0.5, clearly
+    assert margin_test([-0.02, -0.03, -0.025], 0.005)[1] < 0.05  # a loss of 2.5 points is below it
+    assert margin_test([0.0, 0.0, 0.0], 0.005) == (0.0, 1.0)  # every seed equal to the parent
+    assert margin_test([-0.01, -0.01], 0.005) == (1.0, 0.0)
+    assert all(math.isnan(p) for p in margin_test([0.1], 0.005))
 
 
 def test_holm_against_its_definition():

@@ -330,6 +330,64 @@ def test_the_half_point_rule_reads_each_default_against_both_parents():
     assert "| `merge()` | -1.00 | 1 of 2 | -0.25 | 0 of 2 |" in ex.half_point_lines(results)
 
 
+def test_the_rule_test_reads_paired_differences_with_holm_over_a_method_s_tables():
+    """Per held-out table: the mean of (method - best parent) per seed, its 95 % CI, both one-sided tests
+    against -0.5 points Holm-corrected over the method's tables, and the verdict they give."""
+    from scipy import stats
+
+    from mega_deap.experiments.ablation import holm, margin_test
+
+    ex = _example()
+    row = ex.default_row(ex.DEFAULT_METHODS[0])
+
+    def runs(deltas):
+        return [{"best parent": (0, 0.8), row: (0, 0.8 + d)} for d in deltas]
+
+    diffs = {
+        "gain/same-data": [0.01, 0.012, 0.008, 0.011],  # above -0.5 points, clearly: meets
+        "loss/same-data": [-0.03, -0.028, -0.032, -0.029],  # below, clearly: fails
+        "noise/same-data": [0.05, -0.06, 0.04, -0.05],  # the seeds cannot tell
+    }
+    results = {k: {"role": "held out", "runs": runs(d)} for k, d in diffs.items()}
+    results["dev/same-data"] = {"role": "development", "runs": runs([-0.5, -0.5])}  # another role: not read
+    got = ex.rule_test(results)
+    assert [(r["method"], r["table"]) for r in got] == [(ex.DEFAULT_METHODS[0], k) for k in diffs]
+    assert [r["verdict"] for r in got] == ["meets", "fails", "undecided"]
+    raw = [margin_test(d, 0.005) for d in diffs.values()]
+    for i, key in enumerate(("p_meets", "p_fails")):
+        assert [r[key] for r in got] == pytest.approx(holm([p[i] for p in raw]))
+    assert got[1]["mean"] == pytest.approx(-0.02975)
+    sd = stats.tstd(diffs["loss/same-data"])
+    assert got[1]["half"] == pytest.approx(stats.t.ppf(0.975, 3) * sd / 2)
+    lines = ex.rule_test_lines(results)
+    assert "| `merge()` | loss/same-data | 4 | -2.98 ± " in lines and "| **fails** |" in lines
+    assert "meets it on 1 of 3 tables, fails on 1, undecided on 1" in ex.rule_test_summary(results)
+    assert ex.rule_test(results, role="round-2 held out") == [] and ex.rule_test_lines(results, "x") == ""
+
+
+def test_rows_defaults_runs_only_the_default_methods_and_chooses_nothing(tmp_path, monkeypatch, capsys):
+    """--rows defaults asks run_task for the default methods' rows and the baselines only, skips every
+    round's rule (they read rows it leaves out), prints the rule test, and refuses --reuse in one line."""
+    ex = _example()
+    calls = []
+    real = study.run_task
+    monkeypatch.setattr(study, "run_task", lambda *a, **k: calls.append(k.get("methods")) or real(*a, **k))
+    out = ex.main(
+        ["--rows", "defaults", "--tasks", "digits-mlp-subset", "--settings", "same-data", "--seeds", "2"]
+        + ["--popsize", "6", "--ngen", "1", "--out", str(tmp_path)]
+    )
+    printed = capsys.readouterr().out
+    assert "on the development tables, read with its uncertainty" in printed and "Holm" in printed
+    assert calls == [ex.DEFAULT_ROWS, ex.DEFAULT_ROWS] and out["choices"] == {}
+    run = out["results"]["digits-mlp-subset/same-data"]["runs"][0]
+    assert {k for k in run if k in study.METHODS} == set(ex.DEFAULT_ROWS)
+    assert {ex.default_row(m) for m in ex.DEFAULT_METHODS} <= set(run)
+    assert len(ex.rule_test(out["results"], role="development")) == len(ex.DEFAULT_METHODS)
+    with pytest.raises(SystemExit) as e:
+        ex.parse_args(["--rows", "defaults", "--reuse", str(tmp_path / "results.json")])
+    assert e.value.code == 2
+
+
 def test_align_effect_pairs_merge_with_its_unaligned_self_per_kind_of_table():
     """merge(align='activations') minus merge(align=False) (both behind the gate on the whole validation set,
     as round 3 ran them) per run; Wilcoxon on the runs that

@@ -33,6 +33,7 @@ __all__ = [
     "summarize",
     "mean_ci",
     "paired",
+    "margin_test",
     "holm",
 ]
 
@@ -112,6 +113,23 @@ def paired(values, reference, level=0.95):
     else:
         p = float(stats.ttest_rel(values, reference).pvalue)
     return mean, half, p
+
+
+def margin_test(differences, margin):
+    """Two one-sided t-tests of the mean of paired ``differences`` against ``-margin``: ``(p_above,
+    p_below)``, the p-values of "the mean is above ``-margin``" (a non-inferiority test) and of "it is below".
+    Where every difference is equal, each is 0.0 where the difference is on its side and 1.0 otherwise; nan
+    for fewer than two differences."""
+    from scipy import stats
+
+    d = np.asarray(differences, dtype=np.float64)
+    if len(d) < 2:
+        return float("nan"), float("nan")
+    if np.all(d == d[0]):
+        return (0.0 if d[0] > -margin else 1.0), (0.0 if d[0] < -margin else 1.0)
+    above = stats.ttest_1samp(d, -margin, alternative="greater").pvalue
+    below = stats.ttest_1samp(d, -margin, alternative="less").pvalue
+    return float(above), float(below)
 
 
 ######################################
