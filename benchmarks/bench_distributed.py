@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from mega_deap.experiments import environment, write_json
+
 
 def worker(out, quick=False):
     """One merge, timed; rank 0 writes ``{"seconds", "genome_sha256"}`` to ``out``."""
@@ -111,11 +113,11 @@ def main(argv=None):
         "speedup": med[1] / med[args.procs],
         "same_bits": digests[1] == digests[args.procs] and len(digests[1]) == 1,
         "cpus": os.cpu_count(),
+        "environment": environment(("mega_deap", "torch")),
     }
     print(table(res))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(res, args.json)  # atomically, the folder made
     return res
 
 

@@ -31,8 +31,6 @@ mutation at D = 20 M, and the peak memory of a merge-sized population (N = 20, D
 
 import argparse
 import json
-import os
-import platform
 import random
 import resource
 import subprocess
@@ -44,7 +42,7 @@ import torch
 from deap import tools
 
 import mega_deap
-from mega_deap.experiments import write_json
+from mega_deap.experiments import environment, write_json
 from mega_deap.adapters import TorchAdapter
 from mega_deap.presets import ensure_creator_classes
 from mega_deap.experiments import MLP, SmallCNN, resnet_cifar
@@ -571,10 +569,7 @@ def main(argv=None):
         )
     result = {
         "device": str(device),
-        "machine": platform.platform(),
-        "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
         "quick": args.quick,
         "rows": rows,
@@ -584,6 +579,7 @@ def main(argv=None):
         "mutation": mut,
         "memory": memr,
         "command": " ".join(sys.argv),
+        **environment(("mega_deap", "torch")),  # machine, cpu_count, threads, cpu, kernels, ...
     }
     if args.json:
         write_json(result, args.json)  # atomically, the folder made

@@ -12,8 +12,6 @@ order (they must be).
 """
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
@@ -31,20 +29,9 @@ def correlations(units: int, dead: float, seed: int = 0) -> np.ndarray:
     return c
 
 
-def environment() -> dict:
-    import importlib.metadata as md
-
-    return {
-        "machine": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "versions": {name: md.version(name) for name in ("mega_deap", "numpy")},
-    }
-
-
 def main(argv=None) -> dict:
     from mega_deap.align.zipping import _greedy_pairs, _sorted_greedy
-    from mega_deap.experiments import write_json
+    from mega_deap.experiments import environment, environment_line, write_json
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096], help="2d: both models' units")
@@ -72,10 +59,10 @@ def main(argv=None) -> dict:
                 seconds["mutual-best rounds"].append(t2 - t1)
                 same = same and fast == reference
             rows.append({"units": units, "dead": dead, "seconds": seconds, "same_pairs": same})
-    res = {"repeats": repeats, "rows": rows, "environment": environment()}
+    res = {"repeats": repeats, "rows": rows, "environment": environment(("mega_deap", "numpy"))}
     if args.json:
         write_json(res, args.json)  # atomically, the folder made
-    print(f"{repeats} repeats, median seconds; {res['environment']}\n")
+    print(f"{repeats} repeats, median seconds; {environment_line(res['environment'])}\n")
     print(table(res))
     return res
 

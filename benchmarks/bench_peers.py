@@ -33,8 +33,6 @@ generation. Every library is seeded; the environment is printed and saved.
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import time
 
@@ -44,7 +42,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 import mega_deap
-from mega_deap.experiments import write_json
+from mega_deap.experiments import environment, write_json
 from mega_deap.adapters import TorchAdapter
 
 SIGMA = 0.05
@@ -281,24 +279,6 @@ ALGORITHMS = {
 }
 
 
-def environment():
-    import importlib.metadata as md
-
-    versions = {}
-    for name in ("mega_deap", "deap", "torch", "evotorch", "evox", "pygad", "numpy"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "machine": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "versions": versions,
-    }
-
-
 def measure(task, N, name, args):
     """One row: a probe of two generations says whether the whole run fits in ``--budget``; if it does, the
     run over every seed, else the probe's timing alone."""
@@ -361,7 +341,7 @@ def main(argv=None):
     if args.quick:
         args.sizes, args.ngen, args.seeds = [8], 2, 1
     logging.getLogger("evotorch").setLevel(logging.WARNING)  # its INFO lines about every Problem
-    env = environment()
+    env = environment(("mega_deap", "deap", "torch", "evotorch", "evox", "pygad", "numpy"))
     print(f"environment: {json.dumps(env)}")
     rows, skipped = [], {}
     for task_name in args.tasks:

@@ -3,6 +3,8 @@
 import importlib.util
 import pathlib
 
+import torch
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -35,6 +37,7 @@ def test_bench_merge_quick(tmp_path):
         "update",
     ]
     assert res["mutation"]["sparse_s"] > 0 and res["memory"]["budget_bytes"] > 0
+    assert res["kernels"] == torch.backends.cpu.get_cpu_capability() and res["threads"] == torch.get_num_threads()
 
 
 def test_bench_merge_quick_takes_the_sizes_it_is_given(tmp_path):
@@ -78,6 +81,7 @@ def test_bench_peers_quick(tmp_path):
     ran = {r["library"] for r in res["rows"]}
     assert ran | set(res["skipped"]) == set(bench.PEERS)
     assert all("pip install" in why for why in res["skipped"].values())
+    assert res["environment"]["kernels"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_bench_pairing_quick():
@@ -88,3 +92,4 @@ def test_bench_pairing_quick():
     assert [(r["units"], r["dead"]) for r in res["rows"]] == [(64, 0.0), (64, 0.5), (128, 0.0), (128, 0.5)]
     assert all(r["same_pairs"] and min(min(v) for v in r["seconds"].values()) > 0 for r in res["rows"])
     assert "| 128 | 50 % |" in bench.table(res)
+    assert res["environment"]["kernels"] == torch.backends.cpu.get_cpu_capability()

@@ -150,6 +150,7 @@ def test_the_benchmark_runs_and_checks_the_bits():
     bench = load_script("bench_distributed", "benchmarks")
     res = bench.main(["--quick", "--repeats", "1"])
     assert res["same_bits"] and set(res["seconds"]) == {1, 2}
+    assert res["environment"]["kernels"] == torch.backends.cpu.get_cpu_capability()
     assert "| 2 |" in bench.table(res)
 
 

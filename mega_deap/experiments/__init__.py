@@ -27,7 +27,18 @@ from .train import (
     load_model_file,
     model_accuracy,
 )
-from .report import ensemble_accuracy, weight_average, format_table, plot_fitness, write_json, pyplot, save_figure
+from .report import (
+    ensemble_accuracy,
+    weight_average,
+    format_table,
+    plot_fitness,
+    write_json,
+    pyplot,
+    save_figure,
+    environment,
+    environment_line,
+    source_digest,
+)
 from .setup import add_data_args, Setup, setup
 
 __all__ = [
@@ -62,6 +73,9 @@ __all__ = [
     "write_json",
     "pyplot",
     "save_figure",
+    "environment",
+    "environment_line",
+    "source_digest",
     "add_data_args",
     "Setup",
     "setup",

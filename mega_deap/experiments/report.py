@@ -1,15 +1,32 @@
 """The report of a merge: baselines, a table like the paper's, a JSON of every number, the fitness plot."""
 
+import hashlib
 import math
 import json
 import os
+import pathlib
+import platform
 
 import torch
 
 from mega_deap.evaluation import correct
 from mega_deap.files import atomic_write
 
-__all__ = ["ensemble_accuracy", "weight_average", "format_table", "plot_fitness", "write_json", "pyplot", "save_figure"]
+__all__ = [
+    "ensemble_accuracy",
+    "weight_average",
+    "format_table",
+    "plot_fitness",
+    "write_json",
+    "pyplot",
+    "save_figure",
+    "environment",
+    "environment_line",
+    "source_digest",
+]
+
+# the packages whose versions an environment names by default
+PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "deap", "keras")
 
 
 @torch.no_grad()
@@ -104,3 +121,57 @@ def save_figure(fig, path) -> str:
     fig.savefig(path)
     pyplot().close(fig)
     return path
+
+
+def environment(packages=PACKAGES) -> dict:
+    """What a result depends on besides the code and the seed, as JSON-able data: the Python version, the
+    installed version of each of ``packages`` (``None`` where absent; read from the package metadata, nothing
+    is imported), torch's thread count, the CPUs, the vector instructions torch's CPU kernels use (machines
+    that differ there run other kernels, whose sums round differently, so their numbers differ as another
+    thread count's do), and the platform."""
+    import importlib.metadata as md
+
+    versions: dict = {}
+    for name in packages:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(),
+        "versions": versions,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu,
+        "kernels": torch.backends.cpu.get_cpu_capability(),  # since torch 2.1; the floor is 2.3
+        "system": platform.system(),
+        "machine": platform.platform(),
+    }
+
+
+def environment_line(env=None) -> str:
+    """:func:`environment` (or ``env``, one it returned) as the line printed beside every regenerated table,
+    so that a rerun can tell whether it ran on the same kind of machine."""
+    env = env or environment()
+    versions = {"python": env["python"], **{k: v or "absent" for k, v in env["versions"].items()}}
+    return (
+        ", ".join(f"{k} {v}" for k, v in versions.items())
+        + f"; torch threads {env['threads']}, {env['cpu_count']} CPUs ({env['cpu']}, {env['kernels']} kernels), "
+        + env["system"]
+    )
+
+
+def source_digest(root=None) -> str:
+    """SHA-256 of the Python sources under ``root`` (their paths and contents, in order), by default this
+    installed package's: what a run's progress file records, so that a run is never resumed by other code."""
+    root = pathlib.Path(root) if root is not None else pathlib.Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
