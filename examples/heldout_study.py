@@ -1,6 +1,7 @@
 """Merge defaults chosen on development tasks and reported on held-out ones, with over-fitting parents.
 
-    python examples/heldout_study.py --out results/heldout   # docs/studies/alignment.md (about 95 min, 2 cores)
+    python examples/heldout_study.py --out results/heldout   # docs/studies/alignment.md (1.5 to 3+ hours, 2 cores)
+    python examples/heldout_study.py --out results/heldout --resume   # continue it where it stopped
     python examples/heldout_study.py --out results/heldout --reuse results/heldout/results.json   # new rows only
     python examples/heldout_study.py --tasks digits-mlp-subset --seeds 2   # a quick look
 
@@ -43,6 +44,11 @@ parts). The rules (``choose_metric``, ``choose_matching``, ``choose_gate``, ``ch
 ``choose_zip``, ``choose_gate_holdout``, ``choose_gate_crossfit``, ``choose_default_matching``,
 ``choose_coefficient_alignment``) read only the tables of their round; the held-out tables are printed beside them.
 
+After every run (one seed of one setting of one task) the study writes ``OUT/progress.json``, atomically;
+``--resume`` keeps the runs it holds and runs the rest, so a run stopped at any instant loses at most the run
+under way. A progress file of another job (other N, G or rows, other code, another machine's versions,
+threads or CPU kernels) is refused in one line.
+
 ``--reuse FILE`` takes each run's rows from an earlier ``results.json`` of the same seeds, N and G and runs
 only the rows it lacks (new tasks, new methods). Each reused run's parents and the rows of
 :data:`REUSE_CHECKS` are computed again and must equal the stored ones bit for bit, else the run stops: rows
@@ -65,7 +71,7 @@ from mega_deap.presets import (
     DEFAULT_MATCHING,
     DEFAULT_METRIC,
 )
-from mega_deap.experiments import write_json
+from mega_deap.experiments import environment_line, source_digest, write_json
 from mega_deap.experiments.align_study import SETTINGS
 
 
@@ -94,7 +100,17 @@ def parse_args(argv=None):
         help="defaults: run only the rows of the default methods (and the parents and their ensemble), for the "
         "half-point rule with more seeds; no round's rule can choose on them",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue a stopped run of the same job from OUT/{PROGRESS}: its finished runs are kept, the rest "
+        "run (from scratch where there is no such file); a file another job wrote (other N, G, rows, code or "
+        "environment) is refused",
+    )
     args = p.parse_args(argv)
+    args.done = {}
+    if args.resume:
+        args.done = resumable(os.path.join(args.out, PROGRESS), job(args), p.error)
     if args.rows == "defaults" and args.reuse is not None:
         p.error("--reuse takes the rows an earlier run of every row lacks; with --rows defaults, run from scratch")
     for name in ("seeds", "popsize", "ngen"):
@@ -115,6 +131,45 @@ def parse_args(argv=None):
                 )
         args.stored = {key: res["runs"] for key, res in stored.items()}
     return args
+
+
+# the file a run writes after each of its runs, and --resume continues from
+PROGRESS = "progress.json"
+
+
+def job(args) -> dict:
+    """What a run's results depend on besides the task, the setting and the seed: N, G, the rows, the code
+    (:func:`~mega_deap.experiments.source_digest`) and the machine (versions, threads, CPU kernels). A run
+    resumes only from a progress file of the same job."""
+    return {
+        "popsize": args.popsize,
+        "ngen": args.ngen,
+        "rows": args.rows,
+        "code": source_digest(),
+        "environment": environment_line(),
+    }
+
+
+def resumable(path: str, this: dict, error) -> dict:
+    """The finished runs ``{"task/setting": [run, ...]}`` of the progress file at ``path`` (``{}`` where there
+    is none); ``error(message)`` (one line) where it is not a progress file or another job wrote it."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            old = json.load(f)  # JSON: no unpickling
+        theirs, runs = old["job"], old["runs"]
+        if not isinstance(theirs, dict) or not isinstance(runs, dict):
+            raise TypeError("its job or runs is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        error(f"--resume {path}: not a progress file of this study ({type(e).__name__}: {e})")
+    for key, value in this.items():
+        if theirs.get(key) != value:
+            error(
+                f"--resume {path}: another job wrote it: its {key} is {theirs.get(key)!r}, this run's {value!r}; "
+                "delete it or choose another --out"
+            )
+    return runs
 
 
 # the rows a reused run computes again, to check that the stored run is this code's: the unaligned merge and
@@ -153,12 +208,19 @@ def main(argv=None):
     args = parse_args(argv)
     say = (lambda *a: None) if args.quiet else print
     results, t0 = {}, time.perf_counter()
+    # written after every run, atomically: a run stopped at any instant resumes from it (--resume)
+    progress = {"job": job(args), "runs": dict(args.done)}
     for name in args.tasks:
         task = study.TASKS[name]
         for setting in args.settings:
-            runs = []
+            runs, done = [], args.done.get(f"{name}/{setting}", [])
             for seed in range(args.seeds):
+                if seed < len(done):  # finished before the stop: the same job's, so the same bits
+                    runs.append(done[seed])
+                    continue
                 runs.append(run(task, setting, seed, args))
+                progress["runs"][f"{name}/{setting}"] = runs + done[len(runs) :]
+                write_json(progress, os.path.join(args.out, PROGRESS))
                 say(
                     f"{name} {setting} seed {seed}: "
                     + ", ".join(f"{m} {v[1]:.3f}" for m, v in runs[-1].items() if m in study.METHODS)
@@ -435,9 +497,9 @@ def rule_test_summary(results, role="held out") -> str:
         count = {v: sum(r["verdict"] == v for r in mine) for v in ("meets", "fails", "undecided")}
         worst = min(mine, key=lambda r: r["mean"])
         lines.append(
-            f"- {LABELS[method]}: meets it on {count['meets']} of {len(mine)} tables, fails on {count['fails']}, "
-            f"undecided on {count['undecided']}; worst mean {100 * worst['mean']:+.2f} ± {100 * worst['half']:.2f} "
-            f"({worst['table']})"
+            f"- {LABELS[method]}: meets it on {count['meets']} of {len(mine)} tables, fails it on {count['fails']}, "
+            f"undecided on {count['undecided']}; its worst table {100 * worst['mean']:+.2f} points (95 % CI "
+            f"± {100 * worst['half']:.2f}, {worst['table']})"
         )
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ printed beside each.
     python examples/reproduce.py --out results/                      # everything (about two hours, 2 cores)
     python examples/reproduce.py --out results/ --only merge keras   # some sections
     python examples/reproduce.py --out results/ --quick              # tiny settings: checks the pipeline only
+    python examples/reproduce.py --out results/ --resume             # continue a stopped run's held-out study
 
 Each section runs its example over several seeds and writes ``<out>/<section>.md`` (the table, the command
 and the environment) beside the example's own files. Unless ``--quick`` or ``--no-docs`` is given, the
@@ -18,12 +19,13 @@ import argparse
 import importlib.util
 import os
 import pathlib
-import platform
 import re
 import sys
 import time
 
 import numpy as np
+
+from mega_deap.experiments import environment_line
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECTIONS = (
@@ -60,6 +62,8 @@ DOC = {
     "bench-pairing": "docs/benchmarks.md",
     "bench-gpu": "docs/benchmarks.md",
 }  # the page each section's table is written into
+# the sections whose study writes a progress file after each run, and can resume from it
+RESUMABLE = ("heldout", "heldout-seeds")
 # the GPU table: no GPU here, so it is rendered from the JSON files that bench_merge.py wrote on one
 GPU_RESULTS = ("benchmarks/results_gpu_resnet56.json", "benchmarks/results_gpu_mlp.json")
 # the peers' table: EvoTorch, EvoX and PyGAD are an optional extra, so it is rendered from the JSON that
@@ -72,34 +76,6 @@ def load(name, folder="examples"):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def environment():
-    """One line: versions, threads and the CPU, so a rerun can tell whether it ran on the same kind of
-    machine."""
-    import torch
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 imports only with a backend it can load
-    for name, module in (("scipy", "scipy"), ("scikit-learn", "sklearn"), ("deap", "deap"), ("keras", "keras")):
-        try:
-            versions[name] = __import__(module).__version__
-        except Exception:  # optional, or broken next to this torch
-            versions[name] = "absent"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    # the vector instructions torch's CPU kernels use (AVX2, AVX512, ...): machines that differ here run other
-    # kernels, whose sums round differently, so their numbers differ as another thread count's do
-    kernels = torch.backends.cpu.get_cpu_capability()  # since torch 2.1; the floor is 2.3
-    return (
-        ", ".join(f"{k} {v}" for k, v in versions.items())
-        + f"; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs ({cpu}, {kernels} kernels), "
-        + platform.system()
-    )
 
 
 def ms(values, scale=100.0, digits=2):
@@ -244,11 +220,11 @@ def section_align(out, quick):
     return head, ex.table(results), {"results": results}
 
 
-def section_heldout(out, quick, reuse=False):
+def section_heldout(out, quick, reuse=False, resume=False):
     """Merge defaults chosen on development tasks, reported on held-out ones (``examples/heldout_study.py``);
-    ``reuse``: its ``--reuse`` of the runs in ``out/heldout/results.json``."""
+    ``reuse``: its ``--reuse`` of the runs in ``out/heldout/results.json``; ``resume``: its ``--resume``."""
     ex = load("heldout_study")
-    argv = ["--out", str(out / "heldout"), "--quiet"]
+    argv = ["--out", str(out / "heldout"), "--quiet"] + (["--resume"] if resume else [])
     if reuse:
         argv += ["--reuse", str(out / "heldout" / "results.json")]
     if quick:
@@ -280,16 +256,17 @@ def section_heldout(out, quick, reuse=False):
 RULE_SEEDS = 20
 
 
-def section_heldout_seeds(out, quick):
+def section_heldout_seeds(out, quick, resume=False):
     """The half-point rule on the tasks the study's round 8 held out, with :data:`RULE_SEEDS` seeds and the
     default methods' rows only (``examples/heldout_study.py --rows defaults``), read with its uncertainty.
-    ``quick``: a development task instead, 2 seeds, tiny N and G."""
+    ``quick``: a development task instead, 2 seeds, tiny N and G; ``resume``: the study's ``--resume``."""
     ex = load("heldout_study")
     if quick:
         tasks, role, seeds, popsize, ngen = ["digits-mlp-subset"], "development", 2, 6, 2
     else:
         tasks, role, seeds, popsize, ngen = [t.name for t in ex.study.HELD_OUT], "held out", RULE_SEEDS, 20, 20
     argv = ["--out", str(out / "heldout-seeds"), "--quiet", "--rows", "defaults", "--tasks", *tasks]
+    argv += ["--resume"] if resume else []
     res = ex.main(argv + ["--seeds", str(seeds), "--popsize", str(popsize), "--ngen", str(ngen)])
     head = (
         f"{seeds} seeds per task and setting (seeds 0 to {seeds - 1}; the study above ran 0 to 4), N={popsize}, "
@@ -631,22 +608,31 @@ def main(argv=None):
         action="store_true",
         help="heldout: run only the rows OUT/heldout/results.json lacks (examples/heldout_study.py --reuse)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"{', '.join(RESUMABLE)}: continue a stopped run where it stopped (examples/heldout_study.py "
+        "--resume); the tables are those of a run from scratch",
+    )
     args = p.parse_args(argv)
+    if args.resume and not set(RESUMABLE) & set(args.only or SECTIONS):
+        p.error(f"--resume belongs to the {' and '.join(RESUMABLE)} sections, which this run leaves out")
     if args.reuse and "heldout" not in (args.only or SECTIONS):
         p.error("--reuse belongs to the heldout section, which this run leaves out")
     if args.reuse and not (pathlib.Path(args.out) / "heldout" / "results.json").is_file():
         p.error(f"--reuse: {pathlib.Path(args.out) / 'heldout' / 'results.json'} does not exist")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = environment()
+    env = environment_line()
     written = {}
     for section in args.only or SECTIONS:
         t0 = time.perf_counter()
         print(f"[reproduce] {section} ...", file=sys.stderr, flush=True)
         reuse = args.reuse and section == "heldout"
-        head, table, data = globals()[f"section_{section.replace('-', '_')}"](
-            out, args.quick, **({"reuse": True} if reuse else {})
-        )
+        kwargs = {"reuse": True} if reuse else {}
+        if args.resume and section in RESUMABLE:  # the same job's runs: the tables of a run from scratch
+            kwargs["resume"] = True
+        head, table, data = globals()[f"section_{section.replace('-', '_')}"](out, args.quick, **kwargs)
         command = f"python examples/reproduce.py --out {args.out} --only {section}" + (" --reuse" if reuse else "")
         text = block(section, head, table, env, command)
         (out / f"{section}.md").write_text(text + "\n")

@@ -56,15 +56,61 @@ def test_update_doc_replaces_only_its_block(tmp_path):
         rep.update_doc(doc, "z", "")
 
 
-def test_reuse_is_refused_in_one_line_where_there_is_nothing_to_reuse(tmp_path, capsys):
+def test_reuse_and_resume_are_refused_in_one_line_where_there_is_nothing_to_reuse(tmp_path, capsys, monkeypatch):
     import pytest
 
     rep = load()
+    # the section's study refuses another job's progress file (tests/test_heldout_study.py); reproduce passes
+    # --resume on to the resumable sections alone
+    seen = {}
+    monkeypatch.setattr(rep, "section_heldout_seeds", lambda out, quick, **kw: seen.update(kw) or ("", "", {}))
+    rep.main(["--out", str(tmp_path), "--only", "heldout-seeds", "--resume", "--quick"])
+    assert seen == {"resume": True}
     for argv, said in (
         (["--only", "merge", "--reuse"], "--reuse belongs to the heldout section"),
         (["--only", "heldout", "--reuse"], "heldout/results.json does not exist"),
+        (["--only", "merge", "hpo", "--resume"], "--resume belongs to the heldout and heldout-seeds sections"),
     ):
         with pytest.raises(SystemExit) as e:
             rep.main(["--out", str(tmp_path), *argv])
         assert e.value.code == 2 and said in capsys.readouterr().err
     assert not (tmp_path / "heldout").exists()  # refused before any work
+
+
+def test_the_environment_names_versions_threads_and_kernels_and_its_line_says_them(monkeypatch):
+    """One description of the machine for every table and benchmark: package versions from their metadata
+    (None where absent), torch's threads now, the CPU kernels; the line prints each."""
+    import importlib.metadata as md
+
+    from mega_deap.experiments import environment, environment_line
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        env = environment(("torch", "no-such-package-here"))
+    finally:
+        torch.set_num_threads(threads)
+    assert env["versions"] == {"torch": md.version("torch"), "no-such-package-here": None}
+    assert env["threads"] == 1 and env["kernels"] == torch.backends.cpu.get_cpu_capability()
+    line = environment_line(env)
+    assert line.startswith(f"python {env['python']}, torch {md.version('torch')}, no-such-package-here absent;")
+    assert f"torch threads 1, {env['cpu_count']} CPUs ({env['cpu']}, {env['kernels']} kernels)" in line
+
+
+def test_the_source_digest_changes_with_any_source_and_only_with_one(tmp_path):
+    from mega_deap.experiments import source_digest
+
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 2\n")
+    (tmp_path / "pkg" / "notes.txt").write_text("not a source")
+    first = source_digest(tmp_path / "pkg")
+    (tmp_path / "pkg" / "notes.txt").write_text("still not a source")
+    assert source_digest(tmp_path / "pkg") == first
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 3\n")
+    assert source_digest(tmp_path / "pkg") != first
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 2\n")
+    assert source_digest(tmp_path / "pkg") == first
+    (tmp_path / "pkg" / "sub" / "b.py").rename(tmp_path / "pkg" / "sub" / "c.py")  # same text, another file
+    assert source_digest(tmp_path / "pkg") != first
+    assert source_digest() == source_digest(pathlib.Path(__import__("mega_deap").__file__).parent)
