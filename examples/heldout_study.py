@@ -62,6 +62,8 @@ import os
 import sys
 import time
 
+from tqdm.auto import tqdm
+
 from mega_deap.experiments import heldout_study as study
 from mega_deap.presets import (
     CROSSFIT,
@@ -85,7 +87,9 @@ def parse_args(argv=None):
     p.add_argument("--popsize", type=int, default=20)
     p.add_argument("--ngen", type=int, default=20)
     p.add_argument("--out", default="results/heldout")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--quiet", action="store_true", help="no per-run lines, tables or progress bar; only the file written"
+    )
     p.add_argument(
         "--reuse",
         metavar="RESULTS_JSON",
@@ -206,10 +210,17 @@ def run(task, setting: str, seed: int, args) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    say = (lambda *a: None) if args.quiet else print
+    say = (lambda *a: None) if args.quiet else tqdm.write  # printed lines, above the bar where there is one
     results, t0 = {}, time.perf_counter()
     # written after every run, atomically: a run stopped at any instant resumes from it (--resume)
     progress = {"job": job(args), "runs": dict(args.done)}
+    # the runs, on a terminal only (stderr), resumed ones counted as done
+    bar = tqdm(
+        total=len(args.tasks) * len(args.settings) * args.seeds,
+        desc="held-out runs",
+        unit="run",
+        disable=True if args.quiet else None,
+    )
     for name in args.tasks:
         task = study.TASKS[name]
         for setting in args.settings:
@@ -217,15 +228,19 @@ def main(argv=None):
             for seed in range(args.seeds):
                 if seed < len(done):  # finished before the stop: the same job's, so the same bits
                     runs.append(done[seed])
+                    bar.update()
                     continue
+                bar.set_postfix_str(f"{name} {setting} seed {seed}")
                 runs.append(run(task, setting, seed, args))
                 progress["runs"][f"{name}/{setting}"] = runs + done[len(runs) :]
                 write_json(progress, os.path.join(args.out, PROGRESS))
+                bar.update()
                 say(
                     f"{name} {setting} seed {seed}: "
                     + ", ".join(f"{m} {v[1]:.3f}" for m, v in runs[-1].items() if m in study.METHODS)
                 )
             results[f"{name}/{setting}"] = {"runs": runs, "rows": study.summarize(runs), "role": study.ROLES[name]}
+    bar.close()
     choices: dict = {}
     seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in sorted(study.ROUNDS)]
     if args.rows == "defaults":  # the rules read rows this run leaves out

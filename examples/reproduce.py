@@ -220,11 +220,21 @@ def section_align(out, quick):
     return head, ex.table(results), {"results": results}
 
 
+def studied(ex, argv) -> dict:
+    """The held-out study's ``main(argv)`` with its printed lines and tables dropped (this section prints its
+    own block) but its progress bar kept: hours of runs show progress on a terminal."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return ex.main(argv)
+
+
 def section_heldout(out, quick, reuse=False, resume=False):
     """Merge defaults chosen on development tasks, reported on held-out ones (``examples/heldout_study.py``);
     ``reuse``: its ``--reuse`` of the runs in ``out/heldout/results.json``; ``resume``: its ``--resume``."""
     ex = load("heldout_study")
-    argv = ["--out", str(out / "heldout"), "--quiet"] + (["--resume"] if resume else [])
+    argv = ["--out", str(out / "heldout")] + (["--resume"] if resume else [])
     if reuse:
         argv += ["--reuse", str(out / "heldout" / "results.json")]
     if quick:
@@ -239,7 +249,7 @@ def section_heldout(out, quick, reuse=False, resume=False):
             "--ngen",
             "2",
         ]
-    res = ex.main(argv)
+    res = studied(ex, argv)
     seeds = len(next(iter(res["results"].values()))["runs"])
     head = (
         f"{seeds} seeds per task and setting, N={6 if quick else 20}, G={2 if quick else 20}; accuracies in % "
@@ -265,9 +275,9 @@ def section_heldout_seeds(out, quick, resume=False):
         tasks, role, seeds, popsize, ngen = ["digits-mlp-subset"], "development", 2, 6, 2
     else:
         tasks, role, seeds, popsize, ngen = [t.name for t in ex.study.HELD_OUT], "held out", RULE_SEEDS, 20, 20
-    argv = ["--out", str(out / "heldout-seeds"), "--quiet", "--rows", "defaults", "--tasks", *tasks]
+    argv = ["--out", str(out / "heldout-seeds"), "--rows", "defaults", "--tasks", *tasks]
     argv += ["--resume"] if resume else []
-    res = ex.main(argv + ["--seeds", str(seeds), "--popsize", str(popsize), "--ngen", str(ngen)])
+    res = studied(ex, argv + ["--seeds", str(seeds), "--popsize", str(popsize), "--ngen", str(ngen)])
     head = (
         f"{seeds} seeds per task and setting (seeds 0 to {seeds - 1}; the study above ran 0 to 4), N={popsize}, "
         f"G={ngen}, on the tasks its round 8 held out ({', '.join(tasks)}); the default methods' rows only."

@@ -98,3 +98,30 @@ def permuted_copy(model, seed):
     other = copy.deepcopy(model)
     other.load_state_dict(apply_permutations(model.state_dict(), spec, perms))
     return other
+
+
+def on_a_terminal(argv) -> str:
+    """Everything the command ``argv`` writes when its standard streams are a terminal (a pseudo-terminal of
+    24 x 100 characters, as a real one has a size), after it ends."""
+    import os
+    import pty
+
+    out = []
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: give its terminal a size, then run
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        os.execv(argv[0], argv)
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out.append(chunk)
+    os.waitpid(pid, 0)
+    return b"".join(out).decode(errors="replace")

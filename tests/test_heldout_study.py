@@ -448,6 +448,28 @@ def test_resume_after_a_stop_keeps_the_finished_runs_and_gives_a_run_from_scratc
     assert e.value.code == 2 and calls == []
 
 
+def test_a_progress_bar_over_the_runs_on_a_terminal_only(tmp_path, capsys):
+    """On a terminal the study shows a bar over its runs (resumed ones counted), with the per-run lines above
+    it; in a pipe, the lines alone; --quiet, nothing but the file it wrote."""
+    import pathlib
+    import sys
+
+    from conftest import on_a_terminal
+
+    script = str(pathlib.Path(__file__).resolve().parents[1] / "examples" / "heldout_study.py")
+    argv = ["--rows", "defaults", "--tasks", "digits-mlp-subset", "--settings", "same-data", "--seeds", "2"]
+    argv += ["--popsize", "6", "--ngen", "1", "--out", str(tmp_path)]
+    text = on_a_terminal([sys.executable, script, *argv])
+    assert "held-out runs" in text and "\r" in text and "2/2" in text, text[-2000:]
+    assert "digits-mlp-subset same-data seed 1:" in text
+    ex = _example()
+    ex.main(argv + ["--resume"])  # both runs from the progress file: printed lines only, no bar in a pipe
+    printed = capsys.readouterr()
+    assert "held-out runs" not in printed.out + printed.err and "read with its uncertainty" in printed.out
+    ex.main(argv + ["--resume", "--quiet"])
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'results.json'}"
+
+
 def test_align_effect_pairs_merge_with_its_unaligned_self_per_kind_of_table():
     """merge(align='activations') minus merge(align=False) (both behind the gate on the whole validation set,
     as round 3 ran them) per run; Wilcoxon on the runs that

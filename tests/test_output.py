@@ -1,7 +1,6 @@
 """What a library call prints: nothing unasked; a progress bar only on a terminal; the logbook, one plain
 line per generation, only with verbose=True."""
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -26,27 +25,9 @@ def run(kwargs="", tty=False):
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr
         return p.stdout + p.stderr
-    import pty
+    from conftest import on_a_terminal
 
-    out = []
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: give its terminal a size, as a real one has, then run
-        import fcntl
-        import struct
-        import termios
-
-        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-        os.execv(sys.executable, [sys.executable, "-c", code])
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out.append(chunk)
-    os.waitpid(pid, 0)
-    return b"".join(out).decode(errors="replace")
+    return on_a_terminal([sys.executable, "-c", code])
 
 
 def test_a_merge_prints_nothing_unasked_outside_a_terminal():

@@ -114,3 +114,17 @@ def test_the_source_digest_changes_with_any_source_and_only_with_one(tmp_path):
     (tmp_path / "pkg" / "sub" / "b.py").rename(tmp_path / "pkg" / "sub" / "c.py")  # same text, another file
     assert source_digest(tmp_path / "pkg") != first
     assert source_digest() == source_digest(pathlib.Path(__import__("mega_deap").__file__).parent)
+
+
+def test_the_held_out_sections_show_the_study_s_bar_on_a_terminal_and_print_only_their_block(tmp_path):
+    """Hours of held-out runs show a progress bar on a terminal; the study's own lines and tables do not
+    print beside the section's block."""
+    import sys
+
+    from conftest import on_a_terminal
+
+    argv = [str(ROOT / "examples" / "reproduce.py"), "--out", str(tmp_path), "--quick", "--only", "heldout-seeds"]
+    text = on_a_terminal([sys.executable, *argv])
+    assert "held-out runs" in text and "4/4" in text, text[-2000:]  # one task, two settings, two seeds
+    assert text.count("read with its uncertainty") == 1  # the block's table, not the study's printed one too
+    assert "digits-mlp-subset same-data seed 0:" not in text and "wrote " not in text
