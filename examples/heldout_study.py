@@ -73,7 +73,8 @@ from mega_deap.presets import (
     DEFAULT_MATCHING,
     DEFAULT_METRIC,
 )
-from mega_deap.experiments import environment_line, source_digest, write_json
+from mega_deap.experiments import environment_line, write_json
+from mega_deap.files import source_digest
 from mega_deap.experiments.align_study import SETTINGS
 
 
@@ -112,9 +113,9 @@ def parse_args(argv=None):
         "environment) is refused",
     )
     args = p.parse_args(argv)
-    args.done = {}
+    args.job, args.done = job(args), {}
     if args.resume:
-        args.done = resumable(os.path.join(args.out, PROGRESS), job(args), p.error)
+        args.done = resumable(os.path.join(args.out, PROGRESS), args.job, p.error)
     if args.rows == "defaults" and args.reuse is not None:
         p.error("--reuse takes the rows an earlier run of every row lacks; with --rows defaults, run from scratch")
     for name in ("seeds", "popsize", "ngen"):
@@ -143,7 +144,7 @@ PROGRESS = "progress.json"
 
 def job(args) -> dict:
     """What a run's results depend on besides the task, the setting and the seed: N, G, the rows, the code
-    (:func:`~mega_deap.experiments.source_digest`) and the machine (versions, threads, CPU kernels). A run
+    (:func:`~mega_deap.files.source_digest`) and the machine (versions, threads, CPU kernels). A run
     resumes only from a progress file of the same job."""
     return {
         "popsize": args.popsize,
@@ -213,7 +214,7 @@ def main(argv=None):
     say = (lambda *a: None) if args.quiet else tqdm.write  # printed lines, above the bar where there is one
     results, t0 = {}, time.perf_counter()
     # written after every run, atomically: a run stopped at any instant resumes from it (--resume)
-    progress = {"job": job(args), "runs": dict(args.done)}
+    progress = {"job": args.job, "runs": dict(args.done)}
     # the runs, on a terminal only (stderr), resumed ones counted as done
     bar = tqdm(
         total=len(args.tasks) * len(args.settings) * args.seeds,
@@ -262,7 +263,7 @@ def main(argv=None):
     if seen[7]:  # round 8: whether align="auto" aligns a coefficient genome, on the coefficient GA
         choices["coefficient_alignment"] = study.choose_coefficient_alignment(seen[7], DEFAULT_GATE)
     os.makedirs(args.out, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k != "stored"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("stored", "done")}  # not the runs again
     write_json(
         {"settings": settings, "results": results, "choices": choices, "seconds": time.perf_counter() - t0},
         os.path.join(args.out, "results.json"),
@@ -363,24 +364,29 @@ DEFAULT_ROWS = (
 HALF_POINT = 0.005
 
 
+def differences(results, role: str, method: str, baseline: str = "best parent") -> dict:
+    """``{table: [d, ...]}`` over the tables of ``role`` that ran ``method``'s default row: per seed, that row's
+    test accuracy minus ``baseline``'s (the parent better on test by default), the paired differences both
+    readings of the half-point rule start from."""
+    name = default_row(method)
+    out = {}
+    for key, res in results.items():
+        runs = [r for r in res["runs"] if name in r]
+        if res["role"] == role and runs:
+            out[key] = [r[name][1] - r[baseline][1] for r in runs]
+    return out
+
+
 def half_point(results, role="held out") -> list:
     """The half-point rule on the tables of ``role``, per default method: rows ``{method, worst, below,
     tables, worst_val, below_val}``: its worst table's mean test accuracy minus the best parent's (the one
     better on test), and the tables where it loses more than :data:`HALF_POINT`; ``*_val``: the same against
     the parent chosen on validation (what a user without the test split would keep instead)."""
     rows = []
-    tables = [res for res in results.values() if res["role"] == role]
-    if not tables:
-        return rows
     for method in DEFAULT_METHODS:
-        name = default_row(method)
-        deltas, deltas_val = [], []
-        for res in tables:
-            runs = [r for r in res["runs"] if name in r]
-            if not runs:
-                continue
-            deltas.append(sum(r[name][1] - r["best parent"][1] for r in runs) / len(runs))
-            deltas_val.append(sum(r[name][1] - r["best parent by validation"][1] for r in runs) / len(runs))
+        deltas = [sum(d) / len(d) for d in differences(results, role, method).values()]
+        by_val = differences(results, role, method, "best parent by validation")
+        deltas_val = [sum(d) / len(d) for d in by_val.values()]
         if deltas:
             rows.append(
                 {
@@ -442,13 +448,8 @@ def rule_test(results, role="held out") -> list:
 
     rows = []
     for method in DEFAULT_METHODS:
-        name = default_row(method)
         mine = []
-        for key, res in results.items():
-            runs = [r for r in res["runs"] if name in r]
-            if res["role"] != role or not runs:
-                continue
-            d = [r[name][1] - r["best parent"][1] for r in runs]
+        for key, d in differences(results, role, method).items():
             mean, _, half = mean_ci(d)
             above, below = margin_test(d, HALF_POINT)
             mine.append(

@@ -6,11 +6,12 @@ half-written one.
 
 import hashlib
 import os
+import pathlib
 from typing import Callable
 
 import torch
 
-__all__ = ["atomic_write", "tensor_digest", "code_digest"]
+__all__ = ["atomic_write", "tensor_digest", "code_digest", "source_digest"]
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -69,6 +70,17 @@ def code_digest(fn: Callable) -> str:
             feed_code(code)
 
     feed(fn)
+    return h.hexdigest()
+
+
+def source_digest(root=None) -> str:
+    """SHA-256 of the Python sources under ``root`` (their paths and contents, in order), by default this
+    installed package's: what a study's progress file records, so that a run is never resumed by other code
+    (:func:`code_digest` reads one function, not what it calls)."""
+    root = pathlib.Path(root) if root is not None else pathlib.Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 

@@ -365,3 +365,24 @@ def test_cuda_rng_state_is_the_runs_device_restored_on_each_ranks_own(monkeypatc
     calls.clear()  # a CPU run has no CUDA state to restore
     set_rng_state(meta, tensors, "cpu")
     assert calls == [] and "rng.cuda" not in rng_state("cpu")[1]
+
+
+def test_the_source_digest_changes_with_any_source_and_only_with_one(tmp_path):
+    import pathlib
+
+    from mega_deap.files import source_digest
+
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 2\n")
+    (tmp_path / "pkg" / "notes.txt").write_text("not a source")
+    first = source_digest(tmp_path / "pkg")
+    (tmp_path / "pkg" / "notes.txt").write_text("still not a source")
+    assert source_digest(tmp_path / "pkg") == first
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 3\n")
+    assert source_digest(tmp_path / "pkg") != first
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 2\n")
+    assert source_digest(tmp_path / "pkg") == first
+    (tmp_path / "pkg" / "sub" / "b.py").rename(tmp_path / "pkg" / "sub" / "c.py")  # same text, another file
+    assert source_digest(tmp_path / "pkg") != first
+    assert source_digest() == source_digest(pathlib.Path(__import__("mega_deap").__file__).parent)

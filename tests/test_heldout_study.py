@@ -435,6 +435,8 @@ def test_resume_after_a_stop_keeps_the_finished_runs_and_gives_a_run_from_scratc
     resumed = ex.main(argv + ["--out", str(out), "--resume"])
     assert calls == [1]  # seed 0 came from the file
     assert _no_seconds(resumed["results"]) == _no_seconds(scratch["results"])
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["job"] == progress["job"] and "done" not in settings  # the job, not the runs again
     # another job's file, or not a progress file: refused in one line, nothing run
     calls.clear()
     for key, value in (("popsize", 7), ("rows", "all"), ("code", "0" * 64), ("environment", "another machine")):

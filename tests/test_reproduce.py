@@ -97,25 +97,6 @@ def test_the_environment_names_versions_threads_and_kernels_and_its_line_says_th
     assert f"torch threads 1, {env['cpu_count']} CPUs ({env['cpu']}, {env['kernels']} kernels)" in line
 
 
-def test_the_source_digest_changes_with_any_source_and_only_with_one(tmp_path):
-    from mega_deap.experiments import source_digest
-
-    (tmp_path / "pkg" / "sub").mkdir(parents=True)
-    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
-    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 2\n")
-    (tmp_path / "pkg" / "notes.txt").write_text("not a source")
-    first = source_digest(tmp_path / "pkg")
-    (tmp_path / "pkg" / "notes.txt").write_text("still not a source")
-    assert source_digest(tmp_path / "pkg") == first
-    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 3\n")
-    assert source_digest(tmp_path / "pkg") != first
-    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 2\n")
-    assert source_digest(tmp_path / "pkg") == first
-    (tmp_path / "pkg" / "sub" / "b.py").rename(tmp_path / "pkg" / "sub" / "c.py")  # same text, another file
-    assert source_digest(tmp_path / "pkg") != first
-    assert source_digest() == source_digest(pathlib.Path(__import__("mega_deap").__file__).parent)
-
-
 def test_the_held_out_sections_show_the_study_s_bar_on_a_terminal_and_print_only_their_block(tmp_path):
     """Hours of held-out runs show a progress bar on a terminal; the study's own lines and tables do not
     print beside the section's block."""

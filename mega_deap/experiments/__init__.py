@@ -37,7 +37,6 @@ from .report import (
     save_figure,
     environment,
     environment_line,
-    source_digest,
 )
 from .setup import add_data_args, Setup, setup
 
@@ -75,7 +74,6 @@ __all__ = [
     "save_figure",
     "environment",
     "environment_line",
-    "source_digest",
     "add_data_args",
     "Setup",
     "setup",

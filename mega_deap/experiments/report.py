@@ -1,10 +1,8 @@
 """The report of a merge: baselines, a table like the paper's, a JSON of every number, the fitness plot."""
 
-import hashlib
 import math
 import json
 import os
-import pathlib
 import platform
 
 import torch
@@ -22,7 +20,6 @@ __all__ = [
     "save_figure",
     "environment",
     "environment_line",
-    "source_digest",
 ]
 
 # the packages whose versions an environment names by default
@@ -165,13 +162,3 @@ def environment_line(env=None) -> str:
         + f"; torch threads {env['threads']}, {env['cpu_count']} CPUs ({env['cpu']}, {env['kernels']} kernels), "
         + env["system"]
     )
-
-
-def source_digest(root=None) -> str:
-    """SHA-256 of the Python sources under ``root`` (their paths and contents, in order), by default this
-    installed package's: what a run's progress file records, so that a run is never resumed by other code."""
-    root = pathlib.Path(root) if root is not None else pathlib.Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
