@@ -100,10 +100,11 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--rows",
-        choices=("all", "defaults"),
+        choices=("all", "defaults", "distil"),
         default="all",
         help="defaults: run only the rows of the default methods (and the parents and their ensemble), for the "
-        "half-point rule with more seeds; no round's rule can choose on them",
+        "half-point rule with more seeds; no round's rule can choose on them. distil: only merge() and its "
+        "distillations (mega_deap.align.distil) and the baselines; the rule chooses the distillation's settings",
     )
     p.add_argument(
         "--resume",
@@ -116,8 +117,8 @@ def parse_args(argv=None):
     args.job, args.done = job(args), {}
     if args.resume:
         args.done = resumable(os.path.join(args.out, PROGRESS), args.job, p.error)
-    if args.rows == "defaults" and args.reuse is not None:
-        p.error("--reuse takes the rows an earlier run of every row lacks; with --rows defaults, run from scratch")
+    if args.rows != "all" and args.reuse is not None:
+        p.error(f"--reuse takes the rows an earlier run of every row lacks; with --rows {args.rows}, run from scratch")
     for name in ("seeds", "popsize", "ngen"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -189,8 +190,8 @@ def run(task, setting: str, seed: int, args) -> dict:
     they differ)."""
     runs = args.stored.get(f"{task.name}/{setting}", [])
     kw = dict(popsize=args.popsize, ngen=args.ngen)
-    if args.rows == "defaults":
-        return study.run_task(task, setting, seed, methods=DEFAULT_ROWS, **kw)
+    if args.rows != "all":
+        return study.run_task(task, setting, seed, methods=ROWS[args.rows], **kw)
     if seed >= len(runs):
         return study.run_task(task, setting, seed, **kw)
     old = runs[seed]
@@ -244,7 +245,9 @@ def main(argv=None):
     bar.close()
     choices: dict = {}
     seen = [{k: r["rows"] for k, r in results.items() if r["role"] in study.ROUNDS[n]} for n in sorted(study.ROUNDS)]
-    if args.rows == "defaults":  # the rules read rows this run leaves out
+    if args.rows == "distil" and seen[7]:  # the distillation's settings, on every table but round 8's held-out ones
+        choices["distil"] = study.choose(seen[7], DISTIL_CANDIDATES)
+    if args.rows != "all":  # the rules read rows this run leaves out
         seen = [{} for _ in seen]
     if seen[0]:  # round 1: the fitness and the matching, on the development tasks
         choices.update(fitness=study.choose_metric(seen[0]), matching=study.choose_matching(seen[0]))
@@ -268,7 +271,9 @@ def main(argv=None):
         {"settings": settings, "results": results, "choices": choices, "seconds": time.perf_counter() - t0},
         os.path.join(args.out, "results.json"),
     )
-    if args.rows == "defaults":  # the per-table rows and effects read rows this run leaves out
+    if args.rows == "distil":
+        say(distil_lines(results, choices))
+    elif args.rows == "defaults":  # the per-table rows and effects read rows this run leaves out
         say("\n".join(text for role in ROLE_ORDER if (text := rule_test_lines(results, role))))
     else:
         say(table(results, choices))
@@ -288,6 +293,7 @@ READ = {
     "gate_crossfit": "Development, round-1 to round-5 held-out",
     "default_matching": "Development, round-1 to round-6 held-out",
     "coefficient_alignment": "Development, round-1 to round-7 held-out",
+    "distil": "Development, round-1 to round-7 held-out",
 }
 # the methods each default runs as: merge() (the round-4 alignment), merge(align=False) (round 2's merge()),
 # merge(align='activations') (round 3's merge()), merge(align=True), the coefficient GA and cma_merge
@@ -360,6 +366,11 @@ DEFAULT_ROWS = (
     *DEFAULT_METHODS,
     *dict.fromkeys(default_row(m) for m in DEFAULT_METHODS),
 )
+# what --rows distil runs: merge() as a user calls it, its distillations, and the baselines
+DISTIL_ROWS = ("best parent", "best parent by validation", "output ensemble", *study.DISTILLED)
+ROWS = {"defaults": DEFAULT_ROWS, "distil": DISTIL_ROWS}
+# the rule's candidates for the distillation's settings: {name: the row it names}
+DISTIL_CANDIDATES = {f"{e} epochs, T={t:g}": study.distil_row(e, t) for e, t in study.CANDIDATE_DISTILS}
 # the half-point rule: a default may lose at most this much mean test accuracy on any held-out table
 HALF_POINT = 0.005
 
@@ -518,6 +529,53 @@ def rule_test_summary(results, role="held out") -> str:
             f"± {100 * worst['half']:.2f}, {worst['table']})"
         )
     return "\n".join(lines)
+
+
+def distil_lines(results, choices) -> str:
+    """What ``--rows distil`` prints: the rule's choice of the distillation's settings, and per table the test
+    accuracy of merge() and of each distillation of it minus the best parent's, and the gap closed."""
+    out = []
+    if "distil" in choices:
+        chosen, scores = choices["distil"]
+        out.append(
+            f"{READ['distil']} tables only, each candidate distillation's worst and mean test accuracy minus the "
+            "best parent's (points): "
+            + "; ".join(f"`{m}` {100 * w:+.2f} / {100 * a:+.2f}" for m, (w, a) in scores.items())
+            + f". The rule (the highest worst case) chooses **`{chosen}`**.\n"
+        )
+    rows = (study.DISTIL_START, *study.DISTILLED)
+    cells = []
+    for role in ROLE_ORDER:
+        for key, res in results.items():
+            if res["role"] != role:
+                continue
+            by = {r["method"]: r for r in res["rows"]}
+            ens = by["output ensemble"]["test"] - by["best parent"]["test"]
+            for name in rows:
+                if name in by:
+                    r = by[name]
+                    gap = "no gap" if r["gap"] != r["gap"] else f"{100 * r['gap']:.0f} %"
+                    cells.append(
+                        (
+                            key,
+                            role,
+                            name,
+                            f"{100 * r['delta']:+.2f} ± {100 * r['delta_sd']:.2f}",
+                            f"{100 * ens:+.2f}",
+                            gap,
+                            str(r["below_val"]),
+                        )
+                    )
+    out.append(
+        markdown(
+            "Distillation after the merge (test accuracy, points): per table, merge()'s and each distillation's "
+            "test accuracy minus the best parent's (mean ± sd over seeds), the output ensemble's, the gap closed, "
+            "and the seeds below the better parent on validation.",
+            ("table", "tables", "method", "test - best parent", "ensemble - best parent", "gap closed", "below on val"),
+            cells,
+        )
+    )
+    return "\n".join(out)
 
 
 def markdown(caption: str, header: tuple, cells: list) -> str:
