@@ -9,6 +9,10 @@ import sys
 import pytest
 import torch
 
+# command lines, packaging, printed output or the docs pipeline, not numbers: CI's second pass (one
+# thread) leaves these out (-m 'not plumbing')
+pytestmark = pytest.mark.plumbing
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NETS = (
     "import torch\nfrom torch import nn\n"

@@ -10,6 +10,10 @@ import warnings
 import pytest
 import torch
 
+# command lines, packaging, printed output or the docs pipeline, not numbers: CI's second pass (one
+# thread) leaves these out (-m 'not plumbing')
+pytestmark = pytest.mark.plumbing
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -7,6 +7,11 @@ import re
 import torch
 
 from conftest import load_script
+import pytest
+
+# command lines, packaging, printed output or the docs pipeline, not numbers: CI's second pass (one
+# thread) leaves these out (-m 'not plumbing')
+pytestmark = pytest.mark.plumbing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -69,7 +74,7 @@ def test_reuse_and_resume_are_refused_in_one_line_where_there_is_nothing_to_reus
     for argv, said in (
         (["--only", "merge", "--reuse"], "--reuse belongs to the heldout section"),
         (["--only", "heldout", "--reuse"], "heldout/results.json does not exist"),
-        (["--only", "merge", "hpo", "--resume"], "--resume belongs to the heldout and heldout-seeds sections"),
+        (["--only", "merge", "hpo", "--resume"], "--resume belongs to the heldout, heldout-seeds and distil sections"),
     ):
         with pytest.raises(SystemExit) as e:
             rep.main(["--out", str(tmp_path), *argv])
