@@ -239,7 +239,7 @@ def main(argv=None):
                 bar.update()
                 say(
                     f"{name} {setting} seed {seed}: "
-                    + ", ".join(f"{m} {v[1]:.3f}" for m, v in runs[-1].items() if m in study.METHODS)
+                    + ", ".join(f"{m} {v[1]:.3f}" for m, v in runs[-1].items() if m in SHOWN)
                 )
             results[f"{name}/{setting}"] = {"runs": runs, "rows": study.summarize(runs), "role": study.ROLES[name]}
     bar.close()
@@ -366,6 +366,8 @@ DEFAULT_ROWS = (
     *DEFAULT_METHODS,
     *dict.fromkeys(default_row(m) for m in DEFAULT_METHODS),
 )
+# the rows a run's line names (test accuracy)
+SHOWN = set(study.METHODS) | {study.DISTIL_START, *study.DISTILLED}
 # what --rows distil runs: merge() as a user calls it, its distillations, and the baselines
 DISTIL_ROWS = ("best parent", "best parent by validation", "output ensemble", *study.DISTILLED)
 ROWS = {"defaults": DEFAULT_ROWS, "distil": DISTIL_ROWS}
@@ -531,9 +533,88 @@ def rule_test_summary(results, role="held out") -> str:
     return "\n".join(lines)
 
 
+def chosen_distil(choices) -> str:
+    """The row of the distillation the rule chose (``--rows distil``)."""
+    return DISTIL_CANDIDATES[choices["distil"][0]]
+
+
+def distil_effect(results, row: str) -> list:
+    """What the distillation ``row`` changes: its test accuracy minus merge()'s (the model it starts from)
+    over every seed of every table of each role (:func:`paired`), Holm-corrected over the roles."""
+    from mega_deap.experiments.ablation import holm
+
+    rows = []
+    for role in ROLE_ORDER:
+        runs = [run for res in results.values() if res["role"] == role for run in res["runs"] if row in run]
+        if runs:
+            rows.append({"role": role, **paired(runs, row, study.DISTIL_START)})
+    for r, p in zip(rows, holm([r["p"] for r in rows])):
+        r["p"] = p
+    return rows
+
+
+def distil_rule(results, row: str, role: str = "held out") -> list:
+    """The half-point rule for the distillation ``row`` on the tables of ``role``, as :func:`rule_test` reads
+    it: rows ``{table, seeds, mean, half, p_meets, p_fails, verdict}`` (one-sided t-tests against -0.5
+    points, Holm-corrected over the tables)."""
+    from mega_deap.experiments.ablation import holm, margin_test, mean_ci
+
+    rows = []
+    for key, res in results.items():
+        runs = [r for r in res["runs"] if row in r]
+        if res["role"] != role or not runs:
+            continue
+        d = [r[row][1] - r["best parent"][1] for r in runs]
+        mean, _, half = mean_ci(d)
+        above, below = margin_test(d, HALF_POINT)
+        rows.append({"table": key, "seeds": len(d), "mean": mean, "half": half, "p_meets": above, "p_fails": below})
+    for key in ("p_meets", "p_fails"):
+        for r, q in zip(rows, holm([r[key] for r in rows])):
+            r[key] = q
+    for r in rows:
+        r["verdict"] = "meets" if r["p_meets"] < RULE_LEVEL else "fails" if r["p_fails"] < RULE_LEVEL else "undecided"
+    return rows
+
+
+def distil_summary(results, choices, role: str = "held out") -> str:
+    """README's short form of ``--rows distil``: per table of ``role``, merge()'s and the chosen
+    distillation's test accuracy minus the best parent's and the gap each closes."""
+    row = chosen_distil(choices)
+    cells = []
+    for key, res in results.items():
+        if res["role"] != role:
+            continue
+        by = {r["method"]: r for r in res["rows"]}
+        best, ens = by["best parent"]["test"], by["output ensemble"]["test"]
+        m, d = by[study.DISTIL_START], by[row]
+        cells.append(
+            (
+                key,
+                f"{100 * best:.2f}",
+                f"{100 * (ens - best):+.2f}",
+                f"{100 * m['delta']:+.2f} ± {100 * m['delta_sd']:.2f}",
+                _gap(m),
+                f"{100 * d['delta']:+.2f} ± {100 * d['delta_sd']:.2f}",
+                _gap(d),
+            )
+        )
+    return markdown(
+        f"`distil(merge(...).model, parents, X_val)` with the settings the rule chose ({choices['distil'][0]}), on "
+        f"the {role} tables ({len(next(iter(results.values()))['runs'])} seeds; test accuracy minus the best "
+        "parent's, mean ± sd over seeds, points; gap closed: of the gap to the output ensemble, from the means).",
+        ("table", "best parent, test %", "ensemble", "`merge()`", "gap closed", "`merge()` + `distil`", "gap closed"),
+        cells,
+    )
+
+
+def _gap(r: dict) -> str:
+    return "no gap" if r["gap"] != r["gap"] else f"{100 * r['gap']:.0f} %"
+
+
 def distil_lines(results, choices) -> str:
-    """What ``--rows distil`` prints: the rule's choice of the distillation's settings, and per table the test
-    accuracy of merge() and of each distillation of it minus the best parent's, and the gap closed."""
+    """What ``--rows distil`` prints: the rule's choice of the distillation's settings; the half-point rule and
+    the change against merge() for the chosen one; and per table every candidate's test accuracy minus the
+    best parent's."""
     out = []
     if "distil" in choices:
         chosen, scores = choices["distil"]
@@ -543,35 +624,58 @@ def distil_lines(results, choices) -> str:
             + "; ".join(f"`{m}` {100 * w:+.2f} / {100 * a:+.2f}" for m, (w, a) in scores.items())
             + f". The rule (the highest worst case) chooses **`{chosen}`**.\n"
         )
-    rows = (study.DISTIL_START, *study.DISTILLED)
+        row = chosen_distil(choices)
+        if rule := distil_rule(results, row):
+            out.append(
+                markdown(
+                    f"The half-point rule for `merge()` + `distil` ({chosen}) on the held out tables (test "
+                    "accuracy, points): its test accuracy minus the best parent's, mean and 95 % t confidence "
+                    "interval over seeds; one-sided t-tests of a mean above and below -0.5, Holm-corrected over "
+                    f"the tables; the verdict at {RULE_LEVEL}.",
+                    ("table", "seeds", "test - best parent", "p (above -0.5)", "p (below -0.5)", "verdict"),
+                    [
+                        (
+                            r["table"],
+                            str(r["seeds"]),
+                            f"{100 * r['mean']:+.2f} ± {100 * r['half']:.2f}",
+                            f"{r['p_meets']:.2g}",
+                            f"{r['p_fails']:.2g}",
+                            r["verdict"],
+                        )
+                        for r in rule
+                    ],
+                )
+            )
+        out.append(
+            _kind_changes(
+                distil_effect(results, row),
+                f"What the distillation ({chosen}) changes: test accuracy of `merge()` + `distil` minus `merge()`'s, "
+                "over every seed of every table of a kind (points); p: two-sided Wilcoxon signed-rank test on the "
+                "runs that differ, Holm-corrected over the kinds of table.",
+            )
+        )
+    names = (study.DISTIL_START, *study.DISTILLED)
     cells = []
     for role in ROLE_ORDER:
         for key, res in results.items():
             if res["role"] != role:
                 continue
             by = {r["method"]: r for r in res["rows"]}
-            ens = by["output ensemble"]["test"] - by["best parent"]["test"]
-            for name in rows:
-                if name in by:
-                    r = by[name]
-                    gap = "no gap" if r["gap"] != r["gap"] else f"{100 * r['gap']:.0f} %"
-                    cells.append(
-                        (
-                            key,
-                            role,
-                            name,
-                            f"{100 * r['delta']:+.2f} ± {100 * r['delta_sd']:.2f}",
-                            f"{100 * ens:+.2f}",
-                            gap,
-                            str(r["below_val"]),
-                        )
-                    )
+            best, ens = by["best parent"]["test"], by["output ensemble"]["test"]
+            cells.append(
+                (key, role, f"{100 * best:.2f}", f"{100 * (ens - best):+.2f}")
+                + tuple(f"{100 * by[n]['delta']:+.2f}" if n in by else "" for n in names)
+                + tuple(f"{by[n]['below_val']}" for n in names if n == study.DISTIL_START)
+            )
+    header = ("table", "tables", "best parent, test %", "ensemble") + tuple(
+        "`merge()`" if n == study.DISTIL_START else n.replace("merge() + distil(", "distil(") for n in names
+    )
     out.append(
         markdown(
-            "Distillation after the merge (test accuracy, points): per table, merge()'s and each distillation's "
-            "test accuracy minus the best parent's (mean ± sd over seeds), the output ensemble's, the gap closed, "
-            "and the seeds below the better parent on validation.",
-            ("table", "tables", "method", "test - best parent", "ensemble - best parent", "gap closed", "below on val"),
+            "Every table, every candidate: test accuracy minus the best parent's (mean over seeds, points), the "
+            "output ensemble's beside it; the last column counts the seeds where `merge()` ended below the better "
+            "parent on validation (the guarantee; the distillations carry none).",
+            header + ("`merge()` below on val",),
             cells,
         )
     )

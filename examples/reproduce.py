@@ -35,6 +35,7 @@ SECTIONS = (
     "align",
     "heldout",
     "heldout-seeds",
+    "distil",
     "hpo",
     "ablation",
     "pareto",
@@ -52,6 +53,7 @@ DOC = {
     "align": "docs/studies/alignment.md",
     "heldout": "docs/studies/alignment.md",
     "heldout-seeds": "docs/studies/alignment.md",
+    "distil": "docs/studies/alignment.md",
     "hpo": "docs/studies/hpo.md",
     "ablation": "docs/studies/ablation.md",
     "pareto": "docs/studies/toolkit.md",
@@ -63,7 +65,7 @@ DOC = {
     "bench-gpu": "docs/benchmarks.md",
 }  # the page each section's table is written into
 # the sections whose study writes a progress file after each run, and can resume from it
-RESUMABLE = ("heldout", "heldout-seeds")
+RESUMABLE = ("heldout", "heldout-seeds", "distil")
 # the GPU table: no GPU here, so it is rendered from the JSON files that bench_merge.py wrote on one
 GPU_RESULTS = ("benchmarks/results_gpu_resnet56.json", "benchmarks/results_gpu_mlp.json")
 # the peers' table: EvoTorch, EvoX and PyGAD are an optional extra, so it is rendered from the JSON that
@@ -284,6 +286,27 @@ def section_heldout_seeds(out, quick, resume=False):
     )
     res["summary"] = ex.rule_test_summary(res["results"], role)
     return head, ex.rule_test_lines(res["results"], role), res
+
+
+def section_distil(out, quick, resume=False):
+    """Distillation after the merge (``examples/heldout_study.py --rows distil``): merge() as a user calls it,
+    then :func:`mega_deap.align.distil` with each candidate setting, on every task of the study; the rule
+    chooses on the development and round-1 to round-7 tables, round 8's held-out tables report. ``quick``: a
+    development task, 2 seeds, tiny N and G; ``resume``: the study's ``--resume``."""
+    ex = load("heldout_study")
+    argv = ["--out", str(out / "distil"), "--rows", "distil"] + (["--resume"] if resume else [])
+    seeds, popsize, ngen = (2, 6, 2) if quick else (5, 20, 20)
+    if quick:
+        argv += ["--tasks", "digits-mlp-subset"]
+    res = studied(ex, argv + ["--seeds", str(seeds), "--popsize", str(popsize), "--ngen", str(ngen)])
+    head = (
+        f"{seeds} seeds per task and setting, N={popsize}, G={ngen}; `merge()` with its defaults, then "
+        "`mega_deap.align.distil` on the validation inputs (no labels) towards the parents' output ensemble, "
+        "Adam at lr 1e-3, batches of 64."
+    )
+    if "distil" in res["choices"]:
+        res["summary"] = ex.distil_summary(res["results"], res["choices"])
+    return head, ex.distil_lines(res["results"], res["choices"]), res
 
 
 def section_hpo(out, quick):
@@ -626,7 +649,8 @@ def main(argv=None):
     )
     args = p.parse_args(argv)
     if args.resume and not set(RESUMABLE) & set(args.only or SECTIONS):
-        p.error(f"--resume belongs to the {' and '.join(RESUMABLE)} sections, which this run leaves out")
+        named = f"{', '.join(RESUMABLE[:-1])} and {RESUMABLE[-1]}"
+        p.error(f"--resume belongs to the {named} sections, which this run leaves out")
     if args.reuse and "heldout" not in (args.only or SECTIONS):
         p.error("--reuse belongs to the heldout section, which this run leaves out")
     if args.reuse and not (pathlib.Path(args.out) / "heldout" / "results.json").is_file():
