@@ -169,6 +169,25 @@ def test_merge_cifar_example_on_digits(tmp_path):
     assert set(other["parents"]).isdisjoint(report["parents"])
 
 
+def test_merge_cifar_distil_adds_the_distilled_merge_and_changes_nothing_else(tmp_path):
+    from mega_deap.align import distil
+    from mega_deap.experiments import digits_splits
+
+    out = tmp_path / "run"
+    argv = ["--dataset", "digits", "--epochs", "3", "--popsize", "6", "--ngen", "2", "--out", str(out), "--quiet"]
+    plain = load_example("merge_cifar").main(argv)
+    report = load_example("merge_cifar").main(argv + ["--distil"])
+    assert report["rows"][:-1] == plain["rows"]  # the parents (cached), the merge and its report as before
+    assert report["rows"][-1]["model"].startswith("MeGA + distil") and "distil" in report["seconds"]
+    # the row is distil's, on the merged model the run saved and the parents it cached
+    s = digits_splits(seed=0)
+    parents = [load_model_file(build_model("smallcnn", 1, 10, 8), p.split(" ")[0]) for p in report["parents"]]
+    merged = load_model_file(build_model("smallcnn", 1, 10, 8), out / "merged.safetensors")
+    student = distil(merged, parents, s.val[0], seed=0)
+    assert report["rows"][-1]["test_acc"] == model_accuracy(student, *s.test)
+    assert report["rows"][-1]["val_acc"] == model_accuracy(student, *s.val)
+
+
 def test_parent_cache_key_holds_everything_that_decides_the_parent(tmp_path):
     from mega_deap.experiments import digits_splits, train_or_load
 

@@ -390,6 +390,45 @@ def test_rows_defaults_runs_only_the_default_methods_and_chooses_nothing(tmp_pat
     assert e.value.code == 2
 
 
+def test_rows_distil_distils_merge_s_model_and_the_rule_chooses_the_setting(tmp_path, capsys):
+    """--rows distil: merge() with the defaults as a user calls it, then each candidate distillation of it; each
+    row is what merge() and distil give when called by hand; the rule's choice is the candidate whose worst
+    table is best (computed here from the runs); the rule test and the change against merge() are printed."""
+    import numpy as np
+
+    from mega_deap.align import distil
+
+    ex = _example()
+    out = ex.main(
+        ["--rows", "distil", "--tasks", "digits-mlp-subset", "--seeds", "1"]
+        + ["--popsize", "6", "--ngen", "1", "--out", str(tmp_path)]
+    )
+    printed = capsys.readouterr().out
+    assert "The rule (the highest worst case) chooses" in printed and "What the distillation" in printed
+    res = out["results"]
+    run = res["digits-mlp-subset/different-data"]["runs"][0]
+    assert {k for k in run if k in study.METHODS} == {"best parent", "best parent by validation", "output ensemble"}
+    assert set(study.DISTILLED) | {study.DISTIL_START} <= set(run)
+    # the rows by hand
+    task = study.TASKS["digits-mlp-subset"]
+    splits = study.task_splits(task, 0)
+    parents, _ = study.train_parents(task, splits, "different-data", 0)
+    merged = mega_deap.merge(parents, splits.val, seed=0, popsize=6, ngen=1, progress=False).model
+    assert run[study.DISTIL_START][:2] == (model_accuracy(merged, *splits.val), model_accuracy(merged, *splits.test))
+    for epochs, temperature in study.CANDIDATE_DISTILS[:2]:
+        student = distil(merged, parents, splits.val[0], epochs=epochs, temperature=temperature, seed=0)
+        assert run[study.distil_row(epochs, temperature)][1] == model_accuracy(student, *splits.test)
+    # the rule: the highest worst table of mean test accuracy minus the best parent's
+    worst = {
+        name: min(np.mean([r[row][1] - r["best parent"][1] for r in table["runs"]]) for table in res.values())
+        for name, row in ex.DISTIL_CANDIDATES.items()
+    }
+    chosen, scores = out["choices"]["distil"]
+    assert worst[chosen] == max(worst.values())  # (the rule's tie-break by the mean: its own test above)
+    assert {name: score[0] for name, score in scores.items()} == pytest.approx(worst)
+    assert set(out["choices"]) == {"distil"}  # the other rounds' rules read rows this run leaves out
+
+
 def _no_seconds(results):
     """The results as JSON data without the seconds (the third number of each row, and the run's total)."""
     import json
