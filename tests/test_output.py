@@ -5,6 +5,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+# command lines, packaging, printed output or the docs pipeline, not numbers: CI's second pass (one
+# thread) leaves these out (-m 'not plumbing')
+pytestmark = pytest.mark.plumbing
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = """
 import sys, torch
@@ -12,11 +18,6 @@ sys.path.insert(0, {tests!r})
 from conftest import train_mlp
 import mega_deap
 from sklearn.datasets import load_digits
-import pytest
-
-# command lines, packaging, printed output or the docs pipeline, not numbers: CI's second pass (one
-# thread) leaves these out (-m 'not plumbing')
-pytestmark = pytest.mark.plumbing
 X, y = load_digits(return_X_y=True)
 X = torch.tensor(X / 16.0, dtype=torch.float32); y = torch.tensor(y)
 models = [train_mlp((X[:600], y[:600]), s, epochs=2) for s in (1, 2)]

@@ -18,16 +18,16 @@ import zipfile
 
 import pytest
 
+# command lines, packaging, printed output or the docs pipeline, not numbers: CI's second pass (one
+# thread) leaves these out (-m 'not plumbing')
+pytestmark = pytest.mark.plumbing
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py"))
 
 MERGE = """
 import sys, torch, mega_deap
 from torch import nn
-
-# command lines, packaging, printed output or the docs pipeline, not numbers: CI's second pass (one
-# thread) leaves these out (-m 'not plumbing')
-pytestmark = pytest.mark.plumbing
 assert mega_deap.__file__.startswith(sys.prefix), mega_deap.__file__
 torch.manual_seed(0)
 models = [nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)) for _ in range(2)]
