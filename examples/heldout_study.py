@@ -448,42 +448,36 @@ def half_point_lines(results, role="held out") -> str:
 RULE_LEVEL = 0.05
 
 
-def rule_test(results, role="held out") -> list:
-    """The half-point rule on the tables of ``role``, read with its uncertainty, per default method and
-    table: rows ``{method, table, seeds, mean, half, p_meets, p_fails, verdict}``. ``mean``: the method's
-    test accuracy minus the best parent's (the one better on test), over the table's seeds (paired: one
-    difference per seed); ``half``: its 95 % t confidence interval's half-width; ``p_meets`` and ``p_fails``:
-    the one-sided t-tests that the mean difference is above and below ``-HALF_POINT``
-    (:func:`~mega_deap.experiments.ablation.margin_test`), each Holm-corrected over the method's tables;
-    ``verdict``: ``"meets"`` or ``"fails"`` where that test's corrected p is below :data:`RULE_LEVEL`, else
-    ``"undecided"`` (the seeds cannot tell)."""
+def margin_rows(diffs: dict) -> list:
+    """The half-point rule read with its uncertainty on ``diffs`` (``{table: [paired difference per seed]}``):
+    rows ``{table, seeds, mean, half, p_meets, p_fails, verdict}``. ``mean``: the mean difference; ``half``:
+    its 95 % t confidence interval's half-width; ``p_meets`` and ``p_fails``: the one-sided t-tests that the
+    mean is above and below ``-HALF_POINT`` (:func:`~mega_deap.experiments.ablation.margin_test`), each
+    Holm-corrected over the tables; ``verdict``: ``"meets"`` or ``"fails"`` where that test's corrected p is
+    below :data:`RULE_LEVEL`, else ``"undecided"`` (the seeds cannot tell)."""
     from mega_deap.experiments.ablation import holm, margin_test, mean_ci
 
     rows = []
+    for key, d in diffs.items():
+        mean, _, half = mean_ci(d)
+        above, below = margin_test(d, HALF_POINT)
+        rows.append({"table": key, "seeds": len(d), "mean": mean, "half": half, "p_meets": above, "p_fails": below})
+    for key in ("p_meets", "p_fails"):
+        for r, q in zip(rows, holm([r[key] for r in rows])):
+            r[key] = q
+    for r in rows:
+        r["verdict"] = "meets" if r["p_meets"] < RULE_LEVEL else "fails" if r["p_fails"] < RULE_LEVEL else "undecided"
+    return rows
+
+
+def rule_test(results, role="held out") -> list:
+    """The half-point rule on the tables of ``role``, read with its uncertainty, per default method and
+    table: :func:`margin_rows` of the method's test accuracy minus the best parent's (the one better on test),
+    one paired difference per seed, Holm-corrected over the method's tables; each row also names its
+    ``method``."""
+    rows = []
     for method in DEFAULT_METHODS:
-        mine = []
-        for key, d in differences(results, role, method).items():
-            mean, _, half = mean_ci(d)
-            above, below = margin_test(d, HALF_POINT)
-            mine.append(
-                {
-                    "method": method,
-                    "table": key,
-                    "seeds": len(d),
-                    "mean": mean,
-                    "half": half,
-                    "p_meets": above,
-                    "p_fails": below,
-                }
-            )
-        for key in ("p_meets", "p_fails"):
-            for r, q in zip(mine, holm([r[key] for r in mine])):
-                r[key] = q
-        for r in mine:
-            r["verdict"] = (
-                "meets" if r["p_meets"] < RULE_LEVEL else "fails" if r["p_fails"] < RULE_LEVEL else "undecided"
-            )
-        rows += mine
+        rows += [{"method": method, **r} for r in margin_rows(differences(results, role, method))]
     return rows
 
 
@@ -554,26 +548,14 @@ def distil_effect(results, row: str) -> list:
 
 
 def distil_rule(results, row: str, role: str = "held out") -> list:
-    """The half-point rule for the distillation ``row`` on the tables of ``role``, as :func:`rule_test` reads
-    it: rows ``{table, seeds, mean, half, p_meets, p_fails, verdict}`` (one-sided t-tests against -0.5
-    points, Holm-corrected over the tables)."""
-    from mega_deap.experiments.ablation import holm, margin_test, mean_ci
-
-    rows = []
+    """The half-point rule for the distillation ``row`` on the tables of ``role``: :func:`margin_rows` of its
+    test accuracy minus the best parent's, one paired difference per seed."""
+    diffs = {}
     for key, res in results.items():
         runs = [r for r in res["runs"] if row in r]
-        if res["role"] != role or not runs:
-            continue
-        d = [r[row][1] - r["best parent"][1] for r in runs]
-        mean, _, half = mean_ci(d)
-        above, below = margin_test(d, HALF_POINT)
-        rows.append({"table": key, "seeds": len(d), "mean": mean, "half": half, "p_meets": above, "p_fails": below})
-    for key in ("p_meets", "p_fails"):
-        for r, q in zip(rows, holm([r[key] for r in rows])):
-            r[key] = q
-    for r in rows:
-        r["verdict"] = "meets" if r["p_meets"] < RULE_LEVEL else "fails" if r["p_fails"] < RULE_LEVEL else "undecided"
-    return rows
+        if res["role"] == role and runs:
+            diffs[key] = [r[row][1] - r["best parent"][1] for r in runs]
+    return margin_rows(diffs)
 
 
 def distil_summary(results, choices, role: str = "held out") -> str:

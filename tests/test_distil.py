@@ -136,7 +136,7 @@ def test_defaults_are_the_named_settings(biased):
         (dict(batch_size=0), "batch_size must be >= 1"),
         (dict(inputs=torch.zeros(5, 64, dtype=torch.long)), "inputs inputs must be floating point"),
         (dict(inputs=3), "inputs must be inputs"),
-        (dict(teachers=[MLP(64, 3)]), "outputs of shape (10,) per input and the teachers (3,)"),
+        (dict(teachers=[MLP(64, 10), MLP(64, 3)]), "outputs of shape (10,) per input and teachers[1] (3,)"),
     ],
 )
 def test_bad_input_is_named_before_any_work(kwargs, needle):

@@ -98,18 +98,20 @@ def distil(
     batch_size = integer("batch_size", batch_size, 1)
     seed = integer("seed", seed)
     X = calibration_inputs(inputs, name="inputs")
-    target = _ensemble_logits(teachers, X, batch_size)
     student = copy.deepcopy(model)
-    with torch.no_grad():
+    with torch.no_grad():  # one input through each, before any work: one architecture's logits
         out = student.eval()(X[:1])
-    if out.shape[1:] != target.shape[1:]:
-        raise SettingError(
-            f"the model gives outputs of shape {tuple(out.shape[1:])} per input and the teachers "
-            f"{tuple(target.shape[1:])}: distil needs one architecture's logits"
-        )
+        for i, t in enumerate(teachers):
+            theirs = _ensemble_logits([t], X[:1], 1)
+            if theirs.shape[1:] != out.shape[1:]:
+                raise SettingError(
+                    f"the model gives outputs of shape {tuple(out.shape[1:])} per input and teachers[{i}] "
+                    f"{tuple(theirs.shape[1:])}: distil needs one architecture's logits"
+                )
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise SettingError("the model has no trainable parameters to distil into")
+    target = _ensemble_logits(teachers, X, batch_size)
     optimiser = torch.optim.Adam(params, lr=lr_)
     generator = torch.Generator().manual_seed(seed)
     devices = [X.device] if X.device.type == "cuda" else []
