@@ -14,6 +14,7 @@ __all__ = [
     "choice",
     "probability",
     "nonnegative",
+    "positive",
     "writable_file",
     "check_toolbox_settings",
 ]
@@ -63,6 +64,12 @@ def probability(name: str, value) -> float:
 def nonnegative(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
         raise SettingError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise SettingError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 

@@ -131,8 +131,8 @@ def test_defaults_are_the_named_settings(biased):
         (dict(model=3), "model must be a torch.nn.Module"),
         (dict(epochs=-1), "epochs must be >= 0"),
         (dict(epochs=2.0), "epochs must be an integer"),
-        (dict(lr=0), "lr must be a number > 0"),
-        (dict(temperature="hot"), "temperature must be a number > 0"),
+        (dict(lr=0), "lr must be a finite number > 0"),
+        (dict(temperature="hot"), "temperature must be a finite number > 0"),
         (dict(batch_size=0), "batch_size must be >= 1"),
         (dict(inputs=torch.zeros(5, 64, dtype=torch.long)), "inputs inputs must be floating point"),
         (dict(inputs=3), "inputs must be inputs"),
@@ -149,3 +149,30 @@ def test_bad_input_is_named_before_any_work(kwargs, needle):
     assert needle in str(err.value)
     assert isinstance(err.value, (mega_deap.checks.SettingError, mega_deap.checks.SettingTypeError))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_the_ensemble_is_the_parents_logits_averaged_and_their_modes_are_kept(biased):
+    """ensemble_logits against a plain loop in float64; a teacher in train mode is read in eval mode and left in
+    train mode; ensemble_accuracy scores those logits."""
+    from mega_deap.align import ensemble_logits
+    from mega_deap.experiments.report import ensemble_accuracy
+
+    parents, splits = biased
+    X, y = splits.test
+    parents[0].train()
+    got = ensemble_logits(parents, X, batch_size=7)
+    assert parents[0].training and not parents[1].training
+    parents[0].eval()
+    with torch.no_grad():
+        want = sum(p.double()(X.double()) for p in copy.deepcopy(parents)) / len(parents)
+    assert torch.allclose(got.double(), want, atol=1e-5)
+    assert ensemble_accuracy(parents, X, y) == float((want.argmax(1) == y).double().mean())
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), True, "1"])
+def test_positive_refuses_what_is_not_a_finite_number_above_zero(value):
+    from mega_deap.checks import SettingError, positive
+
+    with pytest.raises(SettingError, match="x must be a finite number > 0"):
+        positive("x", value)
+    assert positive("x", 0.5) == 0.5 and positive("x", 3) == 3.0

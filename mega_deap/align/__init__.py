@@ -8,7 +8,7 @@ from .matching import weight_matching, match_permutations, apply_permutations
 from .activations import activation_matching, match_activations, repair_interpolation
 from .zipping import zip_models, match_features, zip_states
 from .repair import repair_batchnorm, BatchNormRepair, batchnorm_layers
-from .distil import distil, distillation_loss, DEFAULT_DISTIL
+from .distil import distil, distillation_loss, ensemble_logits, DEFAULT_DISTIL
 from .coefficients import CoefficientAdapter, GRANULARITIES
 from ..checks import SettingError
 from ..presets import cma_merge  # a preset: the coefficient genome driven by DEAP's CMA-ES
@@ -34,6 +34,7 @@ __all__ = [
     "cma_merge",
     "distil",
     "distillation_loss",
+    "ensemble_logits",
     "DEFAULT_DISTIL",
     "align_parents",
 ]

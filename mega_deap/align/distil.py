@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import SettingError, SettingTypeError, integer
+from ..checks import SettingError, SettingTypeError, integer, positive
 from .repair import calibration_inputs
 
-__all__ = ["distil", "distillation_loss", "DEFAULT_DISTIL"]
+__all__ = ["distil", "distillation_loss", "ensemble_logits", "DEFAULT_DISTIL"]
 
 # distil's epochs, learning rate (Adam) and temperature: the epochs and temperature chosen by the held-out study's
 # rule (examples/heldout_study.py --rows distil) on the development and round-1 to round-7 held-out tables,
@@ -32,16 +32,11 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     return F.kl_div(log_q, p, reduction="batchmean") * temperature**2
 
 
-def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise SettingError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
-
-
 @torch.no_grad()
-def _ensemble_logits(teachers: Sequence[nn.Module], X: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The teachers' logits averaged (the output ensemble of ``mega_deap.experiments.ensemble_accuracy``), in
-    eval mode."""
+def ensemble_logits(teachers: Sequence[nn.Module], X: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The output ensemble: the ``teachers``' logits on ``X`` averaged, in batches, each teacher in eval mode
+    (its mode is restored after). What :func:`distil` trains towards and
+    ``mega_deap.experiments.ensemble_accuracy`` scores."""
     was = [t.training for t in teachers]
     for t in teachers:
         t.eval()
@@ -93,8 +88,8 @@ def distil(
         if not isinstance(t, nn.Module):
             raise SettingTypeError(f"teachers[{i}] must be a torch.nn.Module, got {type(t).__name__}")
     epochs_ = integer("epochs", settings["epochs"], 0)
-    lr_ = _positive("lr", settings["lr"])
-    temperature_ = _positive("temperature", settings["temperature"])
+    lr_ = positive("lr", settings["lr"])
+    temperature_ = positive("temperature", settings["temperature"])
     batch_size = integer("batch_size", batch_size, 1)
     seed = integer("seed", seed)
     X = calibration_inputs(inputs, name="inputs")
@@ -102,7 +97,7 @@ def distil(
     with torch.no_grad():  # one input through each, before any work: one architecture's logits
         out = student.eval()(X[:1])
         for i, t in enumerate(teachers):
-            theirs = _ensemble_logits([t], X[:1], 1)
+            theirs = ensemble_logits([t], X[:1], 1)
             if theirs.shape[1:] != out.shape[1:]:
                 raise SettingError(
                     f"the model gives outputs of shape {tuple(out.shape[1:])} per input and teachers[{i}] "
@@ -111,7 +106,7 @@ def distil(
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise SettingError("the model has no trainable parameters to distil into")
-    target = _ensemble_logits(teachers, X, batch_size)
+    target = ensemble_logits(teachers, X, batch_size)
     optimiser = torch.optim.Adam(params, lr=lr_)
     generator = torch.Generator().manual_seed(seed)
     devices = [X.device] if X.device.type == "cuda" else []

@@ -26,18 +26,13 @@ __all__ = [
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "deap", "keras")
 
 
-@torch.no_grad()
 def ensemble_accuracy(models: list, X: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Accuracy of the output ensemble: logits averaged over ``models``."""
-    for m in models:
-        m.eval()
+    """Accuracy of the output ensemble: logits averaged over ``models``
+    (:func:`~mega_deap.align.ensemble_logits`)."""
+    from mega_deap.align import ensemble_logits
+
     device = next(models[0].parameters()).device
-    right = 0.0
-    for i in range(0, len(X), batch_size):
-        xb = X[i : i + batch_size].to(device)
-        logits = torch.stack([m(xb) for m in models]).mean(0)
-        right += float(correct(logits.cpu(), y[i : i + batch_size]))
-    return right / len(X)
+    return float(correct(ensemble_logits(models, X.to(device), batch_size).cpu(), y)) / len(X)
 
 
 def weight_average(models):
