@@ -470,6 +470,19 @@ def margin_rows(diffs: dict) -> list:
     return rows
 
 
+def margin_cells(r: dict) -> tuple:
+    """A :func:`margin_rows` row's cells (points): table, seeds, the mean ± its 95 % CI, both p-values, the
+    verdict (in bold where it fails)."""
+    return (
+        r["table"],
+        str(r["seeds"]),
+        f"{100 * r['mean']:+.2f} ± {100 * r['half']:.2f}",
+        f"{r['p_meets']:.2g}",
+        f"{r['p_fails']:.2g}",
+        f"**{r['verdict']}**" if r["verdict"] == "fails" else r["verdict"],
+    )
+
+
 def rule_test(results, role="held out") -> list:
     """The half-point rule on the tables of ``role``, read with its uncertainty, per default method and
     table: :func:`margin_rows` of the method's test accuracy minus the best parent's (the one better on test),
@@ -496,12 +509,7 @@ def rule_test_lines(results, role="held out") -> str:
         [
             (
                 LABELS[r["method"]],
-                r["table"],
-                str(r["seeds"]),
-                f"{100 * r['mean']:+.2f} ± {100 * r['half']:.2f}",
-                f"{r['p_meets']:.2g}",
-                f"{r['p_fails']:.2g}",
-                f"**{r['verdict']}**" if r["verdict"] == "fails" else r["verdict"],
+                *margin_cells(r),
             )
             for r in rows
         ],
@@ -590,6 +598,7 @@ def distil_summary(results, choices, role: str = "held out") -> str:
 
 
 def _gap(r: dict) -> str:
+    """A row's gap closed, in % (``"no gap"`` where the ensemble is not a point above the best parent)."""
     return "no gap" if r["gap"] != r["gap"] else f"{100 * r['gap']:.0f} %"
 
 
@@ -599,13 +608,8 @@ def distil_lines(results, choices) -> str:
     best parent's."""
     out = []
     if "distil" in choices:
-        chosen, scores = choices["distil"]
-        out.append(
-            f"{READ['distil']} tables only, each candidate distillation's worst and mean test accuracy minus the "
-            "best parent's (points): "
-            + "; ".join(f"`{m}` {100 * w:+.2f} / {100 * a:+.2f}" for m, (w, a) in scores.items())
-            + f". The rule (the highest worst case) chooses **`{chosen}`**.\n"
-        )
+        chosen = choices["distil"][0]
+        out.append(choice_line("distil", choices["distil"], "distillation"))
         row = chosen_distil(choices)
         if rule := distil_rule(results, row):
             out.append(
@@ -615,17 +619,7 @@ def distil_lines(results, choices) -> str:
                     "interval over seeds; one-sided t-tests of a mean above and below -0.5, Holm-corrected over "
                     f"the tables; the verdict at {RULE_LEVEL}.",
                     ("table", "seeds", "test - best parent", "p (above -0.5)", "p (below -0.5)", "verdict"),
-                    [
-                        (
-                            r["table"],
-                            str(r["seeds"]),
-                            f"{100 * r['mean']:+.2f} ± {100 * r['half']:.2f}",
-                            f"{r['p_meets']:.2g}",
-                            f"{r['p_fails']:.2g}",
-                            r["verdict"],
-                        )
-                        for r in rule
-                    ],
+                    [margin_cells(r) for r in rule],
                 )
             )
         out.append(
@@ -695,12 +689,12 @@ def summary(results, choices) -> str:
                 for m, _ in methods
             ]
             ens = rows["output ensemble"]["test"] - best["test"]
-            gap = rows.get(default_row(f"merge(align={DEFAULT_ALIGN!r})"), {}).get("gap", float("nan"))
+            merged = rows.get(default_row(f"merge(align={DEFAULT_ALIGN!r})"), {"gap": float("nan")})
             out.append(
                 f"| {key} | {role} | {100 * best['test']:.2f} | "
                 + " | ".join(cells)
                 + f" | {100 * ens:+.2f} | "
-                + ("no gap" if gap != gap else f"{100 * gap:.0f} %")
+                + _gap(merged)
                 + " |"
             )
     lines = [
@@ -1022,16 +1016,23 @@ def _change_cells(r: dict) -> tuple:
     return f"{100 * r['mean']:+.2f}", f"{r['changed']} of {r['runs']}", f"{r['better']} / {r['worse']}", f"{r['p']:.2g}"
 
 
+def choice_line(what: str, choice: tuple, noun: str = "") -> str:
+    """One rule's choice in words: what it read (:data:`READ`), each candidate's worst and mean table, and the
+    candidate it chose; ``noun``: what the candidates are called (``what`` by default)."""
+    chosen, scores = choice
+    return (
+        f"{READ[what]} tables only, each candidate {noun or what}'s worst and mean test accuracy minus the best "
+        "parent's (points): "
+        + "; ".join(f"`{m}` {100 * w:+.2f} / {100 * a:+.2f}" for m, (w, a) in scores.items())
+        + f". The rule (the highest worst case) chooses **`{chosen}`**.\n"
+    )
+
+
 def table(results, choices) -> str:
     """The rule's choices, then one Markdown table per task and setting, development first."""
     out = []
-    for what, (chosen, scores) in choices.items():
-        out.append(
-            f"{READ[what]} tables only, each candidate {what}'s worst and mean test accuracy minus the best "
-            "parent's (points): "
-            + "; ".join(f"`{m}` {100 * w:+.2f} / {100 * a:+.2f}" for m, (w, a) in scores.items())
-            + f". The rule (the highest worst case) chooses **`{chosen}`**.\n"
-        )
+    for what, choice in choices.items():
+        out.append(choice_line(what, choice))
     for role in ROLE_ORDER[1:]:  # each round's held-out tables, as its rule would have judged them
         if half := half_point_lines(results, role):
             out.append(half)
@@ -1058,7 +1059,7 @@ def table(results, choices) -> str:
                 if r["method"] in HIDDEN:  # the gate's other levels: in the rule's line above only
                     continue
                 plain = r["method"] in ("best parent", "output ensemble")
-                gap = "" if plain else ("no gap" if r["gap"] != r["gap"] else f"{100 * r['gap']:.0f} %")
+                gap = "" if plain else _gap(r)
                 delta = "" if plain else f"{100 * r['delta']:+.2f} ± {100 * r['delta_sd']:.2f}"
                 worst = "" if plain else f"{100 * r['delta_min']:+.2f}"
                 below = "" if plain else str(r["below_val"])
